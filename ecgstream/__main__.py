@@ -1,0 +1,5 @@
+import sys
+
+from ecgstream.cli import main
+
+sys.exit(main())

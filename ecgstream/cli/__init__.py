@@ -1,0 +1,78 @@
+"""The ``ecgstream`` command: one sub-command module per verb, each with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "COMMANDS"]
+
+#: sub-command name -> module under ecgstream.cli (imported lazily, without torch)
+COMMANDS = {
+    "train": "train",
+    "evaluate": "evaluate",
+    "score": "score",
+    "export": "export",
+    "synth": "synth",
+    "replay": "replay",
+    "run": "run",
+}
+
+DESCRIPTION = """\
+Streaming anomaly detection for ECG and other time series.
+
+  ecgstream train     train a model on WFDB records or a plain series (needs the [train] extra)
+  ecgstream export    export a trained checkpoint to a self-describing ONNX file + model card
+  ecgstream score     score WFDB records / series into per-sample and per-window scores (.npz)
+  ecgstream evaluate  AUROC/AP against annotations, localisation on synthetic anomalies, plots
+  ecgstream synth     inject Perlin-noise anomalies with exact masks into records or series
+  ecgstream replay    publish WFDB records to Kafka as live streams
+  ecgstream run       the streaming worker: Kafka (or --replay PATH, no broker) -> alerts
+
+Not a certified medical device: decision support for research and engineering only.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecgstream", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"ecgstream.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ecgstream.cli.{module_name}":
+                continue  # command not available in this build
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        # user-facing errors (RecordError, ModelFileError, ConfigError, ...) without a traceback
+        if args.verbose:
+            raise
+        print(f"ecgstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""One place for configuration: typed dataclasses, filled from defaults < TOML < environment < flags.
+
+Each command has a section class here (``[train]``, ``[run]``, ...). :func:`load` builds one:
+
+- defaults are the dataclass field defaults;
+- a TOML file's ``[section]`` table overrides them (unknown keys are an error, so typos show);
+- environment variables ``ECGSTREAM_<SECTION>__<FIELD>`` (e.g. ``ECGSTREAM_RUN__BOOTSTRAP``)
+  override the file;
+- command-line flags that were given (not ``None``) override everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["ConfigError", "load", "coerce"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key and the source."""
+
+
+def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Convert ``value`` (often a string from the environment) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            return None
+        return coerce(value, non_none[0], key, source)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation in (int, float, str):
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return annotation(value)
+        if annotation is Path:
+            return Path(value)
+        if origin in (list, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            inner = args[0] if args else str
+            return [coerce(v.strip() if isinstance(v, str) else v, inner, key, source) for v in items]
+        if origin is dict or annotation is dict:
+            if isinstance(value, str):
+                import json
+
+                return json.loads(value)
+            return dict(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {annotation}") from exc
+    return value
+
+
+def load(
+    cls: type[T],
+    section: str,
+    toml_path: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> T:
+    """Build a ``cls`` config from defaults, the TOML ``[section]``, environment and flags."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        path = Path(toml_path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        table = data.get(section, {})
+        unknown = sorted(set(table) - set(fields))
+        if unknown:
+            raise ConfigError(f"{path} [{section}]: unknown keys {unknown}; known: {sorted(fields)}")
+        for key, value in table.items():
+            values[key] = coerce(value, hints[key], key, f"{path} [{section}]")
+    prefix = f"ECGSTREAM_{section.upper()}__"
+    for name, value in environ.items():
+        if name.startswith(prefix):
+            key = name[len(prefix) :].lower()
+            if key not in fields:
+                raise ConfigError(f"environment {name}: unknown key {key!r}; known: {sorted(fields)}")
+            values[key] = coerce(value, hints[key], key, f"environment {name}")
+    for key, value in (flags or {}).items():
+        if value is not None and key in fields:
+            values[key] = coerce(value, hints[key], key, f"flag --{key.replace('_', '-')}")
+    return cls(**values)

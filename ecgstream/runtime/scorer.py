@@ -1,0 +1,129 @@
+"""Batched ONNX Runtime scoring of windows and whole records (no torch).
+
+:class:`Scorer` is the one place where model input is prepared and model output is mapped back
+to time. ``ecgstream score`` uses :meth:`Scorer.score_record`; the streaming worker calls
+:meth:`Scorer.score_windows` on windows cut by its per-stream buffers, which are fed by the same
+:class:`~ecgstream.signals.preprocess.Preprocessor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelFileError, ModelSpec, read_spec
+from ecgstream.signals.preprocess import preprocess
+from ecgstream.signals.records import Record, RecordError, select_leads
+from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
+
+__all__ = ["Scorer", "RecordScores", "make_session"]
+
+
+def make_session(path: str | Path, threads: int = 1):
+    """An ``onnxruntime.InferenceSession`` on CPU with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} not found")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a loadable ONNX model: {exc}") from exc
+
+
+@dataclass
+class RecordScores:
+    """Scores of one record at the record's own rate (the scoring contract).
+
+    ``point_score`` has one value per record sample (NaN where no window covered it);
+    ``window_start`` / ``window_end`` are sample indices at the record's rate (end exclusive).
+    """
+
+    name: str
+    fs: float
+    point_score: np.ndarray
+    window_start: np.ndarray
+    window_end: np.ndarray
+    window_score: np.ndarray
+
+    def save_npz(self, path: str | Path) -> None:
+        np.savez(
+            path,
+            fs=np.float64(self.fs),
+            point_score=self.point_score.astype(np.float64),
+            window_start=self.window_start.astype(np.int64),
+            window_end=self.window_end.astype(np.int64),
+            window_score=self.window_score.astype(np.float64),
+        )
+
+
+class Scorer:
+    """Scores windows and records with one exported model.
+
+    ``threads`` is ONNX Runtime's intra-op thread count; ``batch_size`` the windows per call.
+    """
+
+    def __init__(self, model_path: str | Path, threads: int = 1, batch_size: int = 64):
+        self.model_path = Path(model_path)
+        self.session = make_session(self.model_path, threads)
+        self.spec: ModelSpec = read_spec(self.session)
+        self.batch_size = batch_size
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if INPUT_NAME not in inputs or not set(OUTPUT_NAMES) <= set(outputs):
+            raise ModelFileError(
+                f"{model_path}: graph must take '{INPUT_NAME}' and give {OUTPUT_NAMES}; "
+                f"it takes {inputs} and gives {outputs}"
+            )
+
+    def score_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw point scores ``(n, window)`` and window scores ``(n,)`` of preprocessed windows.
+
+        ``windows`` is ``(n, n_leads, window)`` float32 at the model rate; calibrated units are
+        ``self.spec.normalise(raw)``.
+        """
+        n = len(windows)
+        if n == 0:
+            return np.zeros((0, self.spec.window), np.float32), np.zeros(0, np.float32)
+        points, scores = [], []
+        for i in range(0, n, self.batch_size):
+            batch = np.ascontiguousarray(windows[i : i + self.batch_size], dtype=np.float32)
+            p, w = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            points.append(p)
+            scores.append(w)
+        return np.concatenate(points), np.concatenate(scores)
+
+    def score_signal(self, signal: np.ndarray, fs: float, name: str = "") -> RecordScores:
+        """Score a whole signal ``(n_samples, n_leads)`` (leads already in model order)."""
+        spec = self.spec
+        x, delay_s = preprocess(signal, fs, spec.preprocess_config)
+        starts = window_starts(len(x), spec.window, spec.hop)
+        if len(starts) == 0:
+            raise RecordError(
+                f"{name or 'signal'}: {signal.shape[0] / fs:.2f} s is shorter than one "
+                f"{spec.window_s:.2f} s window (plus {delay_s:.2f} s filter delay)"
+            )
+        point_raw, window_raw = self.score_windows(frame(x, starts, spec.window))
+        point_model = overlap_average(spec.normalise(point_raw), starts, len(x))
+        point = to_record_rate(point_model, spec.fs, fs, signal.shape[0], delay_s)
+        t_start = starts / spec.fs - delay_s
+        t_end = (starts + spec.window) / spec.fs - delay_s
+        w_start = np.clip(np.rint(t_start * fs), 0, signal.shape[0]).astype(np.int64)
+        w_end = np.clip(np.rint(t_end * fs), 0, signal.shape[0]).astype(np.int64)
+        return RecordScores(name, fs, point, w_start, w_end, spec.normalise(window_raw))
+
+    def score_record(self, record: Record) -> RecordScores:
+        """Score a :class:`Record`, choosing the model's leads by name."""
+        if record.signal.shape[1] < len(self.spec.leads):
+            raise RecordError(
+                f"{record.name}: model needs leads {self.spec.leads}, record has {record.leads}"
+            )
+        picked = select_leads(record, self.spec.leads)
+        return self.score_signal(picked.signal, record.fs, record.name)

@@ -1,0 +1,198 @@
+"""Reading PhysioNet WFDB records and choosing their leads.
+
+A :class:`Record` is a whole recording in physical units (usually mV) with its own sampling
+rate. Everything downstream (preprocessing, windowing, models) works on its ``signal`` array of
+shape ``(n_samples, n_leads)``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Record",
+    "RecordError",
+    "list_records",
+    "read_record",
+    "select_leads",
+    "fill_short_nan_runs",
+]
+
+#: Longest run of missing (NaN) samples that is bridged by linear interpolation, in seconds.
+MAX_NAN_GAP_S = 0.5
+
+
+class RecordError(ValueError):
+    """A record cannot be used: missing files, unknown leads, too short, unusable samples."""
+
+
+@dataclass
+class Record:
+    """One recording: ``signal`` is ``(n_samples, n_leads)`` float32 in ``units`` at ``fs`` Hz."""
+
+    name: str
+    signal: np.ndarray
+    fs: float
+    leads: list[str]
+    units: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+
+def _records_in_folder(folder: Path) -> list[Path]:
+    ptbxl_csv = folder / "ptbxl_database.csv"
+    if ptbxl_csv.exists():
+        return ptbxl_record_paths(folder)
+    listing = folder / "RECORDS"
+    if listing.exists():
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        return [folder / name for name in names]
+    heas = sorted(folder.glob("*.hea"))
+    if not heas:
+        raise RecordError(f"{folder}: no RECORDS file, no ptbxl_database.csv and no .hea files")
+    return [h.with_suffix("") for h in heas]
+
+
+def ptbxl_record_paths(folder: Path, resolution: str = "lr") -> list[Path]:
+    """Record paths of a PTB-XL folder from ``ptbxl_database.csv`` (``lr`` 100 Hz or ``hr`` 500 Hz)."""
+    if resolution not in ("lr", "hr"):
+        raise RecordError(f"PTB-XL resolution must be 'lr' or 'hr', not {resolution!r}")
+    column = f"filename_{resolution}"
+    paths = []
+    with open(folder / "ptbxl_database.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            path = folder / row[column]
+            if path.with_suffix(".hea").exists():
+                paths.append(path)
+    return paths
+
+
+def list_records(*paths: str | Path) -> list[Path]:
+    """Expand record paths and folders into record paths (without extension).
+
+    A folder is read from its ``RECORDS`` file, a PTB-XL ``ptbxl_database.csv`` (100 Hz
+    files) or, failing both, every ``.hea`` file in it. A record path may be given with or
+    without its ``.hea`` / ``.dat`` extension.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(_records_in_folder(p))
+            continue
+        if p.suffix in (".hea", ".dat", ".atr"):
+            p = p.with_suffix("")
+        if not p.with_suffix(".hea").exists():
+            raise RecordError(f"{raw}: no such record (looked for {p.with_suffix('.hea')})")
+        out.append(p)
+    return out
+
+
+def fill_short_nan_runs(signal: np.ndarray, fs: float, max_gap_s: float = MAX_NAN_GAP_S) -> np.ndarray:
+    """Bridge NaN runs up to ``max_gap_s`` seconds by linear interpolation, per lead.
+
+    Raises :class:`RecordError` naming the lead and position of a longer run, because a long
+    hole cannot be scored honestly.
+    """
+    if not np.isnan(signal).any():
+        return signal
+    signal = signal.copy()
+    max_gap = int(round(max_gap_s * fs))
+    n = signal.shape[0]
+    idx = np.arange(n)
+    for lead in range(signal.shape[1]):
+        bad = np.isnan(signal[:, lead])
+        if not bad.any():
+            continue
+        if bad.all():
+            raise RecordError(f"lead {lead} has no valid samples")
+        edges = np.diff(np.concatenate(([0], bad.astype(np.int8), [0])))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        longest = int((ends - starts).max())
+        if longest > max_gap:
+            at = int(starts[np.argmax(ends - starts)])
+            raise RecordError(
+                f"lead {lead} has a run of {longest} missing samples ({longest / fs:.2f} s) "
+                f"starting at sample {at}; at most {max_gap_s} s can be bridged"
+            )
+        signal[bad, lead] = np.interp(idx[bad], idx[~bad], signal[~bad, lead])
+    return signal
+
+
+def read_record(path: str | Path, leads: list[str] | None = None) -> Record:
+    """Read a WFDB record in physical units, optionally keeping only ``leads`` (by name)."""
+    import wfdb
+
+    path = Path(path)
+    if path.suffix in (".hea", ".dat"):
+        path = path.with_suffix("")
+    if not path.with_suffix(".hea").exists():
+        raise RecordError(f"{path}: record header {path.with_suffix('.hea')} not found")
+    try:
+        rec = wfdb.rdrecord(str(path))
+    except FileNotFoundError as exc:
+        raise RecordError(f"{path}: {exc}") from exc
+    except Exception as exc:  # wfdb raises bare ValueErrors etc. for corrupt headers
+        raise RecordError(f"{path}: cannot read record: {exc}") from exc
+    if rec.p_signal is None:
+        raise RecordError(f"{path}: record has no signal samples")
+    signal = np.asarray(rec.p_signal, dtype=np.float32)
+    if signal.ndim == 1:
+        signal = signal[:, None]
+    fs = float(rec.fs)
+    signal = fill_short_nan_runs(signal, fs)
+    record = Record(
+        name=path.name,
+        signal=signal,
+        fs=fs,
+        leads=[str(s) for s in rec.sig_name],
+        units=[str(u) for u in (rec.units or ["mV"] * signal.shape[1])],
+        path=path,
+    )
+    if leads is not None:
+        record = select_leads(record, leads)
+    return record
+
+
+def _norm(name: str) -> str:
+    return name.strip().upper().replace(" ", "")
+
+
+def lead_indices(available: list[str], wanted: list[str]) -> list[int]:
+    """Indices of ``wanted`` leads in ``available``, matched by name (case-insensitive).
+
+    A single wanted lead falls back to the first lead when no name matches (the scoring
+    contract); several wanted leads must all be present.
+    """
+    avail = [_norm(a) for a in available]
+    if len(wanted) == 1:
+        w = _norm(wanted[0])
+        return [avail.index(w)] if w in avail else [0]
+    missing = [w for w in wanted if _norm(w) not in avail]
+    if missing:
+        raise RecordError(f"leads {missing} not in record (it has {available})")
+    return [avail.index(_norm(w)) for w in wanted]
+
+
+def select_leads(record: Record, leads: list[str]) -> Record:
+    """A copy of ``record`` with only ``leads``, in that order (see :func:`lead_indices`)."""
+    idx = lead_indices(record.leads, leads)
+    return Record(
+        name=record.name,
+        signal=np.ascontiguousarray(record.signal[:, idx]),
+        fs=record.fs,
+        leads=[record.leads[i] for i in idx],
+        units=[record.units[i] for i in idx] if record.units else [],
+        path=record.path,
+    )

@@ -1,0 +1,47 @@
+"""Shared fixtures: synthetic but realistic ECG written as real WFDB records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = REPO / "models" / "mmae-mitdb-mlii.onnx"
+
+
+def synthetic_ecg(duration_s: float, fs: int, heart_rate: int = 70, seed: int = 0, n_leads: int = 1) -> np.ndarray:
+    """``(n, n_leads)`` float32 ECG in mV from neurokit2 (a real simulator, not a sine)."""
+    import neurokit2 as nk
+
+    if n_leads == 12:
+        df = nk.ecg_simulate(duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, method="multileads", random_state=seed)
+        return df.to_numpy(dtype=np.float32)
+    lead = nk.ecg_simulate(duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, noise=0.01, random_state=seed)
+    return np.repeat(np.asarray(lead, np.float32)[:, None], n_leads, axis=1)
+
+
+def write_record(folder: Path, name: str, signal: np.ndarray, fs: float, leads: list[str]) -> Path:
+    """Write ``signal`` ``(n, leads)`` in mV as a WFDB record (format 16) and return its path."""
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        name, fs=fs, units=["mV"] * len(leads), sig_name=leads, p_signal=signal.astype(np.float64),
+        fmt=["16"] * len(leads), adc_gain=[200.0] * len(leads), baseline=[0] * len(leads), write_dir=str(folder),
+    )
+    return folder / name
+
+
+@pytest.fixture(scope="session")
+def ecg_folder(tmp_path_factory) -> Path:
+    """A folder of three 2-lead 360 Hz WFDB records (60 s each) with a RECORDS file."""
+    folder = tmp_path_factory.mktemp("wfdb")
+    names = []
+    for i, hr in enumerate((62, 75, 88)):
+        sig = synthetic_ecg(60, 360, heart_rate=hr, seed=i, n_leads=2)
+        write_record(folder, f"syn{i}", sig, 360, ["MLII", "V1"])
+        names.append(f"syn{i}")
+    (folder / "RECORDS").write_text("\n".join(names) + "\n")
+    return folder
