@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "load", "coerce"]
+__all__ = ["ConfigError", "load", "coerce", "RunConfig", "ReplayConfig"]
 
 T = TypeVar("T")
 
@@ -103,3 +103,68 @@ def load(
         if value is not None and key in fields:
             values[key] = coerce(value, hints[key], key, f"flag --{key.replace('_', '-')}")
     return cls(**values)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """``[run]``: the streaming worker (``ecgstream run``).
+
+    Kafka: ``bootstrap`` servers, raw ``topic``, consumer ``group``, dead-letter ``dlq_topic``,
+    optional ``alerts_topic`` ("" = off). ``model`` "" means the shipped model. Alerts go to the
+    durable ``outbox`` (SQLite) for ``webhook_urls`` signed with ``webhook_secret`` (``whsec_...``),
+    to ``alerts_out`` as JSON lines ("-" = stdout, "" = off), and per-window scores to
+    ``scores_out`` ("" = off). Alert policy in calibrated score units and seconds.
+    """
+
+    bootstrap: str = "localhost:9092"
+    topic: str = "ecg.raw"
+    group: str = "ecgstream"
+    dlq_topic: str = "ecg.raw.dlq"
+    alerts_topic: str = ""
+    create_topics: bool = True
+    partitions: int = 4
+    model: str = ""
+    threads: int = 1
+    batch_size: int = 1024
+    outbox: str = "ecgstream-outbox.sqlite"
+    webhook_urls: list[str] = dataclasses.field(default_factory=list)
+    webhook_secret: str = ""
+    alerts_out: str = "-"
+    scores_out: str = ""
+    metrics_port: int = 0
+    max_poll_records: int = 2000
+    poll_timeout_ms: int = 200
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    stream_idle_s: float = 60.0
+    threshold: float | None = None
+    min_windows: int = 2
+    hysteresis: float = 0.5
+    cooldown_s: float = 10.0
+    critical_margin: float = 2.0
+    adaptive: bool = False
+    drift: bool = False
+    technical: bool = True
+    flat_ptp: float = 0.01
+    saturation_level: float = 10.0
+
+
+@dataclasses.dataclass
+class ReplayConfig:
+    """``[replay]``: publishing WFDB records to Kafka as live streams (``ecgstream replay``).
+
+    ``chunk_s`` seconds per message; ``speed`` 1 = real time, 0 = as fast as possible;
+    ``copies`` streams per record; ``encoding`` ``binary`` (int16 or float32 ``sample_type``)
+    or ``json``; ``limit_s`` replays at most that many seconds of each record (0 = all).
+    """
+
+    bootstrap: str = "localhost:9092"
+    topic: str = "ecg.raw"
+    partitions: int = 4
+    chunk_s: float = 1.0
+    speed: float = 1.0
+    copies: int = 1
+    encoding: str = "binary"
+    sample_type: str = "int16"
+    limit_s: float = 0.0
+    loop: bool = False

@@ -45,3 +45,38 @@ def ecg_folder(tmp_path_factory) -> Path:
         names.append(f"syn{i}")
     (folder / "RECORDS").write_text("\n".join(names) + "\n")
     return folder
+
+
+def make_tiny_model(
+    path: Path, leads: tuple[str, ...] = ("MLII",), fs: float = 100.0, window: int = 250, hop: int = 125
+) -> Path:
+    """Export a small PCA reconstruction model (no torch) fitted on synthetic normal ECG windows.
+
+    It has the full ecgstream model-file interface, so it stands in for a trained model wherever
+    a test needs a real ONNX Runtime session with real scores.
+    """
+    from ecgstream.evaluation.baselines import export_pca, fit_pca, robust_norm
+    from ecgstream.runtime.model_file import ModelSpec
+    from ecgstream.signals.preprocess import PreprocessConfig, preprocess
+    from ecgstream.signals.windows import frame, window_starts
+
+    cfg = PreprocessConfig(fs=fs)
+    parts = []
+    for seed, hr in enumerate((60, 72, 85)):
+        sig = synthetic_ecg(25, 360, heart_rate=hr, seed=100 + seed, n_leads=len(leads))
+        x, _ = preprocess(sig, 360.0, cfg)
+        parts.append(frame(x, window_starts(len(x), window, hop // 2), window))
+    windows = np.concatenate(parts)
+    model = fit_pca(windows, n_components=6)
+    spec = ModelSpec(
+        name="tiny-pca", version="0.0.1", kind="pca", leads=list(leads), window=window, hop=hop,
+        preprocessing=cfg.to_dict(), score_norm=robust_norm(model.score_windows(windows)[1]),
+        thresholds={"default": 5.0},
+    )
+    return export_pca(model, path, spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 1-lead (MLII) 100 Hz ONNX model with 2.5 s windows and 1.25 s hop (see make_tiny_model)."""
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-mlii.onnx")

@@ -10,13 +10,15 @@ HELP = """\
 Score WFDB records with an exported model, using ONNX Runtime only.
 
 PATH is a record path without extension (data/100), a .hea file, or a folder (read from its
-RECORDS file, a PTB-XL ptbxl_database.csv, or every .hea in it). For each record it writes
+RECORDS file, a PTB-XL ptbxl_database.csv, or every .hea in it), or a plain series file (.txt
+one value per line as in the UCR archive, .csv, .npy; fs = 1.0). For each record it writes
 OUT/<record>.npz with fs, point_score (one score per sample at the record's own rate, NaN where
 no window covered it), window_start, window_end (sample indices) and window_score.
 Larger means more anomalous; scores are in calibrated units (the model's threshold applies).
 
 example:
   ecgstream score --model models/mmae-mitdb-mlii.onnx --out scores/ ../shared/data/mitdb-ds1
+  ecgstream score --model series.onnx --out scores/ series.txt
 """
 
 
@@ -39,19 +41,23 @@ def run(args: argparse.Namespace) -> int:
 
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.signals.records import RecordError, list_records, read_record
+    from ecgstream.signals.series import is_series_path, read_series
 
     scorer = Scorer(args.model, threads=args.threads, batch_size=args.batch_size)
-    paths = list_records(*args.paths)
+    paths: list[Path] = []
+    for raw in args.paths:  # plain series files by suffix, everything else is WFDB
+        paths.extend([Path(raw)] if is_series_path(raw) else list_records(raw))
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(paths, desc="scoring", unit="record", disable=args.no_progress or len(paths) < 2):
         try:
-            scores = scorer.score_record(read_record(path))
+            series = is_series_path(path)
+            scores = scorer.score_record(read_series(path) if series else read_record(path))
         except RecordError as exc:
             failed += 1
             print(f"ecgstream score: skipped {path}: {exc}", file=sys.stderr)
             continue
-        scores.save_npz(args.out / f"{path.name}.npz")
+        scores.save_npz(args.out / f"{path.stem if series else path.name}.npz")
     if failed:
         print(f"ecgstream score: {failed} of {len(paths)} records skipped", file=sys.stderr)
     return 1 if failed == len(paths) else 0

@@ -25,9 +25,12 @@ def make_session(path: str | Path, threads: int = 1):
     """An ``onnxruntime.InferenceSession`` on CPU with ``threads`` intra-op threads."""
     import onnxruntime as ort
 
+    from ecgstream.runtime.manifest import check_model
+
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {path} not found")
+    check_model(path)  # sha256 manifest (models/SHA256SUMS or $ECGSTREAM_MODEL_MANIFEST)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -113,10 +116,12 @@ class Scorer:
         point_raw, window_raw = self.score_windows(frame(x, starts, spec.window))
         point_model = overlap_average(spec.normalise(point_raw), starts, len(x))
         point = to_record_rate(point_model, spec.fs, fs, signal.shape[0], delay_s)
-        t_start = starts / spec.fs - delay_s
-        t_end = (starts + spec.window) / spec.fs - delay_s
-        w_start = np.clip(np.rint(t_start * fs), 0, signal.shape[0]).astype(np.int64)
-        w_end = np.clip(np.rint(t_end * fs), 0, signal.shape[0]).astype(np.int64)
+        # [w_start, w_end) are the record samples between a window's first and last model sample
+        # (so every one of them has a finite point score)
+        t_first = starts / spec.fs - delay_s
+        t_last = (starts + spec.window - 1) / spec.fs - delay_s
+        w_start = np.clip(np.ceil(t_first * fs - 1e-6), 0, signal.shape[0]).astype(np.int64)
+        w_end = np.clip(np.floor(t_last * fs + 1e-6) + 1, 0, signal.shape[0]).astype(np.int64)
         return RecordScores(name, fs, point, w_start, w_end, spec.normalise(window_raw))
 
     def score_record(self, record: Record) -> RecordScores:

@@ -1,0 +1,264 @@
+"""Speed of ``ecgstream score`` on one core, and ONNX Runtime vs PyTorch eager on the same windows.
+
+Workload: one 30 min 2-lead 360 Hz record (MIT-BIH DS1 record 101 when ``--data`` has it, else a
+synthetic neurokit2 record of the same shape written as WFDB). Everything runs pinned to one CPU
+core (``taskset -c 0`` when available, plus ``OMP_NUM_THREADS=1``, ONNX Runtime intra-op threads 1,
+``torch.set_num_threads(1)``).
+
+Measured, each over ``--repeats`` runs (median and min reported):
+
+1. ``ecgstream score`` as a user runs it (a new process: start-up, imports, reading the record,
+   preprocessing, inference, writing the npz) -> x real time = record duration / wall time.
+2. The same work in-process (``Scorer.score_record`` on a record already read), i.e. without the
+   Python start-up.
+3. ONNX Runtime vs PyTorch eager (``torch.no_grad``) on the same batches of windows (all windows
+   of the record, batch 64): seconds and the ratio.
+
+The torch model is built from the spec's architecture parameters; with ``--model`` omitted an
+untrained MMAE-ECG of the default training configuration is exported first (speed does not depend
+on the weights).
+
+    nice -n 5 python benchmarks/bench_score.py --model models/mmae-mitdb-mlii.onnx \\
+        --out benchmarks/results/bench_score.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/mitdb-ds1")
+TARGET_X_REALTIME = 1000.0
+
+
+def one_core() -> None:
+    """Pin this process to CPU 0 and ask every math library for one thread."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+
+
+def workload(data: Path, tmp: Path) -> Path:
+    """A 30 min 2-lead 360 Hz WFDB record: MIT-BIH 101 if present, else synthetic."""
+    if (data / "101.hea").exists():
+        return data / "101"
+    import neurokit2 as nk
+    import wfdb
+
+    lead = np.asarray(
+        nk.ecg_simulate(duration=1800, sampling_rate=360, heart_rate=72, random_state=0)
+    )
+    sig = np.stack([lead, 0.6 * lead], axis=1)
+    wfdb.wrsamp("synthetic30", fs=360, units=["mV", "mV"], sig_name=["MLII", "V1"], p_signal=sig,
+                fmt=["16", "16"], adc_gain=[200.0, 200.0], baseline=[0, 0], write_dir=str(tmp))  # fmt: skip
+    return tmp / "synthetic30"
+
+
+def default_model(tmp: Path) -> Path:
+    """An untrained MMAE-ECG of the default training configuration, exported to ONNX."""
+    from ecgstream.training.config import TrainConfig
+    from ecgstream.training.export import export_onnx
+    from ecgstream.training.trainer import build_model, preprocess_config
+
+    cfg = TrainConfig()
+    model = build_model(cfg).eval()
+    from ecgstream.runtime.model_file import ModelSpec
+
+    spec = ModelSpec(name="mmae-untrained", version="0", kind="mmae", leads=list(cfg.leads), window=cfg.window,
+                     hop=cfg.hop, preprocessing=preprocess_config(cfg).to_dict(), params=model.cfg.to_dict())  # fmt: skip
+    return export_onnx(model, spec, tmp / "mmae-untrained.onnx")
+
+
+def time_cli(model: Path, record: Path, out: Path, repeats: int) -> list[float]:
+    """Wall seconds of ``ecgstream score`` in a fresh process pinned to core 0."""
+    cmd = [sys.executable, "-m", "ecgstream", "score", "--model", str(model), "--out", str(out),
+           "--no-progress", "--threads", "1", str(record)]  # fmt: skip
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ecgstream score failed: {proc.stderr}")
+    return times
+
+
+def time_in_process(model: Path, record: Path, repeats: int) -> tuple[list[float], dict]:
+    """Seconds of ``Scorer.score_record`` (record already in memory), with a per-stage split."""
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.signals.preprocess import preprocess
+    from ecgstream.signals.records import read_record, select_leads
+    from ecgstream.signals.windows import frame, window_starts
+
+    scorer = Scorer(model, threads=1)
+    rec = read_record(record)
+    scorer.score_record(rec)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        scorer.score_record(rec)
+        times.append(time.perf_counter() - t0)
+    # stage split of one run
+    spec = scorer.spec
+    t0 = time.perf_counter()
+    t_read = read_record(record)
+    t1 = time.perf_counter()
+    x, _ = preprocess(select_leads(t_read, spec.leads).signal, t_read.fs, spec.preprocess_config)
+    t2 = time.perf_counter()
+    windows = frame(x, window_starts(len(x), spec.window, spec.hop), spec.window)
+    scorer.score_windows(windows)
+    t3 = time.perf_counter()
+    stages = {
+        "read_s": t1 - t0,
+        "preprocess_s": t2 - t1,
+        "inference_s": t3 - t2,
+        "n_windows": len(windows),
+    }
+    return times, stages
+
+
+def ort_vs_torch(model: Path, record: Path, repeats: int, batch: int = 64) -> dict:
+    """Seconds for all windows of the record through ONNX Runtime and through PyTorch eager."""
+    import torch
+
+    from ecgstream.models.mmae import MMAE, MMAEConfig
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.signals.preprocess import preprocess
+    from ecgstream.signals.records import read_record
+    from ecgstream.signals.windows import frame, window_starts
+
+    torch.set_num_threads(1)
+    scorer = Scorer(model, threads=1, batch_size=batch)
+    spec = scorer.spec
+    if spec.kind != "mmae":
+        return {"skipped": f"model kind {spec.kind!r} has no torch counterpart here"}
+    net = MMAE(MMAEConfig.from_dict(spec.params)).eval()
+    rec = read_record(record, spec.leads)
+    x, _ = preprocess(rec.signal, rec.fs, spec.preprocess_config)
+    windows = frame(x, window_starts(len(x), spec.window, spec.hop), spec.window)
+    batches = [windows[i : i + batch] for i in range(0, len(windows), batch)]
+    tb = [torch.from_numpy(b) for b in batches]
+
+    def run_ort():
+        for b in batches:
+            scorer.session.run(None, {"windows": b})
+
+    def run_torch():
+        with torch.no_grad():
+            for b in tb:
+                net(b)
+
+    out = {}
+    for name, fn in (("onnxruntime_s", run_ort), ("torch_eager_s", run_torch)):
+        fn()  # warm-up
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out[name] = statistics.median(ts)
+    out.update(
+        n_windows=len(windows),
+        batch=batch,
+        speedup_ort_over_torch=out["torch_eager_s"] / out["onnxruntime_s"],
+    )
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", type=Path, help="exported .onnx (default: an untrained default MMAE-ECG)"
+    )
+    ap.add_argument(
+        "--data", type=Path, default=DATA, help="folder with MIT-BIH record 101 (else synthetic)"
+    )
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args()
+    one_core()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_score_"))
+    try:
+        model = args.model or default_model(tmp)
+        record = workload(args.data, tmp)
+        from ecgstream.runtime.model_file import read_spec, sha256_of
+        from ecgstream.signals.records import read_record
+
+        rec = read_record(record)
+        duration = rec.duration_s
+        spec = read_spec(model)
+        cli = time_cli(model, record, tmp / "out", args.repeats)
+        inproc, stages = time_in_process(model, record, args.repeats)
+        ratio = ort_vs_torch(model, record, args.repeats)
+        result = {
+            "workload": {
+                "record": str(record),
+                "duration_s": duration,
+                "fs": rec.fs,
+                "leads": rec.leads,
+            },
+            "model": {
+                "path": str(model),
+                "name": spec.name,
+                "kind": spec.kind,
+                "window": spec.window,
+                "hop": spec.hop,
+                "fs": spec.fs,
+                "sha256": sha256_of(model),
+                "parameters": spec.params.get("parameters"),
+            },  # fmt: skip
+            "cli_wall_s": {"median": statistics.median(cli), "min": min(cli), "runs": cli},
+            "cli_x_realtime": duration / statistics.median(cli),
+            "in_process_s": {
+                "median": statistics.median(inproc),
+                "min": min(inproc),
+                "runs": inproc,
+            },
+            "in_process_x_realtime": duration / statistics.median(inproc),
+            "stages_one_run": stages,
+            "ort_vs_torch": ratio,
+            "target_x_realtime": TARGET_X_REALTIME,
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "python": platform.python_version(),
+                "cores_used": 1,
+            },  # fmt: skip
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(
+        f"\necgstream score, 1 core: {result['cli_x_realtime']:.0f}x real time end to end "
+        f"({result['cli_wall_s']['median']:.2f} s for {duration / 60:.0f} min), "
+        f"{result['in_process_x_realtime']:.0f}x in-process; target {TARGET_X_REALTIME:.0f}x"
+    )
+    if "speedup_ort_over_torch" in ratio:
+        print(
+            f"ONNX Runtime vs PyTorch eager, same {ratio['n_windows']} windows: {ratio['speedup_ort_over_torch']:.2f}x"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

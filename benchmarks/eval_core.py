@@ -1,0 +1,246 @@
+"""The core figures of MMAE-ECG, on TEST data only, with a PCA reference in the same run.
+
+1. MIT-BIH DS1 (lead MLII): an MMAE-ECG is trained on the DEV records (the trainer holds some of
+   them out for validation, early stopping and calibration); a PCA reconstruction model is fitted
+   on the normal windows of the same training records, cut the same way. Both are evaluated on
+   the TEST records (101 106 119 201 209 215 223): beat-level AUROC / AP, 10 s window AUROC, and
+   point-level localisation AUROC on Perlin-noise anomalies injected into excerpts of the TEST
+   records.
+2. PTB-XL dev (12 leads, 100 Hz): MMAE-ECG trained on NORM-only ECGs of folds 1-5 (fold 6
+   validates); PCA fitted on the same training ECGs; record AUROC on folds 7-8.
+
+The splits come from :mod:`ecgstream.evaluation.splits`; the script refuses a model whose
+training summary names a TEST record. Results go to a JSON file (and ROC / example plots beside
+it); the markdown table printed at the end is the one in docs/benchmarks.md.
+
+    nice -n 5 python benchmarks/eval_core.py --out benchmarks/results/eval_core.json
+
+Reuse already trained DEV models with ``--mitdb-model`` / ``--ptbxl-model``; ``--quick`` trains
+for a few steps only (a smoke run, not a figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MITDB = Path("/work/shared/data/mitdb-ds1")
+PTBXL = Path("/work/shared/data/ptbxl-dev")
+PTBXL_LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def train_config(toml: Path | None, quick: bool, **flags):
+    """A :class:`TrainConfig` from defaults < TOML ``[train]`` < ``flags``."""
+    from ecgstream.config import load
+    from ecgstream.training.config import TrainConfig
+
+    if quick:
+        flags.update(epochs=2, steps_per_epoch=10, patience=2)
+    return load(TrainConfig, "train", toml, flags, environ={})
+
+
+def train(paths: list[Path], cfg, out: Path) -> tuple[Path, float]:
+    """Train through the public training API; returns the ONNX path and the wall time (s)."""
+    from ecgstream.training import fit_records
+
+    t0 = time.perf_counter()
+    path = fit_records(paths, cfg, out, progress=True)
+    return path, time.perf_counter() - t0
+
+
+def check_unseen(model: Path, test_names: set[str]) -> dict:
+    """The model's training summary; raises if it was trained or validated on a TEST record."""
+    from ecgstream.runtime.model_file import read_spec
+
+    spec = read_spec(model)
+    seen = set(spec.training.get("records", [])) | set(spec.training.get("val_records", []))
+    if not seen:
+        raise SystemExit(
+            f"{model}: no training summary (records) in its metadata; cannot check the split"
+        )
+    leaked = sorted(seen & test_names)
+    if leaked:
+        raise SystemExit(
+            f"{model} was trained or validated on TEST records {leaked}; figures would be inflated"
+        )
+    return {
+        "records": sorted(spec.training.get("records", [])),
+        "val_records": sorted(spec.training.get("val_records", [])),
+        "validation": spec.training.get("validation", {}),
+        "train_seconds": spec.training.get("train_seconds"),
+        "window": spec.window,
+        "hop": spec.hop,
+        "fs": spec.fs,
+        "parameters": spec.params.get("parameters"),
+        "macs_per_window": spec.params.get("macs_per_window"),
+    }
+
+
+def run_mitdb(args, out_dir: Path) -> dict:
+    from ecgstream.cli.evaluate import write_plots
+    from ecgstream.evaluation.baselines import fit_pca_on_records
+    from ecgstream.evaluation.protocol import ModelSource, evaluate
+    from ecgstream.evaluation.splits import MITDB_DEV, MITDB_LEAD, MITDB_TEST, mitdb_paths
+    from ecgstream.runtime.model_file import read_spec
+
+    dev = mitdb_paths(args.mitdb, MITDB_DEV)
+    test = mitdb_paths(args.mitdb, MITDB_TEST)
+    seconds = None
+    model = args.mitdb_model
+    if model is None:
+        cfg = train_config(
+            args.mitdb_config, args.quick, leads=[MITDB_LEAD], name="mmae-mitdb-dev", seed=args.seed
+        )
+        model, seconds = train(dev, cfg, out_dir / "mmae-mitdb-dev.onnx")
+    summary = check_unseen(model, set(MITDB_TEST))
+    spec = read_spec(model)
+    train_paths = mitdb_paths(args.mitdb, summary["records"])
+    pca = fit_pca_on_records(
+        train_paths, spec, out_dir / "pca-mitdb-dev.onnx", n_components=args.pca_components
+    )
+    sources = [ModelSource(model), ModelSource(pca)]
+    report, collected, example = evaluate(
+        sources, test, localisation=args.localisation, excerpt_s=args.excerpt_s, seed=args.seed
+    )
+    plot_dir = out_dir / "mitdb"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = [
+        str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources)
+    ]
+    report["training"] = {
+        **summary,
+        "wall_seconds": seconds,
+        "model": str(model),
+        "pca_model": str(pca),
+    }
+    return report
+
+
+def run_ptbxl(args, out_dir: Path) -> dict:
+    from ecgstream.cli.evaluate import write_plots
+    from ecgstream.evaluation.baselines import fit_pca_on_records
+    from ecgstream.evaluation.protocol import ModelSource, evaluate
+    from ecgstream.evaluation.splits import ptbxl_split
+    from ecgstream.runtime.model_file import read_spec
+
+    test_table = ptbxl_split(args.ptbxl, "test")
+    train_table = ptbxl_split(args.ptbxl, "train")
+    test = [Path(p) for p in test_table["path"]]
+    seconds = None
+    model = args.ptbxl_model
+    if model is None:
+        cfg = train_config(
+            args.ptbxl_config, args.quick, leads=PTBXL_LEADS, name="mmae-ptbxl-dev", seed=args.seed,
+            window_s=5.0, hop_s=2.5,
+        )  # fmt: skip
+        model, seconds = train([args.ptbxl], cfg, out_dir / "mmae-ptbxl-dev.onnx")
+    summary = check_unseen(model, {Path(p).name for p in test})
+    spec = read_spec(model)
+    trained = set(summary["records"])
+    train_paths = [Path(p) for p in train_table["path"] if Path(p).name in trained]
+    pca = fit_pca_on_records(
+        train_paths, spec, out_dir / "pca-ptbxl-dev.onnx", n_components=args.pca_components
+    )
+    sources = [ModelSource(model), ModelSource(pca)]
+    report, collected, example = evaluate(sources, test)
+    plot_dir = out_dir / "ptbxl"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = [
+        str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources)
+    ]
+    report["training"] = {
+        **summary,
+        "wall_seconds": seconds,
+        "model": str(model),
+        "pca_model": str(pca),
+    }
+    for entry in report["sources"].values():
+        entry.pop("per_record", None)  # 88 one-window records: the pooled figures say it all
+    return report
+
+
+def _f(block: dict | None, key: str = "auroc") -> str:
+    return "-" if not block or block.get(key) is None else f"{block[key]:.3f}"
+
+
+def markdown(results: dict) -> str:
+    """The results table of docs/benchmarks.md."""
+    rows = [
+        "| data (TEST only) | metric | MMAE-ECG | PCA reference | n (positives) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("mitdb", "MIT-BIH DS1 TEST records"), ("ptbxl", "PTB-XL folds 7-8")):
+        if key not in results:
+            continue
+        srcs = list(results[key]["sources"].values())
+        model, pca = srcs[0], srcs[1]
+        for block, metric in (
+            ("beat", "beat AUROC (+-150 ms)"),
+            ("beat", "beat AP"),
+            ("window_10s", "10 s window AUROC"),
+            ("record", "record AUROC (max window score)"),
+            ("localisation", "localisation point AUROC (Perlin anomalies)"),
+        ):
+            if block not in model:
+                continue
+            k = "ap" if metric.endswith("AP") else "auroc"
+            n = f"{model[block]['n']} ({model[block]['n_positive']})"
+            if k == "ap":
+                n += f", chance AP {model[block]['ap_chance']:.3f}"
+            rows.append(
+                f"| {label} | {metric} | {_f(model[block], k)} | {_f(pca.get(block), k)} | {n} |"
+            )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--mitdb", type=Path, default=MITDB)
+    ap.add_argument("--ptbxl", type=Path, default=PTBXL)
+    ap.add_argument(
+        "--mitdb-config", type=Path, help="TOML with a [train] section for the MIT-BIH model"
+    )
+    ap.add_argument(
+        "--ptbxl-config", type=Path, help="TOML with a [train] section for the PTB-XL model"
+    )
+    ap.add_argument(
+        "--mitdb-model", type=Path, help="reuse an ONNX model trained on MIT-BIH DEV records"
+    )
+    ap.add_argument(
+        "--ptbxl-model", type=Path, help="reuse an ONNX model trained on PTB-XL folds 1-6"
+    )
+    ap.add_argument("--skip", choices=["mitdb", "ptbxl"], action="append", default=[])
+    ap.add_argument(
+        "--localisation", type=int, default=10, help="synthetic anomalies per TEST record"
+    )
+    ap.add_argument("--excerpt-s", type=float, default=60.0)
+    ap.add_argument("--pca-components", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a few training steps only (smoke run)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "eval_core.json")
+    args = ap.parse_args()
+    out_dir = args.out.with_suffix("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"command": " ".join(["python", *sys.argv]), "quick": args.quick}
+    t0 = time.perf_counter()
+    if "mitdb" not in args.skip:
+        results["mitdb"] = run_mitdb(args, out_dir)
+        args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    if "ptbxl" not in args.skip:
+        results["ptbxl"] = run_ptbxl(args, out_dir)
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["table"] = markdown(results)
+    args.out.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(results["table"])
+    print(f"\nresults: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

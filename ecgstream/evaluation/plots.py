@@ -1,0 +1,151 @@
+"""PNG figures of an evaluation: ROC curves per metric and an example record with its score trace.
+
+Matplotlib with the non-interactive ``Agg`` backend, so plots render on servers without a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ecgstream.evaluation.metrics import MetricError, auroc, roc_curve
+
+__all__ = ["plot_roc", "plot_example", "pick_example_span"]
+
+_TITLES = {
+    "beat": "Beats (+-150 ms), AAMI abnormal vs normal",
+    "window": "10 s windows",
+    "record": "Records (max window score)",
+    "point": "Localisation: samples in synthetic anomalies",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(collected: dict, path: str | Path) -> Path | None:
+    """One ROC panel per metric that has both classes, one curve per score source; None if none."""
+    kinds = [k for k in _TITLES if any(c.arrays(k)[0].size for c in collected.values())]
+    panels = []
+    for kind in kinds:
+        curves = []
+        for name, c in collected.items():
+            labels, scores = c.arrays(kind)
+            try:
+                fpr, tpr, _ = roc_curve(labels, scores)
+                curves.append((name, fpr, tpr, auroc(labels, scores)))
+            except MetricError:
+                continue
+        if curves:
+            panels.append((kind, curves))
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (kind, curves) in zip(axes[0], panels, strict=False):
+        for name, fpr, tpr, auc in curves:
+            ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUROC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+        ax.set_title(_TITLES[kind], fontsize=9)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pick_example_span(
+    abnormal_samples: np.ndarray, n_samples: int, fs: float, span_s: float = 30.0
+) -> tuple[int, int]:
+    """A ``span_s`` second span ``[start, end)`` holding as many abnormal beats as possible."""
+    span = min(int(round(span_s * fs)), n_samples)
+    if len(abnormal_samples) == 0:
+        return 0, span
+    counts = np.searchsorted(abnormal_samples, abnormal_samples + span) - np.arange(
+        len(abnormal_samples)
+    )
+    first = int(abnormal_samples[int(np.argmax(counts))])
+    start = int(np.clip(first - int(2 * fs), 0, n_samples - span))
+    return start, start + span
+
+
+def plot_example(
+    signal: np.ndarray,
+    fs: float,
+    point_scores: dict[str, np.ndarray],
+    path: str | Path,
+    beat_samples: np.ndarray | None = None,
+    beat_abnormal: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    threshold: float | None = None,
+    title: str = "",
+    span_s: float = 30.0,
+) -> Path:
+    """The signal (first lead) over its point score traces, abnormal beats or a synthetic mask marked.
+
+    ``signal`` is ``(n, leads)`` and every trace ``(n,)`` at ``fs`` Hz; the plotted span is the
+    ``span_s`` seconds with the most abnormal beats (or the start of the record).
+    """
+    n = len(signal)
+    abnormal = np.asarray([], dtype=np.int64)
+    if beat_samples is not None and beat_abnormal is not None:
+        abnormal = np.asarray(beat_samples)[np.asarray(beat_abnormal, bool)]
+    if mask is not None and mask.any():
+        idx = np.flatnonzero(mask)
+        a, b = pick_example_span(idx[:1], n, fs, span_s)
+    else:
+        a, b = pick_example_span(abnormal, n, fs, span_s)
+    t = np.arange(a, b) / fs
+    plt = _pyplot()
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=[1.3, 1])
+    ax0.plot(t, signal[a:b, 0], lw=0.7, color="k")
+    ax0.set_ylabel("signal")
+    if title:
+        ax0.set_title(title, fontsize=10)
+    for ax in (ax0, ax1):
+        for s in abnormal[(abnormal >= a) & (abnormal < b)]:
+            ax.axvline(s / fs, color="tab:red", alpha=0.35, lw=3)
+        if mask is not None:
+            m = mask[a:b]
+            ax.fill_between(
+                t, 0, 1, where=m, transform=ax.get_xaxis_transform(), color="tab:orange", alpha=0.25
+            )
+    if beat_samples is not None and beat_abnormal is not None:
+        bs = np.asarray(beat_samples)
+        sel = (bs >= a) & (bs < b) & ~np.asarray(beat_abnormal, bool)
+        ax0.plot(
+            bs[sel] / fs, signal[bs[sel], 0], "o", ms=3, color="tab:green", label="normal beat"
+        )
+        sel_ab = (bs >= a) & (bs < b) & np.asarray(beat_abnormal, bool)
+        ax0.plot(
+            bs[sel_ab] / fs,
+            signal[bs[sel_ab], 0],
+            "v",
+            ms=5,
+            color="tab:red",
+            label="abnormal beat (AAMI)",
+        )
+        ax0.legend(fontsize=7, loc="upper right")
+    for name, trace in point_scores.items():
+        ax1.plot(t, trace[a:b], lw=1, label=name)
+    if threshold is not None:
+        ax1.axhline(threshold, color="0.4", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax1.set_ylabel("point score")
+    ax1.set_xlabel("time (s)")
+    ax1.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

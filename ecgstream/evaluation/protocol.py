@@ -1,0 +1,444 @@
+"""The evaluation protocol behind ``ecgstream evaluate`` and ``benchmarks/eval_core.py``.
+
+Scores come from a :class:`ScoreSource`: an exported model scored here with ONNX Runtime
+(:class:`ModelSource`), or a folder of ``.npz`` files written by ``ecgstream score`` or by any
+third-party tool that follows the scoring contract (:class:`NpzSource`). Both are evaluated by
+the same code, on the record's own sampling rate:
+
+- **beat level** (records with ``.atr`` beat annotations): the score of a beat is the max point
+  score within +-150 ms of its annotation; label = AAMI abnormal (S, V, F, Q) vs normal (N).
+- **10 s windows**: non-overlapping 10 s windows of the record, score = max point score in the
+  window, label from :func:`ecgstream.signals.labels.window_labels` (windows without beats and
+  windows with unscored samples only are left out).
+- **record level** (PTB-XL style sets): record score = max of the record's ``window_score``;
+  label 0 = NORM only, 1 = any other diagnostic superclass.
+- **localisation** (needs a model): Perlin-noise anomalies with exact masks are injected into
+  excerpts of real records (:mod:`ecgstream.signals.synth`); point-level AUROC of the point score
+  against the mask. Samples within 0.5 s of a real abnormal beat are left out of the negatives.
+
+AUROC / AP are pooled over all records (not averaged per record).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecgstream.evaluation.metrics import (
+    MetricError,
+    auroc,
+    average_precision,
+    beat_scores,
+    fixed_windows,
+    interval_max,
+)
+from ecgstream.runtime.scorer import RecordScores, Scorer
+from ecgstream.signals.labels import BeatAnnotations, normal_mask, read_beats, window_labels
+from ecgstream.signals.records import Record, RecordError, read_record, select_leads
+
+__all__ = [
+    "BEAT_HALF_WIDTH_S",
+    "WINDOW_S",
+    "RECORD_SCORE",
+    "ScoreSource",
+    "ModelSource",
+    "NpzSource",
+    "load_npz",
+    "Collected",
+    "collect_record",
+    "localisation_excerpts",
+    "summarise",
+    "record_labels",
+    "beats_of",
+    "Example",
+    "default_injector",
+    "evaluate",
+]
+
+log = logging.getLogger(__name__)
+
+#: Half-width (seconds) of the interval around a beat annotation whose max point score scores the beat.
+BEAT_HALF_WIDTH_S = 0.15
+#: Length (seconds) of the fixed windows of the window-level metric.
+WINDOW_S = 10.0
+#: How a record's score is made from its window scores (record-level metric).
+RECORD_SCORE = "max of window_score"
+
+
+def load_npz(path: str | Path) -> RecordScores:
+    """Read one ``.npz`` of the scoring contract, checking its fields."""
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: score file not found")
+    with np.load(path) as data:
+        missing = {"fs", "point_score", "window_start", "window_end", "window_score"} - set(
+            data.files
+        )
+        if missing:
+            raise RecordError(f"{path}: score file lacks {sorted(missing)}")
+        return RecordScores(
+            name=path.stem,
+            fs=float(data["fs"]),
+            point_score=np.asarray(data["point_score"], dtype=np.float64),
+            window_start=np.asarray(data["window_start"], dtype=np.int64),
+            window_end=np.asarray(data["window_end"], dtype=np.int64),
+            window_score=np.asarray(data["window_score"], dtype=np.float64),
+        )
+
+
+class ScoreSource:
+    """Where the scores of a record come from (a model, or a folder of score files)."""
+
+    name: str = ""
+
+    def scores(self, record: Record) -> RecordScores:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ModelSource(ScoreSource):
+    """Scores records with an exported ONNX model (ONNX Runtime only)."""
+
+    def __init__(self, model_path: str | Path, threads: int = 1, batch_size: int = 64):
+        self.scorer = Scorer(model_path, threads=threads, batch_size=batch_size)
+        self.spec = self.scorer.spec
+        self.name = self.spec.name or Path(model_path).stem
+        self.path = Path(model_path)
+
+    def scores(self, record: Record) -> RecordScores:
+        return self.scorer.score_record(record)
+
+    def score_signal(self, signal: np.ndarray, fs: float, name: str = "") -> RecordScores:
+        """Score a signal whose leads are already the model's (see :meth:`Scorer.score_signal`)."""
+        return self.scorer.score_signal(signal, fs, name)
+
+
+class NpzSource(ScoreSource):
+    """Reads ``<folder>/<record name>.npz`` (the output of ``ecgstream score`` or a third party)."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise RecordError(f"{self.folder}: score folder not found")
+        self.name = name or self.folder.name
+
+    def scores(self, record: Record) -> RecordScores:
+        scores = load_npz(self.folder / f"{record.name}.npz")
+        if len(scores.point_score) != record.n_samples:
+            raise RecordError(
+                f"{record.name}: score file has {len(scores.point_score)} point scores, "
+                f"the record {record.n_samples} samples"
+            )
+        if abs(scores.fs - record.fs) > 1e-6:
+            raise RecordError(
+                f"{record.name}: score file is at {scores.fs} Hz, the record at {record.fs} Hz"
+            )
+        return scores
+
+
+@dataclass
+class Collected:
+    """Pooled (label, score) pairs of one score source over many records, per metric."""
+
+    beat_labels: list[np.ndarray] = field(default_factory=list)
+    beat_scores: list[np.ndarray] = field(default_factory=list)
+    window_labels: list[np.ndarray] = field(default_factory=list)
+    window_scores: list[np.ndarray] = field(default_factory=list)
+    record_names: list[str] = field(default_factory=list)
+    record_label: list[int] = field(default_factory=list)
+    record_score: list[float] = field(default_factory=list)
+    point_labels: list[np.ndarray] = field(default_factory=list)
+    point_scores: list[np.ndarray] = field(default_factory=list)
+    point_kinds: list[str] = field(default_factory=list)
+    per_record: dict = field(default_factory=dict)
+
+    def arrays(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated labels and scores of ``kind`` (beat, window, record, point)."""
+        if kind == "record":
+            return np.asarray(self.record_label, dtype=np.int8), np.asarray(
+                self.record_score, dtype=np.float64
+            )
+        labels, scores = getattr(self, f"{kind}_labels"), getattr(self, f"{kind}_scores")
+        if not labels:
+            return np.zeros(0, np.int8), np.zeros(0)
+        return np.concatenate(labels), np.concatenate(scores)
+
+
+def _record_score(scores: RecordScores) -> float:
+    finite = scores.window_score[np.isfinite(scores.window_score)]
+    return float(finite.max()) if finite.size else float("nan")
+
+
+def collect_record(
+    out: Collected,
+    record: Record,
+    scores: RecordScores,
+    beats: BeatAnnotations | None = None,
+    record_label: int | None = None,
+) -> None:
+    """Add one record's beat, 10 s window and record (label, score) pairs to ``out``."""
+    info: dict = {"n_samples": record.n_samples, "fs": record.fs}
+    point = scores.point_score
+    if beats is not None and len(beats):
+        b = beat_scores(point, beats.samples, record.fs, BEAT_HALF_WIDTH_S)
+        ok = np.isfinite(b)
+        out.beat_labels.append(beats.abnormal[ok].astype(np.int8))
+        out.beat_scores.append(b[ok])
+        starts, ends = fixed_windows(record.n_samples, record.fs, WINDOW_S)
+        wl = window_labels(beats, starts, ends)
+        ws = interval_max(point, starts, ends)
+        keep = (wl >= 0) & np.isfinite(ws)
+        out.window_labels.append(wl[keep])
+        out.window_scores.append(ws[keep])
+        info.update(
+            n_beats=int(ok.sum()),
+            n_abnormal_beats=int(beats.abnormal[ok].sum()),
+            n_windows=int(keep.sum()),
+            n_abnormal_windows=int((wl[keep] == 1).sum()),
+        )
+        with contextlib.suppress(MetricError):
+            info["beat_auroc"] = auroc(beats.abnormal[ok], b[ok])
+    if record_label is not None and record_label >= 0:
+        out.record_names.append(record.name)
+        out.record_label.append(int(record_label))
+        out.record_score.append(_record_score(scores))
+        info.update(label=int(record_label), score=out.record_score[-1])
+    out.per_record[record.name] = info
+
+
+def localisation_excerpts(
+    source: ModelSource,
+    record: Record,
+    rng: np.random.Generator,
+    n_excerpts: int,
+    excerpt_s: float,
+    inject: Callable,
+    beats: BeatAnnotations | None = None,
+    out: Collected | None = None,
+) -> Collected:
+    """Inject one synthetic anomaly into each of ``n_excerpts`` random excerpts and score them.
+
+    ``inject(signal, fs, rng) -> (signal_out, mask, info)`` works on ``(n, leads)`` at the record
+    rate and returns a per-sample boolean mask and a dict with the anomaly ``kind``. Excerpts are cut from the model's leads of ``record``.
+    Negatives within 0.5 s of a real abnormal beat are left out.
+    """
+    out = out if out is not None else Collected()
+    picked = select_leads(record, source.spec.leads) if source.spec.leads else record
+    n = int(round(excerpt_s * record.fs))
+    if n > record.n_samples:
+        n = record.n_samples
+    real_ok = (
+        normal_mask(beats, record.n_samples, 0.5) if beats is not None and len(beats) else None
+    )
+    for _i in range(n_excerpts):
+        start = int(rng.integers(0, record.n_samples - n + 1))
+        seg = picked.signal[start : start + n]
+        seg_out, mask, info = inject(seg, record.fs, rng)
+        scores = source.score_signal(seg_out, record.fs, f"{record.name}+{start}")
+        mask = np.asarray(mask, dtype=bool)
+        keep = np.isfinite(scores.point_score)
+        if real_ok is not None:
+            keep &= real_ok[start : start + n] | mask
+        if mask[keep].any() and not mask[keep].all():
+            out.point_labels.append(mask[keep].astype(np.int8))
+            out.point_scores.append(scores.point_score[keep])
+            out.point_kinds.append(str(info.get("kind", "")))
+            out.per_record.setdefault(record.name, {}).setdefault("excerpts", []).append(
+                {"start": start, "n": n, "anomalous": int(mask.sum()), "kind": out.point_kinds[-1]}
+            )
+    return out
+
+
+def _metric_block(labels: np.ndarray, scores: np.ndarray, with_ap: bool = True) -> dict:
+    block: dict = {"n": int(labels.size), "n_positive": int((labels == 1).sum())}
+    try:
+        block["auroc"] = auroc(labels, scores)
+        if with_ap:
+            block["ap"] = average_precision(labels, scores)
+            block["ap_chance"] = block["n_positive"] / block["n"]
+    except MetricError as exc:
+        block["auroc"] = None
+        block["note"] = str(exc)
+    return block
+
+
+def summarise(collected: Collected) -> dict:
+    """The metric blocks (AUROC, AP, counts) of one source, for the JSON report."""
+    report: dict = {}
+    labels, scores = collected.arrays("beat")
+    if labels.size:
+        report["beat"] = {**_metric_block(labels, scores), "half_width_s": BEAT_HALF_WIDTH_S}
+    labels, scores = collected.arrays("window")
+    if labels.size:
+        report["window_10s"] = {
+            **_metric_block(labels, scores),
+            "window_s": WINDOW_S,
+            "window_score": "max point score",
+        }
+    labels, scores = collected.arrays("record")
+    if labels.size:
+        report["record"] = {**_metric_block(labels, scores), "record_score": RECORD_SCORE}
+    labels, scores = collected.arrays("point")
+    if labels.size:
+        block = {**_metric_block(labels, scores), "n_excerpts": len(collected.point_labels)}
+        per_kind = {}
+        for kind in sorted(set(collected.point_kinds)):
+            sel = [i for i, k in enumerate(collected.point_kinds) if k == kind]
+            kl = np.concatenate([collected.point_labels[i] for i in sel])
+            ks = np.concatenate([collected.point_scores[i] for i in sel])
+            per_kind[kind] = _metric_block(kl, ks, with_ap=False)
+        block["per_kind"] = per_kind
+        report["localisation"] = block
+    return report
+
+
+def record_labels(paths: Iterable[Path]) -> dict[Path, int]:
+    """Record labels of PTB-XL records (by path), from the ``ptbxl_database.csv`` of their folder."""
+    from ecgstream.signals.labels import ptbxl_table
+
+    out: dict[Path, int] = {}
+    roots: dict[Path, dict] = {}
+    for path in paths:
+        path = Path(path)
+        root = next((p for p in path.parents if (p / "ptbxl_database.csv").exists()), None)
+        if root is None:
+            continue
+        if root not in roots:
+            table = ptbxl_table(root, "lr")
+            table_hr = ptbxl_table(root, "hr")
+            mapping = {
+                Path(p).resolve(): int(lab)
+                for p, lab in zip(table["path"], table["label"], strict=False)
+            }
+            mapping.update(
+                {
+                    Path(p).resolve(): int(lab)
+                    for p, lab in zip(table_hr["path"], table_hr["label"], strict=False)
+                }
+            )
+            roots[root] = mapping
+        label = roots[root].get(path.resolve())
+        if label is not None:
+            out[path] = label
+    return out
+
+
+def beats_of(path: Path) -> BeatAnnotations | None:
+    """Beat annotations of a record when it has an ``.atr`` file, else None."""
+    if not Path(path).with_suffix(".atr").exists():
+        return None
+    return read_beats(path)
+
+
+@dataclass
+class Example:
+    """One record kept for the example plot: the signal of the first source's leads and every source's scores."""
+
+    record: Record
+    beats: BeatAnnotations | None
+    scores: dict[str, RecordScores]
+
+
+def default_injector() -> Callable:
+    """``inject(signal, fs, rng) -> (signal_out, mask, info)``: the Perlin synthesiser, all kinds."""
+    from ecgstream.signals.synth import inject_1d
+
+    return inject_1d
+
+
+def evaluate(
+    sources: list[ScoreSource],
+    paths: list[Path],
+    localisation: int = 0,
+    excerpt_s: float = 60.0,
+    seed: int = 0,
+    inject: Callable | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, Collected], Example | None]:
+    """Evaluate every source on the same records; returns (report, collected pairs, example record).
+
+    ``localisation`` is the number of excerpts (``excerpt_s`` seconds) per record into which one
+    synthetic anomaly each is injected; every model source sees the same excerpts and anomalies.
+    Records that cannot be read or scored are skipped and listed under ``skipped``.
+    """
+    from tqdm import tqdm
+
+    collected = {s.name: Collected() for s in sources}
+    if len(collected) != len(sources):
+        raise ValueError(f"score sources need distinct names, got {[s.name for s in sources]}")
+    labels = record_labels(paths)
+    skipped: dict[str, str] = {}
+    example: Example | None = None
+    if localisation and inject is None:
+        inject = default_injector()
+    for index, path in enumerate(
+        tqdm(paths, desc="evaluating", unit="record", disable=not progress)
+    ):
+        try:
+            record = read_record(path)
+            beats = beats_of(path)
+            per_source = {s.name: s.scores(record) for s in sources}
+        except RecordError as exc:
+            skipped[str(path)] = str(exc)
+            log.warning("skipped %s: %s", path, exc)
+            continue
+        for source in sources:
+            collect_record(
+                collected[source.name],
+                record,
+                per_source[source.name],
+                beats,
+                labels.get(Path(path)),
+            )
+            if localisation and isinstance(source, ModelSource):
+                rng = np.random.default_rng([seed, index])
+                localisation_excerpts(
+                    source,
+                    record,
+                    rng,
+                    localisation,
+                    excerpt_s,
+                    inject,
+                    beats,
+                    collected[source.name],
+                )
+        if example is None and beats is not None and beats.abnormal.any():
+            example = Example(record, beats, per_source)
+    report = {
+        "records": [str(p) for p in paths],
+        "skipped": skipped,
+        "protocol": {
+            "beat_half_width_s": BEAT_HALF_WIDTH_S,
+            "window_s": WINDOW_S,
+            "record_score": RECORD_SCORE,
+            "localisation_excerpts_per_record": localisation,
+            "localisation_excerpt_s": excerpt_s,
+            "seed": seed,
+            "pooling": "pooled over records",
+        },
+        "sources": {},
+    }
+    for source in sources:
+        entry = summarise(collected[source.name])
+        if isinstance(source, ModelSource):
+            from ecgstream.runtime.model_file import sha256_of
+
+            entry["model"] = {
+                "path": str(source.path),
+                "sha256": sha256_of(source.path),
+                "kind": source.spec.kind,
+                "version": source.spec.version,
+                "leads": source.spec.leads,
+                "fs": source.spec.fs,
+                "window": source.spec.window,
+                "hop": source.spec.hop,
+            }
+        else:
+            entry["scores_folder"] = str(getattr(source, "folder", ""))
+        entry["per_record"] = collected[source.name].per_record
+        report["sources"][source.name] = entry
+    return report, collected, example

@@ -1,0 +1,341 @@
+"""MMAE-ECG: multi-scale masked autoencoder for ECG windows (after Zhou et al., arXiv 2502.05494).
+
+Input: preprocessed windows ``(B, n_leads, window)`` in mV at the model rate. Inside the graph:
+
+1. **Per-window, per-lead normalisation** (zero mean, unit standard deviation), so gain and
+   offset differences between patients and devices do not count as anomalies.
+2. **Tokens at two scales.** The window is cut into non-overlapping *global* segments of
+   ``segment`` samples spanning all leads, and into *local* segments of ``segment // 2`` samples
+   (finer tokens). Each scale has its own linear embedding and its own learnable positional
+   embedding (``pos_global`` and ``pos_local``).
+3. **Two-scale masking.** A *local region* of ``local_region`` global segments is represented by
+   its fine tokens; the rest of the window by global tokens. In training the region is placed at
+   random and random global tokens outside it (ratio ``mask_global``) and random local tokens in
+   it (ratio ``mask_local``) are hidden.
+4. **One lightweight encoder** (:class:`~ecgstream.models.token_core.TokenCore`) over the visible
+   tokens of both scales, and **one decoder block** that reconstructs the hidden ones.
+5. **Loss**: MSE on per-segment-normalised targets (each hidden segment standardised on its own).
+
+**Deterministic inference.** A fixed set of passes (buffers, no randomness): the local region
+steps over the window in ``ceil(n_global / local_region)`` positions; for each position,
+``infer_local_masks`` interleaved patterns hide the fine tokens of the region, and global tokens
+outside the region are hidden by ``infer_global_masks`` interleaved patterns (cycling with the
+pass number). Every global segment and every local segment is hidden, and reconstructed from its
+visible neighbours, at least once. So at inference the local scale gives a second, finer
+reconstruction of every part of the window (each part once, when the region passes over it).
+
+**Scores.** The squared residual of a hidden segment, mapped back to window-normalised units
+(``(pred * sigma_seg + mu_seg - x)**2``), averaged over leads, is the score of each of its
+samples; a sample's point score averages over the passes that hid it (both scales, the local one
+weighted by ``local_weight``). The window score is the mean of the top ``topk_frac`` point
+scores. Outputs: ``point_score`` ``(B, window)`` and ``window_score`` ``(B,)``, the graph
+interface of :mod:`ecgstream.runtime.model_file`.
+
+>>> import torch
+>>> cfg = MMAEConfig(n_leads=1, window=400, segment=20, local_region=5, dim=32, depth=1, heads=2)
+>>> model = MMAE(cfg).eval()
+>>> point, window = model(torch.randn(2, 1, 400))
+>>> tuple(point.shape), tuple(window.shape)
+((2, 400), (2,))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ecgstream.models.token_core import TokenCore, gather_tokens, random_split
+
+__all__ = ["MMAEConfig", "MMAE", "count_parameters", "estimate_macs", "inference_passes"]
+
+
+@dataclass
+class MMAEConfig:
+    """Architecture of one MMAE-ECG model (all lengths in samples at the model rate)."""
+
+    n_leads: int = 1
+    window: int = 1000
+    segment: int = 20
+    local_factor: int = 2
+    local_region: int = 10
+    mask_global: float = 0.5
+    mask_local: float = 0.5
+    infer_global_masks: int = 2
+    infer_local_masks: int = 2
+    dim: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    target_eps: float = 0.05
+    local_weight: float = 1.0
+    topk_frac: float = 0.1
+    score_space: str = (
+        "window"  # "window": residual in window-normalised units; "segment": per-segment-normalised
+    )
+
+    @property
+    def n_global(self) -> int:
+        return self.window // self.segment
+
+    @property
+    def local_segment(self) -> int:
+        return self.segment // self.local_factor
+
+    @property
+    def n_local(self) -> int:
+        return self.window // self.local_segment
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent setting."""
+        if self.window % self.segment:
+            raise ValueError(f"window {self.window} must be a multiple of segment {self.segment}")
+        if self.segment % self.local_factor:
+            raise ValueError(
+                f"segment {self.segment} must be a multiple of local_factor {self.local_factor}"
+            )
+        if not 1 <= self.local_region < self.n_global:
+            raise ValueError(
+                f"local_region {self.local_region} must be 1..{self.n_global - 1} global segments"
+            )
+        for name in ("mask_global", "mask_local"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.score_space not in ("window", "segment"):
+            raise ValueError(f"score_space must be 'window' or 'segment', not {self.score_space!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MMAEConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _pad(indices: list[int], n: int) -> list[int]:
+    """Pad an index list to length ``n`` by repeating its first entry (duplicates are harmless)."""
+    return indices + [indices[0]] * (n - len(indices))
+
+
+def inference_passes(cfg: MMAEConfig) -> dict[str, torch.Tensor]:
+    """The fixed inference passes as index tensors (token indices: global first, then local).
+
+    Returns ``keep`` ``(K, Nv)``, ``hide_global`` ``(K, Hg)`` (indices into the global tokens),
+    ``hide_local`` ``(K, Hl)`` (indices into the local tokens) and ``region`` ``(K,)`` (first
+    global segment of each pass's local region).
+    """
+    ng, r, f = cfg.n_global, cfg.local_region, cfg.local_factor
+    starts = list(range(0, ng - r + 1, r))
+    if starts[-1] + r < ng:
+        starts.append(ng - r)
+    keeps, hides_g, hides_l, regions = [], [], [], []
+    p = 0
+    for s in starts:
+        local = list(range(s * f, (s + r) * f))
+        outside = [i for i in range(ng) if not s <= i < s + r]
+        for a in range(cfg.infer_local_masks):
+            hl = [j for k, j in enumerate(local) if k % cfg.infer_local_masks == a]
+            kl = [j for j in local if j not in hl]
+            g = p % cfg.infer_global_masks
+            hg = [i for i in outside if i % cfg.infer_global_masks == g]
+            kg = [i for i in outside if i not in hg]
+            keeps.append(kg + [ng + j for j in kl])
+            hides_g.append(hg)
+            hides_l.append(hl)
+            regions.append(s)
+            p += 1
+    n_keep = max(len(k) for k in keeps)
+    n_hg = max(len(h) for h in hides_g)
+    n_hl = max(len(h) for h in hides_l)
+    return {
+        "keep": torch.tensor([_pad(k, n_keep) for k in keeps], dtype=torch.long),
+        "hide_global": torch.tensor([_pad(h, n_hg) for h in hides_g], dtype=torch.long),
+        "hide_local": torch.tensor([_pad(h, n_hl) for h in hides_l], dtype=torch.long),
+        "region": torch.tensor(regions, dtype=torch.long),
+    }
+
+
+def _sample_map(hide: torch.Tensor, seg: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather map from per-pass hidden-segment residuals to samples.
+
+    Residuals of one scale are flattened as ``(K * H * seg)`` plus one trailing zero slot; the map
+    ``(K * window,)`` points every (pass, sample) to its residual, or to the zero slot when the
+    sample was not hidden at this scale in that pass. Also returns the per-sample count ``(window,)``.
+    """
+    k, h = hide.shape
+    zero = k * h * seg
+    index = torch.full((k, window), zero, dtype=torch.long)
+    for p in range(k):
+        seen = set()
+        for j, token in enumerate(hide[p].tolist()):
+            if token in seen:
+                continue
+            seen.add(token)
+            t0 = token * seg
+            index[p, t0 : t0 + seg] = (p * h + j) * seg + torch.arange(seg)
+    count = (index != zero).sum(0).to(torch.float32)
+    return index.reshape(-1), count
+
+
+class MMAE(nn.Module):
+    """MMAE-ECG: ``forward(windows) -> (point_score (B, T), window_score (B,))``; ``loss`` trains it."""
+
+    def __init__(self, cfg: MMAEConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d, leads = cfg.dim, cfg.n_leads
+        self.embed_global = nn.Linear(leads * cfg.segment, d)
+        self.embed_local = nn.Linear(leads * cfg.local_segment, d)
+        self.pos_global = nn.Parameter(torch.randn(1, cfg.n_global, d) * 0.02)
+        self.pos_local = nn.Parameter(torch.randn(1, cfg.n_local, d) * 0.02)
+        self.core = TokenCore(
+            d, cfg.depth, cfg.heads, cfg.mlp_ratio, decoder_depth=1, dropout=cfg.dropout
+        )
+        self.head_global = nn.Linear(d, leads * cfg.segment)
+        self.head_local = nn.Linear(d, leads * cfg.local_segment)
+        passes = inference_passes(cfg)
+        self.register_buffer("keep", passes["keep"], persistent=False)
+        self.register_buffer("hide_global", passes["hide_global"], persistent=False)
+        self.register_buffer("hide_local", passes["hide_local"], persistent=False)
+        map_g, count_g = _sample_map(passes["hide_global"], cfg.segment, cfg.window)
+        map_l, count_l = _sample_map(passes["hide_local"], cfg.local_segment, cfg.window)
+        if (count_g == 0).any() or (count_l == 0).any():
+            raise ValueError("inference masks leave some segments never reconstructed")
+        self.register_buffer("map_global", map_g, persistent=False)
+        self.register_buffer("map_local", map_l, persistent=False)
+        self.register_buffer("weight", count_g + cfg.local_weight * count_l, persistent=False)
+        self.n_passes = int(passes["keep"].shape[0])
+
+    # -- pieces shared by training and inference -------------------------------------------------
+    @staticmethod
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        """Per-window, per-lead standardisation of ``(B, L, T)``."""
+        mu = x.mean(-1, keepdim=True)
+        sd = ((x - mu) ** 2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        return (x - mu) / sd
+
+    @staticmethod
+    def segments(x: torch.Tensor, seg: int) -> torch.Tensor:
+        """``(B, L, T)`` -> ``(B, T // seg, L * seg)`` (segments spanning all leads)."""
+        b, leads, t = x.shape
+        return (
+            x.reshape(b, leads, t // seg, seg).permute(0, 2, 1, 3).reshape(b, t // seg, leads * seg)
+        )
+
+    def tokens(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised window -> (tokens, positions, global targets, local targets)."""
+        seg_g = self.segments(x, self.cfg.segment)
+        seg_l = self.segments(x, self.cfg.local_segment)
+        tokens = torch.cat([self.embed_global(seg_g), self.embed_local(seg_l)], 1)
+        pos = torch.cat([self.pos_global, self.pos_local], 1)
+        return tokens, pos, seg_g, seg_l
+
+    def _target(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu = seg.mean(-1, keepdim=True)
+        sd = (seg.var(-1, unbiased=False, keepdim=True) + self.cfg.target_eps).sqrt()
+        return (seg - mu) / sd, mu, sd
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_masks(
+        self, batch: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random training masks: ``keep`` ``(B, Nv)``, hidden global ``(B, Hg)``, hidden local ``(B, Hl)``."""
+        cfg = self.cfg
+        ng, nl, r, f = cfg.n_global, cfg.n_local, cfg.local_region, cfg.local_factor
+        start = torch.randint(0, ng - r + 1, (batch, 1), generator=generator)
+        gi = torch.arange(ng)[None]
+        li = torch.arange(nl)[None]
+        in_region_g = (gi >= start) & (gi < start + r)
+        in_region_l = (li >= start * f) & (li < (start + r) * f)
+        n_hg = max(1, round(cfg.mask_global * (ng - r)))
+        n_hl = max(1, round(cfg.mask_local * r * f))
+        hide_g, keep_g = random_split(batch, ng, n_hg, generator, exclude=in_region_g)
+        hide_l, keep_l = random_split(batch, nl, n_hl, generator, exclude=~in_region_l)
+        return torch.cat([keep_g, keep_l + ng], 1), hide_g, hide_l
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked reconstruction loss of windows ``(B, L, T)`` (MSE on per-segment-normalised targets)."""
+        xn = self.normalise(x)
+        tokens, pos, seg_g, seg_l = self.tokens(xn)
+        keep, hide_g, hide_l = self.training_masks(x.shape[0], generator)
+        hide_l_tok = hide_l + self.cfg.n_global
+        recon = self.core(tokens, pos, keep, torch.cat([hide_g, hide_l_tok], 1))
+        n_hg = hide_g.shape[1]
+        pred_g = self.head_global(recon[:, :n_hg])
+        pred_l = self.head_local(recon[:, n_hg:])
+        tgt_g = self._target(gather_tokens(seg_g, hide_g))[0]
+        tgt_l = self._target(gather_tokens(seg_l, hide_l))[0]
+        loss_g = ((pred_g - tgt_g) ** 2).mean()
+        loss_l = ((pred_l - tgt_l) ** 2).mean()
+        return (loss_g + self.cfg.local_weight * loss_l) / (1.0 + self.cfg.local_weight)
+
+    # -- inference -------------------------------------------------------------------------------------
+    def _residual(
+        self, pred: torch.Tensor, seg: torch.Tensor, hide: torch.Tensor, seg_len: int
+    ) -> torch.Tensor:
+        """Per-sample residuals of one scale, flattened ``(B, K * H * seg_len + 1)`` (zero slot last)."""
+        b = seg.shape[0]
+        k, h = hide.shape
+        target = torch.index_select(seg, 1, hide.reshape(-1)).reshape(b, k, h, -1)
+        tn, mu, sd = self._target(target)
+        pred = pred.reshape(b, k, h, -1)
+        err = (pred - tn) ** 2 if self.cfg.score_space == "segment" else ((pred - tn) * sd) ** 2
+        err = err.reshape(b, k, h, self.cfg.n_leads, seg_len).mean(3)
+        flat = err.reshape(b, k * h * seg_len)
+        return torch.cat([flat, torch.zeros_like(flat[:, :1])], 1)
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
+        cfg = self.cfg
+        b = windows.shape[0]
+        k = self.n_passes
+        xn = self.normalise(windows)
+        tokens, pos, seg_g, seg_l = self.tokens(xn)
+        d = tokens.shape[-1]
+        visible = torch.index_select(tokens + pos, 1, self.keep.reshape(-1)).reshape(b * k, -1, d)
+        memory = self.core.encode(visible)
+        hide_tok = torch.cat([self.hide_global, self.hide_local + cfg.n_global], 1)  # (K, H)
+        hidden_pos = torch.index_select(pos, 1, hide_tok.reshape(-1)).reshape(1, k, -1, d)
+        hidden_pos = hidden_pos.expand(b, -1, -1, -1).reshape(b * k, -1, d)
+        recon = self.core.decode(memory, hidden_pos)
+        n_hg = self.hide_global.shape[1]
+        res_g = self._residual(
+            self.head_global(recon[:, :n_hg]), seg_g, self.hide_global, cfg.segment
+        )
+        res_l = self._residual(
+            self.head_local(recon[:, n_hg:]), seg_l, self.hide_local, cfg.local_segment
+        )
+        sum_g = torch.index_select(res_g, 1, self.map_global).reshape(b, k, cfg.window).sum(1)
+        sum_l = torch.index_select(res_l, 1, self.map_local).reshape(b, k, cfg.window).sum(1)
+        point = (sum_g + cfg.local_weight * sum_l) / self.weight
+        top = max(1, int(round(cfg.topk_frac * cfg.window)))
+        window = torch.topk(point, top, dim=1).values.mean(1)
+        return point, window
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def estimate_macs(model: MMAE) -> int:
+    """Multiply-accumulates of one inference window (linear layers and attention products)."""
+    cfg = model.cfg
+    k, nv = model.keep.shape
+    nh = model.hide_global.shape[1] + model.hide_local.shape[1]
+    d = cfg.dim
+    hidden = int(d * cfg.mlp_ratio)
+    block = lambda n: n * (4 * d * d + 2 * d * hidden) + 2 * n * n * d  # noqa: E731
+    embed = cfg.window * cfg.n_leads * d * 2
+    enc = cfg.depth * block(nv)
+    dec = block(nv + nh)
+    heads = nh * d * cfg.n_leads * cfg.segment
+    return int(embed + k * (enc + dec + heads))

@@ -1,0 +1,126 @@
+"""Thin wrappers around kafka-python: consumer, producer, topic creation, dead-letter messages.
+
+The consumer never auto-commits (the worker commits after alerts are durable). kafka-python
+computes CRC32C in pure Python unless the ``crc32c`` package is installed; it is a dependency,
+and :func:`check_crc32c` warns if it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+__all__ = [
+    "make_consumer",
+    "make_producer",
+    "ensure_topics",
+    "dlq_headers",
+    "check_crc32c",
+    "wait_for_broker",
+]
+
+log = logging.getLogger(__name__)
+
+
+def check_crc32c() -> bool:
+    """True if the fast ``crc32c`` extension is importable (else kafka-python is ~30x slower)."""
+    try:
+        import crc32c  # noqa: F401
+    except ImportError:
+        log.warning("the crc32c package is missing: kafka-python falls back to pure-Python CRC32C")
+        return False
+    return True
+
+
+def make_consumer(
+    bootstrap: str,
+    group: str,
+    client_id: str = "ecgstream",
+    max_poll_records: int = 2000,
+    session_timeout_ms: int = 6000,
+    heartbeat_interval_ms: int = 1000,
+    auto_offset_reset: str = "earliest",
+    **extra,
+):
+    """A ``KafkaConsumer`` in ``group`` with manual commits (subscribe it yourself)."""
+    from kafka import KafkaConsumer
+
+    check_crc32c()
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        group_id=group,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        max_poll_records=max_poll_records,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        max_poll_interval_ms=max(300000, session_timeout_ms * 10),
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        **extra,
+    )
+
+
+def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int = 5, **extra):
+    """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id=client_id,
+        acks="all",
+        linger_ms=linger_ms,
+        batch_size=256 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        **extra,
+    )
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, replication: int = 1) -> None:
+    """Create the ``topics`` that do not exist yet (existing topics are left as they are)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="ecgstream-admin")
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, partitions, replication) for t in topics if t and t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Block until the broker answers metadata requests, or raise ``TimeoutError``."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=2000).close()
+            return
+        except (KafkaError, OSError) as exc:
+            if time.time() > deadline:
+                raise TimeoutError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
+            time.sleep(0.5)
+
+
+def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: int, timestamp: int | None) -> list:
+    """Kafka headers of a dead-letter message: why it was rejected and where it came from."""
+    h = [
+        ("ecgstream-dlq-reason", reason.encode()),
+        ("ecgstream-dlq-detail", detail[:1000].encode()),
+        ("ecgstream-original-topic", topic.encode()),
+        ("ecgstream-original-partition", str(partition).encode()),
+        ("ecgstream-original-offset", str(offset).encode()),
+    ]
+    if timestamp is not None:
+        h.append(("ecgstream-original-timestamp", str(timestamp).encode()))
+    return h

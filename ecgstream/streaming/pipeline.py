@@ -1,0 +1,224 @@
+"""The broker-free core of the worker: chunks in, windows batched into one ONNX call, alerts out.
+
+:class:`Pipeline` is what ``ecgstream run`` executes for every poll, and what
+``ecgstream run --replay`` executes in one process without a broker. For a batch of chunks it
+updates each stream's :class:`~ecgstream.streaming.buffers.StreamBuffer` (sequence checks,
+lead mapping, causal preprocessing), checks technical conditions, cuts the complete windows of
+*all* streams, scores them in one :meth:`~ecgstream.runtime.scorer.Scorer.score_windows` call
+and feeds the calibrated scores to each stream's alert state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as TallyCounter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
+from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.streaming.buffers import LeadMismatch, StreamBuffer, preprocess_pending
+from ecgstream.streaming.wire import Chunk, adc_clipped
+
+__all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Incoming:
+    """A decoded chunk and where it came from (``partition``/``offset`` None without a broker)."""
+
+    chunk: Chunk
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced: alerts, per-window scores (if kept), rejected chunks, tallies."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)
+    rejected: list[tuple[Incoming, str, str]] = field(default_factory=list)
+    windows: int = 0
+    suppressed: int = 0
+    events: TallyCounter = field(default_factory=TallyCounter)
+    inference_s: float = 0.0
+
+
+@dataclass
+class StreamState:
+    """Everything the worker keeps per stream."""
+
+    buffer: StreamBuffer
+    anomaly: AnomalyMachine
+    technical: TechnicalMachine
+    partition: int | None = None
+
+
+class Pipeline:
+    """Per-stream state for every stream seen, and the batched scoring step.
+
+    ``keep_scores`` adds one dict per scored window to :attr:`BatchResult.scores` (stream,
+    window index, start/end s, calibrated score) for score logs and parity checks.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        alert_cfg: AlertConfig | None = None,
+        tech_cfg: TechnicalConfig | None = None,
+        keep_scores: bool = False,
+    ):
+        self.scorer = scorer
+        self.spec = scorer.spec
+        self.alert_cfg = alert_cfg or AlertConfig()
+        self.tech_cfg = tech_cfg or TechnicalConfig()
+        self.threshold = self.alert_cfg.threshold if self.alert_cfg.threshold is not None else self.spec.threshold
+        self.keep_scores = keep_scores
+        self.streams: dict[str, StreamState] = {}
+
+    def _state(self, chunk: Chunk, partition: int | None) -> StreamState:
+        st = self.streams.get(chunk.stream)
+        if st is None:
+            spec = self.spec
+            st = StreamState(
+                StreamBuffer(chunk.stream, spec),
+                AnomalyMachine(chunk.stream, self.alert_cfg, self.threshold, spec.name, spec.version, spec.leads),
+                TechnicalMachine(chunk.stream, spec.name, spec.version, spec.leads),
+                partition,
+            )
+            self.streams[chunk.stream] = st
+        st.partition = partition
+        return st
+
+    def process(self, items: list[Incoming], now: float | None = None) -> BatchResult:
+        """Run one batch of chunks (in arrival order) through buffers, the model and alerts."""
+        now = time.time() if now is None else now
+        res = BatchResult()
+        touched: dict[str, StreamState] = {}
+        checks: list[tuple[StreamState, Chunk]] = []
+        for item in items:
+            chunk = item.chunk
+            st = self._state(chunk, item.partition)
+            try:
+                events = st.buffer.accept(chunk, item.offset, now, defer=True)
+            except LeadMismatch as exc:
+                res.rejected.append((item, exc.reason, str(exc)))
+                if st.buffer.pre is None:
+                    del self.streams[chunk.stream]
+                continue
+            duplicate = False
+            for ev in events:
+                res.events[ev.kind] += 1
+                if ev.kind == "duplicate":
+                    duplicate = True
+                elif ev.kind == "gap":
+                    res.alerts.extend(st.technical.gap(ev.start_s, ev.end_s, ev.detail, self.tech_cfg))
+            if duplicate:
+                continue
+            checks.append((st, chunk))
+            touched[chunk.stream] = st
+        if self.tech_cfg.enabled and checks:
+            self._technical(checks, res)
+        preprocess_pending([st.buffer for st in touched.values()])
+        self._score(touched, res)
+        return res
+
+    def _technical(self, checks: list[tuple[StreamState, Chunk]], res: BatchResult) -> None:
+        """Technical conditions of every chunk, computed per group of equally shaped chunks."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (st, chunk) in enumerate(checks):
+            groups.setdefault((chunk.samples.shape, tuple(st.buffer.lead_idx), chunk.adc is None), []).append(i)
+        for (_, lead_idx, no_clip), idx in groups.items():
+            li = list(lead_idx)
+            x = np.stack([checks[i][1].samples for i in idx])[:, :, li]
+            clipped = None if no_clip else adc_clipped(np.stack([checks[i][1].adc for i in idx])[:, :, li])
+            flags = check_chunks(x, self.tech_cfg, clipped)  # name -> (chunks, leads) bool
+            any_flag = np.zeros(len(idx), bool)
+            for mask in flags.values():
+                any_flag |= mask.any(axis=1)
+            for j, i in enumerate(idx):
+                st, chunk = checks[i]
+                if not any_flag[j] and not st.technical.any_active:
+                    continue
+                conds = {name: (np.flatnonzero(mask[j]).tolist(), self.tech_cfg.describe(name)) for name, mask in flags.items()}
+                t1 = chunk.t0 + chunk.duration_s
+                if any_flag[j]:
+                    st.buffer.mark_bad(chunk.t0, t1)
+                res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
+
+    def _score(self, touched: dict[str, StreamState], res: BatchResult) -> None:
+        parts = []
+        for st in touched.values():
+            wins, suppressed = st.buffer.take_windows()
+            res.suppressed += len(suppressed)
+            if len(wins.index):
+                parts.append((st, wins))
+        if not parts:
+            return
+        batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
+        t = time.perf_counter()
+        point_raw, window_raw = self.scorer.score_windows(batch)
+        res.inference_s = time.perf_counter() - t
+        res.windows = len(batch)
+        scores = self.spec.normalise(window_raw.astype(np.float64))
+        norm = self.spec.score_norm
+        fs = self.spec.fs
+        ks_all = np.concatenate([w.index for _, w in parts]) if len(parts) > 1 else parts[0][1].index
+        delay = np.repeat([st.buffer.pre.delay_s for st, _ in parts], [len(w.index) for _, w in parts])
+        starts_all = ks_all * (self.spec.hop / fs) - delay
+        ends_all = starts_all + self.spec.window / fs
+        i = 0
+        for st, wins in parts:
+            n = len(wins.index)
+            machine = st.anomaly
+            sc = scores[i : i + n]
+            if machine.needs_every_window or machine.active or machine.pending or (sc >= machine.threshold).any():
+                for j in range(n):
+                    if sc[j] >= machine.threshold or machine.active or machine.pending:
+                        point = (point_raw[i + j] - norm["center"]) / norm["scale"]
+                    else:
+                        point = None  # only needed for localisation of an alert
+                    res.alerts.extend(
+                        machine.update(int(ks_all[i + j]), float(sc[j]), float(starts_all[i + j]), float(ends_all[i + j]), point, fs)
+                    )
+            else:
+                machine.skip(int(wins.index[-1]))  # all below threshold, nothing pending: no state change
+            if self.keep_scores:
+                res.scores.extend(
+                    {"stream": st.buffer.stream, "window": int(k), "start_s": round(float(a), 4), "end_s": round(float(b), 4), "score": float(s)}
+                    for k, a, b, s in zip(wins.index, starts_all[i : i + n], ends_all[i : i + n], sc, strict=True)
+                )
+            i += n
+
+    # ---------------------------------------------------------------- state housekeeping
+
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget the streams of revoked ``partitions``; returns how many were dropped."""
+        gone = [s for s, st in self.streams.items() if st.partition in partitions]
+        for s in gone:
+            del self.streams[s]
+        return len(gone)
+
+    def evict_idle(self, now: float, idle_s: float) -> int:
+        """Forget streams with no chunk for ``idle_s`` seconds (ended streams release offsets)."""
+        gone = [s for s, st in self.streams.items() if now - st.buffer.last_seen > idle_s]
+        for s in gone:
+            del self.streams[s]
+        return len(gone)
+
+    def needed_offsets(self) -> dict[int, int]:
+        """Per partition, the lowest offset a future window still needs (see StreamBuffer)."""
+        out: dict[int, int] = {}
+        for st in self.streams.values():
+            if st.partition is None:
+                continue
+            off = st.buffer.needed_offset()
+            if off is not None and (st.partition not in out or off < out[st.partition]):
+                out[st.partition] = off
+        return out

@@ -1,0 +1,350 @@
+"""The Kafka wire format of raw waveform chunks: JSON or a compact binary frame (docs/wire-format.md).
+
+A message value is one :class:`Chunk`: consecutive samples of one stream. The first byte tells
+the encodings apart: ``{`` (or JSON whitespace) starts a JSON object, ``0xEC`` a binary frame::
+
+    offset  size  field
+    0       1     magic 0xEC
+    1       1     version (1)
+    2       1     sample type: 1 = int16, 2 = float32 (little-endian)
+    3       1     reserved, 0
+    4       4     header length H, uint32 little-endian (at most MAX_HEADER_BYTES)
+    8       H     UTF-8 JSON header: stream, seq, t0, fs, leads, units, n [, gain, baseline]
+    8+H     ...   n x n_leads samples, sample-major (lead values of sample 0, then sample 1, ...)
+
+Binary int16 samples are ADC units: physical = (raw - baseline) / gain per lead, and -32768
+marks a missing sample (lead off), as in WFDB. Every field is validated and sizes are bounded;
+anything wrong raises :class:`WireError` with a short machine-readable ``reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Chunk",
+    "WireError",
+    "decode",
+    "encode_json",
+    "encode_binary",
+    "MAGIC",
+    "VERSION",
+    "MAX_MESSAGE_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_SAMPLES",
+    "MAX_LEADS",
+    "MAX_FS",
+    "INT16_MISSING",
+    "adc_clipped",
+]
+
+MAGIC = 0xEC
+VERSION = 1
+#: largest accepted message value, bytes
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: largest accepted binary header, bytes
+MAX_HEADER_BYTES = 4096
+#: most samples per chunk (per lead); 1 s at 20 kHz, or a minute at 1 kHz
+MAX_SAMPLES = 65536
+#: most leads (channels) per stream
+MAX_LEADS = 16
+#: highest accepted sampling rate, Hz
+MAX_FS = 20000.0
+#: largest t0 (seconds since the Unix epoch), about year 5138
+MAX_T0 = 1e11
+MAX_STREAM_CHARS = 128
+MAX_LEAD_CHARS = 16
+INT16_MISSING = -32768
+_INT16_CLIP = 32767
+_FIXED = struct.Struct("<BBBBI")
+_TYPES = {1: np.dtype("<i2"), 2: np.dtype("<f4")}
+_TYPE_CODES = {"int16": 1, "float32": 2}
+_JSON_KEYS = {"stream", "seq", "t0", "fs", "leads", "units", "samples"}
+_HEADER_KEYS = {"stream", "seq", "t0", "fs", "leads", "units", "n", "gain", "baseline"}
+
+
+class WireError(ValueError):
+    """A message is not a valid chunk; ``reason`` is a short code (e.g. ``bad_fs``)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Chunk:
+    """Consecutive samples of one stream.
+
+    ``samples`` is ``(n, n_leads)`` float32 in ``units`` (NaN = missing); ``t0`` is the time of
+    the first sample in seconds since the Unix epoch; ``fs`` in Hz; ``seq`` counts chunks of
+    the stream from 0. ``adc`` holds the raw int16 samples of a binary int16 frame (else None);
+    :attr:`clipped` counts, per lead, those at the ADC limits.
+    """
+
+    stream: str
+    seq: int
+    t0: float
+    fs: float
+    leads: list[str]
+    samples: np.ndarray
+    units: str = "mV"
+    adc: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def clipped(self) -> np.ndarray | None:
+        """Per lead, how many int16 samples sit at the ADC limits (None unless an int16 frame)."""
+        return None if self.adc is None else adc_clipped(self.adc)
+
+    @property
+    def n(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n / self.fs
+
+
+# ---------------------------------------------------------------- field validation
+
+
+def _check_stream(v: object) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= MAX_STREAM_CHARS or not v.isprintable():
+        raise WireError("bad_stream", f"stream must be 1-{MAX_STREAM_CHARS} printable characters")
+    return v
+
+
+def _check_seq(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+        raise WireError("bad_seq", f"seq must be an integer in [0, 2^63), got {v!r:.40}")
+    return v
+
+
+def _check_t0(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < MAX_T0:
+        raise WireError("bad_t0", f"t0 must be seconds since the epoch in [0, 1e11), got {v!r:.40}")
+    if not math.isfinite(v):
+        raise WireError("bad_t0", "t0 must be finite")
+    return float(v)
+
+
+def _check_fs(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise WireError("bad_fs", f"fs must be a number, got {v!r:.40}")
+    if not 0 < v <= MAX_FS:
+        raise WireError("bad_fs", f"fs must be in (0, {MAX_FS:g}] Hz, got {v}")
+    return float(v)
+
+
+def _check_leads(v: object) -> list[str]:
+    if not isinstance(v, list) or not 0 < len(v) <= MAX_LEADS:
+        raise WireError("bad_leads", f"leads must be a list of 1-{MAX_LEADS} names")
+    for name in v:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_LEAD_CHARS or not name.isprintable():
+            raise WireError("bad_leads", f"lead names must be 1-{MAX_LEAD_CHARS} printable characters")
+    if len(set(v)) != len(v):
+        raise WireError("bad_leads", f"lead names must be unique, got {v}")
+    return list(v)
+
+
+def _check_units(v: object) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 16 or not v.isprintable():
+        raise WireError("bad_units", "units must be 1-16 printable characters, e.g. 'mV'")
+    return v
+
+
+def _check_vector(v: object, n_leads: int, name: str, positive: bool) -> np.ndarray:
+    if not isinstance(v, list) or len(v) != n_leads:
+        raise WireError(f"bad_{name}", f"{name} must be a list with one number per lead ({n_leads})")
+    for x in v:
+        if type(x) not in (int, float) or not math.isfinite(x) or (positive and x <= 0):
+            raise WireError(f"bad_{name}", f"{name} must hold finite{' positive' if positive else ''} numbers")
+    return np.array(v, dtype=np.float32)
+
+
+def _check_n(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= MAX_SAMPLES:
+        raise WireError("bad_n", f"sample count must be in [1, {MAX_SAMPLES}], got {v!r:.40}")
+    return v
+
+
+def _check_key(key: bytes | None, stream: str) -> None:
+    if key is not None and key != stream.encode():
+        raise WireError("key_mismatch", f"message key {key[:64]!r} is not the stream id {stream!r}")
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode(value: bytes | None, key: bytes | None = None) -> Chunk:
+    """Decode and validate one message value; ``key`` (if given) must equal the stream id."""
+    if not value:
+        raise WireError("empty", "message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise WireError("too_large", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
+    first = value[0]
+    if first == MAGIC:
+        chunk = _decode_binary(value)
+    elif first in b"{ \t\r\n":
+        chunk = _decode_json(value)
+    else:
+        raise WireError("unknown_encoding", f"first byte 0x{first:02x} is neither '{{' nor 0xEC")
+    _check_key(key, chunk.stream)
+    return chunk
+
+
+def _parse_json(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireError("bad_json", f"{what} is not valid UTF-8 JSON: {str(exc)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise WireError("bad_json", f"{what} must be a JSON object")
+    return obj
+
+
+def _decode_json(value: bytes) -> Chunk:
+    obj = _parse_json(value, "message")
+    missing = _JSON_KEYS - set(obj) - {"units"}
+    if missing:
+        raise WireError("missing_field", f"missing {sorted(missing)}")
+    unknown = set(obj) - _JSON_KEYS
+    if unknown:
+        raise WireError("unknown_field", f"unknown fields {sorted(unknown)[:5]}")
+    stream = _check_stream(obj["stream"])
+    seq, t0, fs = _check_seq(obj["seq"]), _check_t0(obj["t0"]), _check_fs(obj["fs"])
+    leads = _check_leads(obj["leads"])
+    units = _check_units(obj.get("units", "mV"))
+    rows = obj["samples"]
+    if not isinstance(rows, list) or not 0 < len(rows) <= MAX_SAMPLES:
+        raise WireError("bad_n", f"samples must be a list of 1-{MAX_SAMPLES} rows")
+    if not all(isinstance(r, list) and len(r) == len(leads) for r in rows):
+        raise WireError("bad_samples", f"every sample row must be a list of {len(leads)} numbers")
+    ok = (int, float, type(None))
+    if not all(type(x) in ok for r in rows for x in r):
+        raise WireError("bad_samples", "samples must be numbers or null")
+    samples = np.array(rows, dtype=np.float64)  # null -> NaN
+    if samples.dtype.kind != "f" or np.isinf(samples).any():
+        raise WireError("bad_samples", "samples must be finite numbers or null")
+    if (np.abs(np.nan_to_num(samples)) > 1e6).any():
+        raise WireError("bad_samples", "sample magnitude above 1e6")
+    return Chunk(stream, seq, t0, fs, leads, samples.astype(np.float32), units)
+
+
+def _decode_binary(value: bytes) -> Chunk:
+    if len(value) < _FIXED.size:
+        raise WireError("truncated", f"{len(value)} bytes is shorter than the {_FIXED.size}-byte prefix")
+    _, version, type_code, _reserved, hlen = _FIXED.unpack_from(value)
+    if version != VERSION:
+        raise WireError("bad_version", f"binary frame version {version}, this reader knows {VERSION}")
+    if type_code not in _TYPES:
+        raise WireError("bad_sample_type", f"sample type {type_code} (1 = int16, 2 = float32)")
+    if not 0 < hlen <= MAX_HEADER_BYTES:
+        raise WireError("bad_header_size", f"header length {hlen} not in [1, {MAX_HEADER_BYTES}]")
+    if len(value) < _FIXED.size + hlen:
+        raise WireError("truncated", "frame ends inside its header")
+    hdr = _parse_json(value[_FIXED.size : _FIXED.size + hlen], "header")
+    missing = {"stream", "seq", "t0", "fs", "leads", "n"} - set(hdr)
+    if missing:
+        raise WireError("missing_field", f"header misses {sorted(missing)}")
+    unknown = set(hdr) - _HEADER_KEYS
+    if unknown:
+        raise WireError("unknown_field", f"unknown header fields {sorted(unknown)[:5]}")
+    stream = _check_stream(hdr["stream"])
+    seq, t0, fs = _check_seq(hdr["seq"]), _check_t0(hdr["t0"]), _check_fs(hdr["fs"])
+    leads = _check_leads(hdr["leads"])
+    units = _check_units(hdr.get("units", "mV"))
+    n = _check_n(hdr["n"])
+    n_leads = len(leads)
+    dtype = _TYPES[type_code]
+    body = len(value) - _FIXED.size - hlen
+    if body != n * n_leads * dtype.itemsize:
+        raise WireError(
+            "bad_length",
+            f"{body} sample bytes, header says {n} x {n_leads} x {dtype.itemsize} = "
+            f"{n * n_leads * dtype.itemsize}",
+        )
+    raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen).reshape(n, n_leads)
+    gain = _check_vector(hdr.get("gain", [1.0] * n_leads), n_leads, "gain", positive=True)
+    baseline = _check_vector(hdr.get("baseline", [0.0] * n_leads), n_leads, "baseline", positive=False)
+    adc = None
+    if type_code == 1:
+        adc = raw
+        samples = (raw.astype(np.float32) - baseline) / gain
+        if raw.min() == INT16_MISSING:
+            samples[raw == INT16_MISSING] = np.nan
+    else:
+        samples = raw.astype(np.float32)
+        if np.isinf(samples).any():
+            raise WireError("bad_samples", "float32 samples must be finite or NaN")
+        if "gain" in hdr or "baseline" in hdr:
+            samples = (samples - baseline) / gain
+    return Chunk(stream, seq, t0, fs, leads, samples, units, adc)
+
+
+def adc_clipped(adc: np.ndarray) -> np.ndarray:
+    """Count int16 samples at the ADC limits (+-32767) along the sample axis ``-2``."""
+    return np.count_nonzero((adc >= _INT16_CLIP) | (adc == -_INT16_CLIP), axis=-2)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_json(chunk: Chunk) -> bytes:
+    """The JSON encoding of ``chunk`` (NaN samples become null)."""
+    rows = [[None if math.isnan(x) else round(float(x), 6) for x in row] for row in chunk.samples]
+    obj = {
+        "stream": chunk.stream,
+        "seq": chunk.seq,
+        "t0": chunk.t0,
+        "fs": chunk.fs,
+        "leads": list(chunk.leads),
+        "units": chunk.units,
+        "samples": rows,
+    }
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def encode_binary(
+    chunk: Chunk,
+    sample_type: str = "int16",
+    gain: float | list[float] = 200.0,
+    baseline: float | list[float] = 0.0,
+) -> bytes:
+    """The binary frame of ``chunk``; int16 stores ``round(x * gain + baseline)`` per lead.
+
+    ``gain`` is ADC units per physical unit (200 per mV, as in MIT-BIH); int16 values are
+    clipped to +-32767 and NaN is stored as -32768 (missing).
+    """
+    if sample_type not in _TYPE_CODES:
+        raise ValueError(f"sample_type must be 'int16' or 'float32', not {sample_type!r}")
+    n, n_leads = chunk.samples.shape
+    hdr: dict = {
+        "stream": chunk.stream,
+        "seq": int(chunk.seq),
+        "t0": float(chunk.t0),
+        "fs": float(chunk.fs),
+        "leads": list(chunk.leads),
+        "units": chunk.units,
+        "n": int(n),
+    }
+    x = np.asarray(chunk.samples, dtype=np.float32)
+    if sample_type == "int16":
+        g = np.broadcast_to(np.asarray(gain, np.float64), (n_leads,)).astype(np.float64)
+        b = np.broadcast_to(np.asarray(baseline, np.float64), (n_leads,)).astype(np.float64)
+        hdr["gain"], hdr["baseline"] = g.tolist(), b.tolist()
+        nan = np.isnan(x)
+        adc = np.clip(np.rint(np.nan_to_num(x) * g + b), -_INT16_CLIP, _INT16_CLIP).astype("<i2")
+        adc[nan] = INT16_MISSING
+        body = adc.tobytes()
+    else:
+        body = x.astype("<f4").tobytes()
+    header = json.dumps(hdr, separators=(",", ":")).encode()
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    return _FIXED.pack(MAGIC, VERSION, _TYPE_CODES[sample_type], 0, len(header)) + header + body

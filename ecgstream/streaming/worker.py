@@ -1,0 +1,364 @@
+"""The Kafka worker of ``ecgstream run``: poll, decode, score, make alerts durable, commit.
+
+One loop iteration handles one poll (up to ``max_poll_records`` messages from all assigned
+partitions): malformed messages go to the dead-letter topic, the rest go through one
+:class:`~ecgstream.streaming.pipeline.Pipeline` batch (one ONNX Runtime call for the windows of
+every stream), alerts are written to every sink durably, and only then offsets are committed.
+See docs/delivery.md for the commit order, revocation and back-pressure.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecgstream.alerts.state import AlertConfig
+from ecgstream.alerts.technical import TechnicalConfig
+from ecgstream.config import RunConfig
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.sinks.jsonl import JsonLinesSink
+from ecgstream.sinks.kafka_topic import AlertsTopicSink
+from ecgstream.sinks.outbox import Outbox
+from ecgstream.sinks.router import AlertRouter
+from ecgstream.streaming.kafka import dlq_headers, ensure_topics, make_consumer, make_producer
+from ecgstream.streaming.metrics import Metrics
+from ecgstream.streaming.pipeline import Incoming, Pipeline
+from ecgstream.streaming.wire import WireError, decode
+
+__all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"]
+
+log = logging.getLogger(__name__)
+
+SHIPPED_MODEL = "mmae-mitdb-mlii.onnx"
+
+
+def find_model(path: str | Path | None = None) -> Path:
+    """The model to serve: ``path`` if given, else the shipped model next to the package."""
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"model file {p} not found")
+        return p
+    import ecgstream
+
+    here = Path(ecgstream.__file__).resolve().parent
+    for candidate in (here.parent / "models" / SHIPPED_MODEL, here / "data" / SHIPPED_MODEL, Path("models") / SHIPPED_MODEL):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"the shipped model models/{SHIPPED_MODEL} was not found; pass --model PATH")
+
+
+def alert_config(cfg: RunConfig) -> AlertConfig:
+    return AlertConfig(
+        threshold=cfg.threshold,
+        min_windows=cfg.min_windows,
+        hysteresis=cfg.hysteresis,
+        cooldown_s=cfg.cooldown_s,
+        critical_margin=cfg.critical_margin,
+        adaptive=cfg.adaptive,
+        drift=cfg.drift,
+    )
+
+
+def technical_config(cfg: RunConfig) -> TechnicalConfig:
+    return TechnicalConfig(flat_ptp=cfg.flat_ptp, saturation_level=cfg.saturation_level, enabled=cfg.technical)
+
+
+@dataclass
+class Summary:
+    """Totals of a run, printed at the end."""
+
+    messages: int = 0
+    dlq: Counter = field(default_factory=Counter)
+    windows: int = 0
+    suppressed: int = 0
+    alerts: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)
+    streams: set = field(default_factory=set)
+    seconds: float = 0.0
+
+    def add(self, res, n_messages: int) -> None:
+        self.messages += n_messages
+        self.windows += res.windows
+        self.suppressed += res.suppressed
+        self.events.update(res.events)
+        for a in res.alerts:
+            self.alerts[a.kind] += 1
+
+    def text(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.alerts.items())) or "none"
+        lines = [
+            f"streams: {len(self.streams)}   messages: {self.messages}   "
+            f"windows scored: {self.windows}   suppressed (technical): {self.suppressed}",
+            f"alerts: {sum(self.alerts.values())} ({kinds})",
+        ]
+        if self.dlq:
+            lines.append("dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dlq.items())))
+        if self.events:
+            lines.append("stream events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
+        lines.append(f"time: {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+class Worker:
+    """A consumer-group member scoring the ``cfg.topic`` streams (see the module docstring).
+
+    ``record_latency`` keeps, per message, the seconds from its publication (Kafka timestamp)
+    to its alerts being durable, in :attr:`latencies` (benchmarks).
+    """
+
+    def __init__(self, cfg: RunConfig, scorer: Scorer | None = None, metrics: Metrics | None = None, record_latency: bool = False):
+        self.cfg = cfg
+        self.scorer = scorer or Scorer(find_model(cfg.model), threads=cfg.threads, batch_size=cfg.batch_size)
+        self.metrics = metrics or Metrics()
+        self.pipeline = Pipeline(self.scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out))
+        self.summary = Summary()
+        self.record_latency = record_latency
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._committed: dict[int, int] = {}
+        self._last: dict[int, int] = {}  # partition -> last offset processed
+        self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
+        self.consumer = None
+        self.producer = None
+        self.router: AlertRouter | None = None
+        self.scores_sink: JsonLinesSink | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self, *_args) -> None:
+        """Ask the loop to finish the batch in flight, commit and close (signal-safe)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        if cfg.create_topics:
+            ensure_topics(cfg.bootstrap, [cfg.topic, cfg.dlq_topic, cfg.alerts_topic], cfg.partitions)
+        self.producer = make_producer(cfg.bootstrap, client_id=f"ecgstream-{cfg.group}")
+        outbox = Outbox(cfg.outbox) if cfg.outbox else None
+        self.router = AlertRouter(
+            outbox=outbox,
+            webhook_urls=cfg.webhook_urls,
+            webhook_secret=cfg.webhook_secret,
+            jsonl=JsonLinesSink(cfg.alerts_out) if cfg.alerts_out else None,
+            topic=AlertsTopicSink(self.producer, cfg.alerts_topic) if cfg.alerts_topic else None,
+            on_webhook_result=lambda status: self.metrics.webhooks.labels(status).inc(),
+        )
+        self.scores_sink = JsonLinesSink(cfg.scores_out) if cfg.scores_out else None
+        from kafka import ConsumerRebalanceListener
+
+        worker = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                worker._on_revoked({tp.partition for tp in revoked})
+
+            def on_partitions_assigned(self, assigned):
+                worker._on_assigned(assigned)
+
+        self.consumer = make_consumer(
+            cfg.bootstrap,
+            cfg.group,
+            client_id=f"ecgstream-{cfg.group}",
+            max_poll_records=cfg.max_poll_records,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+        )
+        self.consumer.subscribe([cfg.topic], listener=Listener())
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port)
+
+    def _on_revoked(self, partitions: set[int]) -> None:
+        # Offsets were committed after the last batch; what follows the commit is re-read by
+        # the partition's next owner, so the state of these streams is simply dropped.
+        dropped = self.pipeline.drop_partitions(partitions)
+        for p in partitions:
+            self._last.pop(p, None)
+            self._committed.pop(p, None)
+        log.info("partitions %s revoked; dropped %d streams", sorted(partitions), dropped)
+
+    def _on_assigned(self, assigned) -> None:
+        # Stream state starts empty, so every assigned partition must be read from its committed
+        # offset (the oldest chunk an unscored window needs), even one this worker kept and
+        # whose fetch position is further on. The seek happens after the poll returns
+        # (the consumer cannot be used inside its own callback).
+        self._to_rewind.update(assigned)
+        self.metrics.partitions.set(len(assigned))
+        log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
+
+    def run(self, max_idle_s: float | None = None, max_s: float | None = None) -> Summary:
+        """Consume until stopped (signal or :meth:`stop`), ``max_idle_s`` without messages, or ``max_s``."""
+        self._open()
+        t_start = last_msg = time.time()
+        last_lag = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.time()
+                if max_s is not None and now - t_start > max_s:
+                    break
+                polled = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records)
+                if self._to_rewind:
+                    polled = self._rewind(polled)
+                if polled:
+                    last_msg = time.time()
+                    self.process_batch(polled)
+                else:
+                    if max_idle_s is not None and time.time() - last_msg > max_idle_s:
+                        break
+                    if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
+                        self._commit()
+                if time.time() - last_lag > 5.0:
+                    self._update_lag()
+                    last_lag = time.time()
+        finally:
+            self.close()
+            self.summary.seconds = time.time() - t_start
+        return self.summary
+
+    def _rewind(self, polled: dict) -> dict:
+        """Seek newly assigned partitions to their committed offsets; drop their polled records."""
+        rewound = set()
+        for tp in list(self._to_rewind):
+            committed = self.consumer.committed(tp)
+            if committed is not None:
+                self.consumer.seek(tp, committed)
+                self._committed[tp.partition] = committed
+            else:  # nothing committed yet: start where a new group starts (earliest)
+                self.consumer.seek_to_beginning(tp)
+            rewound.add(tp)
+        self._to_rewind.clear()
+        return {tp: recs for tp, recs in polled.items() if tp not in rewound}
+
+    def close(self) -> None:
+        """Commit what is durable, stop the webhook thread (after a short drain), close clients."""
+        if self.consumer is not None:
+            try:
+                self._commit()
+            except Exception as exc:  # the group may already be gone
+                log.warning("final commit failed: %s", exc)
+            self.consumer.close(autocommit=False)
+            self.consumer = None
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+        if self.scores_sink is not None:
+            self.scores_sink.close()
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+            self.producer = None
+
+    # ---------------------------------------------------------------- one poll
+
+    def process_batch(self, polled: dict) -> None:
+        """Decode, score, make durable and commit one poll's records."""
+        t0 = time.perf_counter()
+        m = self.metrics
+        items: list[Incoming] = []
+        dead: list[tuple] = []
+        stamps: list[int] = []
+        n = 0
+        for tp, records in polled.items():
+            n += len(records)
+            for r in records:
+                try:
+                    chunk = decode(r.value, r.key)
+                except WireError as exc:
+                    dead.append((r, exc.reason, exc.detail))
+                    continue
+                items.append(Incoming(chunk, tp.partition, r.offset))
+                stamps.append(r.timestamp)
+            self._last[tp.partition] = records[-1].offset
+        res = self.pipeline.process(items)
+        for item, reason, detail in res.rejected:
+            dead.append((self._record_of(polled, item), reason, detail))
+        if dead:
+            self._dead_letter(dead)
+        alerts = [a.to_dict() for a in res.alerts]
+        self.router.write(alerts)
+        if self.scores_sink is not None:
+            self.scores_sink.write(res.scores)
+        t_durable = time.time()
+        self._commit()
+        # metrics and summary
+        self.summary.add(res, n)
+        self.summary.streams.update(i.chunk.stream for i in items)
+        m.messages.labels("ok").inc(len(items) - len(res.rejected))
+        if dead:
+            m.messages.labels("dead_letter").inc(len(dead))
+        m.windows.labels("scored").inc(res.windows)
+        m.windows.labels("suppressed").inc(res.suppressed)
+        for a in res.alerts:
+            m.alerts.labels(a.kind, a.severity).inc()
+        for kind, count in res.events.items():
+            m.stream_events.labels(kind).inc(count)
+        m.batch_messages.observe(n)
+        if res.windows:
+            m.batch_windows.observe(res.windows)
+            m.inference_s.observe(res.inference_s)
+        m.streams.set(len(self.pipeline.streams))
+        m.batch_s.observe(time.perf_counter() - t0)
+        if self.record_latency:
+            self.latencies.extend(t_durable - s / 1000.0 for s in stamps)
+
+    def _record_of(self, polled: dict, item: Incoming):
+        for tp, records in polled.items():
+            if tp.partition == item.partition:
+                for r in records:
+                    if r.offset == item.offset:
+                        return r
+        raise KeyError(item.offset)
+
+    def _dead_letter(self, dead: list[tuple]) -> None:
+        futures = []
+        for r, reason, detail in dead:
+            self.summary.dlq[reason] += 1
+            self.metrics.dlq.labels(reason).inc()
+            log.warning("dead-letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, reason, detail)
+            headers = dlq_headers(reason, detail, r.topic, r.partition, r.offset, r.timestamp)
+            futures.append(self.producer.send(self.cfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers))
+        self.producer.flush(timeout=30)
+        for f in futures:
+            f.get(timeout=30)
+
+    def _commit(self) -> None:
+        """Commit, per partition, the oldest offset still needed (<= last processed + 1)."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        needed = self.pipeline.needed_offsets()
+        offsets = {}
+        for p, last in self._last.items():
+            target = min(last + 1, needed.get(p, last + 1))
+            if target > self._committed.get(p, -1):
+                offsets[TopicPartition(self.cfg.topic, p)] = OffsetAndMetadata(target, "", -1)
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except KafkaError as exc:  # e.g. a rebalance in progress: the next owner re-reads
+            self.metrics.commits.labels("failed").inc()
+            log.warning("offset commit failed (records will be re-read): %s", exc)
+            return
+        self.metrics.commits.labels("ok").inc()
+        for tp, om in offsets.items():
+            self._committed[tp.partition] = om.offset
+
+    def _update_lag(self) -> None:
+        try:
+            lag = 0
+            for tp in self.consumer.assignment():
+                hw = self.consumer.highwater(tp)
+                if hw is not None:
+                    lag += max(0, hw - self.consumer.position(tp))
+            self.metrics.lag.set(lag)
+        except Exception:  # metrics must never stop the worker
+            log.debug("lag update failed", exc_info=True)

@@ -1,0 +1,90 @@
+"""``TrainConfig``: every setting of ``ecgstream train`` in one dataclass (TOML section ``[train]``).
+
+Lengths given in seconds here become samples at the model rate ``fs`` (Hz) when the model is
+built. Load with :func:`ecgstream.config.load` (defaults < TOML < environment < flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Data, model, optimisation and calibration settings of one training run."""
+
+    # model kind and naming
+    model: str = "mmae"
+    name: str = "mmae"
+    version: str = "1"
+    # data
+    leads: list[str] = field(default_factory=lambda: ["MLII"])
+    records: list[str] = field(default_factory=list)  # keep only these record names (empty: all)
+    exclude: list[str] = field(default_factory=list)  # drop these record names
+    val_records: list[str] = field(
+        default_factory=list
+    )  # record names (or PTB-XL patients) held out
+    val_fraction: float = 0.25  # used when val_records is empty (split by record or patient)
+    ptbxl_train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    ptbxl_val_folds: list[int] = field(default_factory=lambda: [6])
+    ptbxl_resolution: str = "lr"
+    normal_margin_s: float = 0.5  # training windows keep this far from abnormal beats (s)
+    # preprocessing (model rate in Hz, band-pass edges in Hz)
+    fs: float = 100.0
+    highpass_hz: float = 0.5
+    lowpass_hz: float = 40.0
+    # windows (seconds)
+    window_s: float = 10.0
+    hop_s: float = 5.0
+    # MMAE-ECG architecture (segment lengths in samples at fs; local_region in global segments)
+    segment: int = 20
+    local_region: int = 10
+    mask_global: float = 0.5
+    mask_local: float = 0.5
+    infer_global_masks: int = 2
+    infer_local_masks: int = 2
+    dim: int = 64
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    target_eps: float = 0.05
+    local_weight: float = 1.0
+    topk_frac: float = 0.1
+    # optimisation
+    epochs: int = 20
+    steps_per_epoch: int = 150
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    patience: int = 5  # epochs without a better validation figure before stopping
+    seed: int = 0
+    threads: int = 2
+    # validation and calibration
+    val_windows: int = 512  # normal validation windows for the validation loss
+    select_metric: str = "auto"  # auto | beat_auroc | record_auroc | val_loss
+    false_alarm: float = (
+        0.01  # default threshold: this fraction of normal validation windows alerts
+    )
+    # outputs
+    checkpoint_dir: Path | None = None
+    model_out: Path | None = None
+
+    @property
+    def window(self) -> int:
+        """Window length in samples at ``fs``."""
+        return int(round(self.window_s * self.fs))
+
+    @property
+    def hop(self) -> int:
+        """Scoring hop in samples at ``fs``."""
+        return max(1, int(round(self.hop_s * self.fs)))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("checkpoint_dir", "model_out"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d

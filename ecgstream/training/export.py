@@ -1,0 +1,151 @@
+"""Export a trained model to a self-describing ONNX file plus its markdown model card.
+
+The graph follows :mod:`ecgstream.runtime.model_file` (input ``windows`` ``(B, leads, window)``,
+outputs ``point_score`` ``(B, window)`` and ``window_score`` ``(B,)``, dynamic batch axis,
+opset 17, TorchScript exporter ``dynamo=False``); the :class:`ModelSpec` goes into its
+``metadata_props`` and ``<name>.md`` beside it describes use, data, figures and limits.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, sha256_of, write_spec
+
+__all__ = ["OPSET", "export_onnx", "export_model", "write_model_card", "export_checkpoint"]
+
+OPSET = 17
+
+
+def export_onnx(model, spec: ModelSpec, path: str | Path) -> Path:
+    """Write ``model``'s scoring graph to ``path`` (ONNX, opset 17) with ``spec`` in its metadata."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.zeros(2, len(spec.leads), spec.window)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                OUTPUT_NAMES[0]: {0: "batch"},
+                OUTPUT_NAMES[1]: {0: "batch"},
+            },
+        )
+    write_spec(path, spec)
+    return path
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
+    """Write ``<onnx stem>.md`` beside the model: intended use, data, splits, figures, limits, sha256."""
+    onnx_path = Path(onnx_path)
+    tr = spec.training
+    cfg = tr.get("config", {})
+    val = tr.get("validation", {})
+    p = spec.params
+    lines = [
+        f"# Model card: {spec.name} (version {spec.version})",
+        "",
+        "**Not a certified medical device.** Decision support for research and engineering only; "
+        "it must not be used to diagnose or treat patients.",
+        "",
+        "## Intended use",
+        f"Anomaly scoring of ECG streams and records (lead(s) {', '.join(spec.leads)}) with ecgstream "
+        "(`ecgstream score`, `ecgstream run`): a higher score means the signal is less like the normal "
+        "rhythm the model was trained on. It flags candidates for review; it does not classify beats "
+        "or rhythms.",
+        "",
+        "## Model",
+        f"- kind: `{spec.kind}` (MMAE-ECG, multi-scale masked autoencoder; see docs/model-mmae.md)",
+        f"- parameters: {p.get('parameters', '?')}, about {p.get('macs_per_window', 0) / 1e6:.0f} M "
+        "multiply-accumulates per window",
+        f"- input: {len(spec.leads)} lead(s) at {spec.fs:g} Hz, window {spec.window} samples "
+        f"({spec.window_s:g} s), hop {spec.hop} samples ({spec.hop_s:g} s); band-pass "
+        f"{spec.preprocessing.get('highpass_hz')}-{spec.preprocessing.get('lowpass_hz')} Hz (causal)",
+        f"- architecture: segment {p.get('segment')} samples, local segments {p.get('segment', 0) // max(1, p.get('local_factor', 1))} "
+        f"samples over a region of {p.get('local_region')} segments, dim {p.get('dim')}, encoder depth "
+        f"{p.get('depth')}, {p.get('heads')} heads, one decoder block, training mask ratios "
+        f"{p.get('mask_global')} (global) / {p.get('mask_local')} (local)",
+        "",
+        "## Training data and splits",
+        f"- training records ({len(tr.get('records', []))}): {' '.join(map(str, tr.get('records', [])))}",
+        f"- validation records ({len(tr.get('val_records', []))}, not trained on; early stopping, model "
+        f"selection and threshold calibration): {' '.join(map(str, tr.get('val_records', [])))}",
+        f"- normal training windows (start positions): {tr.get('windows', '?')}; only windows without "
+        f"abnormal beats (AAMI S, V, F, Q classes) within {cfg.get('normal_margin_s', '?')} s, or NORM-only "
+        "ECGs for PTB-XL",
+        f"- epochs run: {tr.get('epochs', '?')}, best epoch: {tr.get('best_epoch', '?')} "
+        f"(selected by {tr.get('selection_metric', '?')}), seed {tr.get('seed', '?')}, training time "
+        f"{tr.get('train_seconds', '?')} s",
+        "",
+        "## Validation figures (held-out records)",
+        *[f"- {k}: {_fmt(v)}" for k, v in val.items()],
+        "",
+        "## Score calibration and thresholds",
+        f"Calibrated score = (raw - {spec.score_norm.get('center', 0):.6g}) / {spec.score_norm.get('scale', 1):.6g} "
+        "(median and 1.4826 x MAD of raw window scores of normal validation windows). Thresholds, in "
+        "calibrated units, are quantiles of normal validation windows:",
+        *[f"- {k}: {v:.3f}" for k, v in spec.thresholds.items()],
+        "",
+        "## Limits",
+        "- Trained on few patients; scores of patients unlike the training ones (pacemakers, bundle "
+        "branch blocks, unusual morphology) run high: expect more false alarms on them.",
+        "- Rhythm-only anomalies with normal morphology (some supraventricular ectopy) are weakly scored.",
+        "- Noise, electrode motion and lead-off periods score as anomalous; the model does not tell them "
+        "apart from cardiac events.",
+        "- Thresholds come from validation normals of the training database; recalibrate for other "
+        "devices, leads or populations.",
+        "",
+        "## File",
+        f"- `{onnx_path.name}`: {onnx_path.stat().st_size / 1e6:.2f} MB, sha256 `{sha256_of(onnx_path)}`",
+        "- Full metadata: `ecgstream.spec` in the ONNX metadata_props; training configuration:",
+        "",
+        "```json",
+        json.dumps(cfg, indent=1, sort_keys=True),
+        "```",
+        "",
+    ]
+    card = onnx_path.with_suffix(".md")
+    card.write_text("\n".join(lines))
+    return card
+
+
+def export_model(model, spec: ModelSpec, path: str | Path) -> Path:
+    """ONNX file plus model card; returns the ONNX path."""
+    path = export_onnx(model, spec, path)
+    write_model_card(path, spec)
+    return path
+
+
+def export_checkpoint(checkpoint: str | Path, path: str | Path, name: str | None = None,
+                      version: str | None = None) -> Path:  # fmt: skip
+    """Export a ``model.pt`` written by training (or its folder) to ``path`` with its card."""
+    from ecgstream.training.registry import get_kind
+    from ecgstream.training.trainer import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if "spec" not in state:
+        raise ValueError(f"{checkpoint}: not a finished training checkpoint (no calibrated spec); "
+                         "use the model.pt written at the end of `ecgstream train`")  # fmt: skip
+    spec = ModelSpec.from_json(state["spec"])
+    if name:
+        spec.name = name
+    if version:
+        spec.version = version
+    model = get_kind(spec.kind).load(state)
+    return export_model(model, spec, path)

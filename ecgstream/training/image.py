@@ -1,0 +1,238 @@
+"""Training of the image methods: front end fit, masked encoder pre-training, then one head.
+
+Stages, all on normal windows ``(n, n_leads, window)`` at the model rate:
+
+1. fit the front end's normalisation (per-frequency mean/scale of the log-spectrogram);
+2. train the :class:`~ecgstream.models.encoder.PatchEncoder` as a masked reconstructor, freeze it,
+   and fit the token standardisation;
+3. train the head on the frozen tokens (cached once): UniAD-style with feature jitter, PBAS-style
+   with feature-level synthesis, OneNIP-style with Perlin-corrupted windows
+   (:mod:`ecgstream.signals.synth`) for its restoration stream and refiner.
+
+Each stage runs for a number of steps or until its share of ``time_budget_s`` is spent, so
+a generic-series model trains within a fixed time. Runs are seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ecgstream.models.encoder import ImageDetector, MaskedReconstructor, PatchEncoder
+from ecgstream.models.frontends import build_frontend
+from ecgstream.models.onenip import OneNIPHead
+from ecgstream.models.pbas import PBASHead
+from ecgstream.models.uniad import UniADHead
+from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, write_spec
+from ecgstream.signals.synth import inject_1d
+
+__all__ = ["IMAGE_KINDS", "ImageConfig", "fit_image_detector", "export_detector", "perlin_windows"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_KINDS = ("uniad", "pbas", "onenip")
+
+
+@dataclass
+class ImageConfig:
+    """Settings of one image-method model (lengths in samples at the model rate)."""
+
+    kind: str = "uniad"
+    frontend: str = "spectrogram"  # spectrogram | channel_time
+    n_fft: int = 32
+    stft_hop: int = 4
+    width: int = 32
+    feat_dim: int = 64
+    dim: int = 64
+    radius: int = 1
+    jitter: float = 0.2
+    n_centres: int = 16
+    encoder_steps: int = 600
+    head_steps: int = 800
+    batch_size: int = 64
+    lr: float = 2e-3
+    mask_ratio: float = 0.4
+    seed: int = 0
+    time_budget_s: float | None = None  # total for stages 2 and 3 (None: step counts only)
+    max_windows: int = 6000  # cap on cached training windows
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _frontend_params(cfg: ImageConfig) -> dict:
+    if cfg.frontend == "spectrogram":
+        return {"frontend": "spectrogram", "n_fft": cfg.n_fft, "hop": cfg.stft_hop}
+    return {"frontend": cfg.frontend}
+
+
+def _build_head(cfg: ImageConfig, grid: tuple[int, int]) -> torch.nn.Module:
+    if cfg.kind == "uniad":
+        return UniADHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+    if cfg.kind == "pbas":
+        return PBASHead(cfg.feat_dim, n_centres=cfg.n_centres)
+    if cfg.kind == "onenip":
+        return OneNIPHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+    raise ValueError(f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}")
+
+
+def perlin_windows(
+    windows: np.ndarray, rng: np.random.Generator, min_frac: float = 1 / 16, max_frac: float = 1 / 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """A Perlin anomaly in each window ``(n, L, W)``: corrupted windows and masks ``(n, W)`` bool.
+
+    Span lengths are ``min_frac..max_frac`` of the window.
+    """
+    n, _, w = windows.shape
+    out = np.empty_like(windows, dtype=np.float32)
+    masks = np.zeros((n, w), dtype=bool)
+    lo, hi = max(2, int(w * min_frac)), max(3, int(w * max_frac))
+    for i in range(n):
+        y, m, _ = inject_1d(windows[i].T, 1.0, rng, min_len_s=lo, max_len_s=hi)
+        out[i], masks[i] = y.T, m
+    return out, masks
+
+
+class _Clock:
+    """Ends a stage after ``steps`` steps or ``seconds`` seconds, whichever comes first."""
+
+    def __init__(self, steps: int, seconds: float | None):
+        self.steps, self.seconds, self.t0 = steps, seconds, time.perf_counter()
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or (self.seconds is not None and time.perf_counter() - self.t0 > self.seconds)
+
+
+def _pretrain_encoder(encoder: PatchEncoder, images: torch.Tensor, cfg: ImageConfig, seconds: float | None, gen) -> float:
+    recon = MaskedReconstructor(encoder)
+    opt = torch.optim.AdamW(recon.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    clock, step, loss = _Clock(cfg.encoder_steps, seconds), 0, torch.tensor(0.0)
+    while not clock.done(step):
+        idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
+        loss = recon.loss(images[idx], cfg.mask_ratio, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+    log.info("encoder: %d steps, masked loss %.4f", step, loss.item())
+    return float(loss)
+
+
+@torch.no_grad()
+def _tokens(model: ImageDetector, windows: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model.tokens(windows[i : i + batch]) for i in range(0, len(windows), batch)])
+
+
+def _token_masks(model: ImageDetector, masks: np.ndarray) -> torch.Tensor:
+    """Sample masks ``(n, W)`` -> token masks ``(n, rows * cols)`` (a token is hit if any sample is)."""
+    rows, cols = model.grid
+    m = torch.as_tensor(masks, dtype=torch.float32)[:, None]
+    per_col = F.adaptive_max_pool1d(m, cols)[:, 0]
+    return per_col[:, None, :].expand(-1, rows, -1).reshape(len(masks), -1).contiguous()
+
+
+def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, seconds: float | None, gen, rng) -> None:
+    head, kind = model.head, cfg.kind
+    tokens = _tokens(model, windows)
+    n = len(tokens)
+    bs = min(cfg.batch_size, n)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    clock, step = _Clock(cfg.head_steps, seconds), 0
+    if kind == "pbas":
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        sub = flat[torch.randperm(len(flat), generator=gen)[:20000]]
+        head.fit_centres(sub, gen)
+    if kind == "onenip":
+        # enrolment prompt: the training window whose tokens are closest to the mean window
+        mean = tokens.mean(0, keepdim=True)
+        head.enrol.copy_(tokens[((tokens - mean) ** 2).sum((1, 2)).argmin()][None])
+        bad_windows, masks = perlin_windows(windows.numpy(), rng)
+        bad_tokens = _tokens(model, torch.from_numpy(bad_windows))
+        token_masks = _token_masks(model, masks)
+    loss = torch.tensor(0.0)
+    while not clock.done(step):
+        idx = torch.randint(n, (bs,), generator=gen)
+        if kind == "uniad":
+            loss = head.loss(tokens[idx], gen)
+        elif kind == "pbas":
+            progress = min(1.0, step / max(cfg.head_steps, 1))
+            loss = head.loss(tokens[idx].reshape(-1, tokens.shape[-1]), progress, gen)
+        else:
+            loss = head.loss(tokens[idx], bad_tokens[idx], token_masks[idx], gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if kind == "pbas" and step % 100 == 0:
+            head.fit_centres(sub, gen)
+    if kind == "onenip":
+        with torch.no_grad():
+            res = torch.cat([
+                ((head.reconstruct(tokens[i : i + 256]) - tokens[i : i + 256]) ** 2).mean(-1)
+                for i in range(0, n, 256)
+            ])
+            head.residual_scale.copy_(res.median().clamp_min(1e-6))
+    log.info("%s head: %d steps, loss %.4f", kind, step, loss.item())
+
+
+def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
+    """Train an image-method detector on normal windows ``(n, n_leads, window)`` (model rate)."""
+    if cfg.kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}")
+    windows = np.asarray(windows, dtype=np.float32)
+    if windows.ndim != 3 or len(windows) < 8:
+        raise ValueError(f"need at least 8 normal windows (n, leads, window) to train, got shape {windows.shape}")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if len(windows) > cfg.max_windows:
+        windows = windows[np.sort(rng.choice(len(windows), cfg.max_windows, replace=False))]
+    _, leads, w = windows.shape
+    frontend = build_frontend(_frontend_params(cfg), leads, w)
+    x = torch.from_numpy(windows)
+    frontend.fit_norm(x)
+    with torch.no_grad():
+        images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
+    c, rows, cols = images.shape[1:]
+    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
+    budget = cfg.time_budget_s
+    _pretrain_encoder(encoder, images, cfg, None if budget is None else 0.4 * budget, gen)
+    encoder.eval()
+    head = _build_head(cfg, encoder.grid)
+    model = ImageDetector(frontend, encoder, head, w)
+    model.fit_token_norm(x)
+    model.train()
+    model.encoder.eval()
+    _train_head(model, x, cfg, None if budget is None else 0.5 * budget, gen, rng)
+    return model.eval()
+
+
+def export_detector(model: torch.nn.Module, spec: ModelSpec, path: str | Path, opset: int = 17) -> Path:
+    """Export ``model`` with the ecgstream graph interface and ``spec`` as metadata.
+
+    Uses the shared export helper (:mod:`ecgstream.training.export`) when it is available.
+    """
+    path = Path(path)
+    try:
+        from ecgstream.training.export import export_model
+    except ImportError:
+        export_model = None
+    if export_model is not None:
+        return Path(export_model(model, spec, path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, len(spec.leads), spec.window)
+    model.eval()
+    torch.onnx.export(
+        model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
+        opset_version=opset, dynamo=False,
+    )
+    write_spec(path, spec)
+    return path

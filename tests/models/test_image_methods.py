@@ -1,0 +1,113 @@
+"""Image methods: front ends in the graph, and the contract every kind must meet.
+
+Every image kind (UniAD-, PBAS-, OneNIP-style) on both front ends trains, exports to ONNX with the
+ecgstream graph interface and metadata, and scores identically in PyTorch and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ecgstream.models.frontends import ChannelTimeFrontend, SpectrogramFrontend, build_frontend  # noqa: E402
+from ecgstream.runtime.model_file import ModelSpec, read_spec  # noqa: E402
+from ecgstream.runtime.scorer import Scorer  # noqa: E402
+from ecgstream.signals.preprocess import PreprocessConfig  # noqa: E402
+from ecgstream.training.image import IMAGE_KINDS, ImageConfig, export_detector, fit_image_detector  # noqa: E402
+
+
+def _periodic_windows(n: int = 96, window: int = 128, leads: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n * 8 + window)
+    base = np.sin(2 * np.pi * t / 32) + 0.5 * (np.sin(2 * np.pi * t / 32) > 0.95)
+    x = np.stack([base * (1 + 0.3 * c) for c in range(leads)], 1) + 0.05 * rng.normal(size=(len(t), leads))
+    starts = np.arange(0, n * 8, 8)
+    return np.stack([x[s : s + window].T for s in starts]).astype(np.float32)
+
+
+def test_stft_frontend_matches_torch_stft():
+    fe = SpectrogramFrontend(2, 256, n_fft=32, hop=4, standardise=False)
+    x = torch.randn(3, 2, 256)
+    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (torch.arange(32) + 0.5) / 32)
+    ref = torch.stft(x.reshape(6, 256), 32, 4, window=hann, center=True, pad_mode="reflect", return_complex=True)
+    expected = 0.5 * torch.log(ref.abs() ** 2 + 1e-6)
+    got = fe.log_magnitude(x).reshape(6, 17, -1)
+    assert got.shape == expected.shape == (6, 17, 65)
+    assert torch.allclose(got, expected, atol=1e-3)
+
+
+def test_per_frequency_normalisation_is_fitted_and_restored():
+    wins = _periodic_windows(64, 256)
+    fe = SpectrogramFrontend(1, 256)
+    fe.fit_norm(wins)
+    img = fe(torch.from_numpy(wins))
+    rows = img.permute(1, 2, 0, 3).reshape(fe.n_freq, -1)
+    assert torch.allclose(rows.mean(1), torch.zeros(fe.n_freq), atol=1e-3)
+    assert torch.allclose(rows.std(1), torch.ones(fe.n_freq), atol=1e-2)
+    again = build_frontend(fe.params(), 1, 256)
+    assert torch.equal(again(torch.from_numpy(wins[:4])), fe(torch.from_numpy(wins[:4])))
+
+
+def test_channel_time_frontend_planes():
+    wins = _periodic_windows(16, 64, leads=3)
+    fe = ChannelTimeFrontend(3, 64)
+    fe.fit_norm(wins)
+    img = fe(torch.from_numpy(wins))
+    assert img.shape == (16, 2, 3, 64)
+    # plane 0: each window standardised; plane 1 keeps level differences between windows
+    assert torch.allclose(img[:, 0].mean(-1), torch.zeros(16, 3), atol=1e-4)
+    shifted = fe(torch.from_numpy(wins[:1] + 5.0))
+    assert torch.allclose(shifted[:, 0], img[:1, 0], atol=1e-4) and (shifted[:, 1] - img[:1, 1]).mean() > 1
+
+
+@pytest.mark.parametrize("frontend", ["channel_time", "spectrogram"])
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend):
+    wins = _periodic_windows(48, 128, leads=2)
+    cfg = ImageConfig(kind=kind, frontend=frontend, encoder_steps=8, head_steps=8, batch_size=16,
+                      width=8, feat_dim=16, dim=16, n_centres=4, n_fft=16, stft_hop=4)
+    model = fit_image_detector(wins, cfg)
+    spec = ModelSpec(name=f"t-{kind}", version="1", kind=kind, leads=["a", "b"], window=128, hop=32,
+                     preprocessing=PreprocessConfig(fs=1.0, highpass_hz=0, lowpass_hz=0).to_dict(),
+                     params={**cfg.to_dict(), **model.frontend.params()}, frontend=frontend)
+    path = export_detector(model, spec, tmp_path / f"{kind}.onnx")
+    back = read_spec(path)
+    assert (back.kind, back.frontend, back.window) == (kind, frontend, 128)
+    assert back.params["kind"] == kind and "frontend" in back.params
+    test = wins[:5].copy()
+    test[2, :, 40:70] = 0.0  # flat line
+    scorer = Scorer(path)
+    point, window = scorer.score_windows(test)
+    with torch.no_grad():
+        tp, tw = model(torch.from_numpy(test))
+    assert point.shape == (5, 128) and window.shape == (5,)
+    assert np.isfinite(point).all() and np.isfinite(window).all()
+    np.testing.assert_allclose(point, tp.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(window, tw.numpy(), rtol=1e-3, atol=1e-4)
+    # the same window scored in a batch of one gives the same number (no batch coupling)
+    p1, _ = scorer.score_windows(test[2:3])
+    np.testing.assert_allclose(p1[0], point[2], rtol=1e-4, atol=1e-5)
+
+
+def test_uniad_localises_a_flat_line_after_training():
+    wins = _periodic_windows(160, 128)
+    cfg = ImageConfig(kind="uniad", frontend="channel_time", encoder_steps=150, head_steps=250, batch_size=32,
+                      width=16, feat_dim=32, dim=32)
+    model = fit_image_detector(wins, cfg)
+    test = _periodic_windows(8, 128, seed=5)
+    test[:4, :, 50:80] = test[:4, :, 50:51]  # flat line in the first four windows
+    with torch.no_grad():
+        point, window = model(torch.from_numpy(test))
+    assert window[:4].min() > window[4:].max()
+    inside = point[:4, 50:80].mean(1)
+    outside = torch.cat([point[:4, 5:40], point[:4, 90:123]], 1).mean(1)
+    assert (inside > outside).all()
+
+
+def test_unknown_kind_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown image model kind 'vae'"):
+        fit_image_detector(_periodic_windows(16, 64), ImageConfig(kind="vae"))

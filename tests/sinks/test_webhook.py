@@ -1,0 +1,122 @@
+"""Webhook signing, backoff and delivery from the outbox to a real HTTP receiver."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from ecgstream.sinks.outbox import Outbox
+from ecgstream.sinks.webhook import (
+    WebhookConfig,
+    WebhookDispatcher,
+    backoff_delay,
+    new_secret,
+    parse_retry_after,
+    secret_key,
+    sign,
+    verify,
+)
+
+from .receiver import Receiver
+
+
+def test_signature_matches_the_standard_webhooks_reference_vector():
+    # test vector of the Standard Webhooks reference libraries
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    sig = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_verify_rejects_tampering_and_old_timestamps():
+    secret = new_secret()
+    body = b'{"id": "a"}'
+    ts = int(time.time())
+    headers = {"webhook-id": "a", "webhook-timestamp": str(ts), "webhook-signature": sign(secret, "a", ts, body)}
+    assert verify(secret, headers, body)
+    assert not verify(secret, headers, body + b" ")
+    assert not verify(new_secret(), headers, body)
+    assert not verify(secret, {**headers, "webhook-id": "b"}, body)
+    assert not verify(secret, headers, body, now=ts + 3600)
+
+
+def test_bad_secrets_are_rejected_with_a_clear_error():
+    with pytest.raises(ValueError, match="base64"):
+        secret_key("whsec_not base64!")
+    with pytest.raises(ValueError, match="bytes"):
+        secret_key("whsec_AAAA")
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter():
+    rng = random.Random(0)
+    for attempt in range(1, 12):
+        d = min(300.0, 2.0 * 2 ** (attempt - 1))
+        samples = [backoff_delay(attempt, 2.0, 300.0, rng) for _ in range(50)]
+        assert all(d / 2 <= s <= d for s in samples)
+        assert max(samples) - min(samples) > 0  # jittered
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:50 GMT", now=1445412480.0) == 50.0
+    assert parse_retry_after("soon") is None
+
+
+def _alert(i: int) -> dict:
+    return {"id": f"alert_{i}", "stream": "s", "kind": "anomaly", "score": float(i)}
+
+
+def test_retries_honour_retry_after_then_deliver(tmp_path):
+    secret = new_secret()
+    rx = Receiver(secret, script=[(503, {}), (429, {"Retry-After": "1"})])
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    cfg = WebhookConfig(backoff_base_s=0.05, backoff_max_s=0.2)
+    disp = WebhookDispatcher(outbox, {rx.url: secret}, cfg).start()
+    try:
+        outbox.put([_alert(1)], [rx.url])
+        disp.notify()
+        assert rx.wait_for(3, timeout_s=10)
+        times = [t for t, *_ in rx.received]
+        assert times[2] - times[1] >= 0.95  # Retry-After: 1 was honoured (backoff alone < 0.2 s)
+        assert all(ok for *_, ok in rx.received)  # every attempt correctly signed
+        assert set(rx.alerts) == {"alert_1"}
+        deadline = time.time() + 5
+        while outbox.counts().get("delivered") != 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert outbox.counts()["delivered"] == 1
+    finally:
+        disp.stop(0)
+        rx.close()
+
+
+def test_410_disables_the_endpoint(tmp_path):
+    secret = new_secret()
+    rx = Receiver(secret, script=[(410, {})])
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    disp = WebhookDispatcher(outbox, {rx.url: secret})
+    outbox.put([_alert(1), _alert(2)], [rx.url])
+    disp.deliver_due()
+    assert len(rx.received) == 1  # the second alert is not sent to a disabled endpoint
+    assert rx.url in outbox.disabled_endpoints()
+    assert outbox.due() == []
+    rx.close()
+
+
+def test_outbox_survives_a_restart_and_a_receiver_outage(tmp_path):
+    secret = new_secret()
+    path = tmp_path / "outbox.sqlite"
+    dead_url = "http://127.0.0.1:9/alerts"  # nothing listens: connection refused
+    outbox = Outbox(path)
+    assert outbox.put([_alert(i) for i in range(5)], [dead_url]) == 5
+    assert outbox.put([_alert(0)], [dead_url]) == 0  # same id: idempotent
+    disp = WebhookDispatcher(outbox, {dead_url: secret}, WebhookConfig(backoff_base_s=0.01, backoff_max_s=0.01))
+    disp.deliver_due()
+    assert outbox.counts()["pending"] == 5
+    outbox.close()  # "crash"
+    rx = Receiver(secret)
+    outbox = Outbox(path)
+    # the receiver is back at a new address: re-point the pending deliveries there
+    outbox._db.execute("UPDATE deliveries SET endpoint = ?, next_attempt = 0", (rx.url,))
+    disp = WebhookDispatcher(outbox, {rx.url: secret})
+    disp.deliver_due()
+    assert set(rx.alerts) == {f"alert_{i}" for i in range(5)}
+    assert outbox.counts()["delivered"] == 5
+    rx.close()

@@ -1,0 +1,66 @@
+"""Test helpers: a tiny real ONNX model with the ecgstream interface, built without torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ecgstream.runtime.model_file import ModelSpec, write_spec
+
+
+def build_energy_model(
+    path: Path,
+    leads: list[str] = ("MLII",),
+    fs: float = 100.0,
+    window: int = 200,
+    hop: int = 100,
+    center: float = 0.0,
+    scale: float = 1.0,
+    threshold: float = 4.0,
+    name: str = "energy-test",
+) -> Path:
+    """An ONNX graph scoring each sample by its squared amplitude (mean over leads).
+
+    point_score = mean_leads(x^2), window_score = max over the window: large where the
+    preprocessed signal is large (e.g. an injected burst), so alerts are predictable.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("windows", TensorProto.FLOAT, ["batch", len(leads), window])
+    p = helper.make_tensor_value_info("point_score", TensorProto.FLOAT, ["batch", window])
+    w = helper.make_tensor_value_info("window_score", TensorProto.FLOAT, ["batch"])
+    nodes = [
+        helper.make_node("Mul", ["windows", "windows"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["point_score"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMax", ["point_score"], ["window_score"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(nodes, "energy", [x], [p, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    spec = ModelSpec(
+        name=name,
+        version="1",
+        kind="test-energy",
+        leads=list(leads),
+        window=window,
+        hop=hop,
+        preprocessing={"fs": fs, "highpass_hz": 0.5, "lowpass_hz": 40.0, "order": 2},
+        score_norm={"center": center, "scale": scale},
+        thresholds={"default": threshold},
+    )
+    write_spec(path, spec)
+    return path
+
+
+def burst(signal: np.ndarray, fs: float, at_s: float, dur_s: float, amp: float = 3.0) -> np.ndarray:
+    """A copy of ``signal`` with a 25 Hz oscillation of ``amp`` added over ``[at_s, at_s + dur_s)``."""
+    out = signal.copy()
+    a, b = int(at_s * fs), int((at_s + dur_s) * fs)
+    t = np.arange(b - a) / fs
+    out[a:b] += (amp * np.sin(2 * np.pi * 25 * t))[:, None].astype(out.dtype)
+    return out

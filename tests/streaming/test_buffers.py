@@ -1,0 +1,112 @@
+"""Per-stream buffers: chunked windows equal offline windows; gaps, duplicates, lead mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgstream.runtime.model_file import ModelSpec
+from ecgstream.signals.preprocess import preprocess
+from ecgstream.signals.windows import frame, window_starts
+from ecgstream.streaming.buffers import LeadMismatch, StreamBuffer
+from ecgstream.streaming.wire import Chunk
+
+T0 = 1_700_000_000.0  # a whole second: on the window grid
+
+
+def _spec(leads=("MLII",), window=200, hop=50) -> ModelSpec:
+    return ModelSpec("m", "1", "test", list(leads), window, hop)
+
+
+def _signal(n, leads=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(0, 0.05, size=(n, leads)), axis=0).astype(np.float32)
+
+
+def _feed(buf, x, fs, chunk_n, seqs=None, t0=T0, leads=("MLII", "V1")):
+    ks, data = [], []
+    for i, a in enumerate(range(0, len(x) - chunk_n + 1, chunk_n)):
+        seq = i if seqs is None else seqs[i]
+        if seq is None:
+            continue
+        events = buf.accept(Chunk("s", seq, t0 + a / fs, fs, list(leads), x[a : a + chunk_n]), offset=i)
+        w, _ = buf.take_windows()
+        ks.extend(w.index.tolist())
+        data.append(w.data)
+        yield events
+    buf.result = (np.array(ks), np.concatenate(data))
+
+
+@pytest.mark.parametrize("fs_in,chunk_n", [(360.0, 360), (500.0, 500), (100.0, 37)])
+def test_chunked_windows_equal_offline_windows(fs_in, chunk_n):
+    spec = _spec()
+    x = _signal(int(fs_in * 20))
+    buf = StreamBuffer("s", spec)
+    list(_feed(buf, x, fs_in, chunk_n))
+    ks, data = buf.result
+    offline, _ = preprocess(x[:, :1], fs_in, spec.preprocess_config)
+    starts = window_starts(len(offline), spec.window, spec.hop)
+    expected = frame(offline, starts, spec.window)
+    k0 = int(T0 * spec.fs) // spec.hop
+    assert ks[0] == k0 and np.all(np.diff(ks) == 1)
+    n = len(ks)
+    assert n >= len(starts) - 2 and np.array_equal((ks - k0) * spec.hop, starts[:n])
+    np.testing.assert_allclose(data, expected[:n], atol=1e-5)
+
+
+def test_gap_restarts_the_filters_and_keeps_the_grid():
+    spec = _spec()
+    x = _signal(360 * 20)
+    buf = StreamBuffer("s", spec)
+    seqs = list(range(20))
+    seqs[8] = seqs[9] = None  # two chunks lost
+    events = [e for evs in _feed(buf, x, 360.0, 360, seqs) for e in evs]
+    assert [e.kind for e in events] == ["gap"]
+    assert events[0].start_s == pytest.approx(T0 + 8) and events[0].end_s == pytest.approx(T0 + 10)
+    ks, _ = buf.result
+    k0 = int(T0 * spec.fs) // spec.hop
+    starts = (ks - k0) * spec.hop / spec.fs  # seconds from the stream start
+    # no window covers the missing span [8 s, 10 s)
+    assert not np.any((starts < 10) & (starts + spec.window / spec.fs > 8))
+    assert starts.max() > 10
+
+
+def test_duplicates_are_dropped():
+    spec = _spec()
+    x = _signal(360 * 5)
+    buf = StreamBuffer("s", spec)
+    c = Chunk("s", 0, T0, 360.0, ["MLII"], x[:360, :1])
+    assert buf.accept(c) == []
+    assert [e.kind for e in buf.accept(c)] == ["duplicate"]
+    assert buf.n_in == 360
+
+
+def test_leads_are_mapped_by_name_or_rejected():
+    buf = StreamBuffer("s", _spec(leads=("MLII",)))
+    x = _signal(360, leads=2)
+    buf.accept(Chunk("s", 0, T0, 360.0, ["V1", "MLII"], x))
+    assert buf.lead_idx == [1]
+    with pytest.raises(LeadMismatch, match="needs"):
+        StreamBuffer("s", _spec(leads=("I", "II", "V1"))).accept(Chunk("s", 0, T0, 360.0, ["MLII", "V1"], x))
+
+
+def test_missing_samples_do_not_poison_the_filters():
+    buf = StreamBuffer("s", _spec())
+    x = _signal(360 * 6, leads=1)
+    x[400:800] = np.nan
+    for i in range(6):
+        buf.accept(Chunk("s", i, T0 + i, 360.0, ["MLII"], x[i * 360 : (i + 1) * 360]))
+    w, _ = buf.take_windows()
+    assert len(w.index) and np.isfinite(w.data).all()
+
+
+def test_needed_offset_is_the_oldest_chunk_an_unfinished_window_needs():
+    spec = _spec(window=300, hop=100)  # 3 s windows every 1 s at 100 Hz
+    buf = StreamBuffer("s", spec)
+    x = _signal(360 * 10, leads=1)
+    for i in range(10):
+        buf.accept(Chunk("s", i, T0 + i, 360.0, ["MLII"], x[i * 360 : (i + 1) * 360]), offset=100 + i)
+        buf.take_windows()
+        # the next window starts 2 s before the end of chunk i
+        if i >= 2:
+            assert buf.needed_offset() == 100 + i - 1

@@ -1,0 +1,118 @@
+"""Two worker processes in one group; one is SIGKILLed mid-stream and the other takes over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import synthetic_ecg, write_record
+
+from ecgstream.sinks.webhook import new_secret
+from ecgstream.streaming.kafka import ensure_topics, make_producer
+from ecgstream.streaming.replay import plan_streams, publish
+from sinks.receiver import Receiver
+
+from .helpers import burst
+
+pytestmark = pytest.mark.integration
+T0 = 1_700_000_000.0
+SECONDS = 40
+N_STREAMS = 8
+
+
+def _worker(name, broker, topic, model, tmp_path, rx, secret):
+    env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
+    cmd = [
+        sys.executable, "-m", "ecgstream", "-v", "run", "--bootstrap", broker, "--topic", topic,
+        "--group", f"g-{topic}", "--model", str(model), "--outbox", str(tmp_path / f"{name}.sqlite"),
+        "--webhook", rx.url, "--scores-out", str(tmp_path / f"{name}.jsonl"), "--alerts-out", "",
+        "--min-windows", "1", "--max-idle-s", "10",
+    ]
+    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
+
+
+def _scores(path):
+    out = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                s = json.loads(line)
+            except ValueError:
+                continue  # the last line of a killed worker may be cut
+            out.add((s["stream"], s["window"]))
+    return out
+
+
+def _wait(pred, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model):
+    folder = tmp_path / "records"
+    for i in range(N_STREAMS):
+        sig = synthetic_ecg(SECONDS, 360, heart_rate=60 + 3 * i, seed=10 + i, n_leads=1)
+        if i % 2 == 0:  # bursts before and after the kill
+            sig = burst(sig, 360, 6.0 + 3 * i, 2.0)
+        write_record(folder, f"s{i}", sig, 360, ["MLII"])
+    topic = f"fo-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker, [topic], 4)
+    secret = new_secret()
+    rx = Receiver(secret)
+    a, log_a = _worker("a", broker, topic, energy_model, tmp_path, rx, secret)
+    b, log_b = _worker("b", broker, topic, energy_model, tmp_path, rx, secret)
+    try:
+        # both members joined: each was assigned a share of the partitions
+        joined = _wait(lambda: all("assigned" in (tmp_path / f"{n}.log").read_text() for n in "ab"), 40)
+        assert joined, (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+        time.sleep(2.0)
+        producer = make_producer(broker)
+        streams = plan_streams([folder])
+        feeder = threading.Thread(
+            target=publish, args=(producer, topic, streams), kwargs=dict(speed=4.0, t_start=T0, progress=False)
+        )
+        feeder.start()
+        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 10, 30), "worker a scored nothing"
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        feeder.join(60)
+        assert b.wait(90) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        for p, log in ((a, log_a), (b, log_b)):
+            if p.poll() is None:
+                p.kill()
+            log.close()
+    scored = _scores(tmp_path / "a.jsonl") | _scores(tmp_path / "b.jsonl")
+    assert _scores(tmp_path / "b.jsonl"), "worker b scored nothing"
+    k0 = int(T0 * 100) // 100
+    n_windows = (SECONDS * 100 - 200) // 100 + 1
+    missing = [(f"s{i}", k0 + j) for i in range(N_STREAMS) for j in range(n_windows) if (f"s{i}", k0 + j) not in scored]
+    assert not missing, f"{len(missing)} windows never scored, e.g. {missing[:5]}"
+    # receivers de-duplicate on webhook-id; a window alerted by both workers has one id
+    assert _wait(lambda: {a["stream"] for a in rx.alerts.values()} >= {f"s{i}" for i in range(0, N_STREAMS, 2)}, 20)
+    rx.close()
+    alerts = rx.alerts
+    assert all(ok for *_, ok in rx.received)
+    by_window: dict = {}
+    for wid, alert in alerts.items():
+        by_window.setdefault((alert["stream"], alert["window_index"], alert["kind"]), set()).add(wid)
+    assert all(len(ids) == 1 for ids in by_window.values())
+    # every burst produced an alert covering it
+    for i in range(0, N_STREAMS, 2):
+        t_burst = T0 + 6.0 + 3 * i
+        assert any(
+            a["stream"] == f"s{i}" and a["start_s"] - 1 <= t_burst + 1 and a["end_s"] >= t_burst
+            for a in alerts.values()
+        ), f"no alert for the burst of s{i}"

@@ -1,0 +1,119 @@
+"""Wire format: round trips, and every malformed input rejected with a reason (never a crash)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecgstream.streaming.wire import (
+    MAX_HEADER_BYTES,
+    MAX_SAMPLES,
+    Chunk,
+    WireError,
+    decode,
+    encode_binary,
+    encode_json,
+)
+
+
+def _chunk(n=360, leads=("MLII", "V1"), seed=0) -> Chunk:
+    x = np.random.default_rng(seed).normal(0, 0.5, size=(n, len(leads))).astype(np.float32)
+    return Chunk("bed-7", 12, 1_700_000_000.25, 360.0, list(leads), x, "mV")
+
+
+def test_json_round_trip_keeps_values_and_missing_samples():
+    c = _chunk()
+    c.samples[5, 1] = np.nan
+    d = decode(encode_json(c), b"bed-7")
+    assert (d.stream, d.seq, d.t0, d.fs, d.leads, d.units) == (c.stream, c.seq, c.t0, c.fs, c.leads, c.units)
+    assert np.isnan(d.samples[5, 1])
+    np.testing.assert_allclose(np.nan_to_num(d.samples), np.nan_to_num(c.samples), atol=1e-6)
+
+
+@pytest.mark.parametrize("sample_type,tol", [("int16", 0.5 / 200 + 1e-6), ("float32", 0.0)])
+def test_binary_round_trip(sample_type, tol):
+    c = _chunk()
+    c.samples[7, 0] = np.nan
+    d = decode(encode_binary(c, sample_type=sample_type))
+    assert d.samples.dtype == np.float32 and d.samples.shape == c.samples.shape
+    assert np.isnan(d.samples[7, 0])
+    np.testing.assert_allclose(np.nan_to_num(d.samples), np.nan_to_num(c.samples), atol=tol)
+    if sample_type == "int16":
+        assert d.clipped.tolist() == [0, 0]
+
+
+def test_int16_clipping_is_counted_per_lead():
+    c = _chunk()
+    c.samples[:20, 1] = 500.0  # far beyond +-163 mV at gain 200
+    assert decode(encode_binary(c)).clipped.tolist() == [0, 20]
+
+
+def _binary(header: dict, body: bytes, type_code=1, version=1, hlen=None) -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<BBBBI", 0xEC, version, type_code, 0, len(h) if hlen is None else hlen) + h + body
+
+
+GOOD = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I"], "n": 2}
+
+
+@pytest.mark.parametrize(
+    "value,key,reason",
+    [
+        (b"", None, "empty"),
+        (b"\x00abc", None, "unknown_encoding"),
+        (b"{not json", None, "bad_json"),
+        (b" [1, 2]", None, "bad_json"),
+        (b"[1, 2]", None, "unknown_encoding"),
+        (json.dumps({"stream": "s"}).encode(), None, "missing_field"),
+        (encode_json(_chunk()), b"other", "key_mismatch"),
+        (_binary(GOOD, b"\x00" * 4, version=9), None, "bad_version"),
+        (_binary(GOOD, b"\x00" * 4, type_code=7), None, "bad_sample_type"),
+        (_binary(GOOD, b"\x00" * 4, hlen=MAX_HEADER_BYTES + 1), None, "bad_header_size"),
+        (_binary(GOOD, b"\x00" * 3), None, "bad_length"),
+        (_binary({**GOOD, "n": MAX_SAMPLES + 1}, b""), None, "bad_n"),
+        (_binary({**GOOD, "n": 10**12}, b""), None, "bad_n"),
+        (_binary({**GOOD, "fs": -5}, b"\x00" * 4), None, "bad_fs"),
+        (_binary({**GOOD, "fs": 1e9}, b"\x00" * 4), None, "bad_fs"),
+        (_binary({**GOOD, "seq": -1}, b"\x00" * 4), None, "bad_seq"),
+        (_binary({**GOOD, "seq": True}, b"\x00" * 4), None, "bad_seq"),
+        (_binary({**GOOD, "t0": "now"}, b"\x00" * 4), None, "bad_t0"),
+        (_binary({**GOOD, "leads": ["I"] * 17, "n": 1}, b"\x00" * 34), None, "bad_leads"),
+        (_binary({**GOOD, "leads": ["I", "I"], "n": 1}, b"\x00" * 4), None, "bad_leads"),
+        (_binary({**GOOD, "stream": "x" * 500}, b"\x00" * 4), None, "bad_stream"),
+        (_binary({**GOOD, "gain": [0.0]}, b"\x00" * 4), None, "bad_gain"),
+        (_binary({**GOOD, "extra": 1}, b"\x00" * 4), None, "unknown_field"),
+        (_binary(GOOD, b"\x00" * 8, type_code=2)[:-8] + struct.pack("<2f", np.inf, 0), None, "bad_samples"),
+        (json.dumps({"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [["1"]]}).encode(), None, "bad_samples"),
+        (json.dumps({"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [[1, 2]]}).encode(), None, "bad_samples"),
+        (b"{" + b" " * (5 * 1024 * 1024) + b"}", None, "too_large"),
+    ],
+)
+def test_malformed_messages_are_rejected_with_a_reason(value, key, reason):
+    with pytest.raises(WireError) as err:
+        decode(value, key)
+    assert err.value.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_decoder(data):
+    for value in (data, b"\xec\x01" + data, b"{" + data):
+        try:
+            chunk = decode(value)
+        except WireError:
+            continue
+        assert chunk.samples.ndim == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 20))
+def test_truncated_frames_are_rejected(cut, flip):
+    value = bytearray(encode_binary(_chunk(n=10)))
+    value = value[: len(value) - 1 - cut]
+    with pytest.raises(WireError):
+        decode(bytes(value))

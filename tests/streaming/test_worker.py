@@ -1,0 +1,169 @@
+"""The Kafka worker against a real broker (Tansu), real ONNX Runtime and a real webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from conftest import SHIPPED_MODEL, synthetic_ecg, write_record
+from kafka import KafkaConsumer
+
+from ecgstream.config import RunConfig
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.signals.preprocess import preprocess
+from ecgstream.signals.records import read_record, select_leads
+from ecgstream.signals.windows import window_starts
+from ecgstream.sinks.webhook import new_secret
+from ecgstream.streaming.kafka import ensure_topics, make_producer
+from ecgstream.streaming.replay import plan_streams, publish
+from ecgstream.streaming.wire import Chunk, encode_binary, encode_json
+from ecgstream.streaming.worker import Worker
+from sinks.receiver import Receiver
+
+from .helpers import burst
+
+pytestmark = pytest.mark.integration
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Four 2-lead 360 Hz records of 20 s; ``burst0`` and ``burst1`` carry a 2 s noise burst."""
+    folder = tmp_path_factory.mktemp("records")
+    for i, name in enumerate(["calm0", "calm1", "burst0", "burst1"]):
+        sig = synthetic_ecg(20, 360, heart_rate=60 + 7 * i, seed=i, n_leads=2)
+        if name.startswith("burst"):
+            sig = burst(sig, 360, 11.0, 2.0)
+        write_record(folder, name, sig, 360, ["MLII", "V1"])
+    (folder / "RECORDS").write_text("calm0\ncalm1\nburst0\nburst1\n")
+    return folder
+
+
+def _cfg(broker, tmp_path, **kw) -> RunConfig:
+    topic = f"ecg-{uuid.uuid4().hex[:8]}"
+    base = dict(
+        bootstrap=broker, topic=topic, group=f"g-{topic}", dlq_topic=f"{topic}.dlq", partitions=4,
+        outbox=str(tmp_path / "outbox.sqlite"), alerts_out="", poll_timeout_ms=100, min_windows=1,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _start(worker: Worker) -> threading.Thread:
+    t = threading.Thread(target=worker.run, kwargs={"max_s": 60}, daemon=True)
+    t.start()
+    return t
+
+
+def _consume_all(broker, topic, n, timeout_s=20.0):
+    c = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=1000)
+    out, deadline = [], time.time() + timeout_s
+    while len(out) < n and time.time() < deadline:
+        for batch in c.poll(500).values():
+            out.extend(batch)
+    c.close()
+    return out
+
+
+def test_streams_through_the_worker_reach_the_webhook_signed(broker, tmp_path, records, energy_model):
+    secret = new_secret()
+    rx = Receiver(secret)
+    cfg = _cfg(broker, tmp_path, webhook_urls=[rx.url], webhook_secret=secret, alerts_topic="alerts-" + uuid.uuid4().hex[:6])
+    worker = Worker(cfg, Scorer(energy_model))
+    thread = _start(worker)
+    producer = make_producer(broker)
+    ensure_topics(broker, [cfg.topic], 4)
+    publish(producer, cfg.topic, plan_streams([records]), speed=0, t_start=T0, progress=False)
+    try:
+        assert rx.wait_for(2, timeout_s=40), "no alerts arrived at the receiver"
+        time.sleep(1.0)
+    finally:
+        worker.stop()
+        thread.join(30)
+        rx.close()
+    assert not thread.is_alive()
+    assert all(ok for *_, ok in rx.received), "a webhook signature did not verify"
+    alerts = rx.alerts
+    assert {a["stream"] for a in alerts.values()} == {"burst0", "burst1"}
+    for wid, a in alerts.items():
+        assert wid == a["id"] and a["kind"] == "anomaly" and a["model"]["name"] == "energy-test"
+        # the 2 s burst at 11 s of the stream is inside the alert's localisation
+        span = a["localisation"]["spans"][0]
+        assert T0 + 9.5 <= span[0] <= T0 + 13.5
+    assert worker.summary.windows >= 4 * 18 and worker.summary.messages == 80
+    topic_alerts = _consume_all(broker, cfg.alerts_topic, len(alerts))
+    assert {json.loads(r.value)["id"] for r in topic_alerts} == set(alerts)
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic(broker, tmp_path, energy_model):
+    cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"))
+    ensure_topics(broker, [cfg.topic, cfg.dlq_topic], 1)
+    worker = Worker(cfg, Scorer(energy_model))
+    thread = _start(worker)
+    producer = make_producer(broker)
+    sig = synthetic_ecg(10, 250, seed=3, n_leads=1)
+    bad = [
+        (b"m1", b"\x00garbage"),
+        (b"m1", b'{"stream": "m1", "seq": 0}'),
+        (b"other", encode_json(Chunk("m1", 99, T0, 250.0, ["II"], sig[:250]))),
+    ]
+    for i in range(10):
+        good = Chunk("m1", i, T0 + i, 250.0, ["II"], sig[i * 250 : (i + 1) * 250])
+        producer.send(cfg.topic, key=b"m1", value=encode_binary(good))
+        if i < len(bad):
+            producer.send(cfg.topic, key=bad[i][0], value=bad[i][1])
+    producer.flush()
+    dead = _consume_all(broker, cfg.dlq_topic, 3, timeout_s=40)
+    worker.stop()
+    thread.join(30)
+    reasons = sorted(dict(r.headers)["ecgstream-dlq-reason"].decode() for r in dead)
+    assert reasons == ["key_mismatch", "missing_field", "unknown_encoding"]
+    for r in dead:
+        h = dict(r.headers)
+        assert h["ecgstream-original-topic"].decode() == cfg.topic
+        assert int(h["ecgstream-original-offset"]) in (1, 3, 5)
+    scored = [json.loads(line) for line in open(cfg.scores_out)]
+    assert len({s["window"] for s in scored}) == 9  # 10 s of 2 s windows every 1 s: all good ones scored
+    assert worker.summary.dlq == {"unknown_encoding": 1, "missing_field": 1, "key_mismatch": 1}
+
+
+MODELS = ["energy"] + (["shipped"] if SHIPPED_MODEL.exists() else [])
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_model, which):
+    model = energy_model if which == "energy" else SHIPPED_MODEL
+    scorer = Scorer(model)
+    rec = read_record(records / "burst0")
+    offline = scorer.score_record(rec)
+    cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"), model=str(model))
+    ensure_topics(broker, [cfg.topic], 4)
+    producer = make_producer(broker)
+    for i in range(int(rec.duration_s)):  # 1 s chunks, float32 frames
+        c = Chunk("p", i, T0 + i, rec.fs, rec.leads, rec.signal[i * 360 : (i + 1) * 360])
+        producer.send(cfg.topic, key=b"p", value=encode_binary(c, sample_type="float32"))
+    producer.flush()
+    worker = Worker(cfg, scorer)
+    thread = _start(worker)
+    spec = scorer.spec
+    k0 = int(T0 * spec.fs) // spec.hop
+    deadline = time.time() + 40
+    streamed: dict[int, float] = {}
+    while time.time() < deadline and len(streamed) < len(offline.window_score) - 1:
+        time.sleep(0.3)
+        if (tmp_path / "scores.jsonl").exists():
+            streamed = {s["window"] - k0: s["score"] for s in map(json.loads, open(cfg.scores_out))}
+    worker.stop()
+    thread.join(30)
+    x, _ = preprocess(select_leads(rec, spec.leads).signal, rec.fs, spec.preprocess_config)
+    starts = window_starts(len(x), spec.window, spec.hop)  # the offline windows at the model rate
+    regular = {i: s for i, s in enumerate(offline.window_score) if starts[i] == i * spec.hop}
+    common = sorted(set(streamed) & set(regular))
+    assert len(common) >= len(offline.window_score) - 2
+    diff = np.abs(np.array([streamed[i] for i in common]) - np.array([regular[i] for i in common]))
+    print(f"parity {which}: {len(common)} windows, max abs diff {diff.max():.2e}")
+    assert diff.max() <= 1e-4, f"max abs difference {diff.max():.2e} between offline and streamed scores"
