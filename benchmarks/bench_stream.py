@@ -54,7 +54,8 @@ def start_broker() -> tuple[subprocess.Popen, str]:
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(100):
         try:
@@ -92,11 +93,16 @@ def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, li
 
 
 def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offset_s: int = 0):
-    """Per second, the binary frames of every stream (stream j starts j % 10 s into the record)."""
+    """Per second, the binary frames of every stream (stream j starts j % 10 s into the record).
+
+    Like real monitors, the streams did not all start at the same second: stream j's sequence
+    numbers are ahead by j % hop seconds, so their windows complete at different times.
+    """
     from ecgstream.runtime.model_file import read_spec
     from ecgstream.streaming.wire import Chunk, encode_binary
 
     spec = read_spec(model)
+    stagger = max(1, round(spec.hop_s))
     sig, fs, leads = source_signal(spec.leads, seconds + offset_s + 10)
     n = int(fs)
     steps = []
@@ -104,7 +110,8 @@ def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offse
         step = []
         for j in range(streams):
             a = (i + j % 10) * n
-            c = Chunk(f"bed-{j:05d}", offset_s + i, t_start + offset_s + i, fs, leads, sig[a : a + n])
+            seq = offset_s + i + j % stagger
+            c = Chunk(f"bed-{j:05d}", seq, t_start + offset_s + i, fs, leads, sig[a : a + n])
             step.append((c.stream.encode(), encode_binary(c)))
         steps.append(step)
     return steps
@@ -149,16 +156,30 @@ def consume_only(bootstrap: str, topic: str, total: int) -> float:
     return n / elapsed
 
 
-def run_worker(bootstrap: str, topic: str, model: Path, total: int | None, seconds: float | None, tmp: Path, latency: bool):
+def run_worker(
+    bootstrap: str,
+    topic: str,
+    model: Path,
+    total: int | None,
+    seconds: float | None,
+    tmp: Path,
+    latency: bool,
+):
     """Run a Worker until ``total`` messages (or ``seconds``); returns (rate, worker)."""
     from ecgstream.config import RunConfig
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.streaming.worker import Worker
 
     cfg = RunConfig(
-        bootstrap=bootstrap, topic=topic, group=f"worker-{uuid.uuid4().hex[:6]}", dlq_topic=f"{topic}.dlq",
-        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"), alerts_out="", create_topics=True,
-        max_poll_records=2000, poll_timeout_ms=50,
+        bootstrap=bootstrap,
+        topic=topic,
+        group=f"worker-{uuid.uuid4().hex[:6]}",
+        dlq_topic=f"{topic}.dlq",
+        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"),
+        alerts_out="",
+        create_topics=True,
+        max_poll_records=2000,
+        poll_timeout_ms=50,
     )
     worker = Worker(cfg, Scorer(model, threads=1, batch_size=1024), record_latency=latency)
     first = []
@@ -170,7 +191,9 @@ def run_worker(bootstrap: str, topic: str, model: Path, total: int | None, secon
         inner(polled)
 
     worker.process_batch = timed
-    thread = threading.Thread(target=worker.run, kwargs={"max_s": (seconds or 600) + 60}, daemon=True)
+    thread = threading.Thread(
+        target=worker.run, kwargs={"max_s": (seconds or 600) + 60}, daemon=True
+    )
     thread.start()
     deadline = time.time() + (seconds + 30 if seconds else 900)
     while time.time() < deadline:
@@ -187,13 +210,24 @@ def run_worker(bootstrap: str, topic: str, model: Path, total: int | None, secon
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="ONNX model (default: the shipped model, else a tiny test model)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", help="ONNX model (default: the shipped model, else a tiny test model)"
+    )
     p.add_argument("--streams", type=int, default=2000, help="monitors for the throughput runs")
-    p.add_argument("--seconds", type=int, default=20, help="seconds of signal per monitor (throughput)")
+    p.add_argument(
+        "--seconds", type=int, default=20, help="seconds of signal per monitor (throughput)"
+    )
     p.add_argument("--latency-seconds", type=int, default=30, help="duration of the latency run")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--publish", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--publish",
+        nargs=4,
+        metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args()
     model = model_path(args.model)
     if args.publish:
@@ -205,13 +239,24 @@ def main() -> None:
     from ecgstream.streaming.kafka import ensure_topics, make_producer
 
     spec = read_spec(model)
-    print(f"model {model.name}: {spec.name} {spec.version} ({spec.kind}), leads {spec.leads}, "
-          f"{spec.window_s:g} s windows every {spec.hop_s:g} s at {spec.fs:g} Hz", flush=True)
+    print(
+        f"model {model.name}: {spec.name} {spec.version} ({spec.kind}), leads {spec.leads}, "
+        f"{spec.window_s:g} s windows every {spec.hop_s:g} s at {spec.fs:g} Hz",
+        flush=True,
+    )
     broker, bootstrap = start_broker()
     tmp = Path(tempfile.mkdtemp())
-    result: dict = {"model": spec.name, "kind": spec.kind, "leads": spec.leads, "window_s": spec.window_s,
-                    "hop_s": spec.hop_s, "streams": args.streams, "seconds": args.seconds,
-                    "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
+    result: dict = {
+        "model": spec.name,
+        "kind": spec.kind,
+        "leads": spec.leads,
+        "window_s": spec.window_s,
+        "hop_s": spec.hop_s,
+        "streams": args.streams,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg()[0],
+    }
     try:
         topic = "bench-throughput"
         ensure_topics(bootstrap, [topic], 4)
@@ -225,28 +270,63 @@ def main() -> None:
         producer.flush()
         producer.close()
         result["message_bytes"] = len(steps[0][0][1])
-        print(f"published {total} chunks ({result['message_bytes']} bytes each) in {time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"published {total} chunks ({result['message_bytes']} bytes each) in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
 
         rate_a = consume_only(bootstrap, topic, total)
         print(f"(a) consume-only: {rate_a:,.0f} monitor-s/s", flush=True)
         rate_b, worker = run_worker(bootstrap, topic, model, total, None, tmp, latency=False)
-        print(f"(b) full worker:  {rate_b:,.0f} monitor-s/s ({worker.summary.windows} windows scored)", flush=True)
-        result.update(consume_only_rate=rate_a, worker_rate=rate_b, ratio=rate_b / rate_a,
-                      windows=worker.summary.windows)
+        print(
+            f"(b) full worker:  {rate_b:,.0f} monitor-s/s ({worker.summary.windows} windows scored)",
+            flush=True,
+        )
+        result.update(
+            consume_only_rate=rate_a,
+            worker_rate=rate_b,
+            ratio=rate_b / rate_a,
+            windows=worker.summary.windows,
+        )
 
         half = max(1, int(rate_b / 2))
         topic_l = "bench-latency"
         ensure_topics(bootstrap, [topic_l], 4)
-        pub = subprocess.Popen([sys.executable, __file__, "--model", str(model), "--publish", bootstrap, topic_l,
-                                str(half), str(args.latency_seconds)])
-        _, worker = run_worker(bootstrap, topic_l, model, None, args.latency_seconds + 5, tmp, latency=True)
+        pub = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                str(model),
+                "--publish",
+                bootstrap,
+                topic_l,
+                str(half),
+                str(args.latency_seconds),
+            ]
+        )
+        _, worker = run_worker(
+            bootstrap, topic_l, model, None, args.latency_seconds + 5, tmp, latency=True
+        )
         pub.wait(120)
-        lat = np.array(worker.latencies[len(worker.latencies) // 6 :])  # skip the warm-up (joins, first windows)
-        p50, p99 = (float(np.percentile(lat, q)) for q in (50, 99)) if len(lat) else (float("nan"),) * 2
-        print(f"(c) latency at {half} monitors (half capacity): p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
-              f"over {len(lat)} chunks", flush=True)
-        result.update(latency_monitors=half, latency_p50_ms=p50 * 1e3, latency_p99_ms=p99 * 1e3,
-                      latency_chunks=len(lat), loadavg_end=os.getloadavg()[0])
+        lat = np.array(
+            worker.latencies[len(worker.latencies) // 6 :]
+        )  # skip the warm-up (joins, first windows)
+        p50, p99 = (
+            (float(np.percentile(lat, q)) for q in (50, 99)) if len(lat) else (float("nan"),) * 2
+        )
+        print(
+            f"(c) latency at {half} monitors (half capacity): p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
+            f"over {len(lat)} chunks",
+            flush=True,
+        )
+        result.update(
+            latency_monitors=half,
+            latency_p50_ms=p50 * 1e3,
+            latency_p99_ms=p99 * 1e3,
+            latency_chunks=len(lat),
+            loadavg_end=os.getloadavg()[0],
+        )
     finally:
         broker.terminate()
         broker.wait(10)

@@ -26,7 +26,11 @@ def compose() -> dict:
 def test_services_and_kafka_in_kraft_mode(compose):
     services = compose["services"]
     assert {"kafka", "replay", "receiver"} <= set(services)
-    workers = [s for s in services.values() if s.get("command", [""])[:1] == ["ecgstream"] and "run" in s["command"]]
+    workers = [
+        s
+        for s in services.values()
+        if s.get("command", [""])[:1] == ["ecgstream"] and "run" in s["command"]
+    ]
     assert len(workers) == 2
     groups = {w["command"][w["command"].index("--group") + 1] for w in workers}
     assert len(groups) == 1  # one consumer group

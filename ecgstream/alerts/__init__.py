@@ -6,7 +6,14 @@
 - :mod:`ecgstream.alerts.technical`: lead off, flat line, saturation and gaps, as their own kinds.
 """
 
-from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine, alert_id, localise, severity_of
+from ecgstream.alerts.state import (
+    Alert,
+    AlertConfig,
+    AnomalyMachine,
+    alert_id,
+    localise,
+    severity_of,
+)
 from ecgstream.alerts.technical import CONDITIONS, TechnicalConfig, TechnicalMachine, check_chunk
 
 __all__ = [

@@ -38,7 +38,11 @@ def alert_id(stream: str, start_index: int, model: str, version: str, kind: str)
 
 def iso_time(t: float) -> str:
     """Seconds since the epoch as an ISO 8601 UTC string with milliseconds."""
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,10 @@ class Alert:
             "score": _num(self.score),
             "threshold": _num(self.threshold),
             "severity": self.severity,
-            "localisation": {"spans": [[round(a, 3), round(b, 3)] for a, b in self.spans], "leads": self.leads},
+            "localisation": {
+                "spans": [[round(a, 3), round(b, 3)] for a, b in self.spans],
+                "leads": self.leads,
+            },
             "model": {"name": self.model, "version": self.version},
             "window_index": int(self.window_index),
             "detail": self.detail,
@@ -115,7 +122,12 @@ def severity_of(score: float, threshold: float, critical_margin: float) -> str:
 
 
 def localise(
-    point: np.ndarray, t_start: float, fs: float, threshold: float, max_spans: int = 3, min_gap_s: float = 0.1
+    point: np.ndarray,
+    t_start: float,
+    fs: float,
+    threshold: float,
+    max_spans: int = 3,
+    min_gap_s: float = 0.1,
 ) -> list[list[float]]:
     """Time spans (s) where the calibrated point score ``point`` of a window is highest.
 
@@ -148,12 +160,24 @@ class AnomalyMachine:
 
     ``threshold`` is the base threshold (calibrated units); with ``cfg.adaptive`` the effective
     threshold is the larger of it and a rolling quantile of the stream's own recent scores.
+    Windows are identified by ``k`` (e.g. their start sample); consecutive windows differ by
+    ``step``.
     """
 
-    def __init__(self, stream: str, cfg: AlertConfig, threshold: float, model: str, version: str, leads: list[str]):
+    def __init__(
+        self,
+        stream: str,
+        cfg: AlertConfig,
+        threshold: float,
+        model: str,
+        version: str,
+        leads: list[str],
+        step: int = 1,
+    ):
         self.stream, self.cfg = stream, cfg
         self.base = float(threshold)
         self.model, self.version, self.leads = model, version, list(leads)
+        self.step = step
         self.pending: list[tuple[int, float, float, float, np.ndarray]] = []
         self.active = False
         self.active_k = -1
@@ -165,7 +189,9 @@ class AnomalyMachine:
         if cfg.adaptive:
             from river import stats
 
-            self.quantile = stats.RollingQuantile(q=cfg.adaptive_quantile, window_size=cfg.adaptive_window)
+            self.quantile = stats.RollingQuantile(
+                q=cfg.adaptive_quantile, window_size=cfg.adaptive_window
+            )
         if cfg.drift:
             from river import drift
 
@@ -194,7 +220,7 @@ class AnomalyMachine:
         """Feed window ``k`` (calibrated ``score``, ``point`` scores, times in s); returns new alerts."""
         out: list[Alert] = []
         thr = self.threshold
-        if k != self.last_k + 1:
+        if k != self.last_k + self.step:
             self.pending.clear()  # windows missing in between (gap or suppressed): start over
         self.last_k = k
         if self.active:

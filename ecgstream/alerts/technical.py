@@ -77,7 +77,9 @@ def check_chunk(
 ) -> dict[str, tuple[list[int], str]]:
     """Conditions of one chunk ``x`` ``(n, leads)``: name -> (indices of affected leads, detail)."""
     flags = check_chunks(x, cfg, clipped)
-    return {name: (np.flatnonzero(mask).tolist(), cfg.describe(name)) for name, mask in flags.items()}
+    return {
+        name: (np.flatnonzero(mask).tolist(), cfg.describe(name)) for name, mask in flags.items()
+    }
 
 
 class TechnicalMachine:
@@ -91,7 +93,9 @@ class TechnicalMachine:
     def any_active(self) -> bool:
         return any(self.active.values())
 
-    def _alert(self, kind: str, start_s: float, end_s: float, detail: str, leads: list[str]) -> Alert:
+    def _alert(
+        self, kind: str, start_s: float, end_s: float, detail: str, leads: list[str]
+    ) -> Alert:
         # technical alerts are keyed by their start time (ms) rather than a window index
         start_ms = int(math.floor(start_s * 1000 + 0.5))
         return Alert(
@@ -111,14 +115,18 @@ class TechnicalMachine:
             detail=detail,
         )
 
-    def update(self, conditions: dict[str, tuple[list[int], str]], start_s: float, end_s: float) -> list[Alert]:
+    def update(
+        self, conditions: dict[str, tuple[list[int], str]], start_s: float, end_s: float
+    ) -> list[Alert]:
         """Feed one chunk's conditions (from :func:`check_chunk`) covering ``[start_s, end_s)``."""
         out = []
         for kind, (lead_idx, detail) in conditions.items():
             present = bool(lead_idx)
             if present and not self.active.get(kind):
                 leads = [self.leads[i] for i in lead_idx if i < len(self.leads)]
-                out.append(self._alert(kind, start_s, end_s, f"{', '.join(leads)}: {detail}", leads))
+                out.append(
+                    self._alert(kind, start_s, end_s, f"{', '.join(leads)}: {detail}", leads)
+                )
             self.active[kind] = present
         return out
 

@@ -23,10 +23,14 @@ examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "replay", help="publish WFDB records to Kafka as live streams",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "replay",
+        help="publish WFDB records to Kafka as live streams",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("paths", nargs="*", metavar="PATH", help="records or folders (default: the bundled excerpt)")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="records or folders (default: the bundled excerpt)"
+    )
     p.add_argument("--config", type=Path, help="TOML file with a [replay] table")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default localhost:9092)")
     p.add_argument("--topic", help="topic to publish to (default ecg.raw)")
@@ -35,9 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, help="1 = real time (default), 0 = as fast as possible")
     p.add_argument("--copies", type=int, help="streams per record (default 1)")
     p.add_argument("--encoding", choices=["binary", "json"], help="wire encoding (default binary)")
-    p.add_argument("--sample-type", choices=["int16", "float32"], help="binary sample type (default int16)")
+    p.add_argument(
+        "--sample-type", choices=["int16", "float32"], help="binary sample type (default int16)"
+    )
     p.add_argument("--limit-s", type=float, help="replay at most this many seconds of each record")
-    p.add_argument("--loop", action="store_true", default=None, help="start over at the end, until Ctrl-C")
+    p.add_argument(
+        "--loop", action="store_true", default=None, help="start over at the end, until Ctrl-C"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -47,7 +55,18 @@ def run(args: argparse.Namespace) -> int:
     from ecgstream.streaming.kafka import ensure_topics, make_producer, wait_for_broker
     from ecgstream.streaming.replay import bundled_records, plan_streams, publish, start_time
 
-    keys = "bootstrap topic partitions chunk_s speed copies encoding sample_type limit_s loop".split()
+    keys = [
+        "bootstrap",
+        "topic",
+        "partitions",
+        "chunk_s",
+        "speed",
+        "copies",
+        "encoding",
+        "sample_type",
+        "limit_s",
+        "loop",
+    ]
     cfg = load(ReplayConfig, "replay", args.config, {k: getattr(args, k) for k in keys})
     streams = plan_streams(args.paths or bundled_records(), copies=cfg.copies, limit_s=cfg.limit_s)
     wait_for_broker(cfg.bootstrap)
@@ -57,8 +76,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             n = publish(
-                producer, cfg.topic, streams, cfg.chunk_s, cfg.speed, cfg.encoding, cfg.sample_type,
-                t_start=t0 + steps * cfg.chunk_s, progress=not args.no_progress, seq0=steps,
+                producer,
+                cfg.topic,
+                streams,
+                cfg.chunk_s,
+                cfg.speed,
+                cfg.encoding,
+                cfg.sample_type,
+                t_start=t0 + steps * cfg.chunk_s,
+                progress=not args.no_progress,
+                seq0=steps,
             )
             steps += n
             if not cfg.loop or n == 0:
@@ -68,5 +95,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         producer.flush()
         producer.close()
-    print(f"ecgstream replay: {steps * cfg.chunk_s:g} s of {len(streams)} stream(s) sent to {cfg.topic}", file=sys.stderr)
+    print(
+        f"ecgstream replay: {steps * cfg.chunk_s:g} s of {len(streams)} stream(s) sent to {cfg.topic}",
+        file=sys.stderr,
+    )
     return 0

@@ -31,11 +31,16 @@ examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "run", help="the streaming worker (Kafka, or --replay with no broker)",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "run",
+        help="the streaming worker (Kafka, or --replay with no broker)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--replay", nargs="*", metavar="PATH", default=None,
+        "--replay",
+        nargs="*",
+        metavar="PATH",
+        default=None,
         help="run in-process on these records/folders (none: the bundled excerpt), no broker",
     )
     p.add_argument("--config", type=Path, help="TOML file with a [run] table")
@@ -45,30 +50,77 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", help="consumer group (default ecgstream)")
     p.add_argument("--dlq-topic", help="dead-letter topic (default ecg.raw.dlq)")
     p.add_argument("--alerts-topic", help="also publish alerts to this topic")
-    p.add_argument("--webhook", dest="webhook_urls", action="append", metavar="URL", help="webhook endpoint (repeatable)")
-    p.add_argument("--webhook-secret", help="whsec_... signing secret (better: ECGSTREAM_RUN__WEBHOOK_SECRET)")
+    p.add_argument(
+        "--webhook",
+        dest="webhook_urls",
+        action="append",
+        metavar="URL",
+        help="webhook endpoint (repeatable)",
+    )
+    p.add_argument(
+        "--webhook-secret", help="whsec_... signing secret (better: ECGSTREAM_RUN__WEBHOOK_SECRET)"
+    )
     p.add_argument("--outbox", help="SQLite outbox file (default ecgstream-outbox.sqlite)")
     p.add_argument("--alerts-out", help="alerts as JSON lines to this file ('-' stdout, '' off)")
     p.add_argument("--scores-out", help="per-window scores as JSON lines to this file")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default 1)")
-    p.add_argument("--threshold", type=float, help="alert threshold, calibrated units (default: the model's)")
-    p.add_argument("--min-windows", type=int, help="consecutive windows above threshold to alert (default 2)")
-    p.add_argument("--cooldown-s", type=float, help="quiet seconds after an alert closes (default 10)")
-    p.add_argument("--adaptive", action="store_true", default=None, help="per-stream adaptive threshold (river)")
-    p.add_argument("--drift", action="store_true", default=None, help="ADWIN drift alerts on score streams (river)")
-    p.add_argument("--speed", type=float, default=0.0, help="--replay pace: 1 = real time, 0 = fast (default)")
+    p.add_argument(
+        "--threshold", type=float, help="alert threshold, calibrated units (default: the model's)"
+    )
+    p.add_argument(
+        "--min-windows", type=int, help="consecutive windows above threshold to alert (default 2)"
+    )
+    p.add_argument(
+        "--cooldown-s", type=float, help="quiet seconds after an alert closes (default 10)"
+    )
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        default=None,
+        help="per-stream adaptive threshold (river)",
+    )
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        default=None,
+        help="ADWIN drift alerts on score streams (river)",
+    )
+    p.add_argument(
+        "--speed", type=float, default=0.0, help="--replay pace: 1 = real time, 0 = fast (default)"
+    )
     p.add_argument("--copies", type=int, default=1, help="--replay: streams per record (default 1)")
+    p.add_argument(
+        "--t0",
+        type=float,
+        help="--replay: stream start, s since the epoch (default: now); fixes alert ids",
+    )
     p.add_argument("--max-idle-s", type=float, help="stop after this many seconds without messages")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    keys = (
-        "model bootstrap topic group dlq_topic alerts_topic webhook_urls webhook_secret outbox alerts_out "
-        "scores_out metrics_port threads threshold min_windows cooldown_s adaptive drift"
-    ).split()
+    keys = [
+        "model",
+        "bootstrap",
+        "topic",
+        "group",
+        "dlq_topic",
+        "alerts_topic",
+        "webhook_urls",
+        "webhook_secret",
+        "outbox",
+        "alerts_out",
+        "scores_out",
+        "metrics_port",
+        "threads",
+        "threshold",
+        "min_windows",
+        "cooldown_s",
+        "adaptive",
+        "drift",
+    ]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -82,11 +134,28 @@ def run(args: argparse.Namespace) -> int:
 
     worker = Worker(cfg)
     worker.install_signal_handlers()
-    print(f"ecgstream run: model {worker.scorer.spec.name} {worker.scorer.spec.version}; "
-          f"consuming {cfg.topic} at {cfg.bootstrap} as group {cfg.group}", file=sys.stderr)
+    print(
+        f"ecgstream run: model {worker.scorer.spec.name} {worker.scorer.spec.version}; "
+        f"consuming {cfg.topic} at {cfg.bootstrap} as group {cfg.group}",
+        file=sys.stderr,
+    )
     summary = worker.run(max_idle_s=args.max_idle_s)
     print(summary.text(), file=sys.stderr)
     return 0
+
+
+def _describe(alert: dict) -> None:
+    """One readable line per alert on stderr (stdout carries the JSON lines)."""
+    t0 = alert["start"][11:19]
+    t1 = alert["end"][11:19]
+    if alert["kind"] == "anomaly":
+        what = f"score {alert['score']:.2f} (threshold {alert['threshold']:.2f})"
+    else:
+        what = alert["detail"]
+    print(
+        f"  {alert['severity']:>8} {alert['kind']:<10} stream {alert['stream']:<10} {t0}-{t1} UTC  {what}",
+        file=sys.stderr,
+    )
 
 
 def _run_local(cfg, args: argparse.Namespace) -> int:
@@ -111,7 +180,9 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
         f"{cfg.threshold if cfg.threshold is not None else spec.threshold:.2f}); no broker",
         file=sys.stderr,
     )
-    pipeline = Pipeline(scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out))
+    pipeline = Pipeline(
+        scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out)
+    )
     router = AlertRouter(
         outbox=Outbox(cfg.outbox) if cfg.webhook_urls else None,
         webhook_urls=cfg.webhook_urls,
@@ -120,7 +191,16 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
     )
     scores = JsonLinesSink(cfg.scores_out) if cfg.scores_out else None
     try:
-        summary = run_local(pipeline, streams, router, scores, speed=args.speed, progress=not args.no_progress)
+        summary = run_local(
+            pipeline,
+            streams,
+            router,
+            scores,
+            speed=args.speed,
+            t_start=args.t0,
+            progress=not args.no_progress,
+            on_alert=_describe,
+        )
     finally:
         router.close()
         if scores is not None:

@@ -92,7 +92,7 @@ def plot_example(
     title: str = "",
     span_s: float = 30.0,
 ) -> Path:
-    """The signal (first lead) over its point score traces, abnormal beats or a synthetic mask marked.
+    """The signal (first lead) over one point score panel per source, abnormal beats or a mask marked.
 
     ``signal`` is ``(n, leads)`` and every trace ``(n,)`` at ``fs`` Hz; the plotted span is the
     ``span_s`` seconds with the most abnormal beats (or the start of the record).
@@ -108,12 +108,20 @@ def plot_example(
         a, b = pick_example_span(abnormal, n, fs, span_s)
     t = np.arange(a, b) / fs
     plt = _pyplot()
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(12, 5), sharex=True, height_ratios=[1.3, 1])
+    n_panels = 1 + max(1, len(point_scores))
+    fig, axes = plt.subplots(
+        n_panels,
+        1,
+        figsize=(12, 2.2 + 1.6 * n_panels),
+        sharex=True,
+        height_ratios=[1.3] + [1] * (n_panels - 1),
+    )
+    ax0 = axes[0]
     ax0.plot(t, signal[a:b, 0], lw=0.7, color="k")
     ax0.set_ylabel("signal")
     if title:
         ax0.set_title(title, fontsize=10)
-    for ax in (ax0, ax1):
+    for ax in axes:
         for s in abnormal[(abnormal >= a) & (abnormal < b)]:
             ax.axvline(s / fs, color="tab:red", alpha=0.35, lw=3)
         if mask is not None:
@@ -137,13 +145,15 @@ def plot_example(
             label="abnormal beat (AAMI)",
         )
         ax0.legend(fontsize=7, loc="upper right")
-    for name, trace in point_scores.items():
-        ax1.plot(t, trace[a:b], lw=1, label=name)
-    if threshold is not None:
-        ax1.axhline(threshold, color="0.4", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax1.set_ylabel("point score")
-    ax1.set_xlabel("time (s)")
-    ax1.legend(fontsize=7, loc="upper right")
+    for i, (ax, (name, trace)) in enumerate(zip(axes[1:], point_scores.items(), strict=False)):
+        ax.plot(t, trace[a:b], lw=1, color=f"C{i}", label=name)
+        if threshold is not None and i == 0:
+            ax.axhline(
+                threshold, color="0.4", ls="--", lw=1, label=f"alert threshold {threshold:.3g}"
+            )
+        ax.set_ylabel("point score")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel("time (s)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

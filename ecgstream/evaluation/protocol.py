@@ -406,7 +406,9 @@ def evaluate(
                     beats,
                     collected[source.name],
                 )
-        if example is None and beats is not None and beats.abnormal.any():
+        # the example plot shows the record with the most abnormal beats
+        n_abnormal = 0 if beats is None else int(beats.abnormal.sum())
+        if n_abnormal and (example is None or n_abnormal > int(example.beats.abnormal.sum())):
             example = Example(record, beats, per_source)
     report = {
         "records": [str(p) for p in paths],

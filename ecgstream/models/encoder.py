@@ -7,7 +7,7 @@ normal images as a masked reconstructor (random token-sized patches of the image
 
 :class:`ImageDetector` is the exported graph: front end -> frozen encoder -> token
 standardisation -> head score map ``(B, rows', cols')`` -> point score per input sample (max over
-rows, linear upsampling along time, tapered to half weight at the window ends) and window score
+rows, linear upsampling along time, tapered to a tenth at the window ends) and window score
 (max of the 3x3-averaged map). It has the
 graph interface of every ecgstream model (see :mod:`ecgstream.runtime.model_file`).
 """
@@ -103,9 +103,9 @@ class ImageDetector(nn.Module):
     def __init__(self, frontend: nn.Module, encoder: PatchEncoder, head: nn.Module, window: int):
         super().__init__()
         self.frontend, self.encoder, self.head, self.window = frontend, encoder, head, window
-        # point-score weight along the window: 1 in the middle, 0.5 at the ends, so window edges
-        # (less context, padding) count less where windows overlap
-        taper = 0.75 - 0.25 * torch.cos(2 * torch.pi * (torch.arange(window) + 0.5) / window)
+        # point-score weight along the window: 1 in the middle, 0.1 at the ends (Hann-shaped), so
+        # window edges (less context, padding) count less where windows overlap
+        taper = 0.55 - 0.45 * torch.cos(2 * torch.pi * (torch.arange(window) + 0.5) / window)
         self.register_buffer("taper", taper)
         self.register_buffer("feat_mean", torch.zeros(encoder.dim))
         self.register_buffer("feat_std", torch.ones(encoder.dim))

@@ -62,13 +62,22 @@ class PBASHead(nn.Module):
         """Distance of adapted features ``(..., D)`` to their nearest centre, ``(...)``."""
         flat = feats.reshape(-1, feats.shape[-1])
         d2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.centres.T + (self.centres * self.centres).sum(1)[None]
-        return d2.clamp_min(0).min(1).values.sqrt().reshape(feats.shape[:-1])
+        return (d2.clamp_min(0).min(1).values + 1e-8).sqrt().reshape(feats.shape[:-1])
 
     @torch.no_grad()
-    def fit_centres(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """(Re)place the centres on adapted normal tokens ``(n, D)`` and update the boundary radius."""
+    def fit_centres(self, tokens: torch.Tensor, generator: torch.Generator | None = None, iters: int = 10) -> None:
+        """(Re)place the centres on adapted normal tokens ``(n, D)`` and update the boundary radius.
+
+        ``iters=0`` takes a random subset of the tokens as centres (a coreset memory, as in
+        PatchCore), which keeps fine detail when there are many centres.
+        """
         feats = self.adaptor(tokens)
-        self.centres.copy_(kmeans(feats, self.centres.shape[0], generator=generator))
+        k = self.centres.shape[0]
+        if iters == 0 or k >= len(feats) // 4:
+            pick = torch.randperm(len(feats), generator=generator)[:k]
+            self.centres.copy_(feats[pick])
+        else:
+            self.centres.copy_(kmeans(feats, k, iters=iters, generator=generator))
         self.radius.copy_(torch.quantile(self.distance(feats)[:50000], self.quantile).clamp_min(1e-4))
 
     def synthesise(self, feats: torch.Tensor, margin: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -19,7 +19,11 @@ class AlertsTopicSink:
 
     def write(self, records: list[dict]) -> None:
         futures = [
-            self.producer.send(self.topic, key=r["stream"].encode(), value=json.dumps(r, separators=(",", ":")).encode())
+            self.producer.send(
+                self.topic,
+                key=r["stream"].encode(),
+                value=json.dumps(r, separators=(",", ":")).encode(),
+            )
             for r in records
         ]
         self.producer.flush(timeout=self.timeout_s)

@@ -118,7 +118,9 @@ class Outbox:
         return row[0]
 
     def mark_delivered(self, alert_id: str, endpoint: str, now: float | None = None) -> None:
-        self._set(alert_id, endpoint, "delivered", time.time() if now is None else now, "", delivered=True)
+        self._set(
+            alert_id, endpoint, "delivered", time.time() if now is None else now, "", delivered=True
+        )
 
     def mark_retry(self, alert_id: str, endpoint: str, next_attempt: float, error: str) -> None:
         self._set(alert_id, endpoint, "pending", next_attempt, error)
@@ -126,7 +128,15 @@ class Outbox:
     def mark_failed(self, alert_id: str, endpoint: str, error: str) -> None:
         self._set(alert_id, endpoint, "failed", time.time(), error)
 
-    def _set(self, alert_id: str, endpoint: str, state: str, when: float, error: str, delivered: bool = False) -> None:
+    def _set(
+        self,
+        alert_id: str,
+        endpoint: str,
+        state: str,
+        when: float,
+        error: str,
+        delivered: bool = False,
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt = ?, "
@@ -146,12 +156,16 @@ class Outbox:
 
     def disabled_endpoints(self) -> dict[str, str]:
         with self._lock:
-            return dict(self._db.execute("SELECT url, reason FROM endpoints WHERE disabled = 1").fetchall())
+            return dict(
+                self._db.execute("SELECT url, reason FROM endpoints WHERE disabled = 1").fetchall()
+            )
 
     def counts(self) -> dict[str, int]:
         """Deliveries by state, plus the number of stored alerts."""
         with self._lock:
-            out = dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+            out = dict(
+                self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+            )
             out["alerts"] = self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
         return out
 

@@ -10,6 +10,7 @@ The secret may also come from ``ECGSTREAM_RUN__WEBHOOK_SECRET``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -50,22 +51,29 @@ def serve(port: int, secret: str, host: str = "0.0.0.0", out=sys.stdout) -> Thre
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ecgstream.sinks.receiver", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ecgstream.sinks.receiver",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default all)")
-    p.add_argument("--secret", default=os.environ.get("ECGSTREAM_RUN__WEBHOOK_SECRET", ""),
-                   help="whsec_ secret to verify signatures with (default: from the environment)")
+    p.add_argument(
+        "--secret",
+        default=os.environ.get("ECGSTREAM_RUN__WEBHOOK_SECRET", ""),
+        help="whsec_ secret to verify signatures with (default: from the environment)",
+    )
     args = p.parse_args(argv)
     if args.secret:
         secret_key(args.secret)
     server = serve(args.port, args.secret, args.host)
-    print(f"receiving webhooks on http://{args.host}:{args.port}/ "
-          f"({'verifying signatures' if args.secret else 'NOT verifying signatures'})", file=sys.stderr)
-    try:
+    print(
+        f"receiving webhooks on http://{args.host}:{args.port}/ "
+        f"({'verifying signatures' if args.secret else 'NOT verifying signatures'})",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

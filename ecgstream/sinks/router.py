@@ -33,7 +33,9 @@ class AlertRouter:
         self.dispatcher = None
         if self.urls:
             secrets = {u: webhook_secret for u in self.urls} if webhook_secret else {}
-            self.dispatcher = WebhookDispatcher(outbox, secrets, webhook_cfg, on_webhook_result).start()
+            self.dispatcher = WebhookDispatcher(
+                outbox, secrets, webhook_cfg, on_webhook_result
+            ).start()
 
     def write(self, alerts: list[dict]) -> int:
         """Store ``alerts`` durably in every sink; returns how many were new to the outbox."""

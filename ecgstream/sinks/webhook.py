@@ -45,9 +45,13 @@ def secret_key(secret: str) -> bytes:
     try:
         key = base64.b64decode(raw, validate=True)
     except ValueError:
-        raise ValueError("webhook secret must be 'whsec_' followed by base64 (e.g. from new_secret())") from None
+        raise ValueError(
+            "webhook secret must be 'whsec_' followed by base64 (e.g. from new_secret())"
+        ) from None
     if len(key) < 16:
-        raise ValueError(f"webhook secret key is {len(key)} bytes; use at least 16 (24-64 recommended)")
+        raise ValueError(
+            f"webhook secret key is {len(key)} bytes; use at least 16 (24-64 recommended)"
+        )
     return key
 
 
@@ -65,7 +69,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def verify(secret: str, headers: dict, body: bytes, tolerance_s: float = 300.0, now: float | None = None) -> bool:
+def verify(
+    secret: str, headers: dict, body: bytes, tolerance_s: float = 300.0, now: float | None = None
+) -> bool:
     """Check a received webhook (header names case-insensitive) as a receiver would."""
     h = {k.lower(): v for k, v in headers.items()}
     try:
@@ -83,7 +89,9 @@ def verify(secret: str, headers: dict, body: bytes, tolerance_s: float = 300.0, 
     return False
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
+) -> float:
     """Delay (s) before retry ``attempt`` (1 = first retry): exponential with "equal jitter".
 
     The delay is uniform in ``[d/2, d]`` with ``d = min(max_s, base_s * 2**(attempt-1))``.
@@ -226,7 +234,13 @@ class WebhookDispatcher:
         attempts = d.attempts + 1
         if attempts >= self.cfg.max_attempts:
             self.outbox.mark_failed(d.alert_id, d.endpoint, error)
-            log.warning("webhook %s to %s failed after %d attempts: %s", d.alert_id, d.endpoint, attempts, error)
+            log.warning(
+                "webhook %s to %s failed after %d attempts: %s",
+                d.alert_id,
+                d.endpoint,
+                attempts,
+                error,
+            )
             return "failed"
         delay = backoff_delay(attempts, self.cfg.backoff_base_s, self.cfg.backoff_max_s, self._rng)
         if retry_after is not None:

@@ -4,11 +4,13 @@ A :class:`StreamBuffer` turns one stream's chunks (raw samples at the source rat
 windows. It reuses :class:`~ecgstream.signals.preprocess.Preprocessor`, so the samples it
 windows are the samples ``ecgstream score`` windows.
 
-Windows sit on an absolute grid at the model rate: model sample ``a`` is the time ``a / fs``
-seconds since the Unix epoch, and window ``k`` covers samples ``[k * hop, k * hop + window)``.
-For a stream that starts on a grid point this is exactly ``window_starts(n, window, hop)`` from
-the stream start (the offline windows); the grid also survives gaps, restarts and rebalances,
-so a window keeps its index (and its alert id) whichever worker scores it.
+Windows are counted from the stream start, as ``window_starts(n, window, hop)`` counts them
+offline. Times are absolute model-rate sample indices (sample ``a`` is ``a / fs`` seconds since
+the Unix epoch); the stream start is ``t0 - seq * duration`` of the first chunk a worker sees,
+so with chunks of constant length every worker, also one taking over mid-stream, puts the
+windows in the same places. A window is identified by its absolute start sample (its alert id
+derives from it), and the grid survives gaps and restarts. Streams that start at different
+times complete their windows at different times, which spreads the inference load.
 """
 
 from __future__ import annotations
@@ -20,15 +22,26 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
-from ecgstream.runtime.model_file import ModelSpec
 from scipy import signal as sps
 
-from ecgstream.signals.preprocess import CausalBandpass, PreprocessConfig, Preprocessor, StreamingResampler
+from ecgstream.runtime.model_file import ModelSpec
+from ecgstream.signals.preprocess import (
+    CausalBandpass,
+    PreprocessConfig,
+    Preprocessor,
+    StreamingResampler,
+)
 from ecgstream.signals.records import RecordError, lead_indices
 from ecgstream.streaming.wire import Chunk
 
-__all__ = ["StreamBuffer", "StreamEvent", "Windows", "LeadMismatch", "preprocess_pending", "preprocess_many"]
+__all__ = [
+    "StreamBuffer",
+    "StreamEvent",
+    "Windows",
+    "LeadMismatch",
+    "preprocess_pending",
+    "preprocess_many",
+]
 
 
 class LeadMismatch(ValueError):
@@ -52,7 +65,8 @@ class StreamEvent:
 
 @dataclass
 class Windows:
-    """Complete windows of one stream: ``index`` ``(n,)`` grid indices, ``data`` ``(n, leads, window)``."""
+    """Complete windows of one stream: ``index`` ``(n,)`` absolute start samples at the model
+    rate (the window ids), ``data`` ``(n, leads, window)``."""
 
     stream: str
     index: np.ndarray
@@ -67,6 +81,22 @@ def _template(cfg: PreprocessConfig, fs_in: float, n_leads: int) -> Preprocessor
 def new_preprocessor(cfg: PreprocessConfig, fs_in: float, n_leads: int) -> Preprocessor:
     """A fresh :class:`Preprocessor`, copied from a cached one (filter design costs ~1 ms)."""
     return copy.deepcopy(_template(cfg, fs_in, n_leads))
+
+
+class _Empty:
+    """Cached empty window arrays, one per (leads, window)."""
+
+    def __init__(self) -> None:
+        self._cache: dict = {}
+
+    def get(self, n_leads: int, window: int) -> np.ndarray:
+        key = (n_leads, window)
+        if key not in self._cache:
+            self._cache[key] = np.zeros((0, n_leads, window), np.float32)
+        return self._cache[key]
+
+
+_EMPTY = _Empty()
 
 
 class StreamBuffer:
@@ -93,7 +123,8 @@ class StreamBuffer:
         self.a_origin = 0  # absolute model-rate index of the preprocessor's first output
         self.buf = np.zeros((0, len(spec.leads)), np.float32)
         self.buf_a0 = 0  # absolute index of buf[0]
-        self.next_k = 0  # next window index to emit
+        self.anchor: int | None = None  # absolute model-rate index of the stream start
+        self.next_k = 0  # next window (counted from the stream start) to emit
         self.bad: list[tuple[int, int]] = []  # absolute model-rate ranges not to score
         self.chunks: deque[tuple[int, int]] = deque()  # (absolute start, offset) not yet released
         self.last_seen = 0.0  # wall clock of the last chunk (for idle eviction)
@@ -108,7 +139,9 @@ class StreamBuffer:
             return
         need = self.spec.leads
         if len(chunk.leads) < len(need):
-            raise LeadMismatch(f"stream has leads {chunk.leads}, model {self.spec.name} needs {need}")
+            raise LeadMismatch(
+                f"stream has leads {chunk.leads}, model {self.spec.name} needs {need}"
+            )
         try:
             self.lead_idx = lead_indices(chunk.leads, need)
         except RecordError as exc:
@@ -124,7 +157,7 @@ class StreamBuffer:
         self.a_origin = int(round(chunk.t0 * self.fs))
         self.buf = np.zeros((0, len(self.spec.leads)), np.float32)
         self.buf_a0 = self.a_origin
-        self.next_k = max(self.next_k, -(-self.a_origin // self.hop))
+        self.next_k = max(self.next_k, -(-(self.a_origin - self.anchor) // self.hop))
         self.last_value = None
 
     def accept(
@@ -140,27 +173,45 @@ class StreamBuffer:
         events: list[StreamEvent] = []
         self.last_seen = now
         if self.pre is None:
+            self.anchor = int(round((chunk.t0 - chunk.seq * chunk.duration_s) * self.fs))
             self._restart(chunk)
         else:
             if chunk.seq < self.next_seq:
-                return [StreamEvent("duplicate", chunk.t0, chunk.t0 + chunk.duration_s, f"seq {chunk.seq}")]
+                return [
+                    StreamEvent(
+                        "duplicate", chunk.t0, chunk.t0 + chunk.duration_s, f"seq {chunk.seq}"
+                    )
+                ]
             skew = chunk.t0 - self.t_next
             if chunk.fs != self.fs_in:
                 events.append(
-                    StreamEvent("reset", chunk.t0, chunk.t0, f"rate {self.fs_in:g} -> {chunk.fs:g} Hz")
+                    StreamEvent(
+                        "reset", chunk.t0, chunk.t0, f"rate {self.fs_in:g} -> {chunk.fs:g} Hz"
+                    )
                 )
                 self._restart(chunk)
             elif chunk.seq > self.next_seq or abs(skew) > self.max_skew_s:
                 if skew < -self.max_skew_s:
                     # overlaps what we already have: treat as a duplicate of that time span
-                    return [StreamEvent("duplicate", chunk.t0, self.t_next, f"seq {chunk.seq} overlaps")]
+                    return [
+                        StreamEvent("duplicate", chunk.t0, self.t_next, f"seq {chunk.seq} overlaps")
+                    ]
                 missing = chunk.seq - self.next_seq
                 events.append(
-                    StreamEvent("gap", self.t_next, chunk.t0, f"{missing} chunk(s), {max(skew, 0):.3f} s missing")
+                    StreamEvent(
+                        "gap",
+                        self.t_next,
+                        chunk.t0,
+                        f"{missing} chunk(s), {max(skew, 0):.3f} s missing",
+                    )
                 )
                 self._restart(chunk)
         self.next_seq = chunk.seq + 1
-        x = chunk.samples[:, self.lead_idx] if self.lead_idx != list(range(chunk.samples.shape[1])) else chunk.samples
+        x = (
+            chunk.samples[:, self.lead_idx]
+            if self.lead_idx != list(range(chunk.samples.shape[1]))
+            else chunk.samples
+        )
         x = self._fill_missing(x)
         a_chunk = self.a_origin + int(math.floor(self.n_in * self.fs / self.fs_in + 1e-9))
         if offset is not None:
@@ -215,45 +266,46 @@ class StreamBuffer:
         return self.buf_a0 + len(self.buf)
 
     def take_windows(self) -> tuple[Windows, np.ndarray]:
-        """Complete windows not yet emitted, and the indices of the suppressed ones (bad spans).
+        """Complete windows not yet emitted, and the start samples of suppressed ones (bad spans).
 
         Samples no later window needs are dropped from the buffer.
         """
         if self.pending:
             self.flush()
         w, h = self.window, self.hop
-        k_last = (self.a_end - w) // h  # last window that is complete
-        ks = np.arange(self.next_k, k_last + 1, dtype=np.int64) if k_last >= self.next_k else np.zeros(0, np.int64)
-        suppressed = np.zeros(0, np.int64)
-        if len(ks) and self.bad:
-            starts = ks * h
-            keep = np.ones(len(ks), bool)
-            for a, b in self.bad:
-                keep &= ~((starts < b) & (starts + w > a))
-            suppressed, ks = ks[~keep], ks[keep]
-        if len(ks) == 1:
-            r = int(ks[0] * h - self.buf_a0)
+        base = self.anchor or 0
+        k_last = (self.a_end - w - base) // h  # last window that is complete
+        starts = [base + k * h for k in range(self.next_k, k_last + 1)]
+        suppressed: list[int] = []
+        if starts and self.bad:
+            keep = [a for a in starts if not any(a < b and a + w > lo for lo, b in self.bad)]
+            suppressed = [a for a in starts if a not in keep]
+            starts = keep
+        if len(starts) == 1:
+            r = starts[0] - self.buf_a0
             data = self.buf[r : r + w].T[None]
-        elif len(ks):
-            rel = ks * h - self.buf_a0
-            view = np.lib.stride_tricks.sliding_window_view(self.buf, w, axis=0)  # (n-w+1, L, w)
-            data = np.ascontiguousarray(view[rel])
+        elif starts:
+            data = np.stack([self.buf[a - self.buf_a0 : a - self.buf_a0 + w].T for a in starts])
         else:
-            data = np.zeros((0, self.buf.shape[1], w), np.float32)
+            data = _EMPTY.get(self.buf.shape[1], w)
         if k_last >= self.next_k:
-            self.next_k = int(k_last) + 1
-        drop = min(self.next_k * h - self.buf_a0, len(self.buf))
+            self.next_k = k_last + 1
+        keep_from = base + self.next_k * h
+        drop = min(keep_from - self.buf_a0, len(self.buf))
         if drop > 0:
             self.buf = self.buf[drop:]
             self.buf_a0 += drop
         if self.bad:
-            self.bad = [(a, b) for a, b in self.bad if b > self.next_k * h]
-        return Windows(self.stream, ks, data), suppressed
+            self.bad = [(lo, b) for lo, b in self.bad if b > keep_from]
+        return Windows(self.stream, np.array(starts, np.int64), data), np.array(
+            suppressed, np.int64
+        )
 
-    def window_times(self, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end times (s since the epoch, at the source, delay removed) of windows ``ks``."""
+    def window_times(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end times (s since the epoch, at the source, delay removed) of windows
+        starting at absolute model-rate samples ``starts``."""
         delay = self.pre.delay_s if self.pre else 0.0
-        start = ks * self.hop / self.fs - delay
+        start = starts / self.fs - delay
         return start, start + self.window / self.fs
 
     def needed_offset(self) -> int | None:
@@ -262,7 +314,7 @@ class StreamBuffer:
         Committing this offset (not the last one processed) means a worker that takes over the
         partition re-reads enough samples to rebuild every window not yet scored.
         """
-        need = self.next_k * self.hop
+        need = (self.anchor or 0) + self.next_k * self.hop
         while len(self.chunks) >= 2 and self.chunks[1][0] <= need:
             self.chunks.popleft()
         return self.chunks[0][1] if self.chunks else None
@@ -311,17 +363,33 @@ def _resample_many(rs: list[StreamingResampler], xs: list[np.ndarray]) -> list[n
         else:
             # everything upfirdn does depends only on these (see StreamingResampler.process)
             offset = r._buf_start * r.up // r.down
-            keys.append((r.up, r.down, len(r.h), r._n_in - r._buf_start, r._n_out - offset, len(x), x.shape[1]))
+            keys.append(
+                (
+                    r.up,
+                    r.down,
+                    len(r.h),
+                    r._n_in - r._buf_start,
+                    r._n_out - offset,
+                    len(x),
+                    x.shape[1],
+                )
+            )
     for key, idx in _groups(keys).items():
         if key is None:
             continue
         r0 = rs[idx[0]]
         width = xs[idx[0]].shape[1]
-        buf = np.concatenate([np.concatenate([rs[i]._history, xs[i]]) for i in idx], axis=1, dtype=np.float64)
-        rel_in = r0._n_in - r0._buf_start + len(xs[idx[0]])
+        n_hist, n_x = len(r0._history), len(xs[idx[0]])
+        hist = np.concatenate([rs[i]._history for i in idx], axis=1)
+        new = np.concatenate([xs[i] for i in idx], axis=1)
+        buf = np.concatenate([hist, new], axis=0, dtype=np.float64)
+        rel_in = r0._n_in - r0._buf_start + n_x
         rel_end = ((rel_in - 1) * r0.up) // r0.down + 1
         rel_out = r0._n_out - r0._buf_start * r0.up // r0.down
-        y = sps.upfirdn(r0.h, buf, r0.up, r0.down, axis=0)[rel_out:rel_end].astype(np.float32)
+        # the rows rel_out:rel_end of upfirdn(h, buf, up, down), as one matrix product
+        y = (_polyphase_matrix(r0.h, r0.up, r0.down, n_hist + n_x, rel_out, rel_end) @ buf).astype(
+            np.float32
+        )
         new_rel = ((rel_in - (r0.taps - 1)) // r0.down) * r0.down
         for j, i in enumerate(idx):
             r = rs[i]
@@ -333,6 +401,30 @@ def _resample_many(rs: list[StreamingResampler], xs: list[np.ndarray]) -> list[n
             r._buf_start += new_rel
             r._n_in = n_total
     return out
+
+
+_MATRICES: dict = {}
+
+
+def _polyphase_matrix(
+    h: np.ndarray, up: int, down: int, n_in: int, first: int, end: int
+) -> np.ndarray:
+    """``M`` with ``M @ x == upfirdn(h, x, up, down)[first:end]`` for ``x`` of ``n_in`` rows.
+
+    ``upfirdn`` output ``n`` is ``sum_i x[i] * h[n * down - i * up]``; a dense product is several
+    times faster than ``upfirdn`` on the thousands of columns of a batch. Cached per shape.
+    """
+    key = (h.tobytes(), up, down, n_in, first, end)
+    m = _MATRICES.get(key)
+    if m is None:
+        n = np.arange(first, end)[:, None]
+        tap = n * down - np.arange(n_in)[None, :] * up
+        valid = (tap >= 0) & (tap < len(h))
+        m = np.where(valid, h[np.clip(tap, 0, len(h) - 1)], 0.0)
+        if len(_MATRICES) > 256:
+            _MATRICES.clear()
+        _MATRICES[key] = m
+    return m
 
 
 def _bandpass_many(bps: list[CausalBandpass], ys: list[np.ndarray]) -> list[np.ndarray]:
@@ -349,7 +441,9 @@ def _bandpass_many(bps: list[CausalBandpass], ys: list[np.ndarray]) -> list[np.n
             continue
         width = ys[idx[0]].shape[1]
         x = np.concatenate([ys[i] for i in idx], axis=1, dtype=np.float64)
-        zi = np.concatenate([bps[i]._zi for i in idx], axis=1).transpose(0, 2, 1)  # (sections, 2, cols)
+        zi = np.concatenate([bps[i]._zi for i in idx], axis=1).transpose(
+            0, 2, 1
+        )  # (sections, 2, cols)
         y, zf = sps.sosfilt(bps[idx[0]].sos, x, axis=0, zi=zi)
         y = y.astype(np.float32)
         zf = zf.transpose(0, 2, 1)

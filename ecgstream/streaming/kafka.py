@@ -7,6 +7,7 @@ and :func:`check_crc32c` warns if it is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -78,7 +79,9 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
     )
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, replication: int = 1) -> None:
+def ensure_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int = 1, replication: int = 1
+) -> None:
     """Create the ``topics`` that do not exist yet (existing topics are left as they are)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -88,10 +91,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1, re
         existing = set(admin.list_topics())
         new = [NewTopic(t, partitions, replication) for t in topics if t and t not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()
 
@@ -104,7 +105,9 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
     deadline = time.time() + timeout_s
     while True:
         try:
-            KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=2000).close()
+            KafkaAdminClient(
+                bootstrap_servers=bootstrap.split(","), request_timeout_ms=2000
+            ).close()
             return
         except (KafkaError, OSError) as exc:
             if time.time() > deadline:
@@ -112,7 +115,9 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
             time.sleep(0.5)
 
 
-def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: int, timestamp: int | None) -> list:
+def dlq_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int, timestamp: int | None
+) -> list:
     """Kafka headers of a dead-letter message: why it was rejected and where it came from."""
     h = [
         ("ecgstream-dlq-reason", reason.encode()),

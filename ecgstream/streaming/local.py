@@ -8,6 +8,7 @@ one time step (every stream's next chunk) per batch, and writes alerts to the sa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ecgstream.sinks.jsonl import JsonLinesSink
 from ecgstream.sinks.router import AlertRouter
@@ -27,8 +28,12 @@ def run_local(
     speed: float = 0.0,
     t_start: float | None = None,
     progress: bool = False,
+    on_alert: Callable[[dict], None] | None = None,
 ) -> Summary:
-    """Replay ``streams`` through ``pipeline``; ``speed`` 0 = as fast as possible, 1 = real time."""
+    """Replay ``streams`` through ``pipeline``; ``speed`` 0 = as fast as possible, 1 = real time.
+
+    ``on_alert`` is called with each alert after it is durable (e.g. to print a readable line).
+    """
     from tqdm import tqdm
 
     summary = Summary()
@@ -45,7 +50,11 @@ def run_local(
             for item, reason, detail in res.rejected:
                 summary.dlq[reason] += 1
                 raise ValueError(f"stream {item.chunk.stream}: {detail}")
-            router.write([a.to_dict() for a in res.alerts])
+            alerts = [a.to_dict() for a in res.alerts]
+            router.write(alerts)
+            if on_alert is not None:
+                for alert in alerts:
+                    on_alert(alert)
             if scores is not None:
                 scores.write(res.scores)
             summary.add(res, len(step))

@@ -17,33 +17,69 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.messages = Counter("ecgstream_messages", "Messages consumed, by outcome", ["outcome"], registry=r)
-        self.dlq = Counter("ecgstream_dlq_messages", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
-        self.windows = Counter("ecgstream_windows", "Windows, by outcome (scored, suppressed)", ["outcome"], registry=r)
-        self.alerts = Counter("ecgstream_alerts", "Alerts emitted, by kind and severity", ["kind", "severity"], registry=r)
-        self.stream_events = Counter("ecgstream_stream_events", "Gaps, duplicates and resets", ["kind"], registry=r)
-        self.webhooks = Counter("ecgstream_webhook_attempts", "Webhook attempts, by result", ["result"], registry=r)
+        self.messages = Counter(
+            "ecgstream_messages", "Messages consumed, by outcome", ["outcome"], registry=r
+        )
+        self.dlq = Counter(
+            "ecgstream_dlq_messages",
+            "Messages sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.windows = Counter(
+            "ecgstream_windows", "Windows, by outcome (scored, suppressed)", ["outcome"], registry=r
+        )
+        self.alerts = Counter(
+            "ecgstream_alerts",
+            "Alerts emitted, by kind and severity",
+            ["kind", "severity"],
+            registry=r,
+        )
+        self.stream_events = Counter(
+            "ecgstream_stream_events", "Gaps, duplicates and resets", ["kind"], registry=r
+        )
+        self.webhooks = Counter(
+            "ecgstream_webhook_attempts", "Webhook attempts, by result", ["result"], registry=r
+        )
         self.batch_windows = Histogram(
-            "ecgstream_batch_windows", "Windows per inference call", registry=r,
+            "ecgstream_batch_windows",
+            "Windows per inference call",
+            registry=r,
             buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096),
         )
         self.batch_messages = Histogram(
-            "ecgstream_batch_messages", "Messages per poll", registry=r,
+            "ecgstream_batch_messages",
+            "Messages per poll",
+            registry=r,
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
         )
         self.inference_s = Histogram(
-            "ecgstream_inference_seconds", "ONNX Runtime time per batch", registry=r,
+            "ecgstream_inference_seconds",
+            "ONNX Runtime time per batch",
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.batch_s = Histogram(
-            "ecgstream_batch_seconds", "Time to process one poll (decode to durable alerts)", registry=r,
+            "ecgstream_batch_seconds",
+            "Time to process one poll (decode to durable alerts)",
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.commits = Counter("ecgstream_commits", "Offset commits, by outcome", ["outcome"], registry=r)
-        self.lag = Gauge("ecgstream_consumer_lag", "Messages behind the end of the assigned partitions", registry=r)
+        self.commits = Counter(
+            "ecgstream_commits", "Offset commits, by outcome", ["outcome"], registry=r
+        )
+        self.lag = Gauge(
+            "ecgstream_consumer_lag",
+            "Messages behind the end of the assigned partitions",
+            registry=r,
+        )
         self.streams = Gauge("ecgstream_streams", "Streams with state in this worker", registry=r)
-        self.partitions = Gauge("ecgstream_assigned_partitions", "Partitions assigned to this worker", registry=r)
-        self.outbox_pending = Gauge("ecgstream_outbox_pending", "Webhook deliveries waiting in the outbox", registry=r)
+        self.partitions = Gauge(
+            "ecgstream_assigned_partitions", "Partitions assigned to this worker", registry=r
+        )
+        self.outbox_pending = Gauge(
+            "ecgstream_outbox_pending", "Webhook deliveries waiting in the outbox", registry=r
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``port`` in a background thread."""

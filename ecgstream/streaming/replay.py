@@ -2,8 +2,8 @@
 
 Records are cut into chunks of ``chunk_s`` seconds (the last partial chunk is dropped), every
 record (times ``copies``) is one stream, and the streams are interleaved chunk by chunk as live
-monitors would send them. Stream time starts at a whole second, so the windows of a model whose
-hop divides one second start where the offline scorer's windows start.
+monitors would send them. Every stream starts at the same whole second; the worker counts
+windows from each stream's start, exactly as ``ecgstream score`` counts them in the record.
 """
 
 from __future__ import annotations
@@ -72,7 +72,15 @@ def record_chunks(
         raise ValueError(f"chunk of {chunk_s} s is less than one sample at {record.fs} Hz")
     units = record.units[0] if record.units else "mV"
     for i in range(record.n_samples // n):
-        yield Chunk(stream, seq0 + i, t_start + i * n / record.fs, record.fs, record.leads, record.signal[i * n : (i + 1) * n], units)
+        yield Chunk(
+            stream,
+            seq0 + i,
+            t_start + i * n / record.fs,
+            record.fs,
+            record.leads,
+            record.signal[i * n : (i + 1) * n],
+            units,
+        )
 
 
 def interleave(
@@ -102,7 +110,7 @@ def encode(chunk: Chunk, encoding: str = "binary", sample_type: str = "int16") -
 
 
 def start_time(now: float | None = None) -> float:
-    """Stream start: the current time rounded down to a whole second (grid-aligned)."""
+    """Stream start: the current time rounded down to a whole second."""
     return float(math.floor(time.time() if now is None else now))
 
 
@@ -139,10 +147,11 @@ def publish(
                 if delay > 0:
                     time.sleep(delay)
             for chunk in step:
-                producer.send(topic, key=chunk.stream.encode(), value=encode(chunk, encoding, sample_type))
+                producer.send(
+                    topic, key=chunk.stream.encode(), value=encode(chunk, encoding, sample_type)
+                )
             sent += len(step)
             bar.update(1)
             bar.set_postfix(streams=len(step), messages=sent, refresh=False)
     producer.flush()
     return n_steps
-

@@ -33,8 +33,11 @@ class Secret(str):
     def __repr__(self) -> str:
         return "Secret('***')" if self else "Secret('')"
 
-    def __format__(self, spec: str) -> str:
+    def __str__(self) -> str:
         return "***" if self else ""
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
 
     def reveal(self) -> str:
         return str.__str__(self)

@@ -145,8 +145,14 @@ def _check_leads(v: object) -> list[str]:
     if not isinstance(v, list) or not 0 < len(v) <= MAX_LEADS:
         raise WireError("bad_leads", f"leads must be a list of 1-{MAX_LEADS} names")
     for name in v:
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_LEAD_CHARS or not name.isprintable():
-            raise WireError("bad_leads", f"lead names must be 1-{MAX_LEAD_CHARS} printable characters")
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= MAX_LEAD_CHARS
+            or not name.isprintable()
+        ):
+            raise WireError(
+                "bad_leads", f"lead names must be 1-{MAX_LEAD_CHARS} printable characters"
+            )
     if len(set(v)) != len(v):
         raise WireError("bad_leads", f"lead names must be unique, got {v}")
     return list(v)
@@ -160,10 +166,14 @@ def _check_units(v: object) -> str:
 
 def _check_vector(v: object, n_leads: int, name: str, positive: bool) -> np.ndarray:
     if not isinstance(v, list) or len(v) != n_leads:
-        raise WireError(f"bad_{name}", f"{name} must be a list with one number per lead ({n_leads})")
+        raise WireError(
+            f"bad_{name}", f"{name} must be a list with one number per lead ({n_leads})"
+        )
     for x in v:
         if type(x) not in (int, float) or not math.isfinite(x) or (positive and x <= 0):
-            raise WireError(f"bad_{name}", f"{name} must hold finite{' positive' if positive else ''} numbers")
+            raise WireError(
+                f"bad_{name}", f"{name} must hold finite{' positive' if positive else ''} numbers"
+            )
     return np.array(v, dtype=np.float32)
 
 
@@ -238,10 +248,14 @@ def _decode_json(value: bytes) -> Chunk:
 
 def _decode_binary(value: bytes) -> Chunk:
     if len(value) < _FIXED.size:
-        raise WireError("truncated", f"{len(value)} bytes is shorter than the {_FIXED.size}-byte prefix")
+        raise WireError(
+            "truncated", f"{len(value)} bytes is shorter than the {_FIXED.size}-byte prefix"
+        )
     _, version, type_code, _reserved, hlen = _FIXED.unpack_from(value)
     if version != VERSION:
-        raise WireError("bad_version", f"binary frame version {version}, this reader knows {VERSION}")
+        raise WireError(
+            "bad_version", f"binary frame version {version}, this reader knows {VERSION}"
+        )
     if type_code not in _TYPES:
         raise WireError("bad_sample_type", f"sample type {type_code} (1 = int16, 2 = float32)")
     if not 0 < hlen <= MAX_HEADER_BYTES:
@@ -271,7 +285,9 @@ def _decode_binary(value: bytes) -> Chunk:
         )
     raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen).reshape(n, n_leads)
     gain = _check_vector(hdr.get("gain", [1.0] * n_leads), n_leads, "gain", positive=True)
-    baseline = _check_vector(hdr.get("baseline", [0.0] * n_leads), n_leads, "baseline", positive=False)
+    baseline = _check_vector(
+        hdr.get("baseline", [0.0] * n_leads), n_leads, "baseline", positive=False
+    )
     adc = None
     if type_code == 1:
         adc = raw

@@ -47,10 +47,16 @@ def find_model(path: str | Path | None = None) -> Path:
     import ecgstream
 
     here = Path(ecgstream.__file__).resolve().parent
-    for candidate in (here.parent / "models" / SHIPPED_MODEL, here / "data" / SHIPPED_MODEL, Path("models") / SHIPPED_MODEL):
+    for candidate in (
+        here.parent / "models" / SHIPPED_MODEL,
+        here / "data" / SHIPPED_MODEL,
+        Path("models") / SHIPPED_MODEL,
+    ):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"the shipped model models/{SHIPPED_MODEL} was not found; pass --model PATH")
+    raise FileNotFoundError(
+        f"the shipped model models/{SHIPPED_MODEL} was not found; pass --model PATH"
+    )
 
 
 def alert_config(cfg: RunConfig) -> AlertConfig:
@@ -66,7 +72,9 @@ def alert_config(cfg: RunConfig) -> AlertConfig:
 
 
 def technical_config(cfg: RunConfig) -> TechnicalConfig:
-    return TechnicalConfig(flat_ptp=cfg.flat_ptp, saturation_level=cfg.saturation_level, enabled=cfg.technical)
+    return TechnicalConfig(
+        flat_ptp=cfg.flat_ptp, saturation_level=cfg.saturation_level, enabled=cfg.technical
+    )
 
 
 @dataclass
@@ -98,9 +106,13 @@ class Summary:
             f"alerts: {sum(self.alerts.values())} ({kinds})",
         ]
         if self.dlq:
-            lines.append("dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dlq.items())))
+            lines.append(
+                "dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dlq.items()))
+            )
         if self.events:
-            lines.append("stream events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items())))
+            lines.append(
+                "stream events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items()))
+            )
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -112,11 +124,21 @@ class Worker:
     to its alerts being durable, in :attr:`latencies` (benchmarks).
     """
 
-    def __init__(self, cfg: RunConfig, scorer: Scorer | None = None, metrics: Metrics | None = None, record_latency: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        scorer: Scorer | None = None,
+        metrics: Metrics | None = None,
+        record_latency: bool = False,
+    ):
         self.cfg = cfg
-        self.scorer = scorer or Scorer(find_model(cfg.model), threads=cfg.threads, batch_size=cfg.batch_size)
+        self.scorer = scorer or Scorer(
+            find_model(cfg.model), threads=cfg.threads, batch_size=cfg.batch_size
+        )
         self.metrics = metrics or Metrics()
-        self.pipeline = Pipeline(self.scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out))
+        self.pipeline = Pipeline(
+            self.scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out)
+        )
         self.summary = Summary()
         self.record_latency = record_latency
         self.latencies: list[float] = []
@@ -142,7 +164,9 @@ class Worker:
     def _open(self) -> None:
         cfg = self.cfg
         if cfg.create_topics:
-            ensure_topics(cfg.bootstrap, [cfg.topic, cfg.dlq_topic, cfg.alerts_topic], cfg.partitions)
+            ensure_topics(
+                cfg.bootstrap, [cfg.topic, cfg.dlq_topic, cfg.alerts_topic], cfg.partitions
+            )
         self.producer = make_producer(cfg.bootstrap, client_id=f"ecgstream-{cfg.group}")
         outbox = Outbox(cfg.outbox) if cfg.outbox else None
         self.router = AlertRouter(
@@ -205,18 +229,20 @@ class Worker:
                 now = time.time()
                 if max_s is not None and now - t_start > max_s:
                     break
-                polled = self.consumer.poll(timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records)
+                polled = self.consumer.poll(
+                    timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
+                )
                 if self._to_rewind:
                     polled = self._rewind(polled)
                 if polled:
                     last_msg = time.time()
                     self.process_batch(polled)
-                else:
-                    if max_idle_s is not None and time.time() - last_msg > max_idle_s:
-                        break
+                elif max_idle_s is not None and time.time() - last_msg > max_idle_s:
+                    break
+                if time.time() - last_lag > 5.0:
+                    # streams that ended no longer hold their partition's committed offset back
                     if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
                         self._commit()
-                if time.time() - last_lag > 5.0:
                     self._update_lag()
                     last_lag = time.time()
         finally:
@@ -322,9 +348,15 @@ class Worker:
         for r, reason, detail in dead:
             self.summary.dlq[reason] += 1
             self.metrics.dlq.labels(reason).inc()
-            log.warning("dead-letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, reason, detail)
+            log.warning(
+                "dead-letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, reason, detail
+            )
             headers = dlq_headers(reason, detail, r.topic, r.partition, r.offset, r.timestamp)
-            futures.append(self.producer.send(self.cfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers))
+            futures.append(
+                self.producer.send(
+                    self.cfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers
+                )
+            )
         self.producer.flush(timeout=30)
         for f in futures:
             f.get(timeout=30)

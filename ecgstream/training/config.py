@@ -65,6 +65,7 @@ class TrainConfig:
     threads: int = 2
     # validation and calibration
     val_windows: int = 512  # normal validation windows for the validation loss
+    val_max_s: float = 600.0  # per-epoch validation scores the first seconds of each record (0: all)
     select_metric: str = "auto"  # auto | beat_auroc | record_auroc | val_loss
     false_alarm: float = (
         0.01  # default threshold: this fraction of normal validation windows alerts

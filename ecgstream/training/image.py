@@ -32,7 +32,18 @@ from ecgstream.models.uniad import UniADHead
 from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, write_spec
 from ecgstream.signals.synth import inject_1d
 
-__all__ = ["IMAGE_KINDS", "ImageConfig", "fit_image_detector", "export_detector", "perlin_windows"]
+__all__ = [
+    "IMAGE_KINDS",
+    "ImageConfig",
+    "ImageTrainResult",
+    "fit_image_detector",
+    "fit_records",
+    "build_detector",
+    "load_detector",
+    "export_detector",
+    "perlin_windows",
+    "register_image_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +63,15 @@ class ImageConfig:
     dim: int = 64
     radius: int = 1
     jitter: float = 0.2
-    n_centres: int = 16
+    n_centres: int = 1024
+    kmeans_iters: int = 0  # 0: centres are a random coreset of normal tokens (else k-means)
     encoder_steps: int = 600
     head_steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
     mask_ratio: float = 0.4
     seed: int = 0
-    time_budget_s: float | None = None  # total for stages 2 and 3 (None: step counts only)
+    time_budget_s: float | None = None  # wall-clock limit of the whole fit (None: step counts only)
     max_windows: int = 6000  # cap on cached training windows
 
     def to_dict(self) -> dict:
@@ -100,19 +112,21 @@ def perlin_windows(
 
 
 class _Clock:
-    """Ends a stage after ``steps`` steps or ``seconds`` seconds, whichever comes first."""
+    """Ends a stage after ``steps`` steps or at the ``deadline`` (``time.perf_counter()`` seconds)."""
 
-    def __init__(self, steps: int, seconds: float | None):
-        self.steps, self.seconds, self.t0 = steps, seconds, time.perf_counter()
+    def __init__(self, steps: int, deadline: float | None):
+        self.steps, self.deadline = steps, deadline
 
     def done(self, step: int) -> bool:
-        return step >= self.steps or (self.seconds is not None and time.perf_counter() - self.t0 > self.seconds)
+        # at least one step, so every part of the model has been trained a little
+        late = self.deadline is not None and time.perf_counter() > self.deadline
+        return step >= self.steps or (step > 0 and late)
 
 
-def _pretrain_encoder(encoder: PatchEncoder, images: torch.Tensor, cfg: ImageConfig, seconds: float | None, gen) -> float:
+def _pretrain_encoder(encoder: PatchEncoder, images: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen) -> float:
     recon = MaskedReconstructor(encoder)
     opt = torch.optim.AdamW(recon.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    clock, step, loss = _Clock(cfg.encoder_steps, seconds), 0, torch.tensor(0.0)
+    clock, step, loss = _Clock(cfg.encoder_steps, deadline), 0, torch.tensor(0.0)
     while not clock.done(step):
         idx = torch.randint(len(images), (min(cfg.batch_size, len(images)),), generator=gen)
         loss = recon.loss(images[idx], cfg.mask_ratio, gen)
@@ -121,7 +135,7 @@ def _pretrain_encoder(encoder: PatchEncoder, images: torch.Tensor, cfg: ImageCon
         opt.step()
         step += 1
     log.info("encoder: %d steps, masked loss %.4f", step, loss.item())
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
@@ -137,18 +151,18 @@ def _token_masks(model: ImageDetector, masks: np.ndarray) -> torch.Tensor:
     return per_col[:, None, :].expand(-1, rows, -1).reshape(len(masks), -1).contiguous()
 
 
-def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, seconds: float | None, gen, rng) -> None:
+def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen, rng) -> None:
     head, kind = model.head, cfg.kind
+    clock, step = _Clock(cfg.head_steps, deadline), 0
     tokens = _tokens(model, windows)
     n = len(tokens)
     bs = min(cfg.batch_size, n)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-    clock, step = _Clock(cfg.head_steps, seconds), 0
     if kind == "pbas":
         flat = tokens.reshape(-1, tokens.shape[-1])
         sub = flat[torch.randperm(len(flat), generator=gen)[:20000]]
-        head.fit_centres(sub, gen)
+        head.fit_centres(sub, gen, iters=cfg.kmeans_iters)
     if kind == "onenip":
         # enrolment prompt: the training window whose tokens are closest to the mean window
         mean = tokens.mean(0, keepdim=True)
@@ -171,7 +185,7 @@ def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, s
         opt.step()
         step += 1
         if kind == "pbas" and step % 100 == 0:
-            head.fit_centres(sub, gen)
+            head.fit_centres(sub, gen, iters=cfg.kmeans_iters)
     if kind == "onenip":
         with torch.no_grad():
             res = torch.cat([
@@ -189,6 +203,8 @@ def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim != 3 or len(windows) < 8:
         raise ValueError(f"need at least 8 normal windows (n, leads, window) to train, got shape {windows.shape}")
+    t0 = time.perf_counter()
+    budget = cfg.time_budget_s
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -202,30 +218,29 @@ def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
         images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
     c, rows, cols = images.shape[1:]
     encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
-    budget = cfg.time_budget_s
-    _pretrain_encoder(encoder, images, cfg, None if budget is None else 0.4 * budget, gen)
+    _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
     encoder.eval()
     head = _build_head(cfg, encoder.grid)
     model = ImageDetector(frontend, encoder, head, w)
     model.fit_token_norm(x)
     model.train()
     model.encoder.eval()
-    _train_head(model, x, cfg, None if budget is None else 0.5 * budget, gen, rng)
+    _train_head(model, x, cfg, None if budget is None else t0 + 0.92 * budget, gen, rng)
     return model.eval()
 
 
 def export_detector(model: torch.nn.Module, spec: ModelSpec, path: str | Path, opset: int = 17) -> Path:
     """Export ``model`` with the ecgstream graph interface and ``spec`` as metadata.
 
-    Uses the shared export helper (:mod:`ecgstream.training.export`) when it is available.
+    Uses the shared exporter (:func:`ecgstream.training.export.export_onnx`) when available.
     """
     path = Path(path)
     try:
-        from ecgstream.training.export import export_model
-    except ImportError:
-        export_model = None
-    if export_model is not None:
-        return Path(export_model(model, spec, path))
+        from ecgstream.training.export import export_onnx
+    except ImportError:  # pragma: no cover - the shared exporter ships with the package
+        export_onnx = None
+    if export_onnx is not None:
+        return Path(export_onnx(model, spec, path))
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, len(spec.leads), spec.window)
     model.eval()
@@ -236,3 +251,109 @@ def export_detector(model: torch.nn.Module, spec: ModelSpec, path: str | Path, o
     )
     write_spec(path, spec)
     return path
+
+
+# --- ``ecgstream train --model uniad|pbas|onenip`` on WFDB records, and checkpoint reloading ---
+
+
+@dataclass
+class ImageTrainResult:
+    """What :func:`fit_records` returns to ``ecgstream train``."""
+
+    model: ImageDetector
+    spec: ModelSpec
+    model_path: Path | None
+    seconds: float
+
+
+def build_detector(spec: ModelSpec) -> ImageDetector:
+    """An untrained :class:`ImageDetector` with the architecture recorded in ``spec.params``."""
+    p = spec.params
+    cfg = ImageConfig(**{k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__})
+    frontend = build_frontend(p, len(spec.leads), spec.window)
+    with torch.no_grad():
+        c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
+    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
+    return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+
+
+def load_detector(state: dict) -> ImageDetector:
+    """Rebuild a trained detector from a checkpoint ``{"model": state_dict, "spec": json}``."""
+    spec = ModelSpec.from_json(state["spec"])
+    model = build_detector(spec)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _record_windows(recs: list, window: int, max_windows: int, rng: np.random.Generator) -> np.ndarray:
+    from ecgstream.training.data import normal_starts
+
+    per_rec = max(1, max_windows // max(1, len(recs)))
+    out = []
+    for rec in recs:
+        starts = normal_starts(rec, window, stride=max(1, window // 8))
+        if len(starts) > per_rec:
+            starts = np.sort(rng.choice(starts, per_rec, replace=False))
+        out.extend(rec.x[s : s + window].T for s in starts)
+    if not out:
+        from ecgstream.training.data import NoNormalWindowsError
+
+        raise NoNormalWindowsError(f"no normal {window}-sample window in {[r.name for r in recs]}")
+    return np.stack(out).astype(np.float32)
+
+
+def fit_records(kind: str, cfg, paths: list, progress: bool = True, resume: bool = False) -> ImageTrainResult:
+    """Train image-method ``kind`` on normal windows of WFDB records (``cfg``: a ``TrainConfig``).
+
+    The log-spectrogram front end is used; validation records (never trained on) calibrate the
+    score normalisation and thresholds on their normal windows.
+    """
+    from ecgstream.training.calibration import calibrate
+    from ecgstream.training.trainer import prepare_data, preprocess_config
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    train_recs, val_recs = prepare_data(cfg, paths, progress=progress)
+    rng = np.random.default_rng(cfg.seed)
+    windows = _record_windows(train_recs, cfg.window, 6000, rng)
+    icfg = ImageConfig(kind=kind, frontend="spectrogram", batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                       encoder_steps=4 * cfg.steps_per_epoch, head_steps=max(200, cfg.epochs * cfg.steps_per_epoch // 3))
+    model = fit_image_detector(windows, icfg)
+    val = _record_windows(val_recs, cfg.window, 1500, rng)
+    with torch.no_grad():
+        val_scores = torch.cat([model(torch.from_numpy(val[i : i + 256]))[1] for i in range(0, len(val), 256)])
+    score_norm, thresholds = calibrate(val_scores.numpy(), cfg.false_alarm)
+    seconds = time.perf_counter() - t0
+    spec = ModelSpec(
+        name=cfg.name if cfg.name != "mmae" else f"{kind}-spectrogram",
+        version=cfg.version, kind=kind, leads=list(cfg.leads), window=cfg.window, hop=cfg.hop,
+        preprocessing=preprocess_config(cfg).to_dict(), score_norm=score_norm, thresholds=thresholds,
+        training={
+            "records": [r.name for r in train_recs], "val_records": [r.name for r in val_recs],
+            "n_windows": int(len(windows)), "seconds": round(seconds, 1), "config": cfg.to_dict(),
+        },
+        params={**icfg.to_dict(), **model.frontend.params(), "parameters": sum(p.numel() for p in model.parameters())},
+        frontend="spectrogram",
+    )
+    if cfg.checkpoint_dir is not None:
+        Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "spec": spec.to_json()}, Path(cfg.checkpoint_dir) / "model.pt")
+    path = export_detector(model, spec, cfg.model_out) if cfg.model_out is not None else None
+    return ImageTrainResult(model, spec, path, time.perf_counter() - t0)
+
+
+DESCRIPTIONS = {
+    "uniad": "UniAD-style neighbour-masked token reconstruction on a frozen CNN (spectrogram / channel x time)",
+    "pbas": "PBAS-style normal centres + boundary-guided feature synthesis + discriminator (cheapest head)",
+    "onenip": "OneNIP-style reconstruction prompted by a normal reference, with a refiner on Perlin anomalies",
+}
+
+
+def register_image_kind(kind: str) -> None:
+    """Register ``kind`` with the model-kind registry (``ecgstream train --model KIND``)."""
+    from ecgstream.training.registry import ModelKind, register
+
+    def fit(cfg, paths, progress: bool = True, resume: bool = False):
+        return fit_records(kind, cfg, paths, progress=progress, resume=resume)
+
+    register(ModelKind(kind, fit, load_detector, DESCRIPTIONS[kind]))

@@ -155,16 +155,20 @@ def sample_windows(
     return out
 
 
-def score_torch(model, rec: TrainingRecord, window: int, hop: int, batch: int = 256) -> dict:
+def score_torch(
+    model, rec: TrainingRecord, window: int, hop: int, batch: int = 256, max_s: float | None = None
+) -> dict:
     """Score one preprocessed record with the eager model, as the ONNX :class:`Scorer` would.
 
     Returns raw ``point`` scores at the record rate, window ``starts`` (model rate), raw window
-    ``scores`` and window bounds at the record rate.
+    ``scores`` and window bounds at the record rate. ``max_s`` scores only the first seconds
+    (NaN after them), for quick per-epoch validation.
     """
     import torch
 
-    starts = window_starts(len(rec.x), window, hop)
-    windows = frame(rec.x, starts, window)
+    x = rec.x if max_s is None else rec.x[: max(window, int(max_s * rec.fs_model))]
+    starts = window_starts(len(x), window, hop)
+    windows = frame(x, starts, window)
     points, scores = [], []
     with torch.no_grad():
         for i in range(0, len(windows), batch):
@@ -173,7 +177,7 @@ def score_torch(model, rec: TrainingRecord, window: int, hop: int, batch: int = 
             scores.append(w.numpy())
     point_raw = np.concatenate(points)
     fs_model = rec.fs_model
-    point = to_record_rate(overlap_average(point_raw, starts, len(rec.x)), fs_model, rec.fs_record,
+    point = to_record_rate(overlap_average(point_raw, starts, len(x)), fs_model, rec.fs_record,
                            rec.n_record, rec.delay_s)  # fmt: skip
     w_start = np.clip(np.rint((starts / fs_model - rec.delay_s) * rec.fs_record), 0, rec.n_record)
     w_end = np.clip(
@@ -195,9 +199,16 @@ def _window_normal(rec: TrainingRecord, w_start: np.ndarray, w_end: np.ndarray) 
 
 
 def validate(
-    model, cfg: TrainConfig, val_recs: list[TrainingRecord], val_windows: np.ndarray
+    model,
+    cfg: TrainConfig,
+    val_recs: list[TrainingRecord],
+    val_windows: np.ndarray,
+    max_s: float | None = None,
 ) -> dict:
-    """Validation figures: loss on normal windows, beat and record AUROC, normal window scores."""
+    """Validation figures: loss on normal windows, beat and record AUROC, normal window scores.
+
+    ``max_s`` limits scoring to the first seconds of each record (per-epoch validation).
+    """
     import torch
 
     from ecgstream.evaluation.metrics import auroc, beat_scores
@@ -210,7 +221,7 @@ def validate(
     out: dict = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     beat_y, beat_s, rec_y, rec_s, normal_scores = [], [], [], [], []
     for rec in val_recs:
-        res = score_torch(model, rec, cfg.window, cfg.hop)
+        res = score_torch(model, rec, cfg.window, cfg.hop, max_s=max_s)
         labels = _window_normal(rec, res["w_start"], res["w_end"])
         normal_scores.append(res["scores"][labels == 0])
         if rec.beat_samples is not None and len(rec.beat_samples):
@@ -340,7 +351,7 @@ def train_mmae(
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
-        figures = validate(model, cfg, val_recs, val_windows)
+        figures = validate(model, cfg, val_recs, val_windows, cfg.val_max_s or None)
         metric, value = _select(cfg, figures)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                **{k: v for k, v in figures.items() if k != "normal_scores"}}  # fmt: skip

@@ -10,7 +10,10 @@ from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_
 FS = 100.0
 
 
-def _run(scores, cfg=AlertConfig(min_windows=2, hysteresis=0.5, cooldown_s=5.0), ks=None):
+CFG = AlertConfig(min_windows=2, hysteresis=0.5, cooldown_s=5.0)
+
+
+def _run(scores, cfg=CFG, ks=None):
     m = AnomalyMachine("bed-1", cfg, 3.0, "mmae", "1.0", ["MLII"])
     out = []
     for i, s in enumerate(scores):
@@ -39,7 +42,9 @@ def test_ids_are_deterministic_and_distinct():
     a1, a2 = _run([4, 4]), _run([4, 4])
     assert a1[0].id == a2[0].id == alert_id("bed-1", 0, "mmae", "1.0", "anomaly")
     assert len({alert_id("bed-1", 0, "mmae", "1.0", k) for k in ("anomaly", "gap")}) == 2
-    assert alert_id("bed-1", 0, "mmae", "1.0", "anomaly") != alert_id("bed-1", 0, "mmae", "1.1", "anomaly")
+    assert alert_id("bed-1", 0, "mmae", "1.0", "anomaly") != alert_id(
+        "bed-1", 0, "mmae", "1.1", "anomaly"
+    )
 
 
 def test_severity_levels():
@@ -106,7 +111,12 @@ def test_technical_machine_alerts_once_per_episode():
     off = ok.copy()
     off[:, 1] = np.nan
     seq = [ok, off, off, ok, off]
-    alerts = [a for i, x in enumerate(seq) for a in tm.update(check_chunk(x, cfg), 10.0 + i, 11.0 + i)]
-    assert [(a.kind, a.start_s, a.leads) for a in alerts] == [("lead_off", 11.0, ["V1"]), ("lead_off", 14.0, ["V1"])]
+    alerts = [
+        a for i, x in enumerate(seq) for a in tm.update(check_chunk(x, cfg), 10.0 + i, 11.0 + i)
+    ]
+    assert [(a.kind, a.start_s, a.leads) for a in alerts] == [
+        ("lead_off", 11.0, ["V1"]),
+        ("lead_off", 14.0, ["V1"]),
+    ]
     assert alerts[0].to_dict()["type"] == "signal.technical"
     assert tm.gap(20.0, 22.0, "2 chunks", cfg)[0].kind == "gap"

@@ -94,9 +94,9 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
 
 
 def test_uniad_localises_a_flat_line_after_training():
-    wins = _periodic_windows(160, 128)
-    cfg = ImageConfig(kind="uniad", frontend="channel_time", encoder_steps=150, head_steps=250, batch_size=32,
-                      width=16, feat_dim=32, dim=32)
+    wins = _periodic_windows(96, 128)
+    cfg = ImageConfig(kind="uniad", frontend="channel_time", encoder_steps=60, head_steps=120, batch_size=16,
+                      width=8, feat_dim=16, dim=16)
     model = fit_image_detector(wins, cfg)
     test = _periodic_windows(8, 128, seed=5)
     test[:4, :, 50:80] = test[:4, :, 50:51]  # flat line in the first four windows

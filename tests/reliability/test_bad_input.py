@@ -138,6 +138,8 @@ def _hostile_sequences(rng: np.random.Generator) -> list[Chunk]:
     for i in range(12):  # a clean stream
         out.append(c("clean", i, T0 + i))
     out += [c("jump", 0, T0), c("jump", 1, T0 + 1), c("jump", 10**6, T0 + 2), c("jump", 2**62, T0 + 3)]
+    out += [c("bigseq", 2**62, T0), c("bigseq", 2**62 + 1, T0 + 1), c("bigseq", 2**63 - 1, 1e11 - 1)]
+    out += [c("short", i, T0 + i * 0.004, n=1) for i in range(30)]  # one-sample chunks
     out += [c("order", s, T0 + s) for s in (0, 1, 5, 3, 4, 2, 6, 6, 6, 7)]
     out += [c("back", 0, T0 + 100), c("back", 1, T0 + 50), c("back", 2, T0 - 1e6), c("back", 3, 1e11 - 1)]
     out += [c("rate", i, T0 + i, fs=fs, n=max(1, int(fs))) for i, fs in enumerate((250, 1000, 20000, 360, 1e-300, 0.01, 1.0, 7.3))]

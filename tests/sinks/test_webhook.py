@@ -33,7 +33,11 @@ def test_verify_rejects_tampering_and_old_timestamps():
     secret = new_secret()
     body = b'{"id": "a"}'
     ts = int(time.time())
-    headers = {"webhook-id": "a", "webhook-timestamp": str(ts), "webhook-signature": sign(secret, "a", ts, body)}
+    headers = {
+        "webhook-id": "a",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, "a", ts, body),
+    }
     assert verify(secret, headers, body)
     assert not verify(secret, headers, body + b" ")
     assert not verify(new_secret(), headers, body)
@@ -107,7 +111,9 @@ def test_outbox_survives_a_restart_and_a_receiver_outage(tmp_path):
     outbox = Outbox(path)
     assert outbox.put([_alert(i) for i in range(5)], [dead_url]) == 5
     assert outbox.put([_alert(0)], [dead_url]) == 0  # same id: idempotent
-    disp = WebhookDispatcher(outbox, {dead_url: secret}, WebhookConfig(backoff_base_s=0.01, backoff_max_s=0.01))
+    disp = WebhookDispatcher(
+        outbox, {dead_url: secret}, WebhookConfig(backoff_base_s=0.01, backoff_max_s=0.01)
+    )
     disp.deliver_due()
     assert outbox.counts()["pending"] == 5
     outbox.close()  # "crash"

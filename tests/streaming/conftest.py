@@ -44,8 +44,18 @@ def broker(tmp_path_factory) -> str:
     url = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [exe, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            exe,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 20
     while True:

@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 from conftest import synthetic_ecg, write_record
+from sinks.receiver import Receiver
 
 from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
-from sinks.receiver import Receiver
 
 from .helpers import burst
 
@@ -30,10 +30,31 @@ N_STREAMS = 8
 def _worker(name, broker, topic, model, tmp_path, rx, secret):
     env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
     cmd = [
-        sys.executable, "-m", "ecgstream", "-v", "run", "--bootstrap", broker, "--topic", topic,
-        "--group", f"g-{topic}", "--model", str(model), "--outbox", str(tmp_path / f"{name}.sqlite"),
-        "--webhook", rx.url, "--scores-out", str(tmp_path / f"{name}.jsonl"), "--alerts-out", "",
-        "--min-windows", "1", "--max-idle-s", "10",
+        sys.executable,
+        "-m",
+        "ecgstream",
+        "-v",
+        "run",
+        "--bootstrap",
+        broker,
+        "--topic",
+        topic,
+        "--group",
+        f"g-{topic}",
+        "--model",
+        str(model),
+        "--outbox",
+        str(tmp_path / f"{name}.sqlite"),
+        "--webhook",
+        rx.url,
+        "--scores-out",
+        str(tmp_path / f"{name}.jsonl"),
+        "--alerts-out",
+        "",
+        "--min-windows",
+        "1",
+        "--max-idle-s",
+        "10",
     ]
     log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
@@ -75,16 +96,24 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
     b, log_b = _worker("b", broker, topic, energy_model, tmp_path, rx, secret)
     try:
         # both members joined: each was assigned a share of the partitions
-        joined = _wait(lambda: all("assigned" in (tmp_path / f"{n}.log").read_text() for n in "ab"), 40)
-        assert joined, (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[-2000:]
+        joined = _wait(
+            lambda: all("assigned" in (tmp_path / f"{n}.log").read_text() for n in "ab"), 40
+        )
+        assert joined, (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[
+            -2000:
+        ]
         time.sleep(2.0)
         producer = make_producer(broker)
         streams = plan_streams([folder])
         feeder = threading.Thread(
-            target=publish, args=(producer, topic, streams), kwargs=dict(speed=4.0, t_start=T0, progress=False)
+            target=publish,
+            args=(producer, topic, streams),
+            kwargs=dict(speed=4.0, t_start=T0, progress=False),
         )
         feeder.start()
-        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 10, 30), "worker a scored nothing"
+        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 10, 30), (
+            "worker a scored nothing"
+        )
         a.send_signal(signal.SIGKILL)
         a.wait(10)
         feeder.join(60)
@@ -96,18 +125,30 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
             log.close()
     scored = _scores(tmp_path / "a.jsonl") | _scores(tmp_path / "b.jsonl")
     assert _scores(tmp_path / "b.jsonl"), "worker b scored nothing"
-    k0 = int(T0 * 100) // 100
+    a0 = int(T0 * 100)  # window ids: absolute start samples at 100 Hz, hop 100
     n_windows = (SECONDS * 100 - 200) // 100 + 1
-    missing = [(f"s{i}", k0 + j) for i in range(N_STREAMS) for j in range(n_windows) if (f"s{i}", k0 + j) not in scored]
+    missing = [
+        (f"s{i}", a0 + 100 * j)
+        for i in range(N_STREAMS)
+        for j in range(n_windows)
+        if (f"s{i}", a0 + 100 * j) not in scored
+    ]
     assert not missing, f"{len(missing)} windows never scored, e.g. {missing[:5]}"
     # receivers de-duplicate on webhook-id; a window alerted by both workers has one id
-    assert _wait(lambda: {a["stream"] for a in rx.alerts.values()} >= {f"s{i}" for i in range(0, N_STREAMS, 2)}, 20)
+    assert _wait(
+        lambda: (
+            {a["stream"] for a in rx.alerts.values()} >= {f"s{i}" for i in range(0, N_STREAMS, 2)}
+        ),
+        20,
+    )
     rx.close()
     alerts = rx.alerts
     assert all(ok for *_, ok in rx.received)
     by_window: dict = {}
     for wid, alert in alerts.items():
-        by_window.setdefault((alert["stream"], alert["window_index"], alert["kind"]), set()).add(wid)
+        by_window.setdefault((alert["stream"], alert["window_index"], alert["kind"]), set()).add(
+            wid
+        )
     assert all(len(ids) == 1 for ids in by_window.values())
     # every burst produced an alert covering it
     for i in range(0, N_STREAMS, 2):
@@ -116,3 +157,37 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
             a["stream"] == f"s{i}" and a["start_s"] - 1 <= t_burst + 1 and a["end_s"] >= t_burst
             for a in alerts.values()
         ), f"no alert for the burst of s{i}"
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits(broker, tmp_path, energy_model):
+    from kafka import KafkaConsumer, TopicPartition
+
+    folder = tmp_path / "records"
+    write_record(folder, "t0", synthetic_ecg(15, 360, seed=3, n_leads=1), 360, ["MLII"])
+    topic = f"term-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker, [topic], 1)
+    publish(
+        make_producer(broker), topic, plan_streams([folder]), speed=0, t_start=T0, progress=False
+    )
+    secret = new_secret()
+    rx = Receiver(secret)
+    proc, log = _worker("w", broker, topic, energy_model, tmp_path, rx, secret)
+    try:
+        assert _wait(lambda: len(_scores(tmp_path / "w.jsonl")) >= 14, 40), (
+            tmp_path / "w.log"
+        ).read_text()[-2000:]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        rx.close()
+    text = (tmp_path / "w.log").read_text()
+    assert "windows scored: 14" in text and "revoked" in text  # summary printed, group left
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=f"g-{topic}", enable_auto_commit=False)
+    committed = c.committed(TopicPartition(topic, 0))
+    c.close()
+    # everything is scored; only the chunk an unfinished window would need stays uncommitted
+    assert committed is not None and 13 <= committed <= 15

@@ -30,7 +30,14 @@ def test_json_round_trip_keeps_values_and_missing_samples():
     c = _chunk()
     c.samples[5, 1] = np.nan
     d = decode(encode_json(c), b"bed-7")
-    assert (d.stream, d.seq, d.t0, d.fs, d.leads, d.units) == (c.stream, c.seq, c.t0, c.fs, c.leads, c.units)
+    assert (d.stream, d.seq, d.t0, d.fs, d.leads, d.units) == (
+        c.stream,
+        c.seq,
+        c.t0,
+        c.fs,
+        c.leads,
+        c.units,
+    )
     assert np.isnan(d.samples[5, 1])
     np.testing.assert_allclose(np.nan_to_num(d.samples), np.nan_to_num(c.samples), atol=1e-6)
 
@@ -55,7 +62,11 @@ def test_int16_clipping_is_counted_per_lead():
 
 def _binary(header: dict, body: bytes, type_code=1, version=1, hlen=None) -> bytes:
     h = json.dumps(header).encode()
-    return struct.pack("<BBBBI", 0xEC, version, type_code, 0, len(h) if hlen is None else hlen) + h + body
+    return (
+        struct.pack("<BBBBI", 0xEC, version, type_code, 0, len(h) if hlen is None else hlen)
+        + h
+        + body
+    )
 
 
 GOOD = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I"], "n": 2}
@@ -87,9 +98,25 @@ GOOD = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I"], "n": 2}
         (_binary({**GOOD, "stream": "x" * 500}, b"\x00" * 4), None, "bad_stream"),
         (_binary({**GOOD, "gain": [0.0]}, b"\x00" * 4), None, "bad_gain"),
         (_binary({**GOOD, "extra": 1}, b"\x00" * 4), None, "unknown_field"),
-        (_binary(GOOD, b"\x00" * 8, type_code=2)[:-8] + struct.pack("<2f", np.inf, 0), None, "bad_samples"),
-        (json.dumps({"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [["1"]]}).encode(), None, "bad_samples"),
-        (json.dumps({"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [[1, 2]]}).encode(), None, "bad_samples"),
+        (
+            _binary(GOOD, b"\x00" * 8, type_code=2)[:-8] + struct.pack("<2f", np.inf, 0),
+            None,
+            "bad_samples",
+        ),
+        (
+            json.dumps(
+                {"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [["1"]]}
+            ).encode(),
+            None,
+            "bad_samples",
+        ),
+        (
+            json.dumps(
+                {"stream": "s", "seq": 0, "t0": 1, "fs": 1, "leads": ["I"], "samples": [[1, 2]]}
+            ).encode(),
+            None,
+            "bad_samples",
+        ),
         (b"{" + b" " * (5 * 1024 * 1024) + b"}", None, "too_large"),
     ],
 )

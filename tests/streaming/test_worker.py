@@ -6,11 +6,13 @@ import json
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import SHIPPED_MODEL, synthetic_ecg, write_record
 from kafka import KafkaConsumer
+from sinks.receiver import Receiver
 
 from ecgstream.config import RunConfig
 from ecgstream.runtime.scorer import Scorer
@@ -22,7 +24,6 @@ from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
 from ecgstream.streaming.wire import Chunk, encode_binary, encode_json
 from ecgstream.streaming.worker import Worker
-from sinks.receiver import Receiver
 
 from .helpers import burst
 
@@ -46,8 +47,15 @@ def records(tmp_path_factory):
 def _cfg(broker, tmp_path, **kw) -> RunConfig:
     topic = f"ecg-{uuid.uuid4().hex[:8]}"
     base = dict(
-        bootstrap=broker, topic=topic, group=f"g-{topic}", dlq_topic=f"{topic}.dlq", partitions=4,
-        outbox=str(tmp_path / "outbox.sqlite"), alerts_out="", poll_timeout_ms=100, min_windows=1,
+        bootstrap=broker,
+        topic=topic,
+        group=f"g-{topic}",
+        dlq_topic=f"{topic}.dlq",
+        partitions=4,
+        outbox=str(tmp_path / "outbox.sqlite"),
+        alerts_out="",
+        poll_timeout_ms=100,
+        min_windows=1,
     )
     base.update(kw)
     return RunConfig(**base)
@@ -60,7 +68,13 @@ def _start(worker: Worker) -> threading.Thread:
 
 
 def _consume_all(broker, topic, n, timeout_s=20.0):
-    c = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=1000)
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
     out, deadline = [], time.time() + timeout_s
     while len(out) < n and time.time() < deadline:
         for batch in c.poll(500).values():
@@ -69,10 +83,18 @@ def _consume_all(broker, topic, n, timeout_s=20.0):
     return out
 
 
-def test_streams_through_the_worker_reach_the_webhook_signed(broker, tmp_path, records, energy_model):
+def test_streams_through_the_worker_reach_the_webhook_signed(
+    broker, tmp_path, records, energy_model
+):
     secret = new_secret()
     rx = Receiver(secret)
-    cfg = _cfg(broker, tmp_path, webhook_urls=[rx.url], webhook_secret=secret, alerts_topic="alerts-" + uuid.uuid4().hex[:6])
+    cfg = _cfg(
+        broker,
+        tmp_path,
+        webhook_urls=[rx.url],
+        webhook_secret=secret,
+        alerts_topic="alerts-" + uuid.uuid4().hex[:6],
+    )
     worker = Worker(cfg, Scorer(energy_model))
     thread = _start(worker)
     producer = make_producer(broker)
@@ -126,8 +148,10 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker, tmp_path, energy
         h = dict(r.headers)
         assert h["ecgstream-original-topic"].decode() == cfg.topic
         assert int(h["ecgstream-original-offset"]) in (1, 3, 5)
-    scored = [json.loads(line) for line in open(cfg.scores_out)]
-    assert len({s["window"] for s in scored}) == 9  # 10 s of 2 s windows every 1 s: all good ones scored
+    scored = [json.loads(line) for line in Path(cfg.scores_out).read_text().splitlines()]
+    assert (
+        len({s["window"] for s in scored}) == 9
+    )  # 10 s of 2 s windows every 1 s: all good ones scored
     assert worker.summary.dlq == {"unknown_encoding": 1, "missing_field": 1, "key_mismatch": 1}
 
 
@@ -150,13 +174,16 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
     worker = Worker(cfg, scorer)
     thread = _start(worker)
     spec = scorer.spec
-    k0 = int(T0 * spec.fs) // spec.hop
+    a0 = int(T0 * spec.fs)
     deadline = time.time() + 40
     streamed: dict[int, float] = {}
     while time.time() < deadline and len(streamed) < len(offline.window_score) - 1:
         time.sleep(0.3)
         if (tmp_path / "scores.jsonl").exists():
-            streamed = {s["window"] - k0: s["score"] for s in map(json.loads, open(cfg.scores_out))}
+            streamed = {
+                (s["window"] - a0) // spec.hop: s["score"]
+                for s in map(json.loads, Path(cfg.scores_out).read_text().splitlines())
+            }
     worker.stop()
     thread.join(30)
     x, _ = preprocess(select_leads(rec, spec.leads).signal, rec.fs, spec.preprocess_config)
@@ -166,4 +193,6 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
     assert len(common) >= len(offline.window_score) - 2
     diff = np.abs(np.array([streamed[i] for i in common]) - np.array([regular[i] for i in common]))
     print(f"parity {which}: {len(common)} windows, max abs diff {diff.max():.2e}")
-    assert diff.max() <= 1e-4, f"max abs difference {diff.max():.2e} between offline and streamed scores"
+    assert diff.max() <= 1e-4, (
+        f"max abs difference {diff.max():.2e} between offline and streamed scores"
+    )

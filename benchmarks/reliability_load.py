@@ -1,0 +1,202 @@
+"""Sustained load: 10 minutes at 80 % of the measured capacity of one worker process.
+
+1. Capacity: S monitors x 20 s are published ahead, and one worker (decode, buffers, filters,
+   ONNX Runtime, alerts, outbox, commits) consumes them as fast as it can; capacity is its rate
+   in monitor-seconds per second (1 s chunks), the figure ``bench_stream.py`` reports.
+2. Load: ``0.8 x capacity`` monitors are published in real time for ``--minutes`` by a separate
+   process, and one worker consumes them. Every 10 s the benchmark records the worker's RSS,
+   its consumer lag (messages behind the end of its partitions) and the latency from a chunk's
+   publication (Kafka CreateTime) to its alerts being durable.
+
+Checks reported: lag stays bounded (no upward trend), memory stays flat (RSS at start and end),
+and the share of chunks whose alerts were durable later than the 500 ms latency target.
+
+    nice -n 5 python benchmarks/reliability_load.py --out benchmarks/results/reliability_load.json
+    nice -n 5 python benchmarks/reliability_load.py --minutes 2 --capacity 1500   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import bench_stream  # noqa: E402  (the streaming benchmark's broker, workload and worker helpers)
+
+TARGET_S = 0.5
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of a process (this one by default), MB."""
+    with open(f"/proc/{pid or os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds: int) -> None:
+    """Publish ``streams`` monitors in real time for ``seconds``, encoding each second on the fly."""
+    from ecgstream.runtime.model_file import read_spec
+    from ecgstream.streaming.kafka import make_producer
+    from ecgstream.streaming.wire import Chunk, encode_binary
+
+    spec = read_spec(model)
+    sig, fs, leads = bench_stream.source_signal(spec.leads, 70)
+    n = int(fs)
+    producer = make_producer(bootstrap, linger_ms=2)
+    t_start = float(int(time.time()))
+    wall0 = time.time()
+    late = 0
+    for i in range(seconds):
+        for s in range(10):  # each second's chunks spread over 10 slices, as live monitors send
+            due = wall0 + i + s / 10
+            if due > time.time():
+                time.sleep(due - time.time())
+            else:
+                late += 1
+            for j in range(s, streams, 10):
+                a = ((i + j) % 60) * n
+                c = Chunk(f"bed-{j:05d}", i, t_start + i, fs, leads, sig[a : a + n])
+                producer.send(topic, key=c.stream.encode(), value=encode_binary(c))
+        producer.flush()
+    producer.close()
+    print(json.dumps({"publisher_late_slices": late}), flush=True)
+
+
+def measure_capacity(bootstrap: str, model: Path, streams: int, tmp: Path) -> float:
+    from ecgstream.streaming.kafka import ensure_topics, make_producer
+
+    topic = f"cap-{uuid.uuid4().hex[:6]}"
+    ensure_topics(bootstrap, [topic], 4)
+    producer = make_producer(bootstrap)
+    steps = bench_stream.encoded_steps(model, streams, 20, float(int(time.time())) - 100)
+    for step in steps:
+        for key, value in step:
+            producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    rate, _ = bench_stream.run_worker(bootstrap, topic, model, streams * 20, None, tmp, latency=False)
+    return rate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="ONNX model (default: the shipped model, else a tiny test model)")
+    p.add_argument("--capacity", type=float, help="skip the capacity run: monitors per worker")
+    p.add_argument("--capacity-streams", type=int, default=1500, help="monitors in the capacity run")
+    p.add_argument("--fraction", type=float, default=0.8, help="load as a fraction of capacity")
+    p.add_argument("--minutes", type=float, default=10.0, help="duration of the load run")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--publish", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    model = bench_stream.model_path(args.model)
+    if args.publish:
+        b, topic, s, sec = args.publish
+        publish_live(b, topic, model, int(s), int(sec))
+        return
+
+    from ecgstream.runtime.model_file import read_spec
+    from ecgstream.streaming.kafka import ensure_topics
+
+    spec = read_spec(model)
+    broker, bootstrap = bench_stream.start_broker()
+    tmp = Path(tempfile.mkdtemp())
+    result: dict = {"model": spec.name, "kind": spec.kind, "leads": spec.leads, "cpus": os.cpu_count()}
+    try:
+        if args.capacity:
+            capacity = args.capacity
+        else:
+            capacity = measure_capacity(bootstrap, model, args.capacity_streams, tmp)
+            print(f"capacity: {capacity:.0f} monitor-seconds per second", flush=True)
+        streams = int(args.fraction * capacity)
+        seconds = int(args.minutes * 60)
+        result.update(capacity=round(capacity, 1), streams=streams, seconds=seconds, fraction=args.fraction)
+        topic = f"load-{uuid.uuid4().hex[:6]}"
+        ensure_topics(bootstrap, [topic], 4)
+        from ecgstream.config import RunConfig
+        from ecgstream.runtime.scorer import Scorer
+        from ecgstream.streaming.worker import Worker
+
+        cfg = RunConfig(
+            bootstrap=bootstrap, topic=topic, group=f"load-{uuid.uuid4().hex[:6]}", dlq_topic=f"{topic}.dlq",
+            outbox=str(tmp / "outbox.sqlite"), alerts_out="", max_poll_records=2000, poll_timeout_ms=50,
+        )
+        worker = Worker(cfg, Scorer(model, threads=1, batch_size=1024), record_latency=True)
+        thread = threading.Thread(target=worker.run, kwargs={"max_s": seconds + 300}, daemon=True)
+        thread.start()
+        time.sleep(8)  # group join
+        rss_start = rss_mb()
+        pub = subprocess.Popen(
+            [sys.executable, __file__, "--publish", bootstrap, topic, str(streams), str(seconds)]
+            + (["--model", str(model)] if args.model else []),
+            stdout=subprocess.PIPE, text=True,
+        )
+        samples = []
+        t0 = time.time()
+        parts: list[np.ndarray] = []  # latencies, kept compact (float32) so they barely move RSS
+        while pub.poll() is None:
+            time.sleep(10)
+            taken, worker.latencies = worker.latencies, []
+            lat = np.asarray(taken, np.float32)
+            parts.append(lat)
+            worker._update_lag()
+            samples.append({
+                "t_s": round(time.time() - t0, 1),
+                "rss_mb": round(rss_mb(), 1),
+                "lag_messages": worker.metrics.lag._value.get(),
+                "messages": worker.summary.messages,
+                "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
+                "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if len(lat) else None,
+                "over_target": int((lat > TARGET_S).sum()),
+            })
+            print(json.dumps(samples[-1]), flush=True)
+        pub_out = pub.stdout.read()
+        time.sleep(5)
+        worker.stop()
+        thread.join(60)
+        lat = np.concatenate(parts + [np.asarray(worker.latencies, np.float32)])
+        steady = samples[len(samples) // 10 :]  # the first minute is warm-up
+        lags = [s["lag_messages"] for s in steady]
+        result.update(
+            rss_mb_start=round(rss_start, 1),
+            rss_mb_end=round(samples[-1]["rss_mb"], 1) if samples else None,
+            lag_max=max(lags) if lags else None,
+            lag_first_half_mean=float(np.mean(lags[: len(lags) // 2])) if lags else None,
+            lag_second_half_mean=float(np.mean(lags[len(lags) // 2 :])) if lags else None,
+            messages=int(worker.summary.messages),
+            expected_messages=streams * seconds,
+            windows=int(worker.summary.windows),
+            alerts=int(sum(worker.summary.alerts.values())),
+            latency_p50_ms=round(float(np.percentile(lat, 50)) * 1000, 1),
+            latency_p99_ms=round(float(np.percentile(lat, 99)) * 1000, 1),
+            latency_max_ms=round(float(lat.max()) * 1000, 1),
+            over_target=int((lat > TARGET_S).sum()),
+            over_target_share=float((lat > TARGET_S).mean()),
+            publisher=pub_out.strip(),
+            samples=samples,
+            loadavg_end=os.getloadavg()[0],
+        )
+    finally:
+        broker.kill()
+    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The broker-free pipeline: one inference call per batch, technical alerts, rejections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_ecg
+
+from ecgstream.alerts.state import AlertConfig
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.streaming.pipeline import Incoming, Pipeline
+from ecgstream.streaming.wire import Chunk, decode, encode_binary
+
+from .helpers import build_energy_model, burst
+
+T0 = 1_700_000_000.0
+
+
+class CountingScorer(Scorer):
+    calls = 0
+
+    def score_windows(self, windows):
+        type(self).calls += 1
+        return super().score_windows(windows)
+
+
+def _chunks(stream, sig, fs=360.0, leads=("MLII", "V1"), t0=T0):
+    n = int(fs)
+    return [
+        Chunk(stream, i, t0 + i, fs, list(leads), sig[i * n : (i + 1) * n])
+        for i in range(len(sig) // n)
+    ]
+
+
+def test_windows_of_all_streams_go_into_one_inference_call(energy_model):
+    scorer = CountingScorer(energy_model)
+    pipe = Pipeline(scorer, AlertConfig(min_windows=1))
+    streams = {
+        f"bed-{i}": _chunks(f"bed-{i}", synthetic_ecg(10, 360, seed=i, n_leads=2), t0=T0 + 0.3 * i)
+        for i in range(6)
+    }
+    total = 0
+    for step in range(10):
+        CountingScorer.calls = 0
+        res = pipe.process([Incoming(c[step]) for c in streams.values()])
+        total += res.windows
+        assert CountingScorer.calls == (1 if res.windows else 0)
+        if step >= 2:
+            assert res.windows == 6  # one window per stream and second, all in that one call
+    assert total == 6 * 9
+
+
+def test_technical_conditions_are_their_own_alerts_and_suppress_windows(energy_model):
+    pipe = Pipeline(Scorer(energy_model), AlertConfig(min_windows=1))
+    sig = burst(synthetic_ecg(20, 360, seed=1, n_leads=2), 360, 12.0, 2.0)  # a real anomaly later
+    chunks = _chunks("bed", sig)
+    chunks[3].samples[:, 0] = np.nan  # MLII off for a second
+    chunks[6].samples[:, 0] = 0.25  # flat line
+    del chunks[9]  # a lost chunk: a gap
+    alerts, suppressed = [], 0
+    for c in chunks:
+        res = pipe.process([Incoming(decode(encode_binary(c)))])  # through the wire (int16)
+        alerts += res.alerts
+        suppressed += res.suppressed
+    kinds = [a.kind for a in alerts]
+    assert (
+        kinds.count("lead_off") == 1 and kinds.count("flat_line") == 1 and kinds.count("gap") == 1
+    )
+    assert "anomaly" in kinds
+    anomalies = [a for a in alerts if a.kind == "anomaly"]
+    assert all(
+        a.start_s >= T0 + 10 for a in anomalies
+    )  # only the burst, never the lead-off or flat span
+    lead_off = next(a for a in alerts if a.kind == "lead_off")
+    assert lead_off.leads == ["MLII"] and lead_off.to_dict()["type"] == "signal.technical"
+    assert suppressed >= 4
+
+
+def test_saturation_from_int16_adc_limits(energy_model):
+    pipe = Pipeline(Scorer(energy_model))
+    c = _chunks("bed", synthetic_ecg(3, 360, seed=2, n_leads=2))[0]
+    c.samples[:60, 0] = 1000.0  # beyond the int16 range at 200 ADC units per mV
+    res = pipe.process([Incoming(decode(encode_binary(c)))])
+    assert [a.kind for a in res.alerts] == ["saturation"]
+
+
+def test_streams_without_the_models_leads_are_rejected_with_a_reason(tmp_path):
+    model = build_energy_model(tmp_path / "two.onnx", leads=["I", "II"])
+    pipe = Pipeline(Scorer(model))
+    c = _chunks("bed", synthetic_ecg(2, 360, n_leads=2))[0]  # leads MLII, V1
+    res = pipe.process([Incoming(c)])
+    assert [(r[1]) for r in res.rejected] == ["lead_mismatch"]
+    assert "needs" in res.rejected[0][2] and "bed" not in pipe.streams
+
+
+@pytest.mark.parametrize("fs", [250.0, 500.0])
+def test_other_rates_are_resampled_to_the_model_rate(energy_model, fs):
+    pipe = Pipeline(Scorer(energy_model), keep_scores=True)
+    sig = synthetic_ecg(6, int(fs), seed=3, n_leads=1)
+    scores = []
+    for c in _chunks("bed", sig, fs=fs, leads=("II",)):
+        scores += pipe.process([Incoming(c)]).scores
+    assert [s["window"] - int(T0 * 100) for s in scores] == [0, 100, 200, 300, 400]
