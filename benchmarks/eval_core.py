@@ -101,9 +101,11 @@ def run_mitdb(args, out_dir: Path) -> dict:
     seconds = None
     model = args.mitdb_model
     if model is None:
+        toml = args.mitdb_config or default_config("mmae-mitdb-mlii")
         cfg = train_config(
-            args.mitdb_config, args.quick, leads=[MITDB_LEAD], name="mmae-mitdb-dev", seed=args.seed
+            toml, args.quick, leads=[MITDB_LEAD], name="mmae-mitdb-dev", seed=args.seed
         )
+        report_config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
         model, seconds = train(dev, cfg, out_dir / "mmae-mitdb-dev.onnx")
     else:
         report_config = {"reused_model": str(model)}

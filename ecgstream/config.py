@@ -147,6 +147,28 @@ class RunConfig:
     technical: bool = True
     flat_ptp: float = 0.01
     saturation_level: float = 10.0
+    # secrets from files, and Kafka transport security (see ecgstream/streaming/security.py)
+    webhook_secret_file: str = ""
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_crlfile: str = ""
+    ssl_check_hostname: bool = True
+    ssl_password: str = ""
+    ssl_password_file: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: str = ""
+
+    def __repr__(self) -> str:  # secrets never reach logs or tracebacks
+        hidden = ("webhook_secret", "ssl_password", "sasl_password")
+        fields = (
+            f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+        )
+        return f"RunConfig({', '.join(fields)})"
 
 
 @dataclasses.dataclass
@@ -168,3 +190,15 @@ class ReplayConfig:
     sample_type: str = "int16"
     limit_s: float = 0.0
     loop: bool = False
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_crlfile: str = ""
+    ssl_check_hostname: bool = True
+    ssl_password: str = ""
+    ssl_password_file: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: str = ""

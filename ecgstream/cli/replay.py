@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgstream.config import ReplayConfig, load
     from ecgstream.streaming.kafka import ensure_topics, make_producer, wait_for_broker
     from ecgstream.streaming.replay import bundled_records, plan_streams, publish, start_time
+    from ecgstream.streaming.security import kafka_options
 
     keys = [
         "bootstrap",
@@ -69,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     cfg = load(ReplayConfig, "replay", args.config, {k: getattr(args, k) for k in keys})
     streams = plan_streams(args.paths or bundled_records(), copies=cfg.copies, limit_s=cfg.limit_s)
-    wait_for_broker(cfg.bootstrap)
-    ensure_topics(cfg.bootstrap, [cfg.topic], cfg.partitions)
-    producer = make_producer(cfg.bootstrap, client_id="ecgstream-replay")
+    security = kafka_options(cfg)  # TLS / SASL settings from [replay], {} for PLAINTEXT
+    wait_for_broker(cfg.bootstrap, **security)
+    ensure_topics(cfg.bootstrap, [cfg.topic], cfg.partitions, **security)
+    producer = make_producer(cfg.bootstrap, client_id="ecgstream-replay", **security)
     steps, t0 = 0, start_time()
     try:
         while True:

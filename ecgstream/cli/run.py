@@ -166,6 +166,7 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
     from ecgstream.streaming.local import run_local
     from ecgstream.streaming.pipeline import Pipeline
     from ecgstream.streaming.replay import bundled_records, plan_streams
+    from ecgstream.streaming.security import webhook_secret
     from ecgstream.streaming.worker import alert_config, find_model, technical_config
 
     paths = args.replay or bundled_records()
@@ -186,7 +187,7 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
     router = AlertRouter(
         outbox=Outbox(cfg.outbox) if cfg.webhook_urls else None,
         webhook_urls=cfg.webhook_urls,
-        webhook_secret=cfg.webhook_secret,
+        webhook_secret=webhook_secret(cfg).reveal(),
         jsonl=JsonLinesSink(cfg.alerts_out) if cfg.alerts_out else None,
     )
     scores = JsonLinesSink(cfg.scores_out) if cfg.scores_out else None

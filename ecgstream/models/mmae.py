@@ -2,8 +2,9 @@
 
 Input: preprocessed windows ``(B, n_leads, window)`` in mV at the model rate. Inside the graph:
 
-1. **Per-window, per-lead normalisation** (zero mean, unit standard deviation), so gain and
-   offset differences between patients and devices do not count as anomalies.
+1. **Per-window, per-lead centring** (``input_norm="mean"``, the default: amplitudes stay in mV,
+   so a large ectopic beat is not shrunk by its own window's variance), or standardisation to
+   unit standard deviation (``input_norm="std"``).
 2. **Tokens at two scales.** The window is cut into non-overlapping *global* segments of
    ``segment`` samples spanning all leads, and into *local* segments of ``segment // 2`` samples
    (finer tokens). Each scale has its own linear embedding and its own learnable positional
@@ -24,8 +25,8 @@ pass number). Every global segment and every local segment is hidden, and recons
 visible neighbours, at least once. So at inference the local scale gives a second, finer
 reconstruction of every part of the window (each part once, when the region passes over it).
 
-**Scores.** The squared residual of a hidden segment, mapped back to window-normalised units
-(``(pred * sigma_seg + mu_seg - x)**2``), averaged over leads, is the score of each of its
+**Scores.** The squared residual of a hidden segment, mapped back to input units
+(``(pred * sigma_seg + mu_seg - x)**2``, mV^2 with ``input_norm="mean"``), averaged over leads, is the score of each of its
 samples; a sample's point score averages over the passes that hid it (both scales, the local one
 weighted by ``local_weight``). The window score is the mean of the top ``topk_frac`` point
 scores. Outputs: ``point_score`` ``(B, window)`` and ``window_score`` ``(B,)``, the graph
@@ -72,9 +73,10 @@ class MMAEConfig:
     target_eps: float = 0.05
     local_weight: float = 1.0
     topk_frac: float = 0.1
-    score_space: str = (
-        "window"  # "window": residual in window-normalised units; "segment": per-segment-normalised
-    )
+    #: "window": residual in input units (mV unless input_norm is "std"); "segment": per-segment-normalised
+    score_space: str = "window"
+    #: "mean": subtract each lead's window mean (keeps mV amplitude); "std": also divide by its std
+    input_norm: str = "mean"
 
     @property
     def n_global(self) -> int:
@@ -103,6 +105,8 @@ class MMAEConfig:
         for name in ("mask_global", "mask_local"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.input_norm not in ("mean", "std"):
+            raise ValueError(f"input_norm must be 'mean' or 'std', not {self.input_norm!r}")
         if self.score_space not in ("window", "segment"):
             raise ValueError(f"score_space must be 'window' or 'segment', not {self.score_space!r}")
         if self.dim % self.heads:
@@ -213,12 +217,12 @@ class MMAE(nn.Module):
         self.n_passes = int(passes["keep"].shape[0])
 
     # -- pieces shared by training and inference -------------------------------------------------
-    @staticmethod
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        """Per-window, per-lead standardisation of ``(B, L, T)``."""
-        mu = x.mean(-1, keepdim=True)
-        sd = ((x - mu) ** 2).mean(-1, keepdim=True).add(1e-6).sqrt()
-        return (x - mu) / sd
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-window, per-lead centring (``input_norm="mean"``) or standardisation (``"std"``) of ``(B, L, T)``."""
+        x = x - x.mean(-1, keepdim=True)
+        if self.cfg.input_norm == "std":
+            x = x / (x**2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        return x
 
     @staticmethod
     def segments(x: torch.Tensor, seg: int) -> torch.Tensor:

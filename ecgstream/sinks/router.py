@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from ecgstream.sinks.jsonl import JsonLinesSink
 from ecgstream.sinks.kafka_topic import AlertsTopicSink
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.webhook import WebhookConfig, WebhookDispatcher
 
 __all__ = ["AlertRouter"]
+
+log = logging.getLogger(__name__)
 
 
 class AlertRouter:
@@ -32,6 +36,10 @@ class AlertRouter:
         self.outbox, self.jsonl, self.topic = outbox, jsonl, topic
         self.dispatcher = None
         if self.urls:
+            if not webhook_secret:
+                log.warning(
+                    "webhooks to %s are NOT signed: no webhook secret configured", self.urls
+                )
             secrets = {u: webhook_secret for u in self.urls} if webhook_secret else {}
             self.dispatcher = WebhookDispatcher(
                 outbox, secrets, webhook_cfg, on_webhook_result

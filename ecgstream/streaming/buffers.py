@@ -32,9 +32,10 @@ from ecgstream.signals.preprocess import (
     StreamingResampler,
 )
 from ecgstream.signals.records import RecordError, lead_indices
-from ecgstream.streaming.wire import Chunk
+from ecgstream.streaming.wire import MAX_FS, MIN_FS, Chunk
 
 __all__ = [
+    "Unprocessable",
     "StreamBuffer",
     "StreamEvent",
     "Windows",
@@ -44,7 +45,18 @@ __all__ = [
 ]
 
 
-class LeadMismatch(ValueError):
+class Unprocessable(ValueError):
+    """A chunk that passed the wire format but cannot feed the model; ``reason`` is a short code."""
+
+    reason = "unprocessable"
+
+    def __init__(self, detail: str, reason: str | None = None):
+        super().__init__(detail)
+        if reason:
+            self.reason = reason
+
+
+class LeadMismatch(Unprocessable):
     """A stream's leads cannot be mapped onto the model's leads."""
 
     reason = "lead_mismatch"
@@ -170,6 +182,29 @@ class StreamBuffer:
         when the chunk's leads cannot feed the model.
         """
         self._map_leads(chunk)
+        if not MIN_FS <= chunk.fs <= MAX_FS:
+            raise Unprocessable(
+                f"sampling rate {chunk.fs:.6g} Hz outside [{MIN_FS:g}, {MAX_FS:g}]", "bad_fs"
+            )
+        pcfg = self.spec.preprocess_config
+        min_fs = 2.0 * (pcfg.lowpass_hz or pcfg.fs / 2)
+        if chunk.fs < min_fs:  # also bounds the work: upsampling 0.01 Hz would make GBs of samples
+            raise Unprocessable(
+                f"sampling rate {chunk.fs:g} Hz is below {min_fs:g} Hz, twice the upper band edge "
+                f"of model {self.spec.name}",
+                "unsupported_rate",
+            )
+        if (
+            chunk.samples.ndim != 2
+            or chunk.samples.shape[1] != len(chunk.leads)
+            or not len(chunk.samples)
+        ):
+            raise Unprocessable(
+                f"samples of shape {chunk.samples.shape} for {len(chunk.leads)} leads",
+                "bad_samples",
+            )
+        if not math.isfinite(chunk.t0) or not math.isfinite(chunk.seq * chunk.duration_s):
+            raise Unprocessable("t0 and seq must give a finite stream start", "bad_t0")
         events: list[StreamEvent] = []
         self.last_seen = now
         if self.pre is None:

@@ -68,6 +68,11 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
     """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged)."""
     from kafka import KafkaProducer
 
+    # Not idempotent: an idempotent producer cannot recover when the broker loses its producer
+    # state (a replaced broker, or an in-memory test broker after a restart) and retries until
+    # the delivery timeout. Alerts and dead letters carry their own ids, so a retried duplicate
+    # is harmless (docs/reliability.md, broker outage).
+    extra.setdefault("enable_idempotence", False)
     return KafkaProducer(
         bootstrap_servers=bootstrap.split(","),
         client_id=client_id,
@@ -80,13 +85,18 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
 
 
 def ensure_topics(
-    bootstrap: str, topics: Iterable[str], partitions: int = 1, replication: int = 1
+    bootstrap: str, topics: Iterable[str], partitions: int = 1, replication: int = 1, **security
 ) -> None:
-    """Create the ``topics`` that do not exist yet (existing topics are left as they are)."""
+    """Create the ``topics`` that do not exist yet (existing topics are left as they are).
+
+    ``security``: kafka-python TLS/SASL options (``ecgstream.streaming.security.kafka_options``).
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="ecgstream-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","), client_id="ecgstream-admin", **security
+    )
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(t, partitions, replication) for t in topics if t and t not in existing]
@@ -97,7 +107,7 @@ def ensure_topics(
         admin.close()
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
+def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, **security) -> None:
     """Block until the broker answers metadata requests, or raise ``TimeoutError``."""
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -106,7 +116,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0) -> None:
     while True:
         try:
             KafkaAdminClient(
-                bootstrap_servers=bootstrap.split(","), request_timeout_ms=2000
+                bootstrap_servers=bootstrap.split(","), request_timeout_ms=2000, **security
             ).close()
             return
         except (KafkaError, OSError) as exc:

@@ -77,6 +77,14 @@ class Metrics:
         self.partitions = Gauge(
             "ecgstream_assigned_partitions", "Partitions assigned to this worker", registry=r
         )
+        self.broker_up = Gauge(
+            "ecgstream_broker_up",
+            "1 while the consumer has a broker connection, 0 in an outage",
+            registry=r,
+        )
+        self.broker_outages = Counter(
+            "ecgstream_broker_outages", "Broker outages (no connection for 2 s or more)", registry=r
+        )
         self.outbox_pending = Gauge(
             "ecgstream_outbox_pending", "Webhook deliveries waiting in the outbox", registry=r
         )

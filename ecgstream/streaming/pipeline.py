@@ -20,7 +20,7 @@ import numpy as np
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
 from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
 from ecgstream.runtime.scorer import Scorer
-from ecgstream.streaming.buffers import LeadMismatch, StreamBuffer, preprocess_pending
+from ecgstream.streaming.buffers import StreamBuffer, Unprocessable, preprocess_pending
 from ecgstream.streaming.wire import Chunk, adc_clipped
 
 __all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState"]
@@ -130,10 +130,18 @@ class Pipeline:
             st = self._state(chunk, item.partition)
             try:
                 events = st.buffer.accept(chunk, item.offset, now, defer=True)
-            except LeadMismatch as exc:
+            except Unprocessable as exc:
                 res.rejected.append((item, exc.reason, str(exc)))
                 if st.buffer.pre is None:
                     del self.streams[chunk.stream]
+                continue
+            except Exception as exc:  # never let one stream's chunk stop the worker
+                log.exception(
+                    "stream %s: chunk seq %s could not be processed", chunk.stream, chunk.seq
+                )
+                res.rejected.append((item, "unprocessable", f"{type(exc).__name__}: {exc}"))
+                self.streams.pop(chunk.stream, None)
+                touched.pop(chunk.stream, None)
                 continue
             duplicate = False
             for ev in events:

@@ -139,6 +139,7 @@ def publish(
     longest = max((s.record.duration_s for s in streams), default=0.0)
     n_steps = int(longest // chunk_s)
     sent = 0
+    failed: list[Exception] = []  # sends the broker never acknowledged (e.g. during an outage)
     wall0 = time.time()
     with tqdm(total=n_steps, desc="replay", unit="step", disable=not progress) as bar:
         for i, step in enumerate(interleave(streams, t_start, chunk_s, seq0)):
@@ -149,9 +150,14 @@ def publish(
             for chunk in step:
                 producer.send(
                     topic, key=chunk.stream.encode(), value=encode(chunk, encoding, sample_type)
-                )
+                ).add_errback(failed.append)
             sent += len(step)
             bar.update(1)
             bar.set_postfix(streams=len(step), messages=sent, refresh=False)
     producer.flush()
+    if failed:
+        log.warning(
+            "%d of %d messages were not delivered to %s (first error: %s)",
+            len(failed), sent, topic, failed[0],
+        )
     return n_steps

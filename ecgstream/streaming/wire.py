@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SAMPLES",
     "MAX_LEADS",
     "MAX_FS",
+    "MIN_FS",
     "INT16_MISSING",
     "adc_clipped",
 ]
@@ -55,8 +56,12 @@ MAX_SAMPLES = 65536
 MAX_LEADS = 16
 #: highest accepted sampling rate, Hz
 MAX_FS = 20000.0
+#: lowest accepted sampling rate, Hz
+MIN_FS = 0.01
 #: largest t0 (seconds since the Unix epoch), about year 5138
 MAX_T0 = 1e11
+#: largest accepted magnitude of gain and baseline (ADC units)
+MAX_ADC = 1e9
 MAX_STREAM_CHARS = 128
 MAX_LEAD_CHARS = 16
 INT16_MISSING = -32768
@@ -134,10 +139,10 @@ def _check_t0(v: object) -> float:
 
 
 def _check_fs(v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise WireError("bad_fs", f"fs must be a number, got {v!r:.40}")
-    if not 0 < v <= MAX_FS:
-        raise WireError("bad_fs", f"fs must be in (0, {MAX_FS:g}] Hz, got {v}")
+    if not MIN_FS <= v <= MAX_FS:  # also rejects NaN and huge integers
+        raise WireError("bad_fs", f"fs must be in [{MIN_FS:g}, {MAX_FS:g}] Hz, got {v!r:.40}")
     return float(v)
 
 
@@ -170,7 +175,7 @@ def _check_vector(v: object, n_leads: int, name: str, positive: bool) -> np.ndar
             f"bad_{name}", f"{name} must be a list with one number per lead ({n_leads})"
         )
     for x in v:
-        if type(x) not in (int, float) or not math.isfinite(x) or (positive and x <= 0):
+        if type(x) not in (int, float) or not -MAX_ADC <= x <= MAX_ADC or (positive and x <= 0):
             raise WireError(
                 f"bad_{name}", f"{name} must hold finite{' positive' if positive else ''} numbers"
             )
@@ -213,6 +218,8 @@ def _parse_json(data: bytes, what: str) -> dict:
         obj = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError("bad_json", f"{what} is not valid UTF-8 JSON: {str(exc)[:80]}") from None
+    except RecursionError:
+        raise WireError("bad_json", f"{what} nests too deeply") from None
     if not isinstance(obj, dict):
         raise WireError("bad_json", f"{what} must be a JSON object")
     return obj
@@ -238,7 +245,10 @@ def _decode_json(value: bytes) -> Chunk:
     ok = (int, float, type(None))
     if not all(type(x) in ok for r in rows for x in r):
         raise WireError("bad_samples", "samples must be numbers or null")
-    samples = np.array(rows, dtype=np.float64)  # null -> NaN
+    try:
+        samples = np.array(rows, dtype=np.float64)  # null -> NaN
+    except OverflowError:
+        raise WireError("bad_samples", "sample magnitude above 1e6") from None
     if samples.dtype.kind != "f" or np.isinf(samples).any():
         raise WireError("bad_samples", "samples must be finite numbers or null")
     if (np.abs(np.nan_to_num(samples)) > 1e6).any():

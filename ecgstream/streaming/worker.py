@@ -28,6 +28,7 @@ from ecgstream.sinks.router import AlertRouter
 from ecgstream.streaming.kafka import dlq_headers, ensure_topics, make_consumer, make_producer
 from ecgstream.streaming.metrics import Metrics
 from ecgstream.streaming.pipeline import Incoming, Pipeline
+from ecgstream.streaming.security import kafka_options, webhook_secret
 from ecgstream.streaming.wire import WireError, decode
 
 __all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"]
@@ -145,6 +146,9 @@ class Worker:
         self._stop = threading.Event()
         self._committed: dict[int, int] = {}
         self._last: dict[int, int] = {}  # partition -> last offset processed
+        self._broker_checked = 0.0  # broker reachability (see _check_broker)
+        self._no_conn_since: float | None = None
+        self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
         self.consumer = None
         self.producer = None
@@ -163,16 +167,17 @@ class Worker:
 
     def _open(self) -> None:
         cfg = self.cfg
+        security = kafka_options(cfg)  # TLS / SASL settings, {} for PLAINTEXT
+        secret = webhook_secret(cfg).reveal()
         if cfg.create_topics:
-            ensure_topics(
-                cfg.bootstrap, [cfg.topic, cfg.dlq_topic, cfg.alerts_topic], cfg.partitions
-            )
-        self.producer = make_producer(cfg.bootstrap, client_id=f"ecgstream-{cfg.group}")
+            topics = [cfg.topic, cfg.dlq_topic, cfg.alerts_topic]
+            ensure_topics(cfg.bootstrap, topics, cfg.partitions, **security)
+        self.producer = make_producer(cfg.bootstrap, client_id=f"ecgstream-{cfg.group}", **security)
         outbox = Outbox(cfg.outbox) if cfg.outbox else None
         self.router = AlertRouter(
             outbox=outbox,
             webhook_urls=cfg.webhook_urls,
-            webhook_secret=cfg.webhook_secret,
+            webhook_secret=secret,
             jsonl=JsonLinesSink(cfg.alerts_out) if cfg.alerts_out else None,
             topic=AlertsTopicSink(self.producer, cfg.alerts_topic) if cfg.alerts_topic else None,
             on_webhook_result=lambda status: self.metrics.webhooks.labels(status).inc(),
@@ -196,6 +201,7 @@ class Worker:
             max_poll_records=cfg.max_poll_records,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            **security,
         )
         self.consumer.subscribe([cfg.topic], listener=Listener())
         if cfg.metrics_port:
@@ -239,6 +245,8 @@ class Worker:
                     self.process_batch(polled)
                 elif max_idle_s is not None and time.time() - last_msg > max_idle_s:
                     break
+                if time.time() - self._broker_checked >= 1.0:
+                    self._check_broker()
                 if time.time() - last_lag > 5.0:
                     # streams that ended no longer hold their partition's committed offset back
                     if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
@@ -383,6 +391,42 @@ class Worker:
         self.metrics.commits.labels("ok").inc()
         for tp, om in offsets.items():
             self._committed[tp.partition] = om.offset
+
+    def _check_broker(self, grace_s: float = 2.0) -> None:
+        """Log and count broker outages: no connection at all for ``grace_s`` seconds.
+
+        The consumer keeps reconnecting by itself; this only makes an outage visible
+        (``ecgstream_broker_up``, ``ecgstream_broker_outages``, one log line each way).
+        """
+        now = self._broker_checked = time.time()
+        try:
+            n = self.consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+        except Exception:  # metrics must never stop the worker
+            return
+        if n is None:
+            return
+        if n > 0:
+            self._no_conn_since = None
+            if self._outage_since is not None:
+                log.warning(
+                    "broker %s is back after %.1f s without a connection; consuming resumes",
+                    self.cfg.bootstrap,
+                    now - self._outage_since,
+                )
+                self._outage_since = None
+            self.metrics.broker_up.set(1)
+            return
+        if self._no_conn_since is None:
+            self._no_conn_since = now
+        if self._outage_since is None and now - self._no_conn_since >= grace_s:
+            self._outage_since = self._no_conn_since
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_outages.inc()
+            log.warning(
+                "broker %s unreachable for %.0f s; the worker keeps running and reconnecting",
+                self.cfg.bootstrap,
+                now - self._no_conn_since,
+            )
 
     def _update_lag(self) -> None:
         try:

@@ -54,6 +54,8 @@ class TrainConfig:
     target_eps: float = 0.05
     local_weight: float = 1.0
     topk_frac: float = 0.1
+    input_norm: str = "mean"  # "mean": centre each lead (scores in mV^2); "std": also scale to unit std
+    score_space: str = "window"  # "window": residual in input units; "segment": per-segment-normalised
     # optimisation
     epochs: int = 20
     steps_per_epoch: int = 150

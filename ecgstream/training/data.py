@@ -77,9 +77,7 @@ def _to_model_rate(
     """A per-sample bool mask at the record rate, sampled at the model rate (delay-aligned)."""
     t = np.arange(n_model) / fs_model - delay_s
     idx = np.clip(np.rint(t * fs_record).astype(np.int64), 0, len(mask) - 1)
-    out = mask[idx]
-    out[t < 0] = False
-    return out
+    return mask[idx]
 
 
 def load_record(

@@ -167,7 +167,9 @@ def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, d
         # enrolment prompt: the training window whose tokens are closest to the mean window
         mean = tokens.mean(0, keepdim=True)
         head.enrol.copy_(tokens[((tokens - mean) ** 2).sum((1, 2)).argmin()][None])
-        bad_windows, masks = perlin_windows(windows.numpy(), rng)
+        # restoration / refiner pairs: a Perlin anomaly in each of up to 1024 training windows
+        pairs = torch.from_numpy(np.sort(rng.choice(n, min(n, 1024), replace=False)))
+        bad_windows, masks = perlin_windows(windows[pairs].numpy(), rng)
         bad_tokens = _tokens(model, torch.from_numpy(bad_windows))
         token_masks = _token_masks(model, masks)
     loss = torch.tensor(0.0)
@@ -179,7 +181,8 @@ def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, d
             progress = min(1.0, step / max(cfg.head_steps, 1))
             loss = head.loss(tokens[idx].reshape(-1, tokens.shape[-1]), progress, gen)
         else:
-            loss = head.loss(tokens[idx], bad_tokens[idx], token_masks[idx], gen)
+            j = torch.randint(len(pairs), (bs,), generator=gen)
+            loss = head.loss(tokens[pairs[j]], bad_tokens[j], token_masks[j], gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -317,7 +320,8 @@ def fit_records(kind: str, cfg, paths: list, progress: bool = True, resume: bool
     rng = np.random.default_rng(cfg.seed)
     windows = _record_windows(train_recs, cfg.window, 6000, rng)
     icfg = ImageConfig(kind=kind, frontend="spectrogram", batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       encoder_steps=4 * cfg.steps_per_epoch, head_steps=max(200, cfg.epochs * cfg.steps_per_epoch // 3))
+                       encoder_steps=4 * cfg.steps_per_epoch,
+                       head_steps=max(2 * cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch // 3))
     model = fit_image_detector(windows, icfg)
     val = _record_windows(val_recs, cfg.window, 1500, rng)
     with torch.no_grad():

@@ -69,6 +69,7 @@ def mmae_config(cfg: TrainConfig):
         infer_global_masks=cfg.infer_global_masks, infer_local_masks=cfg.infer_local_masks,
         dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
         target_eps=cfg.target_eps, local_weight=cfg.local_weight, topk_frac=cfg.topk_frac,
+        input_norm=cfg.input_norm, score_space=cfg.score_space,
     )  # fmt: skip
 
 
@@ -294,7 +295,8 @@ def train_mmae(
     n_train_windows = int(sum(len(s) for s in starts))
     if n_train_windows == 0:
         raise NoNormalWindowsError(
-            f"no {cfg.window_s:g} s window of the training records {[r.name for r in train_recs]} "
+            f"no {cfg.window_s:g} s window of the {len(train_recs)} training records "
+            f"({', '.join(r.name for r in train_recs[:5])}{', ...' if len(train_recs) > 5 else ''}) "
             "is free of abnormal beats; use shorter windows or other records"
         )
     val_starts = [normal_starts(r, window) for r in val_recs]

@@ -174,7 +174,8 @@ def test_hostile_chunk_sequences_never_crash_the_pipeline(energy_model):
         events.update(res.events)
         windows += res.windows
     print(f"rejected {dict(rejected)}; events {dict(events)}; windows {windows}")
-    assert rejected["lead_mismatch"] >= 2
+    # rates too low to carry the model's band (or absurd) are rejected with their reason
+    assert rejected["unsupported_rate"] + rejected["bad_fs"] >= 5, rejected
     assert events["gap"] >= 2 and events["duplicate"] >= 3
     # the clean stream (12 s at 250 Hz, 2 s windows every 1 s) was scored throughout
     assert windows >= 10

@@ -31,6 +31,7 @@ def test_worker_and_replay_survive_a_broker_outage(tmp_path, energy_model):
     assert any("unreachable" in line for line in res["log_outage"]), res["log_outage"]
     assert any("back" in line for line in res["log_outage"]), res["log_outage"]
     assert not res["after_restart_missing"], f"windows after the restart not scored: {res['after_restart_missing']}"
-    # what was lost is bounded by the outage (plus a window length each side)
+    # nothing scored before the outage is lost; what is lost lies in or just after it (chunks
+    # that were only in the killed in-memory broker, or sent while it was recreating topics)
     lost = res["lost_window_starts_s"]
-    assert all(res["t_down_s"] - 3 <= j <= res["t_up_s"] + 2 for j in lost), lost
+    assert all(res["t_down_s"] - 3 <= j <= res["t_up_s"] + 4 for j in lost), lost

@@ -109,3 +109,14 @@ def test_replay_publishes_every_chunk_keyed_by_stream(folder, broker):
         by_stream.setdefault(ch.stream, []).append(ch.seq)
     assert set(by_stream) == {"calm-0000", "calm-0001", "noisy-0000", "noisy-0001"}
     assert all(sorted(v) == list(range(20)) for v in by_stream.values())
+
+
+def test_serving_imports_no_torch():
+    code = (
+        "import sys, ecgstream.cli as c; c.build_parser();"
+        "import ecgstream.streaming.worker, ecgstream.streaming.local, ecgstream.streaming.replay;"
+        "import ecgstream.sinks.router, ecgstream.sinks.receiver;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

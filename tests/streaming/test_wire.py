@@ -97,6 +97,9 @@ GOOD = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I"], "n": 2}
         (_binary({**GOOD, "leads": ["I", "I"], "n": 1}, b"\x00" * 4), None, "bad_leads"),
         (_binary({**GOOD, "stream": "x" * 500}, b"\x00" * 4), None, "bad_stream"),
         (_binary({**GOOD, "gain": [0.0]}, b"\x00" * 4), None, "bad_gain"),
+        (_binary({**GOOD, "baseline": [10**400]}, b"\x00" * 4), None, "bad_baseline"),
+        (_binary({**GOOD, "fs": 10**400}, b"\x00" * 4), None, "bad_fs"),
+        (_binary({**GOOD, "t0": 10**400}, b"\x00" * 4), None, "bad_t0"),
         (_binary({**GOOD, "extra": 1}, b"\x00" * 4), None, "unknown_field"),
         (
             _binary(GOOD, b"\x00" * 8, type_code=2)[:-8] + struct.pack("<2f", np.inf, 0),

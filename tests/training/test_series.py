@@ -1,0 +1,83 @@
+"""Generic series end to end: train on a prefix, export, score through the CLI (fs = 1.0)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from ecgstream.cli import main  # noqa: E402
+from ecgstream.runtime.model_file import read_spec  # noqa: E402
+from ecgstream.signals.series import SeriesError, write_series  # noqa: E402
+from ecgstream.training.series import train_series  # noqa: E402
+
+FAST = {"encoder_steps": 30, "head_steps": 40, "batch_size": 16, "width": 8, "feat_dim": 16, "dim": 16, "n_centres": 64}
+
+
+def _series(n: int = 4000, period: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.sin(2 * np.pi * t / period) + 0.3 * np.sin(4 * np.pi * t / period) + 0.05 * rng.normal(size=n)
+
+
+def test_train_series_then_score_cli_writes_the_contract(tmp_path):
+    x = _series()
+    x[3000:3040] = 2.5  # a plateau, far outside the normal range, after train_end
+    path = write_series(tmp_path / "demo.txt", x)
+    model = tmp_path / "demo.onnx"
+    t0 = time.perf_counter()
+    result = train_series(path, train_end=2000, model_out=model, kind="pbas", time_budget_s=20, **FAST)
+    assert time.perf_counter() - t0 < 60
+    spec = read_spec(model)
+    assert spec.fs == 1.0 and spec.preprocessing["highpass_hz"] == 0 and spec.preprocessing["lowpass_hz"] == 0
+    assert spec.kind == "pbas" and spec.frontend == "channel_time"
+    assert spec.window == 80 and spec.training["dominant_period"] == 40  # two periods, automatic
+    assert result.spec.training["train_end"] == 2000
+    out = tmp_path / "scores"
+    assert main(["score", "--model", str(model), "--out", str(out), str(path)]) == 0
+    npz = np.load(out / "demo.npz")
+    assert float(npz["fs"]) == 1.0 and npz["point_score"].shape == (4000,)
+    assert np.isfinite(npz["point_score"]).all()
+    assert (npz["window_end"] - npz["window_start"] == spec.window).all()
+    assert len(npz["window_score"]) == len(npz["window_start"])
+    loc = 2000 + int(np.argmax(npz["point_score"][2000:]))
+    assert 2900 <= loc < 3140, f"argmax {loc} should fall on the plateau at 3000-3040"
+
+
+def test_train_cli_with_series_flag(tmp_path):
+    path = write_series(tmp_path / "s.npy", np.stack([_series(2400), _series(2400, seed=1)], 1))
+    model = tmp_path / "s.onnx"
+    # --series takes the default budget; keep it short through the environment-free API instead
+    with pytest.raises(ValueError, match="--train-end"):
+        main(["-v", "train", "--series", str(path), "--model-out", str(model)])
+    result = train_series(path, 1600, model, kind="uniad", window=64, time_budget_s=15, **FAST)
+    assert read_spec(model).leads == ["ch0", "ch1"] and result.spec.window == 64
+
+
+def test_prefix_too_short_is_a_clear_error(tmp_path):
+    path = write_series(tmp_path / "short.txt", _series(500))
+    with pytest.raises(SeriesError, match=r"at least two \d+-sample windows"):
+        train_series(path, train_end=100, kind="uniad")
+
+
+def test_image_kind_trains_on_wfdb_records_through_the_registry(tmp_path, ecg_folder):
+    model = tmp_path / "pbas.onnx"
+    argv = ["train", "--model", "pbas", "--leads", "MLII", "--val-records", "syn2", "--epochs", "1",
+            "--set", "steps_per_epoch=8", "--batch-size", "16", "--window-s", "4", "--hop-s", "2",
+            "--model-out", str(model), "--no-progress", str(ecg_folder)]
+    assert main(argv) == 0
+    spec = read_spec(model)
+    assert spec.kind == "pbas" and spec.frontend == "spectrogram" and spec.params["n_fft"] == 32
+    assert "syn2" not in spec.training["records"]
+    out = tmp_path / "scores"
+    assert main(["score", "--model", str(model), "--out", str(out), str(ecg_folder / "syn0")]) == 0
+    npz = np.load(out / "syn0.npz")
+    assert float(npz["fs"]) == 360.0 and npz["point_score"].shape == (60 * 360,)
+    # the checkpoint re-exports through the registry
+    from ecgstream.training.export import export_checkpoint
+
+    again = export_checkpoint(model.with_suffix(".ckpt") / "model.pt", tmp_path / "again.onnx")
+    assert read_spec(again).kind == "pbas"
