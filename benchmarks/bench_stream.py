@@ -10,8 +10,8 @@ Both are reported as monitor-seconds per second per worker process (1 s chunks: 
 (c) latency: S/2-capacity monitors published in real time by a separate process; latency is
     from a chunk's publication (Kafka CreateTime) to the alerts of its batch being durable.
 
-    nice -n 5 python benchmarks/bench_stream.py --streams 2000 --seconds 20
-    nice -n 5 python benchmarks/bench_stream.py --model /path/to/model.onnx --out result.json
+    nice -n 5 python benchmarks/bench_stream.py --streams 1000 --seconds 30 --latency-seconds 40
+    nice -n 5 python benchmarks/bench_stream.py --model tiny --streams 2000 --seconds 15 --out r.json
 """
 
 from __future__ import annotations
@@ -68,10 +68,12 @@ def start_broker() -> tuple[subprocess.Popen, str]:
 
 
 def model_path(arg: str | None) -> Path:
-    if arg:
+    """``arg`` as a path; ``tiny`` for a one-node test model (pipeline cost without inference);
+    by default the shipped model, else the tiny one."""
+    if arg and arg != "tiny":
         return Path(arg)
     shipped = REPO / "models" / "mmae-mitdb-mlii.onnx"
-    if shipped.exists():
+    if shipped.exists() and arg != "tiny":
         return shipped
     sys.path.insert(0, str(REPO / "tests"))
     from streaming.helpers import build_energy_model
@@ -214,7 +216,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--model", help="ONNX model (default: the shipped model, else a tiny test model)"
+        "--model", help="ONNX model, or 'tiny' for a one-node test model (default: the shipped one)"
     )
     p.add_argument("--streams", type=int, default=2000, help="monitors for the throughput runs")
     p.add_argument(

@@ -11,7 +11,8 @@
 
 The splits come from :mod:`ecgstream.evaluation.splits`; the script refuses a model whose
 training summary names a TEST record. Results go to a JSON file (and ROC / example plots beside
-it); the markdown table printed at the end is the one in docs/benchmarks.md.
+it; the trained models go to ``runs/eval_core/``); the markdown table printed at the end is the one
+in docs/benchmarks.md.
 
     nice -n 5 python benchmarks/eval_core.py --out benchmarks/results/eval_core.json
 
@@ -30,9 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MITDB = Path("/work/shared/data/mitdb-ds1")
 PTBXL = Path("/work/shared/data/ptbxl-dev")
-#: Window for PTB-XL's 10 s ECGs when no PTB-XL configuration is given: the trainer drops the first
-#: samples of a record (causal filter start-up), so a full 10 s window would never be normal.
-PTBXL_WINDOW_S = 5.0
 PTBXL_LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 
@@ -106,14 +104,14 @@ def run_mitdb(args, out_dir: Path) -> dict:
             toml, args.quick, leads=[MITDB_LEAD], name="mmae-mitdb-dev", seed=args.seed
         )
         report_config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
-        model, seconds = train(dev, cfg, out_dir / "mmae-mitdb-dev.onnx")
+        model, seconds = train(dev, cfg, args.work_dir / "mmae-mitdb-dev.onnx")
     else:
         report_config = {"reused_model": str(model)}
     summary = check_unseen(model, set(MITDB_TEST))
     spec = read_spec(model)
     train_paths = mitdb_paths(args.mitdb, summary["records"])
     pca = fit_pca_on_records(
-        train_paths, spec, out_dir / "pca-mitdb-dev.onnx", n_components=args.pca_components
+        train_paths, spec, args.work_dir / "pca-mitdb-dev.onnx", n_components=args.pca_components
     )
     sources = [ModelSource(model), ModelSource(pca)]
     report, collected, example = evaluate(
@@ -153,11 +151,9 @@ def run_ptbxl(args, out_dir: Path) -> dict:
             args.ptbxl_config or default_config("mmae-ptbxl") or default_config("mmae-mitdb-mlii")
         )
         flags = dict(leads=PTBXL_LEADS, name="mmae-ptbxl-dev", seed=args.seed, val_records=[])
-        if not (args.ptbxl_config or default_config("mmae-ptbxl")):
-            flags.update(window_s=PTBXL_WINDOW_S, hop_s=PTBXL_WINDOW_S / 2)
         cfg = train_config(toml, args.quick, **flags)
         report_config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
-        model, seconds = train([args.ptbxl], cfg, out_dir / "mmae-ptbxl-dev.onnx")
+        model, seconds = train([args.ptbxl], cfg, args.work_dir / "mmae-ptbxl-dev.onnx")
     else:
         report_config = {"reused_model": str(model)}
     summary = check_unseen(model, {Path(p).name for p in test})
@@ -165,7 +161,7 @@ def run_ptbxl(args, out_dir: Path) -> dict:
     trained = set(summary["records"])
     train_paths = [Path(p) for p in train_table["path"] if Path(p).name in trained]
     pca = fit_pca_on_records(
-        train_paths, spec, out_dir / "pca-ptbxl-dev.onnx", n_components=args.pca_components
+        train_paths, spec, args.work_dir / "pca-ptbxl-dev.onnx", n_components=args.pca_components
     )
     sources = [ModelSource(model), ModelSource(pca)]
     report, collected, example = evaluate(sources, test)
@@ -245,11 +241,15 @@ def main() -> int:
     ap.add_argument("--excerpt-s", type=float, default=60.0)
     ap.add_argument("--pca-components", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--work-dir", type=Path, default=REPO / "runs" / "eval_core", help="where trained models go"
+    )
     ap.add_argument("--quick", action="store_true", help="a few training steps only (smoke run)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "eval_core.json")
     args = ap.parse_args()
-    out_dir = args.out.with_suffix("")
+    out_dir = args.out.with_suffix("")  # plots
     out_dir.mkdir(parents=True, exist_ok=True)
+    args.work_dir.mkdir(parents=True, exist_ok=True)  # trained models (not results)
     results: dict = {"command": " ".join(["python", *sys.argv]), "quick": args.quick}
     t0 = time.perf_counter()
     if "mitdb" not in args.skip:

@@ -53,7 +53,9 @@ def discord_location(x: np.ndarray, train_end: int) -> tuple[int, int]:
 def method_location(x: np.ndarray, train_end: int, kind: str, budget: float, tmp: Path) -> dict:
     """Train, export and score one method; the argmax location of its point score after ``train_end``."""
     t0 = time.perf_counter()
-    result = train_series_array(x, train_end, kind=kind, time_budget_s=budget, model_out=tmp / f"{kind}.onnx")
+    result = train_series_array(
+        x, train_end, kind=kind, time_budget_s=budget, model_out=tmp / f"{kind}.onnx"
+    )
     train_s = time.perf_counter() - t0
     scorer = Scorer(result.model_path, threads=1, batch_size=256)
     t1 = time.perf_counter()
@@ -63,13 +65,18 @@ def method_location(x: np.ndarray, train_end: int, kind: str, budget: float, tmp
     after[~np.isfinite(after)] = -np.inf
     loc = train_end + int(np.argmax(after))
     return {
-        "location": loc, "window": result.spec.window, "train_s": round(train_s, 2),
-        "score_s": round(score_s, 2), "model_bytes": result.model_path.stat().st_size,
+        "location": loc,
+        "window": result.spec.window,
+        "train_s": round(train_s, 2),
+        "score_s": round(score_s, 2),
+        "model_bytes": result.model_path.stat().st_size,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", type=Path, default=Path("../shared/data/ucr-dev"))
     ap.add_argument("--methods", default="discord,uniad,pbas,onenip")
     ap.add_argument("--budget", type=float, default=12.0, help="training time budget per model (s)")
@@ -103,17 +110,25 @@ def main(argv: list[str] | None = None) -> int:
                     loc, m = discord_location(x, info.train_end)
                     row = {"location": loc, "m": m}
                 else:
-                    row = method_location(x.astype(np.float32), info.train_end, method, args.budget, tmp)
+                    row = method_location(
+                        x.astype(np.float32), info.train_end, method, args.budget, tmp
+                    )
                 row.update(
-                    series=info.name, method=method, n=len(x), train_end=info.train_end,
+                    series=info.name,
+                    method=method,
+                    n=len(x),
+                    train_end=info.train_end,
                     anomaly=[info.anomaly_start, info.anomaly_end],
                     correct=hit(row["location"], info.anomaly_start, info.anomaly_end),
                     seconds=round(time.perf_counter() - t0, 2),
                 )
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-                print(f"[{k + 1}/{len(items)}] {info.name[:40]:40s} {method:8s} correct={row['correct']} "
-                      f"({row['seconds']:.1f} s)", flush=True)
+                print(
+                    f"[{k + 1}/{len(items)}] {info.name[:40]:40s} {method:8s} correct={row['correct']} "
+                    f"({row['seconds']:.1f} s)",
+                    flush=True,
+                )
     summarise(args.out, [p for p, _ in items] and [i.name for _, i in items], methods)
     return 0
 
@@ -129,9 +144,16 @@ def summarise(path: Path, names: list[str], methods: list[str]) -> dict:
             continue
         acc = float(np.mean([r["correct"] for r in mine]))
         train = [r.get("train_s") for r in mine if r.get("train_s") is not None]
-        table[method] = {"n": len(mine), "accuracy": round(acc, 3), "max_train_s": max(train) if train else None}
-        print(f"{method:8s} accuracy {acc:.3f} on {len(mine)} series"
-              + (f"; training max {max(train):.1f} s" if train else ""), file=sys.stdout)
+        table[method] = {
+            "n": len(mine),
+            "accuracy": round(acc, 3),
+            "max_train_s": max(train) if train else None,
+        }
+        print(
+            f"{method:8s} accuracy {acc:.3f} on {len(mine)} series"
+            + (f"; training max {max(train):.1f} s" if train else ""),
+            file=sys.stdout,
+        )
     return table
 
 

@@ -21,12 +21,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from streaming.helpers import build_energy_model  # noqa: E402
 from reliability.scenarios import broker_outage  # noqa: E402
+from streaming.helpers import build_energy_model  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--outage-s", type=float, default=30.0)
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--model", help="ONNX model (default: a tiny test model)")
@@ -34,8 +36,14 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp())
     model = Path(args.model) if args.model else build_energy_model(work / "energy.onnx")
-    res = broker_outage(work / "run", model, args.outage_s, before_s=10, after_s=20, n_streams=args.streams)
-    keep = ("ecgstream_broker_up", "ecgstream_broker_outages_total", "ecgstream_windows_total{outcome=scored}")
+    res = broker_outage(
+        work / "run", model, args.outage_s, before_s=10, after_s=20, n_streams=args.streams
+    )
+    keep = (
+        "ecgstream_broker_up",
+        "ecgstream_broker_outages_total",
+        "ecgstream_windows_total{outcome=scored}",
+    )
     for k in ("metrics_before", "metrics_during", "metrics_after"):
         res[k] = {m: v for m, v in res[k].items() if m in keep}
     print(json.dumps(res, indent=1))

@@ -77,31 +77,91 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
     print(json.dumps({"publisher_late_slices": late}), flush=True)
 
 
-def measure_capacity(bootstrap: str, model: Path, streams: int, tmp: Path) -> float:
+def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: int, latency: bool):
+    from ecgstream.config import RunConfig
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.streaming.worker import Worker
+
+    cfg = RunConfig(
+        bootstrap=bootstrap,
+        topic=topic,
+        group=f"g-{uuid.uuid4().hex[:6]}",
+        dlq_topic=f"{topic}.dlq",
+        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"),
+        alerts_out="",
+        max_poll_records=2000,
+        poll_timeout_ms=50,
+        batch_size=batch_size,
+    )
+    return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
+
+
+def measure_capacity(
+    bootstrap: str, model: Path, streams: int, seconds: int, tmp: Path, batch_size: int
+) -> float:
+    """Monitor-seconds per second one worker consumes from a backlog (the sustained maximum)."""
     from ecgstream.streaming.kafka import ensure_topics, make_producer
 
     topic = f"cap-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [topic], 4)
     producer = make_producer(bootstrap)
-    steps = bench_stream.encoded_steps(model, streams, 20, float(int(time.time())) - 100)
-    for step in steps:
+    for step in bench_stream.encoded_steps(
+        model, streams, seconds, float(int(time.time())) - 2 * seconds
+    ):
         for key, value in step:
             producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
-    rate, _ = bench_stream.run_worker(bootstrap, topic, model, streams * 20, None, tmp, latency=False)
+    worker = make_worker(bootstrap, topic, model, tmp, batch_size, latency=False)
+    first: list[float] = []
+    inner = worker.process_batch
+
+    def timed(polled):
+        if not first:
+            first.append(time.perf_counter())
+        inner(polled)
+
+    worker.process_batch = timed
+    thread = threading.Thread(target=worker.run, kwargs={"max_s": 900}, daemon=True)
+    thread.start()
+    total = streams * seconds
+    while worker.summary.messages < total and thread.is_alive():
+        time.sleep(0.05)
+    rate = worker.summary.messages / (time.perf_counter() - first[0])
+    worker.stop()
+    thread.join(60)
     return rate
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="ONNX model (default: the shipped model, else a tiny test model)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", help="ONNX model (default: the shipped model, else a tiny test model)"
+    )
     p.add_argument("--capacity", type=float, help="skip the capacity run: monitors per worker")
-    p.add_argument("--capacity-streams", type=int, default=1500, help="monitors in the capacity run")
+    p.add_argument(
+        "--capacity-streams", type=int, default=1000, help="monitors in the capacity run"
+    )
+    p.add_argument(
+        "--capacity-seconds", type=int, default=40, help="seconds per monitor in the capacity run"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="windows per ONNX Runtime call (peak RSS grows with it: ~2.3 MB per MMAE window)",
+    )
     p.add_argument("--fraction", type=float, default=0.8, help="load as a fraction of capacity")
     p.add_argument("--minutes", type=float, default=10.0, help="duration of the load run")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument("--publish", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--publish",
+        nargs=4,
+        metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args()
     model = bench_stream.model_path(args.model)
     if args.publish:
@@ -115,27 +175,28 @@ def main() -> None:
     spec = read_spec(model)
     broker, bootstrap = bench_stream.start_broker()
     tmp = Path(tempfile.mkdtemp())
-    result: dict = {"model": spec.name, "kind": spec.kind, "leads": spec.leads, "cpus": os.cpu_count()}
+    result: dict = {
+        "model": spec.name,
+        "kind": spec.kind,
+        "leads": spec.leads,
+        "cpus": os.cpu_count(),
+    }
     try:
         if args.capacity:
             capacity = args.capacity
         else:
-            capacity = measure_capacity(bootstrap, model, args.capacity_streams, tmp)
+            capacity = measure_capacity(
+                bootstrap, model, args.capacity_streams, args.capacity_seconds, tmp, args.batch_size
+            )
             print(f"capacity: {capacity:.0f} monitor-seconds per second", flush=True)
         streams = int(args.fraction * capacity)
         seconds = int(args.minutes * 60)
-        result.update(capacity=round(capacity, 1), streams=streams, seconds=seconds, fraction=args.fraction)
+        result.update(
+            capacity=round(capacity, 1), streams=streams, seconds=seconds, fraction=args.fraction
+        )
         topic = f"load-{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, [topic], 4)
-        from ecgstream.config import RunConfig
-        from ecgstream.runtime.scorer import Scorer
-        from ecgstream.streaming.worker import Worker
-
-        cfg = RunConfig(
-            bootstrap=bootstrap, topic=topic, group=f"load-{uuid.uuid4().hex[:6]}", dlq_topic=f"{topic}.dlq",
-            outbox=str(tmp / "outbox.sqlite"), alerts_out="", max_poll_records=2000, poll_timeout_ms=50,
-        )
-        worker = Worker(cfg, Scorer(model, threads=1, batch_size=1024), record_latency=True)
+        worker = make_worker(bootstrap, topic, model, tmp, args.batch_size, latency=True)
         thread = threading.Thread(target=worker.run, kwargs={"max_s": seconds + 300}, daemon=True)
         thread.start()
         time.sleep(8)  # group join
@@ -143,7 +204,8 @@ def main() -> None:
         pub = subprocess.Popen(
             [sys.executable, __file__, "--publish", bootstrap, topic, str(streams), str(seconds)]
             + (["--model", str(model)] if args.model else []),
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         samples = []
         t0 = time.time()
@@ -153,16 +215,17 @@ def main() -> None:
             taken, worker.latencies = worker.latencies, []
             lat = np.asarray(taken, np.float32)
             parts.append(lat)
-            worker._update_lag()
-            samples.append({
-                "t_s": round(time.time() - t0, 1),
-                "rss_mb": round(rss_mb(), 1),
-                "lag_messages": worker.metrics.lag._value.get(),
-                "messages": worker.summary.messages,
-                "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
-                "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if len(lat) else None,
-                "over_target": int((lat > TARGET_S).sum()),
-            })
+            samples.append(
+                {
+                    "t_s": round(time.time() - t0, 1),
+                    "rss_mb": round(rss_mb(), 1),
+                    "lag_messages": worker.metrics.lag._value.get(),
+                    "messages": worker.summary.messages,
+                    "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
+                    "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if len(lat) else None,
+                    "over_target": int((lat > TARGET_S).sum()),
+                }
+            )
             print(json.dumps(samples[-1]), flush=True)
         pub_out = pub.stdout.read()
         time.sleep(5)

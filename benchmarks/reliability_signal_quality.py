@@ -28,8 +28,12 @@ from reliability.quality import ARTEFACTS, run_monitors  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="ONNX model (default: the shipped model, else a small PCA model)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", help="ONNX model (default: the shipped model, else a small PCA model)"
+    )
     p.add_argument("--monitors", type=int, default=12)
     p.add_argument("--minutes", type=float, default=10.0, help="per monitor")
     p.add_argument("--episode-s", type=float, default=15.0, help="length of each artefact episode")
@@ -44,9 +48,21 @@ def main() -> None:
         model = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny-pca.onnx"))
     seconds = int(args.minutes * 60)
     result = {"model": Path(model).name, "monitors": args.monitors, "seconds_per_monitor": seconds}
-    for name, arts, tech in (("clean", (), True), ("artefacts", ARTEFACTS, True), ("artefacts_no_checks", ARTEFACTS, False)):
+    for name, arts, tech in (
+        ("clean", (), True),
+        ("artefacts", ARTEFACTS, True),
+        ("artefacts_no_checks", ARTEFACTS, False),
+    ):
         t = time.time()
-        r = run_monitors(model, args.monitors, seconds, arts, episode_s=args.episode_s, seed=args.seed, technical=tech)
+        r = run_monitors(
+            model,
+            args.monitors,
+            seconds,
+            arts,
+            episode_s=args.episode_s,
+            seed=args.seed,
+            technical=tech,
+        )
         result[name] = r.summary()
         print(name, f"({time.time() - t:.0f} s)", json.dumps(result[name]), flush=True)
     if args.out:

@@ -19,15 +19,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from streaming.helpers import build_energy_model  # noqa: E402
 from reliability.scenarios import webhook_outage  # noqa: E402
+from streaming.helpers import build_energy_model  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--outage-s", type=float, default=60.0)
     p.add_argument("--streams", type=int, default=6)
-    p.add_argument("--model", help="ONNX model (default: a tiny test model that alerts on noise bursts)")
+    p.add_argument(
+        "--model", help="ONNX model (default: a tiny test model that alerts on noise bursts)"
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp())

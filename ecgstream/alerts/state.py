@@ -49,8 +49,9 @@ def iso_time(t: float) -> str:
 class AlertConfig:
     """Alert policy; scores and margins are in calibrated units, times in seconds.
 
-    ``threshold`` None means the model's calibrated threshold; ``critical_margin`` is how far
-    above the threshold a score becomes ``critical`` (else ``warning``).
+    ``threshold`` None means the model's calibrated threshold (and its ``critical`` threshold, if
+    it has one, marks ``critical`` alerts); otherwise ``critical_margin`` is how far above the
+    threshold a score becomes ``critical`` (else ``warning``).
     """
 
     threshold: float | None = None
@@ -116,8 +117,13 @@ def _num(x: float) -> float | None:
     return None if not math.isfinite(x) else round(float(x), 4)
 
 
-def severity_of(score: float, threshold: float, critical_margin: float) -> str:
-    """``critical`` at ``threshold + critical_margin`` and above, else ``warning``."""
+def severity_of(
+    score: float, threshold: float, critical_margin: float, critical: float | None = None
+) -> str:
+    """``critical`` at or above the ``critical`` threshold (the model's, when it has one above
+    ``threshold``), else at ``threshold + critical_margin``; otherwise ``warning``."""
+    if critical is not None and critical > threshold:
+        return "critical" if score >= critical else "warning"
     return "critical" if score >= threshold + critical_margin else "warning"
 
 
@@ -173,11 +179,13 @@ class AnomalyMachine:
         version: str,
         leads: list[str],
         step: int = 1,
+        critical: float | None = None,
     ):
         self.stream, self.cfg = stream, cfg
         self.base = float(threshold)
         self.model, self.version, self.leads = model, version, list(leads)
         self.step = step
+        self.critical = critical
         self.pending: list[tuple[int, float, float, float, np.ndarray]] = []
         self.active = False
         self.active_k = -1
@@ -261,7 +269,7 @@ class AnomalyMachine:
             end_s=self.pending[-1][3],
             score=score,
             threshold=thr,
-            severity=severity_of(score, thr, self.cfg.critical_margin),
+            severity=severity_of(score, thr, self.cfg.critical_margin, self.critical),
             model=self.model,
             version=self.version,
             window_index=k0,

@@ -30,6 +30,7 @@ examples:
   ecgstream score --model m.onnx --out scores/ data/ && \\
       ecgstream evaluate --scores scores/ --out eval/ data/
   ecgstream evaluate --model a.onnx --model pca.onnx --localisation 5 --out eval/ data/
+  ecgstream evaluate --model ptbxl.onnx --folds 7 8 --out eval/ ../shared/data/ptbxl-dev
 """
 
 
@@ -68,6 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="length of each localisation excerpt in seconds",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic anomalies")
+    p.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="PTB-XL folders: only ECGs of these strat_folds (e.g. 7 8)",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write only report.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -126,6 +134,27 @@ def write_plots(out: Path, collected: dict, example, sources: list) -> list[str]
     return written
 
 
+def _in_folds(paths: list[Path], folds: set[int]) -> list[Path]:
+    """The PTB-XL records among ``paths`` whose ``strat_fold`` is in ``folds``."""
+    from ecgstream.signals.labels import ptbxl_table
+
+    keep: set[Path] = set()
+    roots = {
+        next((q for q in p.parents if (q / "ptbxl_database.csv").exists()), None) for p in paths
+    }
+    if None in roots:
+        raise ValueError("--folds applies to PTB-XL folders (with ptbxl_database.csv) only")
+    for root in roots:
+        for res in ("lr", "hr"):
+            table = ptbxl_table(root, res)
+            keep |= {
+                Path(p).resolve()
+                for p, f in zip(table["path"], table["strat_fold"], strict=True)
+                if f in folds
+            }
+    return [p for p in paths if p.resolve() in keep]
+
+
 def run(args: argparse.Namespace) -> int:
     from ecgstream.evaluation.protocol import ModelSource, NpzSource, evaluate
     from ecgstream.signals.records import list_records
@@ -141,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         if names.count(s.name) > 1:
             s.name = f"{s.name}#{i + 1}"
     paths = list_records(*args.paths)
+    if args.folds:
+        paths = _in_folds(paths, set(args.folds))
     if not paths:
         raise ValueError(f"no records found in {args.paths}")
     report, collected, example = evaluate(

@@ -181,9 +181,8 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
         f"{cfg.threshold if cfg.threshold is not None else spec.threshold:.2f}); no broker",
         file=sys.stderr,
     )
-    pipeline = Pipeline(
-        scorer, alert_config(cfg), technical_config(cfg), keep_scores=bool(cfg.scores_out)
-    )
+    # window scores are kept for the summary's per-stream peaks (and --scores-out)
+    pipeline = Pipeline(scorer, alert_config(cfg), technical_config(cfg), keep_scores=True)
     router = AlertRouter(
         outbox=Outbox(cfg.outbox) if cfg.webhook_urls else None,
         webhook_urls=cfg.webhook_urls,

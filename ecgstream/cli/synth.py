@@ -32,35 +32,68 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ecgstream.signals.synth import KINDS_1D
 
     p = sub.add_parser(
-        "synth", help="inject Perlin-noise anomalies with exact masks into records or series",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "synth",
+        help="inject Perlin-noise anomalies with exact masks into records or series",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="WFDB records, folders or series files")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--count", type=int, default=3, help="anomalies per input (default 3)")
     p.add_argument(
-        "--kinds", default=",".join(KINDS_1D),
+        "--kinds",
+        default=",".join(KINDS_1D),
         help=f"comma-separated kinds to draw from (default all: {','.join(KINDS_1D)})",
     )
-    p.add_argument("--min-len", type=float, default=None, help="shortest anomaly span (s; samples for series). Default 0.5 s / 20 samples")
-    p.add_argument("--max-len", type=float, default=None, help="longest anomaly span (s; samples for series). Default 3 s / 200 samples")
-    p.add_argument("--after", type=float, default=0.0, help="keep the first AFTER s (samples for series) clean, e.g. for training")
-    p.add_argument("--roughness", type=float, default=1.0, help="0 = one clean interval per anomaly; larger = irregular, fragmented")
-    p.add_argument("--strength", type=float, default=1.0, help="multiplies additive changes (wander, noise)")
+    p.add_argument(
+        "--min-len",
+        type=float,
+        default=None,
+        help="shortest anomaly span (s; samples for series). Default 0.5 s / 20 samples",
+    )
+    p.add_argument(
+        "--max-len",
+        type=float,
+        default=None,
+        help="longest anomaly span (s; samples for series). Default 3 s / 200 samples",
+    )
+    p.add_argument(
+        "--after",
+        type=float,
+        default=0.0,
+        help="keep the first AFTER s (samples for series) clean, e.g. for training",
+    )
+    p.add_argument(
+        "--roughness",
+        type=float,
+        default=1.0,
+        help="0 = one clean interval per anomaly; larger = irregular, fragmented",
+    )
+    p.add_argument(
+        "--strength", type=float, default=1.0, help="multiplies additive changes (wander, noise)"
+    )
     p.set_defaults(func=run)
 
 
-def _write_wfdb(folder: Path, name: str, signal, fs: float, leads: list[str], units: list[str]) -> None:
+def _write_wfdb(
+    folder: Path, name: str, signal, fs: float, leads: list[str], units: list[str]
+) -> None:
     import numpy as np
     import wfdb
 
     span = np.maximum(np.abs(signal).max(axis=0), 1e-6)
     gain = np.floor(32000.0 / span)  # int16 with headroom, per lead
     wfdb.wrsamp(
-        name, fs=fs, units=units or ["mV"] * len(leads), sig_name=leads,
-        p_signal=signal.astype(np.float64), fmt=["16"] * len(leads),
-        adc_gain=gain.tolist(), baseline=[0] * len(leads), write_dir=str(folder),
+        name,
+        fs=fs,
+        units=units or ["mV"] * len(leads),
+        sig_name=leads,
+        p_signal=signal.astype(np.float64),
+        fmt=["16"] * len(leads),
+        adc_gain=gain.tolist(),
+        baseline=[0] * len(leads),
+        write_dir=str(folder),
     )
 
 
@@ -87,9 +120,16 @@ def run(args: argparse.Namespace) -> int:
             min_len = args.min_len if args.min_len is not None else (20.0 if series else 0.5)
             max_len = args.max_len if args.max_len is not None else (200.0 if series else 3.0)
             out, mask, events = inject_many(
-                rec.signal, rec.fs, rng, count=args.count, after=int(round(args.after * rec.fs)),
-                kinds=kinds, min_len_s=min_len, max_len_s=max_len,
-                roughness=args.roughness, strength=args.strength,
+                rec.signal,
+                rec.fs,
+                rng,
+                count=args.count,
+                after=int(round(args.after * rec.fs)),
+                kinds=kinds,
+                min_len_s=min_len,
+                max_len_s=max_len,
+                roughness=args.roughness,
+                strength=args.strength,
             )
         except (RecordError, ValueError) as exc:
             failed += 1
@@ -102,14 +142,22 @@ def run(args: argparse.Namespace) -> int:
             wfdb_names.append(rec.name)
         np.savez(
             args.out / f"{rec.name}.mask.npz",
-            mask=mask, fs=np.float64(rec.fs),
+            mask=mask,
+            fs=np.float64(rec.fs),
             kind=np.array([e["kind"] for e in events]),
             start=np.array([e["start"] for e in events], np.int64),
             end=np.array([e["end"] for e in events], np.int64),
-            params=np.array([json.dumps({k: v for k, v in e.items() if k not in ("kind", "start", "end")}) for e in events]),
+            params=np.array(
+                [
+                    json.dumps({k: v for k, v in e.items() if k not in ("kind", "start", "end")})
+                    for e in events
+                ]
+            ),
         )
         summary = ", ".join(f"{e['kind']}@{e['start']}" for e in events)
-        print(f"{rec.name}: {len(events)} anomalies ({summary}); {mask.mean():.2%} of samples masked")
+        print(
+            f"{rec.name}: {len(events)} anomalies ({summary}); {mask.mean():.2%} of samples masked"
+        )
     if wfdb_names:
         listing = args.out / "RECORDS"
         old = listing.read_text().split() if listing.exists() else []

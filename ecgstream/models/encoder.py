@@ -24,7 +24,14 @@ __all__ = ["PatchEncoder", "MaskedReconstructor", "ImageDetector", "patch_mask"]
 def _stage(c_in: int, c_out: int, rows: int, stride_rows: int, stride_cols: int) -> nn.Sequential:
     kh = 3 if rows >= 3 else 1
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, (kh, 3), stride=(stride_rows, stride_cols), padding=(kh // 2, 1), padding_mode="replicate"),
+        nn.Conv2d(
+            c_in,
+            c_out,
+            (kh, 3),
+            stride=(stride_rows, stride_cols),
+            padding=(kh // 2, 1),
+            padding_mode="replicate",
+        ),
         nn.GroupNorm(1, c_out),
         nn.GELU(),
         nn.Conv2d(c_out, c_out, (kh, 3), padding=(kh // 2, 1), padding_mode="replicate"),
@@ -39,7 +46,15 @@ class PatchEncoder(nn.Module):
     ``width`` is the first stage's channel count, ``dim`` the token width.
     """
 
-    def __init__(self, in_channels: int, rows: int, cols: int, width: int = 32, dim: int = 64, stages: int = 2):
+    def __init__(
+        self,
+        in_channels: int,
+        rows: int,
+        cols: int,
+        width: int = 32,
+        dim: int = 64,
+        stages: int = 2,
+    ):
         super().__init__()
         self.in_channels, self.rows, self.cols, self.dim = in_channels, rows, cols, dim
         layers, c, r = [], in_channels, rows
@@ -59,7 +74,9 @@ class PatchEncoder(nn.Module):
         return self.net(image)
 
 
-def patch_mask(batch: int, grid: tuple[int, int], ratio: float, size: tuple[int, int], generator=None) -> torch.Tensor:
+def patch_mask(
+    batch: int, grid: tuple[int, int], ratio: float, size: tuple[int, int], generator=None
+) -> torch.Tensor:
     """Random token-cell mask ``(B, 1, rows, cols)`` (1 = hidden) upsampled from ``grid`` to ``size``."""
     cells = (torch.rand(batch, 1, *grid, generator=generator) < ratio).float()
     return F.interpolate(cells, size=size, mode="nearest")
@@ -127,7 +144,9 @@ class ImageDetector(nn.Module):
         """Fit the token standardisation on normal windows (call after the encoder is trained)."""
         self.feat_mean.zero_()
         self.feat_std.fill_(1.0)
-        toks = torch.cat([self.tokens(windows[i : i + batch]) for i in range(0, len(windows), batch)])
+        toks = torch.cat(
+            [self.tokens(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        )
         flat = toks.reshape(-1, toks.shape[-1])
         self.feat_mean.copy_(flat.mean(0))
         self.feat_std.copy_(flat.std(0).clamp_min(1e-4))
@@ -135,7 +154,9 @@ class ImageDetector(nn.Module):
     def maps_to_scores(self, smap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score map ``(B, rows', cols')`` -> point score ``(B, window)`` and window score ``(B,)``."""
         per_col = smap.max(1).values  # (B, cols')
-        point = F.interpolate(per_col.unsqueeze(1), size=self.window, mode="linear", align_corners=False)[:, 0]
+        point = F.interpolate(
+            per_col.unsqueeze(1), size=self.window, mode="linear", align_corners=False
+        )[:, 0]
         point = point * self.taper
         pooled = F.avg_pool2d(smap.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False)
         return point, pooled.flatten(1).max(1).values

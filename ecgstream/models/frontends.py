@@ -47,7 +47,9 @@ class SpectrogramFrontend(nn.Module):
 
     kind = "spectrogram"
 
-    def __init__(self, n_leads: int, window: int, n_fft: int = 32, hop: int = 4, standardise: bool = True):
+    def __init__(
+        self, n_leads: int, window: int, n_fft: int = 32, hop: int = 4, standardise: bool = True
+    ):
         super().__init__()
         if n_fft > window:
             raise ValueError(f"n_fft {n_fft} is longer than the {window}-sample window")
@@ -64,7 +66,9 @@ class SpectrogramFrontend(nn.Module):
         self.stft = nn.Conv1d(1, 2 * self.n_freq, n_fft, stride=hop, bias=False)
         self.stft.weight.data.copy_(basis)
         # per-frequency normalisation as a fixed 1x1 conv (depthwise scale + bias), identity at first
-        self.norm = nn.Conv2d(n_leads * self.n_freq, n_leads * self.n_freq, 1, groups=n_leads * self.n_freq)
+        self.norm = nn.Conv2d(
+            n_leads * self.n_freq, n_leads * self.n_freq, 1, groups=n_leads * self.n_freq
+        )
         self.norm.weight.data.fill_(1.0)
         self.norm.bias.data.zero_()
         for p in self.parameters():
@@ -100,8 +104,12 @@ class SpectrogramFrontend(nn.Module):
     def params(self) -> dict:
         """Settings and fitted normalisation (for the model metadata)."""
         return {
-            "frontend": self.kind, "n_fft": self.n_fft, "hop": self.hop, "standardise": self.standardise,
-            "freq_scale": self.norm.weight.data.flatten().tolist(), "freq_bias": self.norm.bias.data.tolist(),
+            "frontend": self.kind,
+            "n_fft": self.n_fft,
+            "hop": self.hop,
+            "standardise": self.standardise,
+            "freq_scale": self.norm.weight.data.flatten().tolist(),
+            "freq_bias": self.norm.bias.data.tolist(),
         }
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -123,7 +131,9 @@ class ChannelTimeFrontend(nn.Module):
 
     kind = "channel_time"
 
-    def __init__(self, n_leads: int, window: int, standardise: bool = True, global_plane: bool = True):
+    def __init__(
+        self, n_leads: int, window: int, standardise: bool = True, global_plane: bool = True
+    ):
         super().__init__()
         self.n_leads, self.window, self.standardise = n_leads, window, standardise
         self.global_plane = global_plane
@@ -145,8 +155,11 @@ class ChannelTimeFrontend(nn.Module):
 
     def params(self) -> dict:
         return {
-            "frontend": self.kind, "standardise": self.standardise, "global_plane": self.global_plane,
-            "mean": self.mean.flatten().tolist(), "scale": self.scale.flatten().tolist(),
+            "frontend": self.kind,
+            "standardise": self.standardise,
+            "global_plane": self.global_plane,
+            "mean": self.mean.flatten().tolist(),
+            "scale": self.scale.flatten().tolist(),
         }
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -163,13 +176,21 @@ def build_frontend(params: dict, n_leads: int, window: int) -> nn.Module:
     """Rebuild a front end from :meth:`params` output (restoring any fitted normalisation)."""
     kind = params.get("frontend", "spectrogram")
     if kind == "spectrogram":
-        fe = SpectrogramFrontend(n_leads, window, params.get("n_fft", 32), params.get("hop", 4), params.get("standardise", True))
+        fe = SpectrogramFrontend(
+            n_leads,
+            window,
+            params.get("n_fft", 32),
+            params.get("hop", 4),
+            params.get("standardise", True),
+        )
         if "freq_scale" in params:
             fe.norm.weight.data.copy_(torch.tensor(params["freq_scale"])[:, None, None, None])
             fe.norm.bias.data.copy_(torch.tensor(params["freq_bias"]))
         return fe
     if kind == "channel_time":
-        fe = ChannelTimeFrontend(n_leads, window, params.get("standardise", True), params.get("global_plane", True))
+        fe = ChannelTimeFrontend(
+            n_leads, window, params.get("standardise", True), params.get("global_plane", True)
+        )
         if "mean" in params:
             fe.mean.copy_(torch.tensor(params["mean"]).reshape(1, -1, 1))
             fe.scale.copy_(torch.tensor(params["scale"]).reshape(1, -1, 1))

@@ -58,9 +58,9 @@ class MMAEConfig:
 
     n_leads: int = 1
     window: int = 1000
-    segment: int = 20
+    segment: int = 40
     local_factor: int = 2
-    local_region: int = 10
+    local_region: int = 5
     mask_global: float = 0.5
     mask_local: float = 0.5
     infer_global_masks: int = 2

@@ -62,7 +62,11 @@ class OneNIPHead(nn.Module):
         self.register_buffer("enrol", torch.zeros(1, n, feat_dim))
         self.register_buffer("residual_scale", torch.ones(()))
         self.refiner = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 1, 1)
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, 1, 1),
         )
 
     def row_median(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -71,7 +75,9 @@ class OneNIPHead(nn.Module):
         grid = tokens.reshape(tokens.shape[0], rows, cols, -1)
         return grid.sort(dim=2).values[:, :, cols // 2]
 
-    def reconstruct(self, tokens: torch.Tensor, clean_reference: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(
+        self, tokens: torch.Tensor, clean_reference: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reconstruct tokens ``(B, N, D)`` from themselves (neighbour-masked) and the normal prompt."""
         reference = tokens if clean_reference is None else clean_reference
         enrol = self.inp(self.enrol) + self.pos + self.prompt_type  # (1, N, dim)
@@ -86,8 +92,12 @@ class OneNIPHead(nn.Module):
         residual = residual_score(rec, tokens) / self.residual_scale
         to_enrol = residual_score(tokens, self.enrol)
         med = self.row_median(tokens)  # (B, rows, D)
-        to_median = residual_score(tokens.reshape(b, rows, cols, -1), med[:, :, None, :]).reshape(b, -1)
-        feats = torch.stack([residual, to_enrol / tokens.shape[-1] ** 0.5, to_median / tokens.shape[-1] ** 0.5], 1)
+        to_median = residual_score(tokens.reshape(b, rows, cols, -1), med[:, :, None, :]).reshape(
+            b, -1
+        )
+        feats = torch.stack(
+            [residual, to_enrol / tokens.shape[-1] ** 0.5, to_median / tokens.shape[-1] ** 0.5], 1
+        )
         return feats.reshape(b, 3, rows, cols)
 
     def score_map(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,9 @@ __all__ = ["PBASHead", "kmeans"]
 
 
 @torch.no_grad()
-def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None) -> torch.Tensor:
+def kmeans(
+    x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``k`` centres ``(k, D)`` of points ``x`` ``(n, D)`` (Lloyd's algorithm, k-means++ seeding)."""
     n = x.shape[0]
     k = min(k, n)
@@ -48,12 +50,21 @@ class PBASHead(nn.Module):
     ``margin`` (in boundary units) is how far beyond the boundary synthetic features start.
     """
 
-    def __init__(self, feat_dim: int, n_centres: int = 16, hidden: int = 64, quantile: float = 0.95, margin: float = 0.5):
+    def __init__(
+        self,
+        feat_dim: int,
+        n_centres: int = 16,
+        hidden: int = 64,
+        quantile: float = 0.95,
+        margin: float = 0.5,
+    ):
         super().__init__()
         self.adaptor = nn.Linear(feat_dim, feat_dim)
         nn.init.eye_(self.adaptor.weight)
         nn.init.zeros_(self.adaptor.bias)
-        self.disc = nn.Sequential(nn.Linear(feat_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.disc = nn.Sequential(
+            nn.Linear(feat_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1)
+        )
         self.register_buffer("centres", torch.zeros(n_centres, feat_dim))
         self.register_buffer("radius", torch.ones(()))
         self.quantile, self.margin = quantile, margin
@@ -61,11 +72,17 @@ class PBASHead(nn.Module):
     def distance(self, feats: torch.Tensor) -> torch.Tensor:
         """Distance of adapted features ``(..., D)`` to their nearest centre, ``(...)``."""
         flat = feats.reshape(-1, feats.shape[-1])
-        d2 = (flat * flat).sum(1, keepdim=True) - 2 * flat @ self.centres.T + (self.centres * self.centres).sum(1)[None]
+        d2 = (
+            (flat * flat).sum(1, keepdim=True)
+            - 2 * flat @ self.centres.T
+            + (self.centres * self.centres).sum(1)[None]
+        )
         return (d2.clamp_min(0).min(1).values + 1e-8).sqrt().reshape(feats.shape[:-1])
 
     @torch.no_grad()
-    def fit_centres(self, tokens: torch.Tensor, generator: torch.Generator | None = None, iters: int = 10) -> None:
+    def fit_centres(
+        self, tokens: torch.Tensor, generator: torch.Generator | None = None, iters: int = 10
+    ) -> None:
         """(Re)place the centres on adapted normal tokens ``(n, D)`` and update the boundary radius.
 
         ``iters=0`` takes a random subset of the tokens as centres (a coreset memory, as in
@@ -78,9 +95,13 @@ class PBASHead(nn.Module):
             self.centres.copy_(feats[pick])
         else:
             self.centres.copy_(kmeans(feats, k, iters=iters, generator=generator))
-        self.radius.copy_(torch.quantile(self.distance(feats)[:50000], self.quantile).clamp_min(1e-4))
+        self.radius.copy_(
+            torch.quantile(self.distance(feats)[:50000], self.quantile).clamp_min(1e-4)
+        )
 
-    def synthesise(self, feats: torch.Tensor, margin: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    def synthesise(
+        self, feats: torch.Tensor, margin: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Synthetic anomalous features from normal adapted features ``(n, D)``.
 
         Half are pushed radially from their nearest centre to ``radius * (1 + margin * U(0.5, 2))``;
@@ -97,7 +118,9 @@ class PBASHead(nn.Module):
         half = n // 2
         return torch.cat([radial[:half], noisy[half:]])
 
-    def loss(self, tokens: torch.Tensor, progress: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self, tokens: torch.Tensor, progress: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Discriminator + boundary loss on a batch of normal tokens ``(n, D)``; ``progress`` in [0, 1]."""
         feats = self.adaptor(tokens)
         margin = self.margin * (2.0 - 1.5 * progress)  # progressive: far negatives first, then near

@@ -64,7 +64,9 @@ def read_manifest(path: str | Path) -> dict[str, str]:
             continue
         m = _LINE.match(line.rstrip("\r"))
         if m is None:
-            raise ManifestError(f"{path}:{i}: expected '<64 hex digits>  <file name>', got {line[:80]!r}")
+            raise ManifestError(
+                f"{path}:{i}: expected '<64 hex digits>  <file name>', got {line[:80]!r}"
+            )
         out[m.group(2)] = m.group(1).lower()
     return out
 
@@ -83,7 +85,9 @@ def write_manifest(folder: str | Path, out: str | Path | None = None) -> Path:
 
 
 def find_manifest(
-    model_path: str | Path, manifest: str | Path | None = None, environ: Mapping[str, str] | None = None
+    model_path: str | Path,
+    manifest: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Path | None, bool]:
     """The manifest that applies to ``model_path`` and whether it was asked for explicitly."""
     environ = os.environ if environ is None else environ
@@ -106,7 +110,9 @@ def _expected(entries: dict[str, str], manifest: Path, model: Path) -> str | Non
 
 
 def check_model(
-    model_path: str | Path, manifest: str | Path | None = None, environ: Mapping[str, str] | None = None
+    model_path: str | Path,
+    manifest: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> str | None:
     """Check ``model_path`` against its manifest (see the module docstring).
 

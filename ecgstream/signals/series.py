@@ -74,7 +74,9 @@ def _read_text(path: Path) -> tuple[np.ndarray, list[str] | None]:
     try:
         data = np.array(rows, dtype=np.float64)
     except ValueError as exc:
-        raise SeriesError(f"{path}: not a numeric series (one value, or one row of values, per line): {exc}") from exc
+        raise SeriesError(
+            f"{path}: not a numeric series (one value, or one row of values, per line): {exc}"
+        ) from exc
     return data, header
 
 
@@ -95,9 +97,13 @@ def _read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     except ValueError:
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     try:
-        data = np.array([[float(c) if c.strip() else np.nan for c in r] for r in rows], dtype=np.float64)
+        data = np.array(
+            [[float(c) if c.strip() else np.nan for c in r] for r in rows], dtype=np.float64
+        )
     except ValueError as exc:
-        raise SeriesError(f"{path}: non-numeric value in CSV ({exc}); keep only numeric columns") from exc
+        raise SeriesError(
+            f"{path}: non-numeric value in CSV ({exc}); keep only numeric columns"
+        ) from exc
     # drop a leading index/time column only if the header says so
     if header and header[0].lower() in ("", "index", "time", "t", "timestamp", "sample"):
         data, header = data[:, 1:], header[1:]
@@ -136,19 +142,32 @@ def read_series(path: str | Path) -> Record:
     elif suffix == ".txt":
         data, header = _read_text(path)
     else:
-        raise SeriesError(f"{path}: unknown series suffix {suffix!r}; use one of {', '.join(SERIES_SUFFIXES)}")
+        raise SeriesError(
+            f"{path}: unknown series suffix {suffix!r}; use one of {', '.join(SERIES_SUFFIXES)}"
+        )
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
-        raise SeriesError(f"{path}: expected a 1-D series or (samples, channels), got shape {data.shape}")
+        raise SeriesError(
+            f"{path}: expected a 1-D series or (samples, channels), got shape {data.shape}"
+        )
     if not np.isfinite(data).all():
         bad = int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
-        raise SeriesError(f"{path}: missing or infinite value at sample {bad}; fill gaps before scoring")
+        raise SeriesError(
+            f"{path}: missing or infinite value at sample {bad}; fill gaps before scoring"
+        )
     n_ch = data.shape[1]
     if header is None or len(header) != n_ch:
         header = ["value"] if n_ch == 1 else [f"ch{i}" for i in range(n_ch)]
-    return Record(name=path.stem, signal=data.astype(np.float32), fs=1.0, leads=header, units=[""] * n_ch, path=path)
+    return Record(
+        name=path.stem,
+        signal=data.astype(np.float32),
+        fs=1.0,
+        leads=header,
+        units=[""] * n_ch,
+        path=path,
+    )
 
 
 def write_series(path: str | Path, signal: np.ndarray, names: list[str] | None = None) -> Path:
@@ -164,10 +183,14 @@ def write_series(path: str | Path, signal: np.ndarray, names: list[str] | None =
     elif suffix == ".txt":
         np.savetxt(path, data, fmt="%.9g")
     elif suffix == ".csv":
-        names = names or (["value"] if data.shape[1] == 1 else [f"ch{i}" for i in range(data.shape[1])])
+        names = names or (
+            ["value"] if data.shape[1] == 1 else [f"ch{i}" for i in range(data.shape[1])]
+        )
         np.savetxt(path, data, fmt="%.9g", delimiter=",", header=",".join(names), comments="")
     else:
-        raise SeriesError(f"{path}: unknown series suffix {suffix!r}; use one of {', '.join(SERIES_SUFFIXES)}")
+        raise SeriesError(
+            f"{path}: unknown series suffix {suffix!r}; use one of {', '.join(SERIES_SUFFIXES)}"
+        )
     return path
 
 
@@ -201,7 +224,15 @@ def read_ucr_labels(folder: str | Path) -> list[tuple[Path, UCRInfo]]:
             for row in csv.DictReader(fh):
                 p = folder / row["file"]
                 out.append(
-                    (p, UCRInfo(p.stem, int(row["train_end"]), int(row["anomaly_start"]) - 1, int(row["anomaly_end"])))
+                    (
+                        p,
+                        UCRInfo(
+                            p.stem,
+                            int(row["train_end"]),
+                            int(row["anomaly_start"]) - 1,
+                            int(row["anomaly_end"]),
+                        ),
+                    )
                 )
         return out
     for p in sorted(folder.glob("*.txt")):
@@ -256,7 +287,9 @@ def dominant_period(x: np.ndarray, min_period: int = 4, max_period: int | None =
     return int(good.min())
 
 
-def auto_window(x: np.ndarray, periods: float = 2.0, min_window: int = 32, max_window: int = 512) -> int:
+def auto_window(
+    x: np.ndarray, periods: float = 2.0, min_window: int = 32, max_window: int = 512
+) -> int:
     """A window length (samples) of about ``periods`` dominant periods, clipped to ``min..max``,
     rounded up to a multiple of 8 (so it splits into tokens).
 

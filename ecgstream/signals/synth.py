@@ -140,7 +140,9 @@ def components(mask: np.ndarray) -> list[tuple[int, int]]:
     [(1, 3), (4, 5)]
     """
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    return list(
+        zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True)
+    )
 
 
 def region_1d(
@@ -263,7 +265,11 @@ def displace_1d(
             choices = np.arange(0, n - length + 1)
             choices = choices[np.abs(choices - a) >= length]
             src = int(rng.choice(choices)) if len(choices) else 0
-            y[a:b] = x[src : src + length] - np.median(x[src : src + length], axis=0) + np.median(x[a:b], axis=0)
+            y[a:b] = (
+                x[src : src + length]
+                - np.median(x[src : src + length], axis=0)
+                + np.median(x[a:b], axis=0)
+            )
             sources.append(src)
         info["sources"] = sources
     else:
@@ -372,12 +378,14 @@ def inject_many(
         x = x[:, None]
     n = len(x)
     if not 0 <= after < n or count < 1:
-        raise ValueError(f"need 0 <= after < {n} samples and count >= 1 (got after={after}, count={count})")
+        raise ValueError(
+            f"need 0 <= after < {n} samples and count >= 1 (got after={after}, count={count})"
+        )
     y = x.copy()
     mask = np.zeros(n, dtype=bool)
     events = []
     bounds = np.linspace(after, n, count + 1).astype(np.int64)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         part, m, info = inject_1d(x[a:b], fs, rng, **kwargs)
         y[a:b], mask[a:b] = part, m
         info["start"] += int(a)

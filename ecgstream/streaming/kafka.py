@@ -22,6 +22,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: longest wait between reconnection attempts to a broker that went away, ms
+RECONNECT_BACKOFF_MAX_MS = 4000
 
 
 def check_crc32c() -> bool:
@@ -48,6 +50,8 @@ def make_consumer(
     from kafka import KafkaConsumer
 
     check_crc32c()
+    # reconnect within seconds of a broker coming back (kafka-python backs off up to 30 s)
+    extra.setdefault("reconnect_backoff_max_ms", RECONNECT_BACKOFF_MAX_MS)
     return KafkaConsumer(
         bootstrap_servers=bootstrap.split(","),
         group_id=group,
@@ -73,6 +77,7 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
     # the delivery timeout. Alerts and dead letters carry their own ids, so a retried duplicate
     # is harmless (docs/reliability.md, broker outage).
     extra.setdefault("enable_idempotence", False)
+    extra.setdefault("reconnect_backoff_max_ms", RECONNECT_BACKOFF_MAX_MS)
     return KafkaProducer(
         bootstrap_servers=bootstrap.split(","),
         client_id=client_id,

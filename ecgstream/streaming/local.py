@@ -36,7 +36,7 @@ def run_local(
     """
     from tqdm import tqdm
 
-    summary = Summary()
+    summary = Summary(threshold=pipeline.threshold)
     t_start = start_time() if t_start is None else t_start
     n_steps = int(max((s.record.duration_s for s in streams), default=0.0) // chunk_s)
     wall0 = time.time()
@@ -57,6 +57,7 @@ def run_local(
                     on_alert(alert)
             if scores is not None:
                 scores.write(res.scores)
+            summary.add_peaks(res.scores)
             summary.add(res, len(step))
             summary.streams.update(c.stream for c in step)
             bar.update(1)

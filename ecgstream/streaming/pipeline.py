@@ -93,6 +93,12 @@ class Pipeline:
             if self.alert_cfg.threshold is not None
             else self.spec.threshold
         )
+        model_critical = self.spec.thresholds.get("critical")
+        self.critical = (
+            float(model_critical)
+            if self.alert_cfg.threshold is None and model_critical is not None
+            else None
+        )
         self.keep_scores = keep_scores
         self.streams: dict[str, StreamState] = {}
         single_threaded_blas()
@@ -111,6 +117,7 @@ class Pipeline:
                     spec.version,
                     spec.leads,
                     step=spec.hop,
+                    critical=self.critical,
                 ),
                 TechnicalMachine(chunk.stream, spec.name, spec.version, spec.leads),
                 partition,

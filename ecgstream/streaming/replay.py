@@ -158,6 +158,9 @@ def publish(
     if failed:
         log.warning(
             "%d of %d messages were not delivered to %s (first error: %s)",
-            len(failed), sent, topic, failed[0],
+            len(failed),
+            sent,
+            topic,
+            failed[0],
         )
     return n_steps

@@ -68,7 +68,9 @@ def read_secret(value: str, file: str | Path | None, name: str) -> Secret:
 
 def webhook_secret(cfg: Any) -> Secret:
     """The webhook signing secret of a run config (``webhook_secret`` or ``webhook_secret_file``)."""
-    return read_secret(cfg.webhook_secret, getattr(cfg, "webhook_secret_file", ""), "webhook_secret")
+    return read_secret(
+        cfg.webhook_secret, getattr(cfg, "webhook_secret_file", ""), "webhook_secret"
+    )
 
 
 def kafka_options(cfg: Any) -> dict[str, Any]:
@@ -91,21 +93,29 @@ def kafka_options(cfg: Any) -> dict[str, Any]:
                     raise ConfigError(f"{key} {path} not found")
                 opts[key] = str(path)
         opts["ssl_check_hostname"] = bool(getattr(cfg, "ssl_check_hostname", True))
-        password = read_secret(getattr(cfg, "ssl_password", ""), getattr(cfg, "ssl_password_file", ""), "ssl_password")
+        password = read_secret(
+            getattr(cfg, "ssl_password", ""), getattr(cfg, "ssl_password_file", ""), "ssl_password"
+        )
         if password:
             opts["ssl_password"] = password.reveal()
     if protocol.startswith("SASL"):
         mechanism = (getattr(cfg, "sasl_mechanism", "") or "PLAIN").upper()
         if mechanism not in SASL_MECHANISMS:
-            raise ConfigError(f"sasl_mechanism {mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}")
+            raise ConfigError(
+                f"sasl_mechanism {mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
+            )
         opts["sasl_mechanism"] = mechanism
         if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             user = getattr(cfg, "sasl_username", "")
             password = read_secret(
-                getattr(cfg, "sasl_password", ""), getattr(cfg, "sasl_password_file", ""), "sasl_password"
+                getattr(cfg, "sasl_password", ""),
+                getattr(cfg, "sasl_password_file", ""),
+                "sasl_password",
             )
             if not user or not password:
-                raise ConfigError(f"SASL {mechanism} needs sasl_username and sasl_password (or sasl_password_file)")
+                raise ConfigError(
+                    f"SASL {mechanism} needs sasl_username and sasl_password (or sasl_password_file)"
+                )
             opts["sasl_plain_username"] = user
             opts["sasl_plain_password"] = password.reveal()
     return opts

@@ -90,6 +90,15 @@ class Summary:
     events: Counter = field(default_factory=Counter)
     streams: set = field(default_factory=set)
     seconds: float = 0.0
+    peaks: dict = field(default_factory=dict)  # stream -> (highest window score, its start s)
+    threshold: float | None = None
+
+    def add_peaks(self, scores: list[dict]) -> None:
+        """Remember each stream's highest window score (for the end-of-run summary)."""
+        for s in scores:
+            best = self.peaks.get(s["stream"])
+            if best is None or s["score"] > best[0]:
+                self.peaks[s["stream"]] = (s["score"], s["start_s"])
 
     def add(self, res, n_messages: int) -> None:
         self.messages += n_messages
@@ -113,6 +122,14 @@ class Summary:
         if self.events:
             lines.append(
                 "stream events: " + ", ".join(f"{k} {v}" for k, v in sorted(self.events.items()))
+            )
+        if self.peaks:
+            shown = sorted(self.peaks.items(), key=lambda kv: -kv[1][0])[:10]
+            thr = f" (alert threshold {self.threshold:.2f})" if self.threshold is not None else ""
+            lines.append(f"highest window score per stream{thr}:")
+            lines.extend(
+                f"  {name:<12} {score:8.2f}  window at {time.strftime('%H:%M:%S', time.gmtime(t))} UTC"
+                for name, (score, t) in shown
             )
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)

@@ -40,8 +40,8 @@ class TrainConfig:
     window_s: float = 10.0
     hop_s: float = 5.0
     # MMAE-ECG architecture (segment lengths in samples at fs; local_region in global segments)
-    segment: int = 20
-    local_region: int = 10
+    segment: int = 40
+    local_region: int = 5
     mask_global: float = 0.5
     mask_local: float = 0.5
     infer_global_masks: int = 2
@@ -57,12 +57,12 @@ class TrainConfig:
     input_norm: str = "mean"  # "mean": centre each lead (scores in mV^2); "std": also scale to unit std
     score_space: str = "window"  # "window": residual in input units; "segment": per-segment-normalised
     # optimisation
-    epochs: int = 20
+    epochs: int = 4
     steps_per_epoch: int = 150
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    patience: int = 5  # epochs without a better validation figure before stopping
+    patience: int = 3  # epochs without a better validation figure before stopping
     seed: int = 0
     threads: int = 2
     # validation and calibration

@@ -58,6 +58,7 @@ class ImageConfig:
     frontend: str = "spectrogram"  # spectrogram | channel_time
     n_fft: int = 32
     stft_hop: int = 4
+    global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
     feat_dim: int = 64
     dim: int = 64
@@ -81,7 +82,7 @@ class ImageConfig:
 def _frontend_params(cfg: ImageConfig) -> dict:
     if cfg.frontend == "spectrogram":
         return {"frontend": "spectrogram", "n_fft": cfg.n_fft, "hop": cfg.stft_hop}
-    return {"frontend": cfg.frontend}
+    return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
 
 def _build_head(cfg: ImageConfig, grid: tuple[int, int]) -> torch.nn.Module:
@@ -123,7 +124,9 @@ class _Clock:
         return step >= self.steps or (step > 0 and late)
 
 
-def _pretrain_encoder(encoder: PatchEncoder, images: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen) -> float:
+def _pretrain_encoder(
+    encoder: PatchEncoder, images: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen
+) -> float:
     recon = MaskedReconstructor(encoder)
     opt = torch.optim.AdamW(recon.parameters(), lr=cfg.lr, weight_decay=1e-4)
     clock, step, loss = _Clock(cfg.encoder_steps, deadline), 0, torch.tensor(0.0)
@@ -151,7 +154,9 @@ def _token_masks(model: ImageDetector, masks: np.ndarray) -> torch.Tensor:
     return per_col[:, None, :].expand(-1, rows, -1).reshape(len(masks), -1).contiguous()
 
 
-def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen, rng) -> None:
+def _train_head(
+    model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, deadline: float | None, gen, rng
+) -> None:
     head, kind = model.head, cfg.kind
     clock, step = _Clock(cfg.head_steps, deadline), 0
     tokens = _tokens(model, windows)
@@ -191,10 +196,13 @@ def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, d
             head.fit_centres(sub, gen, iters=cfg.kmeans_iters)
     if kind == "onenip":
         with torch.no_grad():
-            res = torch.cat([
-                ((head.reconstruct(tokens[i : i + 256]) - tokens[i : i + 256]) ** 2).mean(-1)
-                for i in range(0, n, 256)
-            ])
+            few = tokens[torch.randperm(n, generator=gen)[:512]]
+            res = torch.cat(
+                [
+                    ((head.reconstruct(few[i : i + 128]) - few[i : i + 128]) ** 2).mean(-1)
+                    for i in range(0, len(few), 128)
+                ]
+            )
             head.residual_scale.copy_(res.median().clamp_min(1e-6))
     log.info("%s head: %d steps, loss %.4f", kind, step, loss.item())
 
@@ -202,10 +210,14 @@ def _train_head(model: ImageDetector, windows: torch.Tensor, cfg: ImageConfig, d
 def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
     """Train an image-method detector on normal windows ``(n, n_leads, window)`` (model rate)."""
     if cfg.kind not in IMAGE_KINDS:
-        raise ValueError(f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}")
+        raise ValueError(
+            f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}"
+        )
     windows = np.asarray(windows, dtype=np.float32)
     if windows.ndim != 3 or len(windows) < 8:
-        raise ValueError(f"need at least 8 normal windows (n, leads, window) to train, got shape {windows.shape}")
+        raise ValueError(
+            f"need at least 8 normal windows (n, leads, window) to train, got shape {windows.shape}"
+        )
     t0 = time.perf_counter()
     budget = cfg.time_budget_s
     torch.manual_seed(cfg.seed)
@@ -232,7 +244,9 @@ def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
     return model.eval()
 
 
-def export_detector(model: torch.nn.Module, spec: ModelSpec, path: str | Path, opset: int = 17) -> Path:
+def export_detector(
+    model: torch.nn.Module, spec: ModelSpec, path: str | Path, opset: int = 17
+) -> Path:
     """Export ``model`` with the ecgstream graph interface and ``spec`` as metadata.
 
     Uses the shared exporter (:func:`ecgstream.training.export.export_onnx`) when available.
@@ -248,9 +262,18 @@ def export_detector(model: torch.nn.Module, spec: ModelSpec, path: str | Path, o
     dummy = torch.zeros(2, len(spec.leads), spec.window)
     model.eval()
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"}, OUTPUT_NAMES[1]: {0: "batch"}},
-        opset_version=opset, dynamo=False,
+        model,
+        (dummy,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamic_axes={
+            INPUT_NAME: {0: "batch"},
+            OUTPUT_NAMES[0]: {0: "batch"},
+            OUTPUT_NAMES[1]: {0: "batch"},
+        },
+        opset_version=opset,
+        dynamo=False,
     )
     write_spec(path, spec)
     return path
@@ -288,7 +311,9 @@ def load_detector(state: dict) -> ImageDetector:
     return model.eval()
 
 
-def _record_windows(recs: list, window: int, max_windows: int, rng: np.random.Generator) -> np.ndarray:
+def _record_windows(
+    recs: list, window: int, max_windows: int, rng: np.random.Generator
+) -> np.ndarray:
     from ecgstream.training.data import normal_starts
 
     per_rec = max(1, max_windows // max(1, len(recs)))
@@ -305,7 +330,9 @@ def _record_windows(recs: list, window: int, max_windows: int, rng: np.random.Ge
     return np.stack(out).astype(np.float32)
 
 
-def fit_records(kind: str, cfg, paths: list, progress: bool = True, resume: bool = False) -> ImageTrainResult:
+def fit_records(
+    kind: str, cfg, paths: list, progress: bool = True, resume: bool = False
+) -> ImageTrainResult:
     """Train image-method ``kind`` on normal windows of WFDB records (``cfg``: a ``TrainConfig``).
 
     The log-spectrogram front end is used; validation records (never trained on) calibrate the
@@ -319,29 +346,53 @@ def fit_records(kind: str, cfg, paths: list, progress: bool = True, resume: bool
     train_recs, val_recs = prepare_data(cfg, paths, progress=progress)
     rng = np.random.default_rng(cfg.seed)
     windows = _record_windows(train_recs, cfg.window, 6000, rng)
-    icfg = ImageConfig(kind=kind, frontend="spectrogram", batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                       encoder_steps=4 * cfg.steps_per_epoch,
-                       head_steps=max(2 * cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch // 3))
+    icfg = ImageConfig(
+        kind=kind,
+        frontend="spectrogram",
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        encoder_steps=4 * cfg.steps_per_epoch,
+        head_steps=max(2 * cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch // 3),
+    )
     model = fit_image_detector(windows, icfg)
     val = _record_windows(val_recs, cfg.window, 1500, rng)
     with torch.no_grad():
-        val_scores = torch.cat([model(torch.from_numpy(val[i : i + 256]))[1] for i in range(0, len(val), 256)])
+        val_scores = torch.cat(
+            [model(torch.from_numpy(val[i : i + 256]))[1] for i in range(0, len(val), 256)]
+        )
     score_norm, thresholds = calibrate(val_scores.numpy(), cfg.false_alarm)
     seconds = time.perf_counter() - t0
     spec = ModelSpec(
         name=cfg.name if cfg.name != "mmae" else f"{kind}-spectrogram",
-        version=cfg.version, kind=kind, leads=list(cfg.leads), window=cfg.window, hop=cfg.hop,
-        preprocessing=preprocess_config(cfg).to_dict(), score_norm=score_norm, thresholds=thresholds,
+        version=cfg.version,
+        kind=kind,
+        leads=list(cfg.leads),
+        window=cfg.window,
+        hop=cfg.hop,
+        preprocessing=preprocess_config(cfg).to_dict(),
+        score_norm=score_norm,
+        thresholds=thresholds,
         training={
-            "records": [r.name for r in train_recs], "val_records": [r.name for r in val_recs],
-            "n_windows": int(len(windows)), "seconds": round(seconds, 1), "config": cfg.to_dict(),
+            "records": [r.name for r in train_recs],
+            "val_records": [r.name for r in val_recs],
+            "n_windows": int(len(windows)),
+            "seconds": round(seconds, 1),
+            "config": cfg.to_dict(),
         },
-        params={**icfg.to_dict(), **model.frontend.params(), "parameters": sum(p.numel() for p in model.parameters())},
+        params={
+            **icfg.to_dict(),
+            **model.frontend.params(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         frontend="spectrogram",
     )
     if cfg.checkpoint_dir is not None:
         Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "spec": spec.to_json()}, Path(cfg.checkpoint_dir) / "model.pt")
+        torch.save(
+            {"model": model.state_dict(), "spec": spec.to_json()},
+            Path(cfg.checkpoint_dir) / "model.pt",
+        )
     path = export_detector(model, spec, cfg.model_out) if cfg.model_out is not None else None
     return ImageTrainResult(model, spec, path, time.perf_counter() - t0)
 

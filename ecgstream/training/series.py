@@ -62,7 +62,7 @@ def train_series_array(
     time_budget_s: float = 40.0,
     seed: int = 0,
     model_out: str | Path | None = None,
-    max_windows: int = 3000,
+    max_windows: int = 2000,
     **overrides,
 ) -> SeriesResult:
     """Train one detector on ``x[:train_end]`` (``x`` ``(n,)`` or ``(n, channels)``); export if ``model_out``.
@@ -70,10 +70,13 @@ def train_series_array(
     ``window`` and ``hop`` (scoring hop) are in samples; defaults: :func:`auto_window` and a
     quarter window. ``overrides`` set fields of :class:`~ecgstream.training.image.ImageConfig`.
     """
+    import torch
+
     from ecgstream.training.calibration import calibrate
     from ecgstream.training.image import ImageConfig, export_detector, fit_image_detector
 
     t0 = time.perf_counter()
+    torch.set_num_threads(1)  # one model per core; the machine may be shared
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]
@@ -92,11 +95,10 @@ def train_series_array(
     if len(val_part) < window + 9 * max(1, window // 8) or len(fit_part) < 2 * window:
         fit_part, val_part = prefix, prefix
     train_windows = _train_windows(fit_part, window, max_windows)
-    cfg = ImageConfig(kind=kind, frontend="channel_time", seed=seed, time_budget_s=time_budget_s, **overrides)
+    cfg = ImageConfig(
+        kind=kind, frontend="channel_time", seed=seed, time_budget_s=time_budget_s, **overrides
+    )
     model = fit_image_detector(train_windows, cfg)
-
-    import torch
-
     val_windows = frame(val_part, window_starts(len(val_part), window, max(1, window // 8)), window)
     with torch.no_grad():
         _, val_scores = model(torch.from_numpy(val_windows))
@@ -106,14 +108,18 @@ def train_series_array(
         name=f"{kind}-{name}",
         version="1",
         kind=kind,
-        leads=list(leads or (["value"] if x.shape[1] == 1 else [f"ch{i}" for i in range(x.shape[1])])),
+        leads=list(
+            leads or (["value"] if x.shape[1] == 1 else [f"ch{i}" for i in range(x.shape[1])])
+        ),
         window=window,
         hop=hop,
         preprocessing=series_preprocess().to_dict(),
         score_norm=score_norm,
         thresholds=thresholds,
         training={
-            "series": name, "train_end": int(train_end), "n_windows": int(len(train_windows)),
+            "series": name,
+            "train_end": int(train_end),
+            "n_windows": int(len(train_windows)),
             "dominant_period": int(dominant_period(prefix, max_period=max(window, 8))),
             "seconds": round(seconds, 1),
         },
@@ -145,6 +151,15 @@ def train_series(
     """
     record = read_series(path)
     return train_series_array(
-        record.signal, train_end, kind=kind, leads=record.leads, name=record.name, window=window,
-        hop=hop, time_budget_s=time_budget_s, seed=seed, model_out=model_out, **overrides,
+        record.signal,
+        train_end,
+        kind=kind,
+        leads=record.leads,
+        name=record.name,
+        window=window,
+        hop=hop,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        model_out=model_out,
+        **overrides,
     )

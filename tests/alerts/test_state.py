@@ -120,3 +120,11 @@ def test_technical_machine_alerts_once_per_episode():
     ]
     assert alerts[0].to_dict()["type"] == "signal.technical"
     assert tm.gap(20.0, 22.0, "2 chunks", cfg)[0].kind == "gap"
+
+
+def test_the_models_critical_threshold_sets_the_severity():
+    assert severity_of(3.5, 3.0, 2.0, critical=3.4) == "critical"
+    assert severity_of(3.3, 3.0, 2.0, critical=3.4) == "warning"
+    assert (
+        severity_of(3.5, 3.0, 2.0, critical=2.0) == "warning"
+    )  # not above the threshold: margin rule

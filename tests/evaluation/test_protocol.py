@@ -230,3 +230,49 @@ def test_evaluate_cli_errors(tmp_path, capsys):
         == 2
     )
     assert "needs a --model" in capsys.readouterr().err
+
+
+def test_evaluate_cli_ptbxl_folds_record_auroc(tmp_path, capsys):
+    from conftest import make_tiny_model
+
+    root = tmp_path / "ptbxl"
+    (root).mkdir()
+    (root / "scp_statements.csv").write_text(
+        ",diagnostic,diagnostic_class\nNORM,1.0,NORM\nIMI,1.0,MI\n"
+    )
+    rows = ["ecg_id,patient_id,scp_codes,strat_fold,filename_lr,filename_hr"]
+    specs = [(1, "NORM", 0.0), (7, "NORM", 0.0), (7, "IMI", 1.0), (8, "NORM", 0.0), (8, "IMI", 1.0)]
+    for i, (fold, code, noisy) in enumerate(specs, start=1):
+        sig = synthetic_ecg(10, 100, seed=60 + i)
+        sig += noisy * 0.5 * np.random.default_rng(i).standard_normal(sig.shape).astype(np.float32)
+        write_record(root / "records100", f"{i:05d}_lr", sig, 100, ["II"])
+        rows.append(
+            f"{i},{i},\"{{'{code}': 100.0}}\",{fold},records100/{i:05d}_lr,records500/{i:05d}_hr"
+        )
+    (root / "ptbxl_database.csv").write_text("\n".join(rows) + "\n")
+    model = make_tiny_model(tmp_path / "ii.onnx", leads=("II",))
+    out = tmp_path / "ev"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--folds",
+                "7",
+                "8",
+                "--out",
+                str(out),
+                "--no-progress",
+                str(root),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["records"]) == 4  # fold 1 left out
+    block = report["sources"]["tiny-pca"]["record"]
+    assert (
+        block["n"] == 4 and block["n_positive"] == 2 and block["auroc"] == 1.0
+    )  # noisy ECGs score higher
+    assert block["record_score"] == "max of window_score"

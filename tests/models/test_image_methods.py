@@ -24,7 +24,9 @@ def _periodic_windows(n: int = 96, window: int = 128, leads: int = 1, seed: int 
     rng = np.random.default_rng(seed)
     t = np.arange(n * 8 + window)
     base = np.sin(2 * np.pi * t / 32) + 0.5 * (np.sin(2 * np.pi * t / 32) > 0.95)
-    x = np.stack([base * (1 + 0.3 * c) for c in range(leads)], 1) + 0.05 * rng.normal(size=(len(t), leads))
+    x = np.stack([base * (1 + 0.3 * c) for c in range(leads)], 1) + 0.05 * rng.normal(
+        size=(len(t), leads)
+    )
     starts = np.arange(0, n * 8, 8)
     return np.stack([x[s : s + window].T for s in starts]).astype(np.float32)
 
@@ -33,7 +35,9 @@ def test_stft_frontend_matches_torch_stft():
     fe = SpectrogramFrontend(2, 256, n_fft=32, hop=4, standardise=False)
     x = torch.randn(3, 2, 256)
     hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (torch.arange(32) + 0.5) / 32)
-    ref = torch.stft(x.reshape(6, 256), 32, 4, window=hann, center=True, pad_mode="reflect", return_complex=True)
+    ref = torch.stft(
+        x.reshape(6, 256), 32, 4, window=hann, center=True, pad_mode="reflect", return_complex=True
+    )
     expected = 0.5 * torch.log(ref.abs() ** 2 + 1e-6)
     got = fe.log_magnitude(x).reshape(6, 17, -1)
     assert got.shape == expected.shape == (6, 17, 65)
@@ -61,19 +65,41 @@ def test_channel_time_frontend_planes():
     # plane 0: each window standardised; plane 1 keeps level differences between windows
     assert torch.allclose(img[:, 0].mean(-1), torch.zeros(16, 3), atol=1e-4)
     shifted = fe(torch.from_numpy(wins[:1] + 5.0))
-    assert torch.allclose(shifted[:, 0], img[:1, 0], atol=1e-4) and (shifted[:, 1] - img[:1, 1]).mean() > 1
+    assert (
+        torch.allclose(shifted[:, 0], img[:1, 0], atol=1e-4)
+        and (shifted[:, 1] - img[:1, 1]).mean() > 1
+    )
 
 
 @pytest.mark.parametrize("frontend", ["channel_time", "spectrogram"])
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend):
     wins = _periodic_windows(48, 128, leads=2)
-    cfg = ImageConfig(kind=kind, frontend=frontend, encoder_steps=8, head_steps=8, batch_size=16,
-                      width=8, feat_dim=16, dim=16, n_centres=4, n_fft=16, stft_hop=4)
+    cfg = ImageConfig(
+        kind=kind,
+        frontend=frontend,
+        encoder_steps=8,
+        head_steps=8,
+        batch_size=16,
+        width=8,
+        feat_dim=16,
+        dim=16,
+        n_centres=4,
+        n_fft=16,
+        stft_hop=4,
+    )
     model = fit_image_detector(wins, cfg)
-    spec = ModelSpec(name=f"t-{kind}", version="1", kind=kind, leads=["a", "b"], window=128, hop=32,
-                     preprocessing=PreprocessConfig(fs=1.0, highpass_hz=0, lowpass_hz=0).to_dict(),
-                     params={**cfg.to_dict(), **model.frontend.params()}, frontend=frontend)
+    spec = ModelSpec(
+        name=f"t-{kind}",
+        version="1",
+        kind=kind,
+        leads=["a", "b"],
+        window=128,
+        hop=32,
+        preprocessing=PreprocessConfig(fs=1.0, highpass_hz=0, lowpass_hz=0).to_dict(),
+        params={**cfg.to_dict(), **model.frontend.params()},
+        frontend=frontend,
+    )
     path = export_detector(model, spec, tmp_path / f"{kind}.onnx")
     back = read_spec(path)
     assert (back.kind, back.frontend, back.window) == (kind, frontend, 128)
@@ -95,8 +121,16 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
 
 def test_uniad_localises_a_flat_line_after_training():
     wins = _periodic_windows(96, 128)
-    cfg = ImageConfig(kind="uniad", frontend="channel_time", encoder_steps=60, head_steps=120, batch_size=16,
-                      width=8, feat_dim=16, dim=16)
+    cfg = ImageConfig(
+        kind="uniad",
+        frontend="channel_time",
+        encoder_steps=60,
+        head_steps=120,
+        batch_size=16,
+        width=8,
+        feat_dim=16,
+        dim=16,
+    )
     model = fit_image_detector(wins, cfg)
     test = _periodic_windows(8, 128, seed=5)
     test[:4, :, 50:80] = test[:4, :, 50:51]  # flat line in the first four windows

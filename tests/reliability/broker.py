@@ -39,9 +39,18 @@ class TansuBroker:
         self.starts += 1
         log = open(self.log_dir / f"tansu-{self.starts}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [self.exe, "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                self.exe,
+                "broker",
+                "--listener-url",
+                self.url,
+                "--advertised-listener-url",
+                self.url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.time() + timeout_s

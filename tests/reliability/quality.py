@@ -25,7 +25,15 @@ from ecgstream.streaming.wire import Chunk
 
 __all__ = ["ARTEFACTS", "inject", "Episode", "QualityResult", "run_monitors"]
 
-ARTEFACTS = ("flat_line", "lead_off", "saturation", "mains_hum", "baseline_wander", "missing_samples", "gap")
+ARTEFACTS = (
+    "flat_line",
+    "lead_off",
+    "saturation",
+    "mains_hum",
+    "baseline_wander",
+    "missing_samples",
+    "gap",
+)
 T0 = 1_700_000_000.0
 
 
@@ -132,7 +140,9 @@ def run_monitors(
         for name, x, eps in streams:
             if any(ep.kind == "gap" and ep.start_s <= s < ep.end_s for ep in eps):
                 continue
-            items.append(Incoming(Chunk(name, s, T0 + s, float(fs), ["MLII"], x[s * fs : (s + 1) * fs])))
+            items.append(
+                Incoming(Chunk(name, s, T0 + s, float(fs), ["MLII"], x[s * fs : (s + 1) * fs]))
+            )
         out = pipe.process(items, now=T0 + s)
         res.scored_windows += out.windows
         res.suppressed_windows += out.suppressed

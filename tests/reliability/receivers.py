@@ -21,7 +21,9 @@ __all__ = ["FlakyReceiver"]
 class FlakyReceiver:
     """Records every request as ``(time, webhook-id, mode, signature ok)``."""
 
-    def __init__(self, secret: str, mode: str = "ok", port: int = 0, slow_s: float = 0.3, hold_s: float = 3.0):
+    def __init__(
+        self, secret: str, mode: str = "ok", port: int = 0, slow_s: float = 0.3, hold_s: float = 3.0
+    ):
         self.secret, self.slow_s, self.hold_s = secret, slow_s, hold_s
         self.requests: list[tuple[float, str, str, bool]] = []
         self.lock = threading.Lock()
@@ -54,7 +56,9 @@ class FlakyReceiver:
                     time.sleep(rx.hold_s)
                 elif mode == "slow":
                     time.sleep(rx.slow_s)
-                status = {"ok": 200, "slow": 200, "error": 500, "timeout": 200, "gone": 410}.get(mode, 500)
+                status = {"ok": 200, "slow": 200, "error": 500, "timeout": 200, "gone": 410}.get(
+                    mode, 500
+                )
                 try:
                     self.send_response(status)
                     self.send_header("content-length", "0")

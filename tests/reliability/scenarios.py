@@ -7,6 +7,7 @@ the tests assert on it and ``benchmarks/reliability_*.py`` write it to JSON and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,6 @@ from pathlib import Path
 
 from conftest import synthetic_ecg, write_record
 from prometheus_client.parser import text_string_to_metric_families
-
 from streaming.conftest import free_port
 
 from .broker import TansuBroker
@@ -32,7 +32,9 @@ def run_cli(args: list[str], log_path: Path, env: dict | None = None) -> subproc
     """Start ``python -m ecgstream ARGS`` with output to ``log_path``."""
     log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ecgstream", *args], stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "ecgstream", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
     log.close()
@@ -48,7 +50,11 @@ def scrape(port: int) -> dict[str, float]:
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+            key = s.name + (
+                "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
+                if s.labels
+                else ""
+            )
             out[key] = s.value
     return out
 
@@ -57,10 +63,8 @@ def read_scores(path: Path) -> list[dict]:
     out = []
     if path.exists():
         for line in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):  # a killed worker's last line may be cut
                 out.append(json.loads(line))
-            except ValueError:
-                pass
     return out
 
 
@@ -74,7 +78,12 @@ def _wait(pred, timeout_s: float, step: float = 0.2) -> bool:
 
 
 def broker_outage(
-    workdir: Path, model: Path, outage_s: float, before_s: float = 6.0, after_s: float = 8.0, n_streams: int = 4
+    workdir: Path,
+    model: Path,
+    outage_s: float,
+    before_s: float = 6.0,
+    after_s: float = 8.0,
+    n_streams: int = 4,
 ) -> dict:
     """Kill the broker ``outage_s`` seconds while a worker consumes and a replay publishes.
 
@@ -87,24 +96,49 @@ def broker_outage(
     seconds = int(before_s + outage_s + after_s)
     folder = workdir / "records"
     for i in range(n_streams):
-        write_record(folder, f"b{i}", synthetic_ecg(seconds, 360, heart_rate=62 + 6 * i, seed=80 + i), 360, ["MLII"])
+        write_record(
+            folder,
+            f"b{i}",
+            synthetic_ecg(seconds, 360, heart_rate=62 + 6 * i, seed=80 + i),
+            360,
+            ["MLII"],
+        )
     broker = TansuBroker(workdir).start()
     topic = f"outage-{uuid.uuid4().hex[:8]}"
     port = free_port()
     common = ["--bootstrap", broker.bootstrap, "--topic", topic]
     worker = run_cli(
-        ["-v", "run", *common, "--group", f"g-{topic}", "--model", str(model), "--outbox", str(workdir / "o.sqlite"),
-         "--alerts-out", "", "--scores-out", str(workdir / "scores.jsonl"), "--metrics-port", str(port)],
+        [
+            "-v",
+            "run",
+            *common,
+            "--group",
+            f"g-{topic}",
+            "--model",
+            str(model),
+            "--outbox",
+            str(workdir / "o.sqlite"),
+            "--alerts-out",
+            "",
+            "--scores-out",
+            str(workdir / "scores.jsonl"),
+            "--metrics-port",
+            str(port),
+        ],
         workdir / "worker.log",
     )
     replay = None
     res: dict = {"outage_s": outage_s, "streams": n_streams, "seconds": seconds}
     try:
         if not _wait(lambda: "assigned" in (workdir / "worker.log").read_text(), 40):
-            raise RuntimeError("worker did not join: " + (workdir / "worker.log").read_text()[-2000:])
+            raise RuntimeError(
+                "worker did not join: " + (workdir / "worker.log").read_text()[-2000:]
+            )
         t_replay = time.time()
-        replay = run_cli(["replay", str(folder), *common, "--partitions", "2", "--speed", "1", "--no-progress"],
-                         workdir / "replay.log")
+        replay = run_cli(
+            ["replay", str(folder), *common, "--partitions", "2", "--speed", "1", "--no-progress"],
+            workdir / "replay.log",
+        )
         time.sleep(before_s)
         res["metrics_before"] = scrape(port)
         res["windows_before"] = len(read_scores(workdir / "scores.jsonl"))
@@ -155,7 +189,9 @@ def broker_outage(
     return res
 
 
-def webhook_outage(workdir: Path, model: Path, outage_s: float, n_streams: int = 6, slow_s: float = 3.0) -> dict:
+def webhook_outage(
+    workdir: Path, model: Path, outage_s: float, n_streams: int = 6, slow_s: float = 3.0
+) -> dict:
     """The webhook receiver fails for ``outage_s`` (500s, timeouts, refused, slow), then recovers.
 
     A worker consumes a real-time replay whose streams carry a noise burst every 8 s (so alerts
@@ -166,9 +202,9 @@ def webhook_outage(workdir: Path, model: Path, outage_s: float, n_streams: int =
     import sqlite3
 
     import numpy as np
+    from streaming.helpers import burst
 
     from ecgstream.sinks.webhook import new_secret
-    from streaming.helpers import burst
 
     from .receivers import FlakyReceiver
 
@@ -189,19 +225,43 @@ def webhook_outage(workdir: Path, model: Path, outage_s: float, n_streams: int =
 
     def worker(name):
         return run_cli(
-            ["-v", "run", *common, "--group", f"g-{topic}", "--model", str(model), "--outbox", str(outbox),
-             "--webhook", rx.url, "--alerts-out", "", "--min-windows", "1", "--cooldown-s", "2"],
-            workdir / f"{name}.log", env={"ECGSTREAM_RUN__WEBHOOK_SECRET": secret},
+            [
+                "-v",
+                "run",
+                *common,
+                "--group",
+                f"g-{topic}",
+                "--model",
+                str(model),
+                "--outbox",
+                str(outbox),
+                "--webhook",
+                rx.url,
+                "--alerts-out",
+                "",
+                "--min-windows",
+                "1",
+                "--cooldown-s",
+                "2",
+            ],
+            workdir / f"{name}.log",
+            env={"ECGSTREAM_RUN__WEBHOOK_SECRET": secret},
         )
 
-    res: dict = {"outage_s": outage_s, "streams": n_streams, "modes": ["error", "timeout", "refused", "slow"]}
+    res: dict = {
+        "outage_s": outage_s,
+        "streams": n_streams,
+        "modes": ["error", "timeout", "refused", "slow"],
+    }
     procs = [worker("a")]
     replay = None
     try:
         if not _wait(lambda: "assigned" in (workdir / "a.log").read_text(), 40):
             raise RuntimeError((workdir / "a.log").read_text()[-2000:])
-        replay = run_cli(["replay", str(folder), *common, "--partitions", "2", "--speed", "1", "--no-progress"],
-                         workdir / "replay.log")
+        replay = run_cli(
+            ["replay", str(folder), *common, "--partitions", "2", "--speed", "1", "--no-progress"],
+            workdir / "replay.log",
+        )
         t_start = time.time()
         quarter = outage_s / 4
         for q, mode in enumerate(res["modes"]):
@@ -237,9 +297,15 @@ def webhook_outage(workdir: Path, model: Path, outage_s: float, n_streams: int =
         res["alerts_stored"] = len(ids)
         res["alerts_stored_during_outage"] = sum(1 for i in ids if created[i] < t_back)
         res["alerts_delivered"] = len(ids & rx.delivered())
-        res["delivered_during_outage_slow"] = sum(1 for i in ids if delivered_at.get(i, 1e18) < t_back)
+        res["delivered_during_outage_slow"] = sum(
+            1 for i in ids if delivered_at.get(i, 1e18) < t_back
+        )
         # for alerts stored during the outage and not delivered by a slow answer: recovery delay
-        late = [delivered_at[i] - t_back for i in ids if created[i] < t_back and delivered_at.get(i, 0) >= t_back]
+        late = [
+            delivered_at[i] - t_back
+            for i in ids
+            if created[i] < t_back and delivered_at.get(i, 0) >= t_back
+        ]
         res["last_delivery_after_recovery_s"] = round(max(late), 1) if late else 0.0
         res["median_delivery_after_recovery_s"] = round(float(np.median(late)), 1) if late else 0.0
         procs[-1].send_signal(signal.SIGTERM)
@@ -251,13 +317,19 @@ def webhook_outage(workdir: Path, model: Path, outage_s: float, n_streams: int =
         rx.close()
         broker.stop()
     db = sqlite3.connect(str(outbox))
-    res["outbox"] = dict(db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+    res["outbox"] = dict(
+        db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+    )
     res["attempts_max"] = db.execute("SELECT MAX(attempts) FROM deliveries").fetchone()[0]
     res["attempts_total"] = db.execute("SELECT SUM(attempts) FROM deliveries").fetchone()[0]
     db.close()
     res["requests_at_receiver"] = len(rx.requests)
-    res["requests_by_mode"] = {m: sum(1 for r in rx.requests if r[2] == m) for m in (*res["modes"], "ok")}
-    res["duplicate_deliveries"] = sum(1 for r in rx.requests if r[2] in ("ok", "slow")) - len(rx.delivered())
+    res["requests_by_mode"] = {
+        m: sum(1 for r in rx.requests if r[2] == m) for m in (*res["modes"], "ok")
+    }
+    res["duplicate_deliveries"] = sum(1 for r in rx.requests if r[2] in ("ok", "slow")) - len(
+        rx.delivered()
+    )
     gaps = []
     for i in {r[1] for r in rx.requests}:
         ts = rx.attempts(i)

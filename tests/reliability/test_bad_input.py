@@ -45,7 +45,11 @@ def _run(gen) -> Counter:
 
 def test_ten_thousand_malformed_frames_raise_only_wire_errors():
     rng = np.random.default_rng(5)
-    tally = _run(random_frames(rng, 5000)) + _run(mutated_frames(rng, 5000)) + _run(hostile_headers(rng, 2000))
+    tally = (
+        _run(random_frames(rng, 5000))
+        + _run(mutated_frames(rng, 5000))
+        + _run(hostile_headers(rng, 2000))
+    )
     total = sum(tally.values())
     rejected = sum(v for (_, r), v in tally.items() if r != "ok")
     reasons = Counter(r for (_, r) in tally.elements())
@@ -58,13 +62,18 @@ def test_ten_thousand_malformed_frames_raise_only_wire_errors():
 
 
 _scalar = (
-    st.none() | st.booleans() | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
     | st.sampled_from([10**400, -(10**400), 2**63, 2**64, 1e308, -0.0, "NaN", float("nan")])
 )
 _json_value = st.recursive(
     _scalar,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 _rows = st.lists(st.lists(_scalar, min_size=0, max_size=3), max_size=10)
@@ -80,9 +89,13 @@ def _corrupt(field: str, value, drop: bool) -> dict:
     return obj
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(field=st.sampled_from([*_VALID, "samples", "extra"]), value=st.one_of(_json_value, _rows),
-       drop=st.booleans(), rows=_rows)
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from([*_VALID, "samples", "extra"]),
+    value=st.one_of(_json_value, _rows),
+    drop=st.booleans(),
+    rows=_rows,
+)
 def test_hypothesis_json_messages(field, value, drop, rows):
     """One field of an otherwise valid JSON chunk is hostile (or missing)."""
     obj = _corrupt(field, value, drop)
@@ -90,9 +103,14 @@ def test_hypothesis_json_messages(field, value, drop, rows):
     check_decode(json.dumps(obj, allow_nan=True).encode())
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(field=st.sampled_from([*_VALID, "n", "gain", "baseline", "extra"]), value=_json_value, drop=st.booleans(),
-       body=st.binary(max_size=200), head=st.tuples(st.integers(0, 3), st.integers(0, 3)))
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from([*_VALID, "n", "gain", "baseline", "extra"]),
+    value=_json_value,
+    drop=st.booleans(),
+    body=st.binary(max_size=200),
+    head=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+)
 def test_hypothesis_binary_headers(field, value, drop, body, head):
     """One header field of a binary frame is hostile; sample type, version and body are random."""
     from .fuzz import _header_frame
@@ -114,7 +132,14 @@ def test_huge_message_is_rejected_before_it_is_parsed():
     assert info.value.reason == "too_large"
     assert peak < 64 * 1024, f"decoder allocated {peak} bytes to reject an oversized message"
     # a frame whose header claims the largest possible body but carries none
-    hdr = {"stream": "m1", "seq": 0, "t0": T0, "fs": 250.0, "leads": [f"L{i}" for i in range(16)], "n": 65536}
+    hdr = {
+        "stream": "m1",
+        "seq": 0,
+        "t0": T0,
+        "fs": 250.0,
+        "leads": [f"L{i}" for i in range(16)],
+        "n": 65536,
+    }
     from .fuzz import _header_frame
 
     tracemalloc.start()
@@ -128,6 +153,7 @@ def test_huge_message_is_rejected_before_it_is_parsed():
 
 def _hostile_sequences(rng: np.random.Generator) -> list[Chunk]:
     """Valid chunks in hostile order and with hostile (but decodable) values."""
+
     def c(stream, seq, t0, fs=250.0, n=250, leads=("MLII",), fill=None):
         x = (rng.standard_normal((n, len(leads))) * 0.3).astype(np.float32)
         if fill is not None:
@@ -137,14 +163,37 @@ def _hostile_sequences(rng: np.random.Generator) -> list[Chunk]:
     out = []
     for i in range(12):  # a clean stream
         out.append(c("clean", i, T0 + i))
-    out += [c("jump", 0, T0), c("jump", 1, T0 + 1), c("jump", 10**6, T0 + 2), c("jump", 2**62, T0 + 3)]
-    out += [c("bigseq", 2**62, T0), c("bigseq", 2**62 + 1, T0 + 1), c("bigseq", 2**63 - 1, 1e11 - 1)]
+    out += [
+        c("jump", 0, T0),
+        c("jump", 1, T0 + 1),
+        c("jump", 10**6, T0 + 2),
+        c("jump", 2**62, T0 + 3),
+    ]
+    out += [
+        c("bigseq", 2**62, T0),
+        c("bigseq", 2**62 + 1, T0 + 1),
+        c("bigseq", 2**63 - 1, 1e11 - 1),
+    ]
     out += [c("short", i, T0 + i * 0.004, n=1) for i in range(30)]  # one-sample chunks
     out += [c("order", s, T0 + s) for s in (0, 1, 5, 3, 4, 2, 6, 6, 6, 7)]
-    out += [c("back", 0, T0 + 100), c("back", 1, T0 + 50), c("back", 2, T0 - 1e6), c("back", 3, 1e11 - 1)]
-    out += [c("rate", i, T0 + i, fs=fs, n=max(1, int(fs))) for i, fs in enumerate((250, 1000, 20000, 360, 1e-300, 0.01, 1.0, 7.3))]
-    out += [c("slow", 0, T0, fs=0.01, n=65536, leads=("MLII", "V1")), c("slow", 1, T0 + 6.5e6, fs=1e-3, n=65536)]
-    out += [c("leads", 0, T0, leads=("V1",)), c("leads", 1, T0 + 1, leads=[f"L{i}" for i in range(15)] + ["MLII"])]
+    out += [
+        c("back", 0, T0 + 100),
+        c("back", 1, T0 + 50),
+        c("back", 2, T0 - 1e6),
+        c("back", 3, 1e11 - 1),
+    ]
+    out += [
+        c("rate", i, T0 + i, fs=fs, n=max(1, int(fs)))
+        for i, fs in enumerate((250, 1000, 20000, 360, 1e-300, 0.01, 1.0, 7.3))
+    ]
+    out += [
+        c("slow", 0, T0, fs=0.01, n=65536, leads=("MLII", "V1")),
+        c("slow", 1, T0 + 6.5e6, fs=1e-3, n=65536),
+    ]
+    out += [
+        c("leads", 0, T0, leads=("V1",)),
+        c("leads", 1, T0 + 1, leads=[f"L{i}" for i in range(15)] + ["MLII"]),
+    ]
     out += [c("leads", 2, T0 + 2, leads=("V1", "V2")), c("leads", 3, T0 + 3)]
     out += [c("nan", i, T0 + i, fill=np.nan) for i in range(4)] + [c("nan", 4, T0 + 4)]
     out += [c("big", i, T0 + i, fill=1e6 if i % 2 else -1e6) for i in range(4)]
@@ -164,7 +213,9 @@ def test_hostile_chunk_sequences_never_crash_the_pipeline(energy_model):
         try:
             res = pipe.process([Incoming(ch, 0, 0)])
         except Exception as exc:  # noqa: BLE001
-            pytest.fail(f"pipeline raised {type(exc).__name__}: {exc} on {ch.stream} seq {ch.seq} fs {ch.fs} n {ch.n}")
+            pytest.fail(
+                f"pipeline raised {type(exc).__name__}: {exc} on {ch.stream} seq {ch.seq} fs {ch.fs} n {ch.n}"
+            )
         finally:
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
@@ -186,14 +237,23 @@ def test_bad_messages_interleaved_with_good_ones_on_a_real_broker(broker, tmp_pa
     rng = np.random.default_rng(23)
     topic = f"fuzz-{uuid.uuid4().hex[:8]}"
     cfg = RunConfig(
-        bootstrap=broker, topic=topic, group=f"g-{topic}", dlq_topic=f"{topic}.dlq", partitions=2,
-        outbox=str(tmp_path / "outbox.sqlite"), alerts_out="", scores_out=str(tmp_path / "scores.jsonl"),
-        poll_timeout_ms=100, max_poll_records=500,
+        bootstrap=broker,
+        topic=topic,
+        group=f"g-{topic}",
+        dlq_topic=f"{topic}.dlq",
+        partitions=2,
+        outbox=str(tmp_path / "outbox.sqlite"),
+        alerts_out="",
+        scores_out=str(tmp_path / "scores.jsonl"),
+        poll_timeout_ms=100,
+        max_poll_records=500,
     )
     ensure_topics(broker, [topic, cfg.dlq_topic], 2)
     bad = [v for _, v in random_frames(rng, 800)] + [v for _, v in mutated_frames(rng, 1200)]
     bad += [v for _, v in hostile_headers(rng, 400)]
-    bad = [v for v in bad if v and isinstance(check_decode(v), str)]  # keep those the decoder rejects
+    bad = [
+        v for v in bad if v and isinstance(check_decode(v), str)
+    ]  # keep those the decoder rejects
     bad += [v for _, v in hostile_headers(rng, 0)]
     expected = Counter(check_decode(v) for v in bad)
     n_streams, seconds = 4, 20
@@ -212,7 +272,9 @@ def test_bad_messages_interleaved_with_good_ones_on_a_real_broker(broker, tmp_pa
     producer.flush()
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(cfg.dlq_topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None)
+    c = KafkaConsumer(
+        cfg.dlq_topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None
+    )
     dead = []
     deadline = time.time() + 90
     while len(dead) < len(bad) and time.time() < deadline and thread.is_alive():
@@ -229,7 +291,8 @@ def test_bad_messages_interleaved_with_good_ones_on_a_real_broker(broker, tmp_pa
     assert len(dead) == len(bad)
     assert got == expected
     assert all(r.value in set(bad) or r.value == b"" for r in dead)
-    scored = {(s["stream"], s["window"]) for s in map(json.loads, open(cfg.scores_out))}
+    lines = open(cfg.scores_out).read().splitlines()  # noqa: SIM115
+    scored = {(s["stream"], s["window"]) for s in map(json.loads, lines)}
     for j in range(n_streams):  # 20 s of 2 s windows every 1 s: 19 windows per stream
         assert len({w for s, w in scored if s == f"good{j}"}) == seconds - 1
     assert sum(worker.summary.dlq.values()) == len(bad)

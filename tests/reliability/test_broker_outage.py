@@ -16,7 +16,10 @@ import pytest
 from .broker import tansu_available
 from .scenarios import broker_outage
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not tansu_available(), reason="no tansu binary")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not tansu_available(), reason="no tansu binary"),
+]
 
 
 def test_worker_and_replay_survive_a_broker_outage(tmp_path, energy_model):
@@ -27,10 +30,15 @@ def test_worker_and_replay_survive_a_broker_outage(tmp_path, energy_model):
     assert res["windows_before"] > 0
     during, after = res["metrics_during"], res["metrics_after"]
     assert during.get("ecgstream_broker_up") == 0, during
-    assert after.get("ecgstream_broker_up") == 1 and after.get("ecgstream_broker_outages_total", 0) >= 1, after
+    assert (
+        after.get("ecgstream_broker_up") == 1
+        and after.get("ecgstream_broker_outages_total", 0) >= 1
+    ), after
     assert any("unreachable" in line for line in res["log_outage"]), res["log_outage"]
     assert any("back" in line for line in res["log_outage"]), res["log_outage"]
-    assert not res["after_restart_missing"], f"windows after the restart not scored: {res['after_restart_missing']}"
+    assert not res["after_restart_missing"], (
+        f"windows after the restart not scored: {res['after_restart_missing']}"
+    )
     # nothing scored before the outage is lost; what is lost lies in or just after it (chunks
     # that were only in the killed in-memory broker, or sent while it was recreating topics)
     lost = res["lost_window_starts_s"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from streaming.helpers import build_energy_model
 
 from ecgstream.runtime.manifest import (
     ENV_MANIFEST,
@@ -17,7 +18,6 @@ from ecgstream.runtime.manifest import (
 )
 from ecgstream.runtime.model_file import sha256_of
 from ecgstream.runtime.scorer import Scorer
-from streaming.helpers import build_energy_model
 
 
 @pytest.fixture()
@@ -31,7 +31,10 @@ def models(tmp_path):
 def test_written_manifest_is_sha256sum_compatible_and_verifies(models):
     manifest = write_manifest(models)
     entries = read_manifest(manifest)
-    assert entries == {"a.onnx": sha256_of(models / "a.onnx"), "b.onnx": sha256_of(models / "b.onnx")}
+    assert entries == {
+        "a.onnx": sha256_of(models / "a.onnx"),
+        "b.onnx": sha256_of(models / "b.onnx"),
+    }
     if shutil.which("sha256sum"):
         subprocess.run(["sha256sum", "-c", "--quiet", manifest.name], cwd=models, check=True)
     assert check_model(models / "a.onnx") == entries["a.onnx"]
@@ -81,14 +84,27 @@ def test_cli_reports_a_mismatch_without_traceback(models, ecg_folder):
     write_manifest(models)
     (models / "a.onnx").write_bytes((models / "a.onnx").read_bytes()[:-1] + b"x")
     out = subprocess.run(
-        [sys.executable, "-m", "ecgstream", "score", "--model", str(models / "a.onnx"), "--out",
-         str(models / "out"), str(ecg_folder / "syn0")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "ecgstream",
+            "score",
+            "--model",
+            str(models / "a.onnx"),
+            "--out",
+            str(models / "out"),
+            str(ecg_folder / "syn0"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode != 0
     assert "does not match the manifest" in out.stderr and "Traceback" not in out.stderr
     check = subprocess.run(
         [sys.executable, "-m", "ecgstream.runtime.manifest", "check", str(models / "SHA256SUMS")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.returncode == 1 and "a.onnx" in check.stderr

@@ -20,15 +20,15 @@ import uuid
 import pytest
 from conftest import synthetic_ecg, write_record
 from prometheus_client.parser import text_string_to_metric_families
+from sinks.receiver import Receiver
+from streaming.conftest import free_port
+from streaming.helpers import burst
 
 from ecgstream.config import ConfigError, RunConfig, load
 from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
 from ecgstream.streaming.security import kafka_options, read_secret, redacted, webhook_secret
-from sinks.receiver import Receiver
-from streaming.conftest import free_port
-from streaming.helpers import burst
 
 T0 = 1_700_000_000.0
 #: stream ids that look like what hospitals use: they must never become metric labels
@@ -48,7 +48,7 @@ def test_secret_from_a_file_and_errors_that_do_not_show_it(tmp_path):
     cfg = load(RunConfig, "run", environ={"ECGSTREAM_RUN__WEBHOOK_SECRET_FILE": str(f)})
     got = webhook_secret(cfg)
     assert got.reveal() == secret
-    assert secret not in repr(got) and secret not in f"{got}" and secret not in "%s" % got
+    assert secret not in repr(got) and secret not in f"{got}" and secret not in "%s" % (got,)  # noqa: UP031
     env_cfg = load(RunConfig, "run", environ={"ECGSTREAM_RUN__WEBHOOK_SECRET": secret})
     assert webhook_secret(env_cfg).reveal() == secret
     for c in (cfg, env_cfg):
@@ -126,7 +126,9 @@ def test_kafka_tls_and_sasl_settings_reach_every_client(tmp_path, monkeypatch, e
         for k, v in expected.items():
             assert kwargs.get(k) == v, f"{name}: {k} is {kwargs.get(k)!r}"
     assert "s3cret-sasl-pw" not in repr(cfg) and "s3cret-sasl-pw" not in str(redacted(cfg))
-    bad = load(RunConfig, "run", environ={**env, "ECGSTREAM_RUN__SSL_CAFILE": str(tmp_path / "nope.pem")})
+    bad = load(
+        RunConfig, "run", environ={**env, "ECGSTREAM_RUN__SSL_CAFILE": str(tmp_path / "nope.pem")}
+    )
     with pytest.raises(ConfigError, match="ssl_cafile"):
         kafka_options(bad)
 
@@ -149,7 +151,7 @@ def test_cli_worker_logs_no_secret_and_metrics_carry_no_identifiers(broker, tmp_
     secret_file.write_text(secret)
     rx = Receiver(secret)
     folder = tmp_path / "records"
-    for i, ident in enumerate(IDENTIFIERS):
+    for i in range(len(IDENTIFIERS)):
         sig = burst(synthetic_ecg(12, 360, seed=40 + i), 360, 6.0, 2.0)
         write_record(folder, f"r{i}", sig, 360, ["MLII"])
     topic = f"sec-{uuid.uuid4().hex[:8]}"
@@ -157,12 +159,35 @@ def test_cli_worker_logs_no_secret_and_metrics_carry_no_identifiers(broker, tmp_
     port = free_port()
     env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET_FILE": str(secret_file)}
     cmd = [
-        sys.executable, "-m", "ecgstream", "-vv", "run", "--bootstrap", broker, "--topic", topic,
-        "--group", f"g-{topic}", "--model", str(energy_model), "--outbox", str(tmp_path / "o.sqlite"),
-        "--webhook", rx.url, "--alerts-out", "-", "--min-windows", "1", "--metrics-port", str(port),
-        "--max-idle-s", "8",
+        sys.executable,
+        "-m",
+        "ecgstream",
+        "-vv",
+        "run",
+        "--bootstrap",
+        broker,
+        "--topic",
+        topic,
+        "--group",
+        f"g-{topic}",
+        "--model",
+        str(energy_model),
+        "--outbox",
+        str(tmp_path / "o.sqlite"),
+        "--webhook",
+        rx.url,
+        "--alerts-out",
+        "-",
+        "--min-windows",
+        "1",
+        "--metrics-port",
+        str(port),
+        "--max-idle-s",
+        "8",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    log_path = tmp_path / "worker.log"  # a file, not a pipe: debug logging is voluminous
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     metrics = ""
     try:
         streams = plan_streams([folder])
@@ -173,17 +198,22 @@ def test_cli_worker_logs_no_secret_and_metrics_carry_no_identifiers(broker, tmp_
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                metrics = (
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                    .read()
+                    .decode()
+                )
             except OSError:
                 metrics = ""
             if "ecgstream_alerts_total" in metrics and "ecgstream_windows_total" in metrics:
                 break
             time.sleep(0.5)
-        out, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
         rx.close()
+    out = log_path.read_text()
     assert proc.returncode == 0, out[-3000:]
     # the secret signed the webhooks ...
     assert rx.alerts and all(ok for *_, ok in rx.received)
@@ -197,7 +227,9 @@ def test_cli_worker_logs_no_secret_and_metrics_carry_no_identifiers(broker, tmp_
     assert "ecgstream_windows_total" in metrics, metrics[:2000]
     for ident in IDENTIFIERS:
         assert ident not in metrics, f"stream id {ident} appears in the metrics"
-    names = {k for fam in text_string_to_metric_families(metrics) for s in fam.samples for k in s.labels}
+    names = {
+        k for fam in text_string_to_metric_families(metrics) for s in fam.samples for k in s.labels
+    }
     assert names <= ALLOWED_LABELS, f"unexpected metric labels {names - ALLOWED_LABELS}"
     assert any(ident in out for ident in IDENTIFIERS), "the alerts (stdout) should name the stream"
 
@@ -210,9 +242,13 @@ def test_library_logs_at_debug_never_show_the_secret(caplog, tmp_path):
     secret = new_secret()
     rx = Receiver(secret, script=[(500, {}), (410, {})])
     outbox = Outbox(tmp_path / "o.sqlite")
-    outbox.put([{"id": f"a{i}", "stream": "s"} for i in range(3)], [rx.url, "http://127.0.0.1:9/none"])
+    outbox.put(
+        [{"id": f"a{i}", "stream": "s"} for i in range(3)], [rx.url, "http://127.0.0.1:9/none"]
+    )
     with caplog.at_level(logging.DEBUG):
-        d = WebhookDispatcher(outbox, {rx.url: secret}, WebhookConfig(backoff_base_s=0.05, timeout_s=1))
+        d = WebhookDispatcher(
+            outbox, {rx.url: secret}, WebhookConfig(backoff_base_s=0.05, timeout_s=1)
+        )
         for _ in range(6):
             d.deliver_due()
             time.sleep(0.1)

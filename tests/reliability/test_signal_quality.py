@@ -28,13 +28,19 @@ def model(tiny_model):
 def test_artefacts_raise_technical_alerts_not_anomaly_alerts(model):
     clean = run_monitors(model, N, SECONDS, seed=3)
     dirty = run_monitors(model, N, SECONDS, ARTEFACTS, episode_s=EPISODE_S, seed=3)
-    ungated = run_monitors(model, N, SECONDS, ARTEFACTS, episode_s=EPISODE_S, seed=3, technical=False)
+    ungated = run_monitors(
+        model, N, SECONDS, ARTEFACTS, episode_s=EPISODE_S, seed=3, technical=False
+    )
     print("clean", clean.summary())
     print("artefacts", dirty.summary())
     print("artefacts, technical checks off", ungated.summary())
     spec = read_spec(model)
     per_monitor = (SECONDS - spec.window_s - 2) / spec.hop_s
-    assert clean.scored_windows >= N * per_monitor and not clean.technical and not clean.suppressed_windows
+    assert (
+        clean.scored_windows >= N * per_monitor
+        and not clean.technical
+        and not clean.suppressed_windows
+    )
     assert sum(dirty.episodes.values()) == N * len(ARTEFACTS)
     # every flat line, lead-off, saturation and gap episode raised its technical alert ...
     for kind in SIGNALLED:

@@ -20,13 +20,13 @@ from collections import defaultdict
 
 import pytest
 from conftest import synthetic_ecg, write_record
+from sinks.receiver import Receiver
+from streaming.helpers import burst
 
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
-from sinks.receiver import Receiver
-from streaming.helpers import burst
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
@@ -37,10 +37,31 @@ N_STREAMS = 6
 def _worker(name, broker, topic, model, tmp_path, url, secret, idle_s):
     env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
     cmd = [
-        sys.executable, "-m", "ecgstream", "-v", "run", "--bootstrap", broker, "--topic", topic,
-        "--group", f"g-{topic}", "--model", str(model), "--outbox", str(tmp_path / "outbox.sqlite"),
-        "--webhook", url, "--scores-out", str(tmp_path / f"{name}.jsonl"), "--alerts-out", "",
-        "--min-windows", "1", "--max-idle-s", str(idle_s),
+        sys.executable,
+        "-m",
+        "ecgstream",
+        "-v",
+        "run",
+        "--bootstrap",
+        broker,
+        "--topic",
+        topic,
+        "--group",
+        f"g-{topic}",
+        "--model",
+        str(model),
+        "--outbox",
+        str(tmp_path / "outbox.sqlite"),
+        "--webhook",
+        url,
+        "--scores-out",
+        str(tmp_path / f"{name}.jsonl"),
+        "--alerts-out",
+        "",
+        "--min-windows",
+        "1",
+        "--max-idle-s",
+        str(idle_s),
     ]
     log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -85,13 +106,18 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     a = _worker("a", broker, topic, energy_model, tmp_path, rx.url, secret, 60)
     b = None
     try:
-        assert _wait(lambda: "assigned" in (tmp_path / "a.log").read_text(), 40), (tmp_path / "a.log").read_text()[-2000:]
+        assert _wait(lambda: "assigned" in (tmp_path / "a.log").read_text(), 40), (
+            tmp_path / "a.log"
+        ).read_text()[-2000:]
         feeder = threading.Thread(
-            target=publish, args=(make_producer(broker), topic, plan_streams([folder])),
+            target=publish,
+            args=(make_producer(broker), topic, plan_streams([folder])),
             kwargs=dict(speed=3.0, t_start=T0, progress=False),
         )
         feeder.start()
-        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 6 * N_STREAMS, 40), "worker a scored too little"
+        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 6 * N_STREAMS, 40), (
+            "worker a scored too little"
+        )
         a.send_signal(signal.SIGKILL)
         a.wait(10)
         t_kill = time.time()
@@ -117,7 +143,9 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     stored = {x["id"]: x for x in box.alerts()}
     counts = box.counts()
     box.close()
-    assert _wait(lambda: set(stored) <= set(rx.alerts), 20), "an alert in the outbox never reached the receiver"
+    assert _wait(lambda: set(stored) <= set(rx.alerts), 20), (
+        "an alert in the outbox never reached the receiver"
+    )
     rx.close()
     assert all(ok for *_, ok in rx.received), "a signature did not verify"
     alerts = rx.alerts
@@ -127,7 +155,10 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     assert all(len(ids) == 1 for ids in by_window.values()), "one episode delivered under two ids"
     for stream, at in bursts.items():
         assert any(
-            x["stream"] == stream and x["kind"] == "anomaly" and x["start_s"] - 1 <= T0 + at + 1 and x["end_s"] >= T0 + at
+            x["stream"] == stream
+            and x["kind"] == "anomaly"
+            and x["start_s"] - 1 <= T0 + at + 1
+            and x["end_s"] >= T0 + at
             for x in alerts.values()
         ), f"the burst of {stream} at {at} s has no alert"
     assert set(alerts) == set(stored)

@@ -20,7 +20,9 @@ def _ecg_like(n: int = 5000, leads: int = 2) -> np.ndarray:
     rng = np.random.default_rng(42)
     t = np.arange(n) / 250.0
     base = np.sin(2 * np.pi * 1.2 * t) ** 15 + 0.1 * np.sin(2 * np.pi * 0.3 * t)
-    return (base[:, None] * np.linspace(1, 0.5, leads) + 0.02 * rng.normal(size=(n, leads))).astype(np.float32)
+    return (base[:, None] * np.linspace(1, 0.5, leads) + 0.02 * rng.normal(size=(n, leads))).astype(
+        np.float32
+    )
 
 
 def test_perlin_is_smooth_bounded_and_seeded():
@@ -47,7 +49,9 @@ def test_perlin_2d_shape_and_spatial_correlation():
 @pytest.mark.parametrize("kind", KINDS_1D)
 def test_each_kind_changes_only_the_mask(kind):
     x = _ecg_like()
-    y, mask, info = inject_1d(x, 250.0, np.random.default_rng(11), kinds=[kind], min_len_s=0.5, max_len_s=1.5)
+    y, mask, info = inject_1d(
+        x, 250.0, np.random.default_rng(11), kinds=[kind], min_len_s=0.5, max_len_s=1.5
+    )
     assert info["kind"] == kind
     assert y.dtype == np.float32 and y.shape == x.shape
     assert mask.shape == (len(x),) and mask.dtype == bool
@@ -70,7 +74,10 @@ def test_roughness_zero_gives_the_whole_span_and_high_roughness_fragments():
     rng = np.random.default_rng(0)
     mask, start, end = region_1d(1000, rng, 200, 200, roughness=0.0)
     assert components(mask) == [(start, end)]
-    counts = [len(components(region_1d(5000, np.random.default_rng(s), 400, 400, roughness=3.0)[0])) for s in range(30)]
+    counts = [
+        len(components(region_1d(5000, np.random.default_rng(s), 400, 400, roughness=3.0)[0]))
+        for s in range(30)
+    ]
     assert max(counts) > 1
 
 
@@ -97,12 +104,30 @@ def test_synth_cli_writes_records_series_and_masks(tmp_path):
     from ecgstream.signals.series import read_series, write_series
     from tests.conftest import synthetic_ecg, write_record
 
-    src = write_record(tmp_path / "in", "rec", synthetic_ecg(40, 250, seed=1, n_leads=2), 250, ["MLII", "V1"])
+    src = write_record(
+        tmp_path / "in", "rec", synthetic_ecg(40, 250, seed=1, n_leads=2), 250, ["MLII", "V1"]
+    )
     series = write_series(tmp_path / "in" / "s.txt", np.sin(np.arange(3000) / 7.0))
     out = tmp_path / "out"
     argv = ["synth", "--out", str(out), "--count", "2", "--after", "10", "--seed", "3", str(src)]
     assert main(argv) == 0
-    assert main(["synth", "--out", str(out), "--count", "2", "--min-len", "30", "--max-len", "80", str(series)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--count",
+                "2",
+                "--min-len",
+                "30",
+                "--max-len",
+                "80",
+                str(series),
+            ]
+        )
+        == 0
+    )
     before, after = read_record(src), read_record(out / "rec")
     m = np.load(out / "rec.mask.npz")
     mask = m["mask"]
@@ -115,7 +140,10 @@ def test_synth_cli_writes_records_series_and_masks(tmp_path):
     s_out = read_series(out / "s.txt").signal[:, 0]
     s_mask = np.load(out / "s.mask.npz")["mask"]
     s_in = read_series(series).signal[:, 0]
-    assert np.array_equal(s_out[~s_mask], s_in[~s_mask]) and (s_out[s_mask] != s_in[s_mask]).mean() > 0.9
+    assert (
+        np.array_equal(s_out[~s_mask], s_in[~s_mask])
+        and (s_out[s_mask] != s_in[s_mask]).mean() > 0.9
+    )
     # same seed, same output
     assert main(argv[:2] + [str(tmp_path / "again")] + argv[3:]) == 0
     assert np.array_equal(np.load(tmp_path / "again" / "rec.mask.npz")["mask"], mask)

@@ -14,13 +14,25 @@ from ecgstream.runtime.model_file import read_spec  # noqa: E402
 from ecgstream.signals.series import SeriesError, write_series  # noqa: E402
 from ecgstream.training.series import train_series  # noqa: E402
 
-FAST = {"encoder_steps": 30, "head_steps": 40, "batch_size": 16, "width": 8, "feat_dim": 16, "dim": 16, "n_centres": 64}
+FAST = {
+    "encoder_steps": 30,
+    "head_steps": 40,
+    "batch_size": 16,
+    "width": 8,
+    "feat_dim": 16,
+    "dim": 16,
+    "n_centres": 64,
+}
 
 
 def _series(n: int = 4000, period: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n)
-    return np.sin(2 * np.pi * t / period) + 0.3 * np.sin(4 * np.pi * t / period) + 0.05 * rng.normal(size=n)
+    return (
+        np.sin(2 * np.pi * t / period)
+        + 0.3 * np.sin(4 * np.pi * t / period)
+        + 0.05 * rng.normal(size=n)
+    )
 
 
 def test_train_series_then_score_cli_writes_the_contract(tmp_path):
@@ -29,10 +41,16 @@ def test_train_series_then_score_cli_writes_the_contract(tmp_path):
     path = write_series(tmp_path / "demo.txt", x)
     model = tmp_path / "demo.onnx"
     t0 = time.perf_counter()
-    result = train_series(path, train_end=2000, model_out=model, kind="pbas", time_budget_s=20, **FAST)
+    result = train_series(
+        path, train_end=2000, model_out=model, kind="pbas", time_budget_s=20, **FAST
+    )
     assert time.perf_counter() - t0 < 60
     spec = read_spec(model)
-    assert spec.fs == 1.0 and spec.preprocessing["highpass_hz"] == 0 and spec.preprocessing["lowpass_hz"] == 0
+    assert (
+        spec.fs == 1.0
+        and spec.preprocessing["highpass_hz"] == 0
+        and spec.preprocessing["lowpass_hz"] == 0
+    )
     assert spec.kind == "pbas" and spec.frontend == "channel_time"
     assert spec.window == 80 and spec.training["dominant_period"] == 40  # two periods, automatic
     assert result.spec.training["train_end"] == 2000
@@ -65,9 +83,29 @@ def test_prefix_too_short_is_a_clear_error(tmp_path):
 
 def test_image_kind_trains_on_wfdb_records_through_the_registry(tmp_path, ecg_folder):
     model = tmp_path / "pbas.onnx"
-    argv = ["train", "--model", "pbas", "--leads", "MLII", "--val-records", "syn2", "--epochs", "1",
-            "--set", "steps_per_epoch=8", "--batch-size", "16", "--window-s", "4", "--hop-s", "2",
-            "--model-out", str(model), "--no-progress", str(ecg_folder)]
+    argv = [
+        "train",
+        "--model",
+        "pbas",
+        "--leads",
+        "MLII",
+        "--val-records",
+        "syn2",
+        "--epochs",
+        "1",
+        "--set",
+        "steps_per_epoch=8",
+        "--batch-size",
+        "16",
+        "--window-s",
+        "4",
+        "--hop-s",
+        "2",
+        "--model-out",
+        str(model),
+        "--no-progress",
+        str(ecg_folder),
+    ]
     assert main(argv) == 0
     spec = read_spec(model)
     assert spec.kind == "pbas" and spec.frontend == "spectrogram" and spec.params["n_fft"] == 32
