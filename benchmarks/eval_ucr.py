@@ -83,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="only the first N series (0 = all)")
     ap.add_argument("--every", type=int, default=1, help="only every k-th series (quick looks)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ucr_dev.jsonl"))
+    ap.add_argument(
+        "--summary", action="store_true", help="only print the markdown summary of --out"
+    )
     args = ap.parse_args(argv)
+    if args.summary:
+        print(markdown_summary(args.out))
+        return 0
 
     import torch
 
@@ -155,6 +161,35 @@ def summarise(path: Path, names: list[str], methods: list[str]) -> dict:
             file=sys.stdout,
         )
     return table
+
+
+def markdown_summary(
+    path: Path, methods: tuple[str, ...] = ("discord", "pbas", "uniad", "onenip")
+) -> str:
+    """Markdown table: accuracy on the series every method finished (paired), and on all rows."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    by: dict[str, dict] = {}
+    for r in rows:
+        by.setdefault(r["series"], {})[r["method"]] = r
+    present = [m for m in methods if any(m in v for v in by.values())]
+    paired = [s for s, v in by.items() if all(m in v for m in present)]
+    lines = [
+        f"| method | correct on the {len(paired)} series all methods finished | accuracy | "
+        "all series run (accuracy) | median / max training s | model size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in present:
+        ok = sum(bool(by[s][m]["correct"]) for s in paired)
+        mine = [v[m] for v in by.values() if m in v]
+        acc_all = np.mean([r["correct"] for r in mine])
+        train = [r["train_s"] for r in mine if "train_s" in r]
+        sizes = [r["model_bytes"] for r in mine if "model_bytes" in r]
+        t = f"{np.median(train):.0f} / {max(train):.0f}" if train else "-"
+        size = f"{np.median(sizes) / 1e3:.0f} kB" if sizes else "-"
+        lines.append(
+            f"| {m} | {ok} | {ok / max(1, len(paired)):.3f} | {len(mine)} ({acc_all:.3f}) | {t} | {size} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
