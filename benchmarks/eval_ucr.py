@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=1, help="only every k-th series (quick looks)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ucr_dev.jsonl"))
     ap.add_argument(
+        "--max-discord-n",
+        type=int,
+        default=300_000,
+        help="skip the O(n^2) discord baseline on longer series (default 300000 points)",
+    )
+    ap.add_argument(
         "--summary", action="store_true", help="only print the markdown summary of --out"
     )
     args = ap.parse_args(argv)
@@ -112,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                 if (info.name, method) in done:
                     continue
                 t0 = time.perf_counter()
+                if method == "discord" and len(x) > args.max_discord_n:
+                    print(
+                        f"[{k + 1}/{len(items)}] {info.name[:40]:40s} discord  skipped ({len(x)} points)"
+                    )
+                    continue
                 if method == "discord":
                     loc, m = discord_location(x, info.train_end)
                     row = {"location": loc, "m": m}

@@ -54,8 +54,12 @@ class TrainConfig:
     target_eps: float = 0.05
     local_weight: float = 1.0
     topk_frac: float = 0.1
-    input_norm: str = "mean"  # "mean": centre each lead (scores in mV^2); "std": also scale to unit std
-    score_space: str = "window"  # "window": residual in input units; "segment": per-segment-normalised
+    input_norm: str = (
+        "mean"  # "mean": centre each lead (scores in mV^2); "std": also scale to unit std
+    )
+    score_space: str = (
+        "window"  # "window": residual in input units; "segment": per-segment-normalised
+    )
     # optimisation
     epochs: int = 4
     steps_per_epoch: int = 150
@@ -67,7 +71,9 @@ class TrainConfig:
     threads: int = 2
     # validation and calibration
     val_windows: int = 512  # normal validation windows for the validation loss
-    val_max_s: float = 600.0  # per-epoch validation scores the first seconds of each record (0: all)
+    val_max_s: float = (
+        600.0  # per-epoch validation scores the first seconds of each record (0: all)
+    )
     select_metric: str = "auto"  # auto | beat_auroc | record_auroc | val_loss
     false_alarm: float = (
         0.01  # default threshold: this fraction of normal validation windows alerts

@@ -338,11 +338,19 @@ def fit_records(
     The log-spectrogram front end is used; validation records (never trained on) calibrate the
     score normalisation and thresholds on their normal windows.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    try:
+        return _fit_records(kind, cfg, paths, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_records(kind: str, cfg, paths: list, progress: bool) -> ImageTrainResult:
     from ecgstream.training.calibration import calibrate
     from ecgstream.training.trainer import prepare_data, preprocess_config
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, int(cfg.threads)))
     train_recs, val_recs = prepare_data(cfg, paths, progress=progress)
     rng = np.random.default_rng(cfg.seed)
     windows = _record_windows(train_recs, cfg.window, 6000, rng)

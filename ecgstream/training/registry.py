@@ -17,6 +17,7 @@ Kinds living in other modules are imported on first use: add ``"kind": "module.p
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 

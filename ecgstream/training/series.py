@@ -72,11 +72,25 @@ def train_series_array(
     """
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models train faster on one thread, most of all on a shared machine
+    try:
+        return _train_series_array(
+            x, train_end, kind, leads, name, window, hop, time_budget_s, seed, model_out, max_windows, overrides
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_series_array(
+    x, train_end, kind, leads, name, window, hop, time_budget_s, seed, model_out, max_windows, overrides
+) -> SeriesResult:
+    import torch
+
     from ecgstream.training.calibration import calibrate
     from ecgstream.training.image import ImageConfig, export_detector, fit_image_detector
 
     t0 = time.perf_counter()
-    torch.set_num_threads(1)  # one model per core; the machine may be shared
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]

@@ -20,6 +20,15 @@ from ecgstream.signals.preprocess import PreprocessConfig  # noqa: E402
 from ecgstream.training.image import IMAGE_KINDS, ImageConfig, export_detector, fit_image_detector  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small models train far faster on one thread (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _periodic_windows(n: int = 96, window: int = 128, leads: int = 1, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(n * 8 + window)

@@ -147,3 +147,10 @@ def test_synth_cli_writes_records_series_and_masks(tmp_path):
     # same seed, same output
     assert main(argv[:2] + [str(tmp_path / "again")] + argv[3:]) == 0
     assert np.array_equal(np.load(tmp_path / "again" / "rec.mask.npz")["mask"], mask)
+
+
+def test_synth_cli_rejects_unknown_kinds(tmp_path, capsys):
+    from ecgstream.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--kinds", "boom", str(tmp_path / "x.txt")]) == 2
+    assert "unknown ['boom']" in capsys.readouterr().err

@@ -7,12 +7,22 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from ecgstream.cli import main  # noqa: E402
 from ecgstream.runtime.model_file import read_spec  # noqa: E402
 from ecgstream.signals.series import SeriesError, write_series  # noqa: E402
 from ecgstream.training.series import train_series  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small models train far faster on one thread (and the test machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 FAST = {
     "encoder_steps": 30,
