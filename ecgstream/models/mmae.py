@@ -26,8 +26,8 @@ visible neighbours, at least once. So at inference the local scale gives a secon
 reconstruction of every part of the window (each part once, when the region passes over it).
 
 **Scores.** The squared residual of a hidden segment, mapped back to input units
-(``(pred * sigma_seg + mu_seg - x)**2``, mV^2 with ``input_norm="mean"``), averaged over leads, is the score of each of its
-samples; a sample's point score averages over the passes that hid it (both scales, the local one
+(``(pred * sigma_seg + mu_seg - x)**2``, mV^2 with ``input_norm="mean"``), averaged over leads,
+is the score of each of its samples; a sample's point score averages over the passes that hid it (both scales, the local one
 weighted by ``local_weight``). The window score is the mean of the top ``topk_frac`` point
 scores. Outputs: ``point_score`` ``(B, window)`` and ``window_score`` ``(B,)``, the graph
 interface of :mod:`ecgstream.runtime.model_file`.

@@ -8,7 +8,7 @@ is about two dominant periods of the prefix unless given.
 
 The last fifth of the prefix (when it holds at least 10 windows) is kept out of training and
 calibrates the score normalisation and thresholds. Training stops at ``time_budget_s``
-(default 40 s) so one model takes under a minute, export included.
+(default 30 s) so one model takes under a minute, export included.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def train_series_array(
     name: str = "series",
     window: int | None = None,
     hop: int | None = None,
-    time_budget_s: float = 40.0,
+    time_budget_s: float = 30.0,
     seed: int = 0,
     model_out: str | Path | None = None,
     max_windows: int = 2000,
@@ -155,7 +155,7 @@ def train_series(
     kind: str = "uniad",
     window: int | None = None,
     hop: int | None = None,
-    time_budget_s: float = 40.0,
+    time_budget_s: float = 30.0,
     seed: int = 0,
     **overrides,
 ) -> SeriesResult:
