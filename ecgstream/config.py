@@ -125,7 +125,7 @@ class RunConfig:
     partitions: int = 4
     model: str = ""
     threads: int = 1
-    batch_size: int = 1024
+    batch_size: int = 256  # windows per ONNX Runtime call; larger batches cost memory, not speed
     outbox: str = "ecgstream-outbox.sqlite"
     webhook_urls: list[str] = dataclasses.field(default_factory=list)
     webhook_secret: str = ""

@@ -66,17 +66,33 @@ def plot_roc(collected: dict, path: str | Path) -> Path | None:
 
 
 def pick_example_span(
-    abnormal_samples: np.ndarray, n_samples: int, fs: float, span_s: float = 30.0
+    abnormal_samples: np.ndarray,
+    n_samples: int,
+    fs: float,
+    span_s: float = 30.0,
+    normal_samples: np.ndarray | None = None,
 ) -> tuple[int, int]:
-    """A ``span_s`` second span ``[start, end)`` holding as many abnormal beats as possible."""
+    """A ``span_s`` second span ``[start, end)`` rich in abnormal beats.
+
+    With ``normal_samples`` the span maximises (abnormal + 1) x (normal + 1) beats, so it shows
+    both kinds side by side; otherwise it holds as many abnormal beats as possible.
+    """
     span = min(int(round(span_s * fs)), n_samples)
     if len(abnormal_samples) == 0:
         return 0, span
-    counts = np.searchsorted(abnormal_samples, abnormal_samples + span) - np.arange(
-        len(abnormal_samples)
+    abnormal_samples = np.sort(np.asarray(abnormal_samples))
+    starts = np.clip(abnormal_samples - int(2 * fs), 0, max(n_samples - span, 0))
+    n_ab = np.searchsorted(abnormal_samples, starts + span) - np.searchsorted(
+        abnormal_samples, starts
     )
-    first = int(abnormal_samples[int(np.argmax(counts))])
-    start = int(np.clip(first - int(2 * fs), 0, n_samples - span))
+    value = n_ab.astype(float)
+    if normal_samples is not None and len(normal_samples):
+        normal_samples = np.sort(np.asarray(normal_samples))
+        n_no = np.searchsorted(normal_samples, starts + span) - np.searchsorted(
+            normal_samples, starts
+        )
+        value = (n_ab + 1.0) * (n_no + 1.0)
+    start = int(starts[int(np.argmax(value))])
     return start, start + span
 
 
@@ -105,7 +121,10 @@ def plot_example(
         idx = np.flatnonzero(mask)
         a, b = pick_example_span(idx[:1], n, fs, span_s)
     else:
-        a, b = pick_example_span(abnormal, n, fs, span_s)
+        normal = None
+        if beat_samples is not None and beat_abnormal is not None:
+            normal = np.asarray(beat_samples)[~np.asarray(beat_abnormal, bool)]
+        a, b = pick_example_span(abnormal, n, fs, span_s, normal)
     t = np.arange(a, b) / fs
     plt = _pyplot()
     n_panels = 1 + max(1, len(point_scores))

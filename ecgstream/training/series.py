@@ -72,18 +72,31 @@ def train_series_array(
     """
     import torch
 
+    settings = dict(kind=kind, leads=leads, name=name, window=window, hop=hop, time_budget_s=time_budget_s,
+                    seed=seed, model_out=model_out, max_windows=max_windows)  # fmt: skip
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models train faster on one thread, most of all on a shared machine
+    # small models train faster on one thread, most of all on a shared machine
+    torch.set_num_threads(1)
     try:
-        return _train_series_array(
-            x, train_end, kind, leads, name, window, hop, time_budget_s, seed, model_out, max_windows, overrides
-        )
+        return _train_series_array(x, train_end, overrides, **settings)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_series_array(
-    x, train_end, kind, leads, name, window, hop, time_budget_s, seed, model_out, max_windows, overrides
+    x,
+    train_end,
+    overrides,
+    *,
+    kind,
+    leads,
+    name,
+    window,
+    hop,
+    time_budget_s,
+    seed,
+    model_out,
+    max_windows,
 ) -> SeriesResult:
     import torch
 
