@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 __all__ = ["ConfigError", "load", "coerce", "RunConfig", "ReplayConfig"]
 
@@ -54,7 +55,9 @@ def coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         if origin in (list, tuple):
             items = value.split(",") if isinstance(value, str) else list(value)
             inner = args[0] if args else str
-            return [coerce(v.strip() if isinstance(v, str) else v, inner, key, source) for v in items]
+            return [
+                coerce(v.strip() if isinstance(v, str) else v, inner, key, source) for v in items
+            ]
         if origin is dict or annotation is dict:
             if isinstance(value, str):
                 import json
@@ -89,7 +92,9 @@ def load(
         table = data.get(section, {})
         unknown = sorted(set(table) - set(fields))
         if unknown:
-            raise ConfigError(f"{path} [{section}]: unknown keys {unknown}; known: {sorted(fields)}")
+            raise ConfigError(
+                f"{path} [{section}]: unknown keys {unknown}; known: {sorted(fields)}"
+            )
         for key, value in table.items():
             values[key] = coerce(value, hints[key], key, f"{path} [{section}]")
     prefix = f"ECGSTREAM_{section.upper()}__"
@@ -97,7 +102,9 @@ def load(
         if name.startswith(prefix):
             key = name[len(prefix) :].lower()
             if key not in fields:
-                raise ConfigError(f"environment {name}: unknown key {key!r}; known: {sorted(fields)}")
+                raise ConfigError(
+                    f"environment {name}: unknown key {key!r}; known: {sorted(fields)}"
+                )
             values[key] = coerce(value, hints[key], key, f"environment {name}")
     for key, value in (flags or {}).items():
         if value is not None and key in fields:

@@ -11,14 +11,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "models" / "mmae-mitdb-mlii.onnx"
 
 
-def synthetic_ecg(duration_s: float, fs: int, heart_rate: int = 70, seed: int = 0, n_leads: int = 1) -> np.ndarray:
+def synthetic_ecg(
+    duration_s: float, fs: int, heart_rate: int = 70, seed: int = 0, n_leads: int = 1
+) -> np.ndarray:
     """``(n, n_leads)`` float32 ECG in mV from neurokit2 (a real simulator, not a sine)."""
     import neurokit2 as nk
 
     if n_leads == 12:
-        df = nk.ecg_simulate(duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, method="multileads", random_state=seed)
+        df = nk.ecg_simulate(
+            duration=duration_s,
+            sampling_rate=fs,
+            heart_rate=heart_rate,
+            method="multileads",
+            random_state=seed,
+        )
         return df.to_numpy(dtype=np.float32)
-    lead = nk.ecg_simulate(duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, noise=0.01, random_state=seed)
+    lead = nk.ecg_simulate(
+        duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, noise=0.01, random_state=seed
+    )
     return np.repeat(np.asarray(lead, np.float32)[:, None], n_leads, axis=1)
 
 
@@ -28,8 +38,15 @@ def write_record(folder: Path, name: str, signal: np.ndarray, fs: float, leads: 
 
     folder.mkdir(parents=True, exist_ok=True)
     wfdb.wrsamp(
-        name, fs=fs, units=["mV"] * len(leads), sig_name=leads, p_signal=signal.astype(np.float64),
-        fmt=["16"] * len(leads), adc_gain=[200.0] * len(leads), baseline=[0] * len(leads), write_dir=str(folder),
+        name,
+        fs=fs,
+        units=["mV"] * len(leads),
+        sig_name=leads,
+        p_signal=signal.astype(np.float64),
+        fmt=["16"] * len(leads),
+        adc_gain=[200.0] * len(leads),
+        baseline=[0] * len(leads),
+        write_dir=str(folder),
     )
     return folder / name
 
@@ -48,7 +65,11 @@ def ecg_folder(tmp_path_factory) -> Path:
 
 
 def make_tiny_model(
-    path: Path, leads: tuple[str, ...] = ("MLII",), fs: float = 100.0, window: int = 250, hop: int = 125
+    path: Path,
+    leads: tuple[str, ...] = ("MLII",),
+    fs: float = 100.0,
+    window: int = 250,
+    hop: int = 125,
 ) -> Path:
     """Export a small PCA reconstruction model (no torch) fitted on synthetic normal ECG windows.
 
@@ -69,8 +90,14 @@ def make_tiny_model(
     windows = np.concatenate(parts)
     model = fit_pca(windows, n_components=6)
     spec = ModelSpec(
-        name="tiny-pca", version="0.0.1", kind="pca", leads=list(leads), window=window, hop=hop,
-        preprocessing=cfg.to_dict(), score_norm=robust_norm(model.score_windows(windows)[1]),
+        name="tiny-pca",
+        version="0.0.1",
+        kind="pca",
+        leads=list(leads),
+        window=window,
+        hop=hop,
+        preprocessing=cfg.to_dict(),
+        score_norm=robust_norm(model.score_windows(windows)[1]),
         thresholds={"default": 5.0},
     )
     return export_pca(model, path, spec)

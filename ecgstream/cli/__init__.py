@@ -37,11 +37,13 @@ Not a certified medical device: decision support for research and engineering on
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ecgstream", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="ecgstream",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
+    for module_name in COMMANDS.values():
         try:
             module = importlib.import_module(f"ecgstream.cli.{module_name}")
         except ModuleNotFoundError as exc:

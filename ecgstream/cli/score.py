@@ -24,8 +24,10 @@ example:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "score", help="score records into per-sample and per-window scores (.npz)",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "score",
+        help="score records into per-sample and per-window scores (.npz)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="records, .hea files or folders")
     p.add_argument("--model", required=True, type=Path, help="exported .onnx model")
@@ -49,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         paths.extend([Path(raw)] if is_series_path(raw) else list_records(raw))
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in tqdm(paths, desc="scoring", unit="record", disable=args.no_progress or len(paths) < 2):
+    for path in tqdm(
+        paths, desc="scoring", unit="record", disable=args.no_progress or len(paths) < 2
+    ):
         try:
             series = is_series_path(path)
             scores = scorer.score_record(read_series(path) if series else read_record(path))

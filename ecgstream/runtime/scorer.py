@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelFileError, ModelSpec, read_spec
+from ecgstream.runtime.model_file import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    ModelFileError,
+    ModelSpec,
+    read_spec,
+)
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
@@ -36,7 +42,9 @@ def make_session(path: str | Path, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
         raise ModelFileError(f"{path}: not a loadable ONNX model: {exc}") from exc
 

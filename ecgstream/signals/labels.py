@@ -100,7 +100,9 @@ def _superclass_map(folder: Path) -> dict[str, str]:
 
     statements = pd.read_csv(folder / "scp_statements.csv", index_col=0)
     diag = statements[statements["diagnostic"] == 1.0]
-    return {code: str(cls) for code, cls in diag["diagnostic_class"].items() if isinstance(cls, str)}
+    return {
+        code: str(cls) for code, cls in diag["diagnostic_class"].items() if isinstance(cls, str)
+    }
 
 
 def ptbxl_table(folder: str | Path, resolution: str = "lr"):
@@ -122,7 +124,8 @@ def ptbxl_table(folder: str | Path, resolution: str = "lr"):
     db = pd.read_csv(db_file)
     classes = _superclass_map(folder)
     supers = [
-        sorted({classes[c] for c in ast.literal_eval(codes) if c in classes}) for codes in db["scp_codes"]
+        sorted({classes[c] for c in ast.literal_eval(codes) if c in classes})
+        for codes in db["scp_codes"]
     ]
     label = [(-1 if not s else (0 if s == ["NORM"] else 1)) for s in supers]
     table = pd.DataFrame(

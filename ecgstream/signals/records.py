@@ -99,7 +99,9 @@ def list_records(*paths: str | Path) -> list[Path]:
     return out
 
 
-def fill_short_nan_runs(signal: np.ndarray, fs: float, max_gap_s: float = MAX_NAN_GAP_S) -> np.ndarray:
+def fill_short_nan_runs(
+    signal: np.ndarray, fs: float, max_gap_s: float = MAX_NAN_GAP_S
+) -> np.ndarray:
     """Bridge NaN runs up to ``max_gap_s`` seconds by linear interpolation, per lead.
 
     Raises :class:`RecordError` naming the lead and position of a longer run, because a long
