@@ -12,8 +12,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,7 +19,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import synthetic_ecg, write_record
-from streaming.helpers import burst
+from streaming.helpers import burst, start_worker
 
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.webhook import WebhookConfig, WebhookDispatcher, new_secret
@@ -126,39 +124,6 @@ def _outbox_state(path) -> tuple[int, int]:
         db.close()
 
 
-def _worker(broker, topic, model, outbox, url, secret, log_path, idle_s):
-    env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
-    cmd = [
-        sys.executable,
-        "-m",
-        "ecgstream",
-        "-v",
-        "run",
-        "--bootstrap",
-        broker,
-        "--topic",
-        topic,
-        "--group",
-        f"g-{topic}",
-        "--model",
-        str(model),
-        "--outbox",
-        str(outbox),
-        "--webhook",
-        url,
-        "--alerts-out",
-        "",
-        "--min-windows",
-        "1",
-        "--max-idle-s",
-        str(idle_s),
-    ]
-    log = open(log_path, "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-    return proc
-
-
 @pytest.mark.integration
 def test_outbox_survives_a_worker_killed_during_the_outage(broker, tmp_path, energy_model):
     n_streams = 4
@@ -171,7 +136,7 @@ def test_outbox_survives_a_worker_killed_during_the_outage(broker, tmp_path, ene
     secret = new_secret()
     rx = FlakyReceiver(secret, mode="refused")  # the receiver is down from the start
     outbox = tmp_path / "outbox.sqlite"
-    a = _worker(broker, topic, energy_model, outbox, rx.url, secret, tmp_path / "a.log", 60)
+    a = start_worker(broker, topic, energy_model, outbox, tmp_path / "a.log", rx.url, secret, 60)
     b = None
     try:
         publish(
@@ -196,7 +161,9 @@ def test_outbox_survives_a_worker_killed_during_the_outage(broker, tmp_path, ene
         db.close()
         rx.set_mode("ok")
         t_back = time.time()
-        b = _worker(broker, topic, energy_model, outbox, rx.url, secret, tmp_path / "b.log", 60)
+        b = start_worker(
+            broker, topic, energy_model, outbox, tmp_path / "b.log", rx.url, secret, 60
+        )
         # the pending deliveries keep their backoff schedule across the restart (up to ~8 s here)
         assert rx.wait_delivered(stored_ids, timeout_s=45), (tmp_path / "b.log").read_text()[-3000:]
         time.sleep(1.0)

@@ -9,10 +9,7 @@ nothing is left pending in the SQLite outbox.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,7 +18,7 @@ from collections import defaultdict
 import pytest
 from conftest import synthetic_ecg, write_record
 from sinks.receiver import Receiver
-from streaming.helpers import burst
+from streaming.helpers import burst, start_worker
 
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.webhook import new_secret
@@ -35,38 +32,17 @@ N_STREAMS = 6
 
 
 def _worker(name, broker, topic, model, tmp_path, url, secret, idle_s):
-    env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
-    cmd = [
-        sys.executable,
-        "-m",
-        "ecgstream",
-        "-v",
-        "run",
-        "--bootstrap",
+    return start_worker(
         broker,
-        "--topic",
         topic,
-        "--group",
-        f"g-{topic}",
-        "--model",
-        str(model),
-        "--outbox",
-        str(tmp_path / "outbox.sqlite"),
-        "--webhook",
+        model,
+        tmp_path / "outbox.sqlite",
+        tmp_path / f"{name}.log",
         url,
-        "--scores-out",
-        str(tmp_path / f"{name}.jsonl"),
-        "--alerts-out",
-        "",
-        "--min-windows",
-        "1",
-        "--max-idle-s",
-        str(idle_s),
-    ]
-    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    log.close()
-    return proc
+        secret,
+        idle_s=idle_s,
+        scores_out=tmp_path / f"{name}.jsonl",
+    )
 
 
 def _scores(path) -> list[tuple[str, int]]:

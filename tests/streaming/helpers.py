@@ -64,3 +64,39 @@ def burst(signal: np.ndarray, fs: float, at_s: float, dur_s: float, amp: float =
     t = np.arange(b - a) / fs
     out[a:b] += (amp * np.sin(2 * np.pi * 25 * t))[:, None].astype(out.dtype)
     return out
+
+
+def start_worker(
+    broker: str,
+    topic: str,
+    model: Path,
+    outbox: Path,
+    log_path: Path,
+    webhook_url: str,
+    secret: str,
+    idle_s: float,
+    scores_out: Path | None = None,
+):
+    """Start ``python -m ecgstream -v run`` as its own process in consumer group ``g-<topic>``.
+
+    Alerts go to the webhook only (one per window: ``--min-windows 1``); the worker exits after
+    ``idle_s`` seconds without messages. Output goes to ``log_path``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        *("--bootstrap", broker, "--topic", topic, "--group", f"g-{topic}"),
+        *("--model", str(model), "--outbox", str(outbox), "--webhook", webhook_url),
+        *(("--scores-out", str(scores_out)) if scores_out else ()),
+        *("--alerts-out", "", "--min-windows", "1", "--max-idle-s", str(idle_s)),
+    ]
+    env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ecgstream", "-v", "run", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +16,7 @@ from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
 
-from .helpers import burst
+from .helpers import burst, start_worker
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
@@ -28,36 +25,17 @@ N_STREAMS = 8
 
 
 def _worker(name, broker, topic, model, tmp_path, rx, secret):
-    env = {**os.environ, "ECGSTREAM_RUN__WEBHOOK_SECRET": secret}
-    cmd = [
-        sys.executable,
-        "-m",
-        "ecgstream",
-        "-v",
-        "run",
-        "--bootstrap",
+    return start_worker(
         broker,
-        "--topic",
         topic,
-        "--group",
-        f"g-{topic}",
-        "--model",
-        str(model),
-        "--outbox",
-        str(tmp_path / f"{name}.sqlite"),
-        "--webhook",
+        model,
+        tmp_path / f"{name}.sqlite",
+        tmp_path / f"{name}.log",
         rx.url,
-        "--scores-out",
-        str(tmp_path / f"{name}.jsonl"),
-        "--alerts-out",
-        "",
-        "--min-windows",
-        "1",
-        "--max-idle-s",
-        "10",
-    ]
-    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
+        secret,
+        idle_s=10,
+        scores_out=tmp_path / f"{name}.jsonl",
+    )
 
 
 def _scores(path):
@@ -92,8 +70,8 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
     ensure_topics(broker, [topic], 4)
     secret = new_secret()
     rx = Receiver(secret)
-    a, log_a = _worker("a", broker, topic, energy_model, tmp_path, rx, secret)
-    b, log_b = _worker("b", broker, topic, energy_model, tmp_path, rx, secret)
+    a = _worker("a", broker, topic, energy_model, tmp_path, rx, secret)
+    b = _worker("b", broker, topic, energy_model, tmp_path, rx, secret)
     try:
         # both members joined: each was assigned a share of the partitions
         joined = _wait(
@@ -119,10 +97,9 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
         feeder.join(60)
         assert b.wait(90) == 0, (tmp_path / "b.log").read_text()[-3000:]
     finally:
-        for p, log in ((a, log_a), (b, log_b)):
+        for p in (a, b):
             if p.poll() is None:
                 p.kill()
-            log.close()
     scored = _scores(tmp_path / "a.jsonl") | _scores(tmp_path / "b.jsonl")
     assert _scores(tmp_path / "b.jsonl"), "worker b scored nothing"
     a0 = int(T0 * 100)  # window ids: absolute start samples at 100 Hz, hop 100
@@ -171,7 +148,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(broker, tmp_path, energy_m
     )
     secret = new_secret()
     rx = Receiver(secret)
-    proc, log = _worker("w", broker, topic, energy_model, tmp_path, rx, secret)
+    proc = _worker("w", broker, topic, energy_model, tmp_path, rx, secret)
     try:
         assert _wait(lambda: len(_scores(tmp_path / "w.jsonl")) >= 14, 40), (
             tmp_path / "w.log"
@@ -182,7 +159,6 @@ def test_sigterm_finishes_the_batch_commits_and_exits(broker, tmp_path, energy_m
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
         rx.close()
     text = (tmp_path / "w.log").read_text()
     assert "windows scored: 14" in text and "revoked" in text  # summary printed, group left
