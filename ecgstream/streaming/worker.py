@@ -264,11 +264,11 @@ class Worker:
                     break
                 if time.time() - self._broker_checked >= 1.0:
                     self._check_broker()
+                    self._update_lag()
                 if time.time() - last_lag > 5.0:
                     # streams that ended no longer hold their partition's committed offset back
                     if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
                         self._commit()
-                    self._update_lag()
                     last_lag = time.time()
         finally:
             self.close()
@@ -446,12 +446,37 @@ class Worker:
             )
 
     def _update_lag(self) -> None:
+        """Export the consumer lag, and re-read partitions whose log now ends before our position.
+
+        A position past the end of a partition means its log was truncated or the topic was
+        recreated (a broker that lost its storage): the records there now were never read, so
+        the partition is read again from its committed offset, or from its beginning.
+        """
+        behind = []
         try:
             lag = 0
             for tp in self.consumer.assignment():
                 hw = self.consumer.highwater(tp)
-                if hw is not None:
-                    lag += max(0, hw - self.consumer.position(tp))
+                if hw is None:
+                    continue
+                position = self.consumer.position(tp)
+                if position > hw:
+                    behind.append((tp, position, hw))
+                lag += max(0, hw - position)
             self.metrics.lag.set(lag)
         except Exception:  # metrics must never stop the worker
             log.debug("lag update failed", exc_info=True)
+        for tp, position, hw in behind:
+            committed = self.consumer.committed(tp)
+            log.warning(
+                "partition %d ends at offset %d, before this worker's position %d: its log was "
+                "truncated or the topic recreated; reading it again from offset %s",
+                tp.partition,
+                hw,
+                position,
+                committed if committed is not None and committed <= hw else "0",
+            )
+            if committed is not None and committed <= hw:
+                self.consumer.seek(tp, committed)
+            else:
+                self.consumer.seek_to_beginning(tp)
