@@ -9,7 +9,7 @@ the broker is back is scored. Windows whose samples straddle the outage may be l
 was only in the killed broker's memory); the test prints how many.
 
 Not in the default run (marker ``broker_restart``): with Tansu's in-memory restart it fails
-about one run in three here, because after the topic is recreated the consumer, although it
+about three runs in eight here, because after the topic is recreated the consumer, although it
 detects that the partition now ends before its position and seeks back to the start, sometimes
 receives nothing more before the run ends (see docs/reliability.md). Run it on demand with
 ``pytest -m broker_restart tests/reliability``.
