@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import tomllib
 
-__all__ = ["ConfigError", "load", "coerce", "RunConfig", "ReplayConfig"]
+__all__ = ["ConfigError", "load", "coerce", "KafkaSecurityConfig", "RunConfig", "ReplayConfig"]
 
 T = TypeVar("T")
 
@@ -112,8 +112,41 @@ def load(
     return cls(**values)
 
 
+#: Fields whose values are secrets: shown as ``***`` in a config's repr.
+SECRET_FIELDS = ("webhook_secret", "ssl_password", "sasl_password")
+
+
 @dataclasses.dataclass
-class RunConfig:
+class KafkaSecurityConfig:
+    """Kafka transport security (TLS, SASL), passed through to kafka-python.
+
+    Shared by ``[run]`` and ``[replay]``; see ``ecgstream/streaming/security.py``. Secrets may
+    also come from ``*_file`` paths, and never appear in the repr (so not in logs or tracebacks).
+    """
+
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_crlfile: str = ""
+    ssl_check_hostname: bool = True
+    ssl_password: str = ""
+    ssl_password_file: str = ""
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    sasl_password_file: str = ""
+
+    def __repr__(self) -> str:
+        fields = (
+            f"{f.name}={'***' if f.name in SECRET_FIELDS and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+        )
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+
+@dataclasses.dataclass(repr=False)  # keeps the secret-hiding repr
+class RunConfig(KafkaSecurityConfig):
     """``[run]``: the streaming worker (``ecgstream run``).
 
     Kafka: ``bootstrap`` servers, raw ``topic``, consumer ``group``, dead-letter ``dlq_topic``,
@@ -154,32 +187,11 @@ class RunConfig:
     technical: bool = True
     flat_ptp: float = 0.01
     saturation_level: float = 10.0
-    # secrets from files, and Kafka transport security (see ecgstream/streaming/security.py)
     webhook_secret_file: str = ""
-    security_protocol: str = "PLAINTEXT"
-    ssl_cafile: str = ""
-    ssl_certfile: str = ""
-    ssl_keyfile: str = ""
-    ssl_crlfile: str = ""
-    ssl_check_hostname: bool = True
-    ssl_password: str = ""
-    ssl_password_file: str = ""
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = ""
-    sasl_password_file: str = ""
-
-    def __repr__(self) -> str:  # secrets never reach logs or tracebacks
-        hidden = ("webhook_secret", "ssl_password", "sasl_password")
-        fields = (
-            f"{f.name}={'***' if f.name in hidden and getattr(self, f.name) else repr(getattr(self, f.name))}"
-            for f in dataclasses.fields(self)
-        )
-        return f"RunConfig({', '.join(fields)})"
 
 
-@dataclasses.dataclass
-class ReplayConfig:
+@dataclasses.dataclass(repr=False)  # keeps the secret-hiding repr
+class ReplayConfig(KafkaSecurityConfig):
     """``[replay]``: publishing WFDB records to Kafka as live streams (``ecgstream replay``).
 
     ``chunk_s`` seconds per message; ``speed`` 1 = real time, 0 = as fast as possible;
@@ -197,15 +209,3 @@ class ReplayConfig:
     sample_type: str = "int16"
     limit_s: float = 0.0
     loop: bool = False
-    security_protocol: str = "PLAINTEXT"
-    ssl_cafile: str = ""
-    ssl_certfile: str = ""
-    ssl_keyfile: str = ""
-    ssl_crlfile: str = ""
-    ssl_check_hostname: bool = True
-    ssl_password: str = ""
-    ssl_password_file: str = ""
-    sasl_mechanism: str = ""
-    sasl_username: str = ""
-    sasl_password: str = ""
-    sasl_password_file: str = ""

@@ -24,7 +24,7 @@ from sinks.receiver import Receiver
 from streaming.conftest import free_port
 from streaming.helpers import burst
 
-from ecgstream.config import ConfigError, RunConfig, load
+from ecgstream.config import ConfigError, ReplayConfig, RunConfig, load
 from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
@@ -256,3 +256,13 @@ def test_library_logs_at_debug_never_show_the_secret(caplog, tmp_path):
     assert "410" in caplog.text
     for form in _secret_forms(secret):
         assert form not in caplog.text
+
+
+@pytest.mark.parametrize("cls", [RunConfig, ReplayConfig])
+def test_config_repr_hides_every_secret(cls):
+    cfg = cls(ssl_password="tls-pw-123", sasl_password="sasl-pw-456")
+    if cls is RunConfig:
+        cfg.webhook_secret = "whsec-789"
+    text = repr(cfg)
+    assert "sasl_password=" in text and "ssl_password=" in text
+    assert not any(s in text for s in ("tls-pw-123", "sasl-pw-456", "whsec-789")), text
