@@ -7,8 +7,6 @@ the tests assert on it and ``benchmarks/reliability_*.py`` write it to JSON and 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import signal
@@ -22,6 +20,7 @@ from pathlib import Path
 from conftest import synthetic_ecg, write_record
 from prometheus_client.parser import text_string_to_metric_families
 from streaming.conftest import free_port
+from streaming.helpers import read_scores, wait_until
 
 from .broker import TansuBroker
 
@@ -57,24 +56,6 @@ def scrape(port: int) -> dict[str, float]:
             )
             out[key] = s.value
     return out
-
-
-def read_scores(path: Path) -> list[dict]:
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):  # a killed worker's last line may be cut
-                out.append(json.loads(line))
-    return out
-
-
-def _wait(pred, timeout_s: float, step: float = 0.2) -> bool:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def broker_outage(
@@ -130,7 +111,7 @@ def broker_outage(
     replay = None
     res: dict = {"outage_s": outage_s, "streams": n_streams, "seconds": seconds}
     try:
-        if not _wait(lambda: "assigned" in (workdir / "worker.log").read_text(), 40):
+        if not wait_until(lambda: "assigned" in (workdir / "worker.log").read_text(), 40):
             raise RuntimeError(
                 "worker did not join: " + (workdir / "worker.log").read_text()[-2000:]
             )
@@ -144,7 +125,7 @@ def broker_outage(
         res["windows_before"] = len(read_scores(workdir / "scores.jsonl"))
         broker.stop()  # SIGKILL: in-memory topics and offsets are gone
         t_down = time.time()
-        _wait(lambda: scrape(port).get("ecgstream_broker_up") == 0, min(outage_s, 10))
+        wait_until(lambda: scrape(port).get("ecgstream_broker_up") == 0, min(outage_s, 10))
         res["metrics_during"] = scrape(port)
         time.sleep(max(0.0, outage_s - (time.time() - t_down)))
         res["worker_alive_during_outage"] = worker.poll() is None
@@ -157,7 +138,7 @@ def broker_outage(
             t_last = max((s["start_s"] for s in scores), default=0.0)
             return len({s["stream"] for s in scores if s["start_s"] >= t_last - 0.5}) == n_streams
 
-        _wait(last_windows_scored, 120, step=1.0)
+        wait_until(last_windows_scored, 120, step=1.0)
         time.sleep(2.0)
         res["recovered_after_s"] = round(time.time() - t_up, 1)
         res["metrics_after"] = scrape(port)
@@ -256,7 +237,7 @@ def webhook_outage(
     procs = [worker("a")]
     replay = None
     try:
-        if not _wait(lambda: "assigned" in (workdir / "a.log").read_text(), 40):
+        if not wait_until(lambda: "assigned" in (workdir / "a.log").read_text(), 40):
             raise RuntimeError((workdir / "a.log").read_text()[-2000:])
         replay = run_cli(
             ["replay", str(folder), *common, "--partitions", "2", "--speed", "1", "--no-progress"],
@@ -283,7 +264,7 @@ def webhook_outage(
             finally:
                 db.close()
 
-        ok = _wait(lambda: stored_ids() <= rx.delivered(), 600, step=0.5)
+        ok = wait_until(lambda: stored_ids() <= rx.delivered(), 600, step=0.5)
         res["all_delivered"] = ok
         delivered_at = {}
         with rx.lock:

@@ -8,7 +8,6 @@ nothing is left pending in the SQLite outbox.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -18,7 +17,7 @@ from collections import defaultdict
 import pytest
 from conftest import synthetic_ecg, write_record
 from sinks.receiver import Receiver
-from streaming.helpers import burst, start_worker
+from streaming.helpers import burst, read_scores, start_worker, wait_until
 
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.webhook import new_secret
@@ -46,24 +45,7 @@ def _worker(name, broker, topic, model, tmp_path, url, secret, idle_s):
 
 
 def _scores(path) -> list[tuple[str, int]]:
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                s = json.loads(line)
-            except ValueError:
-                continue  # the last line written by a killed worker may be cut
-            out.append((s["stream"], s["window"]))
-    return out
-
-
-def _wait(pred, timeout_s):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
+    return [(s["stream"], s["window"]) for s in read_scores(path)]
 
 
 def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, energy_model):
@@ -82,7 +64,7 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     a = _worker("a", broker, topic, energy_model, tmp_path, rx.url, secret, 60)
     b = None
     try:
-        assert _wait(lambda: "assigned" in (tmp_path / "a.log").read_text(), 40), (
+        assert wait_until(lambda: "assigned" in (tmp_path / "a.log").read_text(), 40), (
             tmp_path / "a.log"
         ).read_text()[-2000:]
         feeder = threading.Thread(
@@ -91,7 +73,7 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
             kwargs=dict(speed=3.0, t_start=T0, progress=False),
         )
         feeder.start()
-        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 6 * N_STREAMS, 40), (
+        assert wait_until(lambda: len(_scores(tmp_path / "a.jsonl")) >= 6 * N_STREAMS, 40), (
             "worker a scored too little"
         )
         a.send_signal(signal.SIGKILL)
@@ -119,7 +101,7 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     stored = {x["id"]: x for x in box.alerts()}
     counts = box.counts()
     box.close()
-    assert _wait(lambda: set(stored) <= set(rx.alerts), 20), (
+    assert wait_until(lambda: set(stored) <= set(rx.alerts), 20), (
         "an alert in the outbox never reached the receiver"
     )
     rx.close()

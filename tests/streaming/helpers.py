@@ -100,3 +100,28 @@ def start_worker(
             stderr=subprocess.STDOUT,
             env=env,
         )
+
+
+def read_scores(path: Path) -> list[dict]:
+    """The JSON lines a worker wrote with ``--scores-out`` (a killed worker's cut last line skipped)."""
+    import contextlib
+    import json
+
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def wait_until(pred, timeout_s: float, step: float = 0.2) -> bool:
+    """Poll ``pred()`` every ``step`` seconds until it is true (True) or ``timeout_s`` passes (False)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -16,7 +15,7 @@ from ecgstream.sinks.webhook import new_secret
 from ecgstream.streaming.kafka import ensure_topics, make_producer
 from ecgstream.streaming.replay import plan_streams, publish
 
-from .helpers import burst, start_worker
+from .helpers import burst, read_scores, start_worker, wait_until
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
@@ -39,24 +38,7 @@ def _worker(name, broker, topic, model, tmp_path, rx, secret):
 
 
 def _scores(path):
-    out = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                s = json.loads(line)
-            except ValueError:
-                continue  # the last line of a killed worker may be cut
-            out.add((s["stream"], s["window"]))
-    return out
-
-
-def _wait(pred, timeout_s):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
+    return {(s["stream"], s["window"]) for s in read_scores(path)}
 
 
 def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model):
@@ -74,7 +56,7 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
     b = _worker("b", broker, topic, energy_model, tmp_path, rx, secret)
     try:
         # both members joined: each was assigned a share of the partitions
-        joined = _wait(
+        joined = wait_until(
             lambda: all("assigned" in (tmp_path / f"{n}.log").read_text() for n in "ab"), 40
         )
         assert joined, (tmp_path / "a.log").read_text()[-2000:] + (tmp_path / "b.log").read_text()[
@@ -89,7 +71,7 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
             kwargs=dict(speed=4.0, t_start=T0, progress=False),
         )
         feeder.start()
-        assert _wait(lambda: len(_scores(tmp_path / "a.jsonl")) >= 10, 30), (
+        assert wait_until(lambda: len(_scores(tmp_path / "a.jsonl")) >= 10, 30), (
             "worker a scored nothing"
         )
         a.send_signal(signal.SIGKILL)
@@ -112,7 +94,7 @@ def test_sigkill_one_worker_the_other_takes_over(broker, tmp_path, energy_model)
     ]
     assert not missing, f"{len(missing)} windows never scored, e.g. {missing[:5]}"
     # receivers de-duplicate on webhook-id; a window alerted by both workers has one id
-    assert _wait(
+    assert wait_until(
         lambda: (
             {a["stream"] for a in rx.alerts.values()} >= {f"s{i}" for i in range(0, N_STREAMS, 2)}
         ),
@@ -150,7 +132,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits(broker, tmp_path, energy_m
     rx = Receiver(secret)
     proc = _worker("w", broker, topic, energy_model, tmp_path, rx, secret)
     try:
-        assert _wait(lambda: len(_scores(tmp_path / "w.jsonl")) >= 14, 40), (
+        assert wait_until(lambda: len(_scores(tmp_path / "w.jsonl")) >= 14, 40), (
             tmp_path / "w.log"
         ).read_text()[-2000:]
         time.sleep(0.5)
