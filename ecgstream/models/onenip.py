@@ -18,46 +18,32 @@ Score of a token = softplus(refiner logit) + reconstruction residual (in units o
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecgstream.models.token_core import QueryDecoder, TokenCore, neighbour_mask, residual_score
+from ecgstream.models.token_core import NeighbourQueryHead, residual_score
 
 __all__ = ["OneNIPHead"]
 
 
-class OneNIPHead(nn.Module):
+class OneNIPHead(NeighbourQueryHead):
     """Prompted token reconstruction with a restoration stream and a refiner.
 
-    ``feat_dim`` token width, ``grid`` token grid ``(rows, cols)``, ``dim`` transformer width.
+    Arguments as :class:`~ecgstream.models.token_core.NeighbourQueryHead` (``feat_dim``,
+    ``grid``, ``dim``, ``depth``, ``decoder_depth``, ``heads``, ``radius``, ``jitter``).
     """
 
-    def __init__(
-        self,
-        feat_dim: int,
-        grid: tuple[int, int],
-        dim: int = 64,
-        depth: int = 1,
-        decoder_depth: int = 2,
-        heads: int = 4,
-        radius: int = 1,
-        jitter: float = 0.2,
-    ):
-        super().__init__()
-        self.grid, self.jitter = tuple(grid), jitter
+    prompt = True
+
+    def __init__(self, feat_dim: int, grid: tuple[int, int], *args: Any, **kwargs: Any):
+        super().__init__(feat_dim, grid, *args, **kwargs)
         rows, cols = self.grid
         n = rows * cols
-        self.inp = nn.Linear(feat_dim, dim)
-        self.pos = nn.Parameter(torch.randn(1, n, dim) * 0.02)
-        self.prompt_type = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.core = TokenCore(dim, depth=depth, heads=heads, decoder_depth=0)
-        self.decoder = QueryDecoder(dim, n, depth=decoder_depth, heads=heads)
-        self.out = nn.Linear(dim, feat_dim)
-        near = neighbour_mask(self.grid, radius)
         free = torch.zeros(n, 2 * n + rows, dtype=torch.bool)  # [own tokens, enrolment, medians]
-        free[:, :n] = near
-        self.register_buffer("near", near)
+        free[:, :n] = self.near
         self.register_buffer("memory_mask", free)
         self.register_buffer("enrol", torch.zeros(1, n, feat_dim))
         self.register_buffer("residual_scale", torch.ones(()))
@@ -82,8 +68,7 @@ class OneNIPHead(nn.Module):
         reference = tokens if clean_reference is None else clean_reference
         enrol = self.inp(self.enrol) + self.pos + self.prompt_type  # (1, N, dim)
         median = self.inp(self.row_median(reference)) + self.prompt_type  # (B, rows, dim)
-        memory = self.core.encode(self.inp(tokens) + self.pos, mask=self.near)
-        memory = torch.cat([memory, enrol.expand(tokens.shape[0], -1, -1), median], 1)
+        memory = torch.cat([self.encode(tokens), enrol.expand(tokens.shape[0], -1, -1), median], 1)
         return self.out(self.decoder(memory, mask=self.memory_mask))
 
     def _refiner_input(self, tokens: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:

