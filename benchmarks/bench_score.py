@@ -11,9 +11,12 @@ does, so both are reported with the load average at the start:
 
 1. ``ecgstream score`` as a user runs it (a new process: start-up, imports, reading the record,
    preprocessing, inference, writing the npz) -> x real time = record duration / wall time.
-2. The same work in-process (``Scorer.score_record`` on a record already read), i.e. without the
+2. Where the time of 1. goes: the same steps timed one by one in a fresh process (interpreter
+   start, imports, model load, read, preprocess, windows, inference, mapping back, npz).
+   Everything but the inference is what start-up work costs a user scoring one record.
+3. The same work in-process (``Scorer.score_record`` on a record already read), i.e. without the
    Python start-up.
-3. ONNX Runtime vs PyTorch eager (``torch.no_grad``) on the same batches of windows (all windows
+4. ONNX Runtime vs PyTorch eager (``torch.no_grad``) on the same batches of windows (all windows
    of the record, batch 64): seconds and the ratio.
 
 The torch model is built from the spec's architecture parameters; with ``--model`` omitted an
@@ -103,6 +106,60 @@ def time_cli(model: Path, record: Path, out: Path, repeats: int) -> tuple[list[f
         if proc.returncode != 0:
             raise RuntimeError(f"ecgstream score failed: {proc.stderr}")
     return times, cpu
+
+
+#: the steps of ``ecgstream score`` on one record (as in ``Scorer.score_signal``), each timed;
+#: run in a fresh process, prints one JSON line of seconds per step
+STAGES = """
+import time
+t0 = time.perf_counter()
+import json, sys
+import numpy as np
+from ecgstream.cli import score
+from ecgstream.runtime.scorer import RecordScores, Scorer
+from ecgstream.signals.preprocess import preprocess
+from ecgstream.signals.records import read_record, select_leads
+from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
+t = {"imports_s": time.perf_counter() - t0}
+def lap(name, t0=[time.perf_counter()]):
+    now = time.perf_counter(); t[name] = now - t0[0]; t0[0] = now
+model, path, out = sys.argv[1:4]
+scorer = Scorer(model, threads=1); spec = scorer.spec; lap("model_load_s")
+rec = read_record(path); sig = select_leads(rec, spec.leads).signal; lap("read_s")
+x, delay = preprocess(sig, rec.fs, spec.preprocess_config); lap("preprocess_s")
+starts = window_starts(len(x), spec.window, spec.hop); w = frame(x, starts, spec.window); lap("windows_s")
+p_raw, w_raw = scorer.score_windows(w); lap("inference_s")
+point = to_record_rate(overlap_average(spec.normalise(p_raw), starts, len(x)), spec.fs, rec.fs,
+                       len(sig), delay); lap("map_back_s")
+RecordScores(rec.name, rec.fs, point, starts, starts, spec.normalise(w_raw)).save_npz(out)
+lap("write_s")
+t["loaded"] = [m for m in ("scipy.signal", "wfdb", "pandas", "tqdm", "torch", "matplotlib")
+               if m in sys.modules]
+print(json.dumps(t))
+"""
+
+
+def cli_stages(model: Path, record: Path, out: Path, repeats: int) -> dict:
+    """Median seconds per step of ``ecgstream score`` in fresh processes on core 0 (see STAGES)."""
+    taskset = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs, starts = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([*taskset, sys.executable, "-c", "pass"], env=env, check=True)
+        starts.append(time.perf_counter() - t0)
+        proc = subprocess.run(
+            [*taskset, sys.executable, "-c", STAGES, str(model), str(record), str(out / "st.npz")],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    stages = {"interpreter_start_s": statistics.median(starts)}
+    for key in runs[0]:
+        if key.endswith("_s"):
+            stages[key] = statistics.median(r[key] for r in runs)
+    stages["non_inference_s"] = sum(v for k, v in stages.items() if k != "inference_s")
+    stages["modules_loaded"] = runs[0]["loaded"]
+    return stages
 
 
 def time_in_process(
@@ -219,6 +276,8 @@ def main() -> int:
         spec = read_spec(model)
         load_before = os.getloadavg()[0]
         cli, cli_cpu = time_cli(model, record, tmp / "out", args.repeats)
+        (tmp / "out").mkdir(exist_ok=True)
+        stages_cli = cli_stages(model, record, tmp / "out", args.repeats)
         inproc, inproc_cpu, stages = time_in_process(model, record, args.repeats)
         ratio = ort_vs_torch(model, record, args.repeats)
         result = {
@@ -245,6 +304,7 @@ def main() -> int:
                 "runs": cli_cpu,
             },
             "cli_x_realtime": duration / statistics.median(cli),
+            "cli_stages_s": stages_cli,
             "cli_x_realtime_cpu": duration / statistics.median(cli_cpu),
             "in_process_s": {
                 "median": statistics.median(inproc),
@@ -273,6 +333,10 @@ def main() -> int:
         f"{result['cli_x_realtime']:.0f}x real time, {result['cli_cpu_s']['median']:.2f} s CPU = "
         f"{result['cli_x_realtime_cpu']:.0f}x; in-process {result['in_process_x_realtime']:.0f}x wall, "
         f"{result['in_process_x_realtime_cpu']:.0f}x CPU; target {TARGET_X_REALTIME:.0f}x"
+    )
+    print(
+        "steps of one fresh `ecgstream score` process (median s): "
+        + ", ".join(f"{k[:-2]} {v:.3f}" for k, v in stages_cli.items() if k.endswith("_s"))
     )
     if "speedup_ort_over_torch" in ratio:
         print(

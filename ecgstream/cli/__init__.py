@@ -35,7 +35,12 @@ Not a certified medical device: decision support for research and engineering on
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``ecgstream`` parser; with ``only`` a command name, just that sub-command is imported.
+
+    Sub-command modules import their heavy dependencies when they run, and only the named
+    command's module is imported here, which keeps ``ecgstream score ...`` start-up short.
+    """
     parser = argparse.ArgumentParser(
         prog="ecgstream",
         description=DESCRIPTION,
@@ -43,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMANDS.values():
+    names = [COMMANDS[only]] if only in COMMANDS else COMMANDS.values()
+    for module_name in names:
         try:
             module = importlib.import_module(f"ecgstream.cli.{module_name}")
         except ModuleNotFoundError as exc:
@@ -54,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -39,8 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.signals.records import RecordError, list_records, read_record
     from ecgstream.signals.series import is_series_path, read_series
@@ -51,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
         paths.extend([Path(raw)] if is_series_path(raw) else list_records(raw))
     args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in tqdm(
-        paths, desc="scoring", unit="record", disable=args.no_progress or len(paths) < 2
-    ):
+    progress = paths
+    if not args.no_progress and len(paths) > 1:
+        from tqdm import tqdm
+
+        progress = tqdm(paths, desc="scoring", unit="record")
+    for path in progress:
         try:
             series = is_series_path(path)
             scores = scorer.score_record(read_series(path) if series else read_record(path))

@@ -8,6 +8,7 @@ shape ``(n_samples, n_leads)``.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,15 +133,111 @@ def fill_short_nan_runs(
     return signal
 
 
-def read_record(path: str | Path, leads: list[str] | None = None) -> Record:
-    """Read a WFDB record in physical units, optionally keeping only ``leads`` (by name)."""
+#: digital value that marks a missing sample, per supported signal file format
+_INVALID = {"212": -2048, "16": -32768}
+_GAIN = re.compile(r"^(-?\d*\.?\d*(?:e[+-]?\d+)?)(?:\((-?\d+)\))?(?:/(\S+))?$")
+
+
+@dataclass
+class _Header:
+    """What :func:`_read_simple` needs from a single-segment WFDB header."""
+
+    fs: float
+    n_samples: int
+    file_name: str
+    fmt: str
+    gain: np.ndarray
+    baseline: np.ndarray
+    units: list[str]
+    names: list[str]
+
+
+def _parse_header(text: str) -> _Header | None:
+    """The header of a record :func:`_read_simple` can read, or None for anything else.
+
+    Covered: one segment, every signal in one file, format 212 or 16, one sample per frame, no
+    skew or byte offset, the sample count and every signal field given. Other headers (and
+    malformed ones) go to ``wfdb``, which reads or rejects them.
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        return None
+    rec = lines[0].split()
+    if len(rec) < 4 or "/" in rec[0] or not rec[1].isdigit() or not rec[3].isdigit():
+        return None
+    fs_text = re.match(r"\d*\.?\d*", rec[2]).group()
+    n_sig, n_samples = int(rec[1]), int(rec[3])
+    if not fs_text or fs_text == "." or n_sig < 1 or len(lines) != n_sig + 1:
+        return None
+    files, fmts, gains, baselines, units, names = set(), set(), [], [], [], []
+    for line in lines[1:]:
+        f = line.split(maxsplit=8)
+        if len(f) < 9 or f[1] not in _INVALID:
+            return None
+        gain = _GAIN.match(f[2])
+        if gain is None or not gain.group(1) or not f[4].lstrip("-").isdigit():
+            return None
+        files.add(f[0])
+        fmts.add(f[1])
+        gains.append(float(gain.group(1)) or 200.0)
+        baselines.append(int(gain.group(2)) if gain.group(2) is not None else int(f[4]))
+        units.append(gain.group(3) or "mV")
+        names.append(f[8])
+    if len(files) != 1 or len(fmts) != 1:
+        return None
+    return _Header(
+        fs=float(fs_text),
+        n_samples=n_samples,
+        file_name=files.pop(),
+        fmt=fmts.pop(),
+        gain=np.array(gains, dtype=np.float64),
+        baseline=np.array(baselines, dtype=np.float64),
+        units=units,
+        names=names,
+    )
+
+
+def _decode_212(raw: np.ndarray, n: int) -> np.ndarray:
+    """Format 212: two 12-bit two's-complement samples in every three bytes."""
+    triplets = np.zeros(-(-n // 2) * 3, dtype=np.uint8)
+    triplets[: min(len(raw), len(triplets))] = raw[: len(triplets)]
+    b = triplets.reshape(-1, 3).astype(np.int16)
+    out = np.empty((len(b), 2), dtype=np.int16)
+    out[:, 0] = b[:, 0] | ((b[:, 1] & 0x0F) << 8)
+    out[:, 1] = b[:, 2] | ((b[:, 1] >> 4) << 8)
+    out = out.ravel()[:n]
+    out[out > 2047] -= 4096
+    return out
+
+
+def _read_simple(path: Path, header: _Header) -> tuple[np.ndarray, float, list[str], list[str]]:
+    """Physical samples ``(n, n_sig)`` float64 of a record :func:`_parse_header` accepted."""
+    n_sig = len(header.names)
+    n = header.n_samples * n_sig
+    data_path = path.parent / header.file_name
+    try:
+        raw = np.fromfile(data_path, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise RecordError(f"{path}: signal file {data_path} not found") from exc
+    need = -(-n * 3 // 2) if header.fmt == "212" else 2 * n
+    if len(raw) < need:
+        raise RecordError(
+            f"{path}: signal file {data_path} has {len(raw)} bytes, the header needs {need}"
+        )
+    digital = _decode_212(raw, n) if header.fmt == "212" else raw[:need].view("<i2")
+    digital = digital.reshape(header.n_samples, n_sig)
+    signal = digital.astype(np.float64)
+    np.subtract(signal, header.baseline, signal)
+    np.divide(signal, header.gain, signal)
+    signal[digital == _INVALID[header.fmt]] = np.nan
+    return signal, header.fs, header.names, header.units
+
+
+def _read_wfdb(path: Path) -> tuple[np.ndarray, float, list[str], list[str]]:
+    """Any record ``wfdb`` reads (multi-segment, other formats, ...), as :func:`_read_simple`."""
     import wfdb
 
-    path = Path(path)
-    if path.suffix in (".hea", ".dat"):
-        path = path.with_suffix("")
-    if not path.with_suffix(".hea").exists():
-        raise RecordError(f"{path}: record header {path.with_suffix('.hea')} not found")
     try:
         rec = wfdb.rdrecord(str(path))
     except FileNotFoundError as exc:
@@ -149,19 +246,35 @@ def read_record(path: str | Path, leads: list[str] | None = None) -> Record:
         raise RecordError(f"{path}: cannot read record: {exc}") from exc
     if rec.p_signal is None:
         raise RecordError(f"{path}: record has no signal samples")
-    signal = np.asarray(rec.p_signal, dtype=np.float32)
+    signal = np.asarray(rec.p_signal)
     if signal.ndim == 1:
         signal = signal[:, None]
-    fs = float(rec.fs)
-    signal = fill_short_nan_runs(signal, fs)
-    record = Record(
-        name=path.name,
-        signal=signal,
-        fs=fs,
-        leads=[str(s) for s in rec.sig_name],
-        units=[str(u) for u in (rec.units or ["mV"] * signal.shape[1])],
-        path=path,
-    )
+    units = [str(u) for u in (rec.units or ["mV"] * signal.shape[1])]
+    return signal, float(rec.fs), [str(s) for s in rec.sig_name], units
+
+
+def read_record(path: str | Path, leads: list[str] | None = None) -> Record:
+    """Read a WFDB record in physical units, optionally keeping only ``leads`` (by name).
+
+    Single-file records in formats 212 (MIT-BIH) and 16 (PTB-XL) are read with numpy alone,
+    giving the same samples as ``wfdb.rdrecord``; every other record is read with ``wfdb``.
+    """
+    path = Path(path)
+    if path.suffix in (".hea", ".dat"):
+        path = path.with_suffix("")
+    hea = path.with_suffix(".hea")
+    if not hea.exists():
+        raise RecordError(f"{path}: record header {hea} not found")
+    try:
+        header = _parse_header(hea.read_bytes().decode("ascii", errors="ignore"))
+    except ValueError:
+        header = None
+    if header is not None and header.n_samples > 0:
+        p_signal, fs, names, units = _read_simple(path, header)
+    else:
+        p_signal, fs, names, units = _read_wfdb(path)
+    signal = fill_short_nan_runs(p_signal.astype(np.float32), fs)
+    record = Record(name=path.name, signal=signal, fs=fs, leads=names, units=units, path=path)
     if leads is not None:
         record = select_leads(record, leads)
     return record

@@ -40,11 +40,10 @@ def overlap_average(point_scores: np.ndarray, starts: np.ndarray, n_samples: int
     Samples covered by no window are NaN.
     """
     window = point_scores.shape[1]
-    total = np.zeros(n_samples, dtype=np.float64)
-    count = np.zeros(n_samples, dtype=np.int64)
     idx = (starts[:, None] + np.arange(window)[None, :]).ravel()
-    np.add.at(total, idx, point_scores.ravel())
-    np.add.at(count, idx, 1)
+    # bincount adds in window order, as a loop over windows would
+    total = np.bincount(idx, weights=point_scores.ravel(), minlength=n_samples)
+    count = np.bincount(idx, minlength=n_samples)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = total / count
     out[count == 0] = np.nan
@@ -66,8 +65,9 @@ def to_record_rate(
     if not valid.any():
         return np.full(n_record, np.nan)
     out = np.interp(pos, k[valid], scores[valid], left=np.nan, right=np.nan)
-    # a sample whose nearest model sample was not covered stays NaN
-    nearest = np.clip(np.rint(pos).astype(np.int64), 0, len(scores) - 1)
-    out[~valid[nearest]] = np.nan
+    if not valid.all():
+        # a sample whose nearest model sample was not covered stays NaN
+        nearest = np.clip(np.rint(pos).astype(np.int64), 0, len(scores) - 1)
+        out[~valid[nearest]] = np.nan
     out[(pos < 0) | (pos > len(scores) - 1)] = np.nan
     return out

@@ -294,3 +294,36 @@ def test_shipped_model_scores_a_record(capsys, tmp_path):
     code, err = score(capsys, SHIPPED_MODEL, tmp_path / "o", tmp_path / "d" / "s1")
     assert code == 0, err
     check_contract(load(tmp_path / "o" / "s1.npz"), len(sig), 360.0, SHIPPED_MODEL)
+
+
+#: modules ``ecgstream score`` must not load: each costs start-up time (scipy.signal alone
+#: most of a second) and none is needed to score a WFDB record with ONNX Runtime
+NOT_FOR_SCORE = ("torch", "matplotlib", "pandas", "kafka", "scipy.signal", "wfdb", "tqdm")
+
+PROBE = """
+import sys
+from ecgstream.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:  # --help exits inside main
+    print("loaded:" + ",".join(m for m in {heavy!r} if m in sys.modules))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["score"]])
+def test_score_and_help_do_not_import_heavy_modules(tmp_path, tiny_model, argv):
+    if argv == ["score"]:
+        rec = write_record(tmp_path / "d", "p1", synthetic_ecg(12, 360, n_leads=2), 360, ["MLII", "V1"])  # fmt: skip
+        argv = ["score", "--model", str(tiny_model), "--out", str(tmp_path / "o"), str(rec)]
+    heavy = NOT_FOR_SCORE if argv[0] == "score" else ("torch", "matplotlib", "pandas", "kafka")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=heavy), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "loaded:"  # none of them was imported
+    if "--out" in argv:
+        assert (tmp_path / "o" / "p1.npz").exists()

@@ -10,7 +10,13 @@ from ecgstream.signals.preprocess import (
     PreprocessConfig,
     Preprocessor,
     StreamingResampler,
+    design_bandpass,
+    group_delay,
+    kaiser_lowpass,
     preprocess,
+    sosfilt,
+    sosfilt_zi,
+    upfirdn_rows,
     zero_phase_bandpass,
 )
 
@@ -83,3 +89,72 @@ def test_zero_phase_bandpass_has_no_delay():
 def test_bad_rate_raises():
     with pytest.raises(ValueError, match="positive"):
         Preprocessor(PreprocessConfig(), 0, 1)
+
+
+# ---------------------------------------------------------------- numpy filters vs scipy.signal
+
+
+def scipy_bandpass(cfg: PreprocessConfig):
+    from scipy import signal as sps
+
+    nyq = cfg.fs / 2
+    low = cfg.highpass_hz if cfg.highpass_hz > 0 else None
+    high = min(cfg.lowpass_hz, 0.95 * nyq) if cfg.lowpass_hz > 0 else None
+    if low is not None and high is not None:
+        return sps.butter(cfg.order, [low, high], btype="bandpass", fs=cfg.fs, output="sos")
+    if low is not None:
+        return sps.butter(cfg.order, low, btype="highpass", fs=cfg.fs, output="sos")
+    return sps.butter(cfg.order, high, btype="lowpass", fs=cfg.fs, output="sos")
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+@pytest.mark.parametrize("fs", [100.0, 250.0, 360.0, 500.0])
+@pytest.mark.parametrize(
+    "edges", [(0.5, 40.0), (0.05, 150.0), (0.5, 0.0), (0.0, 40.0), (1.0, 15.0)]
+)
+def test_filter_design_equals_scipy(order, fs, edges):
+    from scipy import signal as sps
+
+    cfg = PreprocessConfig(fs, *edges, order)
+    ref = scipy_bandpass(cfg)
+    sos = design_bandpass(cfg)
+    np.testing.assert_allclose(sos, ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(sosfilt_zi(sos), sps.sosfilt_zi(ref), rtol=1e-9, atol=1e-12)
+    w = min(10.0, fs / 10)
+    _, gd = sps.group_delay(sps.sos2tf(ref), w=[w], fs=fs)
+    assert group_delay(sos, w, fs) == pytest.approx(gd[0], rel=1e-9)
+
+
+@pytest.mark.parametrize("up,down", [(5, 18), (1, 5), (2, 5), (5, 2), (5, 9), (3, 1), (25, 36)])
+def test_upfirdn_rows_equal_scipy(up, down):
+    from scipy import signal as sps
+
+    rate = max(up, down)
+    h = sps.firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)) * up
+    np.testing.assert_allclose(kaiser_lowpass(20 * rate + 1, 1.0 / rate) * up, h, atol=1e-15)
+    x = np.random.default_rng(up * down).normal(size=(777, 2))
+    full = sps.upfirdn(h, x, up, down, axis=0)
+    for first, end in [(0, len(full)), (3, 50), (17, 18), (len(full) - 7, len(full))]:
+        np.testing.assert_allclose(
+            upfirdn_rows(h, x, up, down, first, end), full[first:end], atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("n", [1, 5, 256, 1000, 20_001])
+def test_sosfilt_equals_scipy_and_shares_its_state(n):
+    from scipy import signal as sps
+
+    rng = np.random.default_rng(n)
+    sos = design_bandpass(PreprocessConfig(fs=360.0, order=3))
+    x = rng.normal(size=(n, 2)).cumsum(axis=0) * 0.01 + 0.3
+    zi = rng.normal(size=(len(sos), 2, 2))  # (sections, leads, 2)
+    y, zf = sosfilt(sos, x, zi)
+    y_ref, zf_ref = sps.sosfilt(sos, x, axis=0, zi=zi.transpose(0, 2, 1))
+    scale = np.abs(y_ref).max()
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-11 * scale)
+    np.testing.assert_allclose(zf, zf_ref.transpose(0, 2, 1), rtol=0, atol=1e-11 * scale)
+    # scipy continues from our final state as from its own (the streaming worker mixes both)
+    more = rng.normal(size=(50, 2))
+    a, _ = sps.sosfilt(sos, more, axis=0, zi=zf.transpose(0, 2, 1))
+    b, _ = sps.sosfilt(sos, more, axis=0, zi=zf_ref)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-11 * scale)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import synthetic_ecg, write_record
 
 from ecgstream.signals.records import (
     RecordError,
+    _parse_header,
     fill_short_nan_runs,
     lead_indices,
     list_records,
@@ -119,3 +122,71 @@ def test_all_nan_lead_raises():
     x[:, 1] = np.nan
     with pytest.raises(RecordError, match="lead 1 has no valid samples"):
         fill_short_nan_runs(x, 100.0)
+
+
+MITDB = Path("/work/shared/data/mitdb-ds1")
+PTBXL = Path("/work/shared/data/ptbxl-dev")
+
+
+def wfdb_samples(path: Path) -> np.ndarray:
+    import wfdb
+
+    return np.asarray(wfdb.rdrecord(str(path)).p_signal, dtype=np.float32)
+
+
+def write_digital(folder: Path, name: str, digital: np.ndarray, fmt: str, gain, baseline, **kw) -> Path:  # fmt: skip
+    """A WFDB record of the given digital samples, written by wfdb in format ``fmt``."""
+    import wfdb
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n_sig = digital.shape[1]
+    wfdb.wrsamp(name, fs=kw.get("fs", 360), units=kw.get("units", ["mV"] * n_sig),
+                sig_name=kw.get("leads", [f"L{i}" for i in range(n_sig)]), d_signal=digital,
+                fmt=[fmt] * n_sig, adc_gain=gain, baseline=baseline, write_dir=str(folder))  # fmt: skip
+    return folder / name
+
+
+@pytest.mark.parametrize("fmt", ["212", "16"])
+@pytest.mark.parametrize("n_samples", [1000, 999])  # an odd count ends format 212 mid-triplet
+def test_numpy_reader_equals_wfdb(tmp_path, fmt, n_samples):
+    lim = 2047 if fmt == "212" else 32767
+    rng = np.random.default_rng(n_samples)
+    digital = rng.integers(-lim, lim + 1, size=(n_samples, 3)).astype(np.int32)
+    digital[[0, -1], 0] = [-lim, lim]
+    digital[10:20, 1] = -lim - 1  # the format's "missing sample" value: NaN, bridged
+    path = write_digital(tmp_path, "d", digital, fmt, [200.0, 1000.0, 31.5], [1024, 0, -7],
+                         units=["mV", "mV", "uV"], leads=["MLII", "V1", "ECG lead II"])  # fmt: skip
+    assert _parse_header(path.with_suffix(".hea").read_text()) is not None  # read with numpy
+    rec = read_record(path)
+    expected = fill_short_nan_runs(wfdb_samples(path), 360.0)
+    assert rec.signal.dtype == np.float32 and rec.signal.shape == (n_samples, 3)
+    np.testing.assert_array_equal(rec.signal, expected)
+    assert rec.leads == ["MLII", "V1", "ECG lead II"] and rec.units == ["mV", "mV", "uV"]
+    assert rec.fs == 360.0
+    np.testing.assert_allclose(rec.signal[0, 0], (-lim - 1024) / 200.0)
+
+
+def test_other_formats_are_read_by_wfdb(tmp_path):
+    digital = np.random.default_rng(1).integers(-100, 100, size=(500, 2)).astype(np.int32)
+    path = write_digital(tmp_path, "f80", digital, "80", [100.0, 100.0], [0, 0])
+    assert _parse_header(path.with_suffix(".hea").read_text()) is None
+    np.testing.assert_array_equal(read_record(path).signal, wfdb_samples(path))
+
+
+def test_short_signal_file_is_a_record_error(tmp_path):
+    path = write_record(tmp_path, "t", synthetic_ecg(3, 250), 250, ["II"])
+    dat = path.with_suffix(".dat")
+    dat.write_bytes(dat.read_bytes()[:100])
+    with pytest.raises(RecordError, match=r"t\.dat has 100 bytes"):
+        read_record(path)
+
+
+@pytest.mark.skipif(not MITDB.exists() or not PTBXL.exists(), reason="no real data in shared/")
+def test_numpy_reader_equals_wfdb_on_real_records():
+    paths = list_records(MITDB) + sorted(PTBXL.glob("records*/*/*.hea"))[::50]
+    for path in paths:
+        path = path.with_suffix("") if path.suffix == ".hea" else path
+        assert _parse_header(path.with_suffix(".hea").read_text()) is not None
+        np.testing.assert_array_equal(
+            read_record(path).signal, wfdb_samples(path), err_msg=str(path)
+        )
