@@ -65,7 +65,7 @@ def model_path(arg: str | None) -> Path:
     by default the shipped model, else the tiny one."""
     if arg and arg != "tiny":
         return Path(arg)
-    shipped = REPO / "models" / "mmae-mitdb-mlii.onnx"
+    shipped = REPO / "models" / "consensus-mitdb-mlii.onnx"
     if shipped.exists() and arg != "tiny":
         return shipped
     sys.path.insert(0, str(REPO / "tests"))

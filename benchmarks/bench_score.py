@@ -23,7 +23,7 @@ The torch model is built from the spec's architecture parameters; with ``--model
 untrained MMAE-ECG of the default training configuration is exported first (speed does not depend
 on the weights).
 
-    nice -n 5 python benchmarks/bench_score.py --model models/mmae-mitdb-mlii.onnx \\
+    nice -n 5 python benchmarks/bench_score.py --model models/consensus-mitdb-mlii.onnx \\
         --out benchmarks/results/bench_score.json
 """
 

@@ -26,7 +26,7 @@ Writes OUT/report.json, OUT/roc.png and OUT/example.png (a record with its score
 annotated abnormal beats marked).
 
 examples:
-  ecgstream evaluate --model models/mmae-mitdb-mlii.onnx --out eval/ ../shared/data/mitdb-ds1/101
+  ecgstream evaluate --model models/consensus-mitdb-mlii.onnx --out eval/ ../shared/data/mitdb-ds1/101
   ecgstream score --model m.onnx --out scores/ data/ && \\
       ecgstream evaluate --scores scores/ --out eval/ data/
   ecgstream evaluate --model a.onnx --model pca.onnx --localisation 5 --out eval/ data/

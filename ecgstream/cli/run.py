@@ -25,7 +25,7 @@ variables < flags (docs/operations.md lists every key).
 
 examples:
   ecgstream run --replay
-  ecgstream run --replay ../shared/data/mitdb-ds1/208 --model models/mmae-mitdb-mlii.onnx
+  ecgstream run --replay ../shared/data/mitdb-ds1/208 --model models/consensus-mitdb-mlii.onnx
   ecgstream run --bootstrap localhost:9092 --topic ecg.raw --group ecgstream \\
       --webhook http://localhost:8080/alerts --webhook-secret whsec_... --metrics-port 9108
 """

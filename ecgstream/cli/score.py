@@ -17,7 +17,7 @@ no window covered it), window_start, window_end (sample indices) and window_scor
 Larger means more anomalous; scores are in calibrated units (the model's threshold applies).
 
 example:
-  ecgstream score --model models/mmae-mitdb-mlii.onnx --out scores/ ../shared/data/mitdb-ds1
+  ecgstream score --model models/consensus-mitdb-mlii.onnx --out scores/ ../shared/data/mitdb-ds1
   ecgstream score --model series.onnx --out scores/ series.txt
 """
 

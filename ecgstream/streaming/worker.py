@@ -35,7 +35,7 @@ __all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MODEL = "mmae-mitdb-mlii.onnx"
+SHIPPED_MODEL = "consensus-mitdb-mlii.onnx"
 
 
 def find_model(path: str | Path | None = None) -> Path:

@@ -60,6 +60,10 @@ class TrainConfig:
     score_space: str = (
         "window"  # "window": residual in input units; "segment": per-segment-normalised
     )
+    # in-window consensus detector (model = "consensus"; seconds at fs)
+    consensus_segment_s: float = 0.8
+    consensus_stride_s: float = 0.05
+    consensus_slope_weight: float = 0.0  # weight of the sorted-step descriptor (noise, slopes)
     # optimisation
     epochs: int = 4
     steps_per_epoch: int = 150

@@ -57,7 +57,6 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     tr = spec.training
     cfg = tr.get("config", {})
     val = tr.get("validation", {})
-    p = spec.params
     lines = [
         f"# Model card: {spec.name} (version {spec.version})",
         "",
@@ -71,27 +70,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         "or rhythms.",
         "",
         "## Model",
-        f"- kind: `{spec.kind}` (MMAE-ECG, multi-scale masked autoencoder; see docs/model-mmae.md)",
-        f"- parameters: {p.get('parameters', '?')}, about {p.get('macs_per_window', 0) / 1e6:.0f} M "
-        "multiply-accumulates per window",
-        f"- input: {len(spec.leads)} lead(s) at {spec.fs:g} Hz, window {spec.window} samples "
-        f"({spec.window_s:g} s), hop {spec.hop} samples ({spec.hop_s:g} s); band-pass "
-        f"{spec.preprocessing.get('highpass_hz')}-{spec.preprocessing.get('lowpass_hz')} Hz (causal)",
-        f"- architecture: segment {p.get('segment')} samples, local segments {p.get('segment', 0) // max(1, p.get('local_factor', 1))} "
-        f"samples over a region of {p.get('local_region')} segments, dim {p.get('dim')}, encoder depth "
-        f"{p.get('depth')}, {p.get('heads')} heads, one decoder block, training mask ratios "
-        f"{p.get('mask_global')} (global) / {p.get('mask_local')} (local)",
-        "",
-        "## Training data and splits",
-        f"- training records ({len(tr.get('records', []))}): {' '.join(map(str, tr.get('records', [])))}",
-        f"- validation records ({len(tr.get('val_records', []))}, not trained on; early stopping, model "
-        f"selection and threshold calibration): {' '.join(map(str, tr.get('val_records', [])))}",
-        f"- normal training windows (start positions): {tr.get('windows', '?')}; only windows without "
-        f"abnormal beats (AAMI S, V, F, Q classes) within {cfg.get('normal_margin_s', '?')} s, or NORM-only "
-        "ECGs for PTB-XL",
-        f"- epochs run: {tr.get('epochs', '?')}, best epoch: {tr.get('best_epoch', '?')} "
-        f"(selected by {tr.get('selection_metric', '?')}), seed {tr.get('seed', '?')}, training time "
-        f"{tr.get('train_seconds', '?')} s",
+        *_model_lines(spec),
         "",
         "## Validation figures (held-out records)",
         *[f"- {k}: {_fmt(v)}" for k, v in val.items()],
@@ -103,9 +82,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         *[f"- {k}: {v:.3f}" for k, v in spec.thresholds.items()],
         "",
         "## Limits",
-        "- Trained on few patients; scores of patients unlike the training ones (pacemakers, bundle "
-        "branch blocks, unusual morphology) run high: expect more false alarms on them.",
-        "- Rhythm-only anomalies with normal morphology (some supraventricular ectopy) are weakly scored.",
+        *_limit_lines(spec),
         "- Noise, electrode motion and lead-off periods score as anomalous; the model does not tell them "
         "apart from cardiac events.",
         "- Thresholds come from validation normals of the training database; recalibrate for other "
@@ -149,3 +126,75 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, name: str | None
         spec.version = version
     model = get_kind(spec.kind).load(state)
     return export_model(model, spec, path)
+
+
+def _model_lines(spec: ModelSpec) -> list[str]:
+    """The card's model and training-data bullets, which depend on the model kind."""
+    tr, p = spec.training, spec.params
+    cfg = tr.get("config", {})
+    io = (
+        f"- input: {len(spec.leads)} lead(s) at {spec.fs:g} Hz, window {spec.window} samples "
+        f"({spec.window_s:g} s), hop {spec.hop} samples ({spec.hop_s:g} s); band-pass "
+        f"{spec.preprocessing.get('highpass_hz')}-{spec.preprocessing.get('lowpass_hz')} Hz (causal)"
+    )
+    records = f"{' '.join(map(str, tr.get('records', [])))}"
+    val_records = f"{' '.join(map(str, tr.get('val_records', [])))}"
+    if spec.kind == "consensus":
+        return [
+            "- kind: `consensus` (in-window consensus of shift-invariant segment descriptors; "
+            "see docs/model-consensus.md); no trained weights",
+            io,
+            f"- segments of {p.get('segment')} samples every {p.get('stride')} samples, each "
+            "described by its sorted median-centred values"
+            + (
+                f" and sorted steps (weight {p.get('slope_weight')})"
+                if p.get("slope_weight")
+                else ""
+            )
+            + "; score = squared distance to the window's median descriptor",
+            "",
+            "## Data and splits",
+            f"- records read ({len(tr.get('records', []))}, counted only): {records}",
+            f"- calibration records ({len(tr.get('val_records', []))}; thresholds from their normal "
+            f"windows): {val_records}",
+            f"- calibration time {tr.get('train_seconds', '?')} s",
+        ]
+    return [
+        f"- kind: `{spec.kind}` (MMAE-ECG, multi-scale masked autoencoder; see docs/model-mmae.md)",
+        f"- parameters: {p.get('parameters', '?')}, about {p.get('macs_per_window', 0) / 1e6:.0f} M "
+        "multiply-accumulates per window",
+        io,
+        f"- architecture: segment {p.get('segment')} samples, local segments "
+        f"{p.get('segment', 0) // max(1, p.get('local_factor', 1))} samples over a region of "
+        f"{p.get('local_region')} segments, dim {p.get('dim')}, encoder depth {p.get('depth')}, "
+        f"{p.get('heads')} heads, one decoder block, training mask ratios {p.get('mask_global')} "
+        f"(global) / {p.get('mask_local')} (local)",
+        "",
+        "## Training data and splits",
+        f"- training records ({len(tr.get('records', []))}): {records}",
+        f"- validation records ({len(tr.get('val_records', []))}, not trained on; early stopping, model "
+        f"selection and threshold calibration): {val_records}",
+        f"- normal training windows (start positions): {tr.get('windows', '?')}; only windows without "
+        f"abnormal beats (AAMI S, V, F, Q classes) within {cfg.get('normal_margin_s', '?')} s, or NORM-only "
+        "ECGs for PTB-XL",
+        f"- epochs run: {tr.get('epochs', '?')}, best epoch: {tr.get('best_epoch', '?')} "
+        f"(selected by {tr.get('selection_metric', '?')}), seed {tr.get('seed', '?')}, training time "
+        f"{tr.get('train_seconds', '?')} s",
+    ]
+
+
+def _limit_lines(spec: ModelSpec) -> list[str]:
+    """The card's kind-specific limits."""
+    if spec.kind == "consensus":
+        return [
+            "- It compares each part of a 10 s window with the rest of the same window: an "
+            "abnormality present in every beat of the window (a bundle branch block, a paced rhythm, "
+            "a whole window of a ventricular rhythm) is the window's consensus and scores low.",
+            "- Where abnormal beats are the majority of a window (bigeminy, runs), the normal beats "
+            "between them stand out instead.",
+        ]
+    return [
+        "- Trained on few patients; scores of patients unlike the training ones (pacemakers, bundle "
+        "branch blocks, unusual morphology) run high: expect more false alarms on them.",
+        "- Rhythm-only anomalies with normal morphology (some supraventricular ectopy) are weakly scored.",
+    ]

@@ -48,6 +48,7 @@ class ModelKind:
 #: kind name -> module that registers it when imported
 KIND_MODULES: dict[str, str] = {
     "mmae": "ecgstream.training.registry",
+    "consensus": "ecgstream.training.consensus",
     "uniad": "ecgstream.training.uniad",
     "pbas": "ecgstream.training.pbas",
     "onenip": "ecgstream.training.onenip",

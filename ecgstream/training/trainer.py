@@ -216,9 +216,11 @@ def validate(
 
     model.eval()
     gen = torch.Generator().manual_seed(12345)
-    with torch.no_grad():
-        losses = [float(model.loss(torch.from_numpy(val_windows[i : i + 256]), gen))
-                  for i in range(0, len(val_windows), 256)]  # fmt: skip
+    losses = []
+    if hasattr(model, "loss"):  # training-free detectors have no loss
+        with torch.no_grad():
+            losses = [float(model.loss(torch.from_numpy(val_windows[i : i + 256]), gen))
+                      for i in range(0, len(val_windows), 256)]  # fmt: skip
     out: dict = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
     beat_y, beat_s, rec_y, rec_s, normal_scores = [], [], [], [], []
     for rec in val_recs:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHIPPED_MODEL, synthetic_ecg, write_record
+from conftest import MMAE_MODEL, SHIPPED_MODEL, synthetic_ecg, write_record
 from kafka import KafkaConsumer
 from sinks.receiver import Receiver
 
@@ -155,12 +155,13 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker, tmp_path, energy
     assert worker.summary.dlq == {"unknown_encoding": 1, "missing_field": 1, "key_mismatch": 1}
 
 
-MODELS = ["energy"] + (["shipped"] if SHIPPED_MODEL.exists() else [])
+SHIPPED = {"shipped": SHIPPED_MODEL, "mmae": MMAE_MODEL}
+MODELS = ["energy"] + [name for name, path in SHIPPED.items() if path.exists()]
 
 
 @pytest.mark.parametrize("which", MODELS)
 def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_model, which):
-    model = energy_model if which == "energy" else SHIPPED_MODEL
+    model = energy_model if which == "energy" else SHIPPED[which]
     scorer = Scorer(model)
     rec = read_record(records / "burst0")
     offline = scorer.score_record(rec)

@@ -1,0 +1,107 @@
+"""``ecgstream train --model consensus``: calibrate and export the in-window consensus detector.
+
+The detector (:mod:`ecgstream.models.consensus`) has no trained weights, so "training" reads the
+records like MMAE-ECG does, scores the validation records, calibrates the score on their normal
+windows (the same false-alarm thresholds as every model) and exports the graph with its spec and
+card. The training records are only counted, never fitted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ecgstream.runtime.model_file import ModelSpec
+from ecgstream.training.calibration import calibrate
+from ecgstream.training.config import TrainConfig
+from ecgstream.training.registry import ModelKind, register
+from ecgstream.training.trainer import (
+    TrainResult,
+    _checkpoint,
+    prepare_data,
+    preprocess_config,
+    validate,
+)
+
+__all__ = ["consensus_config", "fit_consensus"]
+
+
+def consensus_config(cfg: TrainConfig):
+    """The detector's sizes (samples at ``cfg.fs``) from a :class:`TrainConfig`."""
+    from ecgstream.models.consensus import ConsensusConfig
+
+    return ConsensusConfig(
+        n_leads=len(cfg.leads),
+        window=cfg.window,
+        segment=max(2, int(round(cfg.consensus_segment_s * cfg.fs))),
+        stride=max(1, int(round(cfg.consensus_stride_s * cfg.fs))),
+        slope_weight=cfg.consensus_slope_weight,
+        topk_frac=cfg.topk_frac,
+    )
+
+
+def fit_consensus(
+    cfg: TrainConfig, paths: list[str | Path], progress: bool = True, resume: bool = False
+) -> TrainResult:
+    """Calibrate on validation normals and (if ``cfg.model_out``) export one consensus detector."""
+    import numpy as np
+
+    from ecgstream.models.consensus import SegmentConsensus
+
+    t0 = time.perf_counter()
+    model = SegmentConsensus(consensus_config(cfg)).eval()
+    train_recs, val_recs = prepare_data(cfg, paths, progress)
+    empty = np.zeros((0, len(cfg.leads), cfg.window), np.float32)
+    figures = validate(model, cfg, val_recs or train_recs, empty)
+    figures.pop("val_loss", None)
+    normal_scores = figures.pop("normal_scores")
+    score_norm, thresholds = calibrate(normal_scores, cfg.false_alarm)
+    spec = ModelSpec(
+        name=cfg.name,
+        version=cfg.version,
+        kind="consensus",
+        leads=list(cfg.leads),
+        window=cfg.window,
+        hop=cfg.hop,
+        preprocessing=preprocess_config(cfg).to_dict(),
+        score_norm=score_norm,
+        thresholds=thresholds,
+        training={
+            "records": [r.name for r in train_recs],
+            "val_records": [r.name for r in val_recs],
+            "windows": 0,
+            "epochs": 0,
+            "seed": cfg.seed,
+            "validation": {k: round(float(v), 4) for k, v in figures.items()},
+            "config": cfg.to_dict(),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        },
+        params={**model.cfg.to_dict(), "parameters": 0},
+    )
+    if cfg.checkpoint_dir:
+        Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        _checkpoint(Path(cfg.checkpoint_dir) / "model.pt", model={}, spec=spec.to_json(),
+                    config=cfg.to_dict())  # fmt: skip
+    result = TrainResult(model, spec, [], None, time.perf_counter() - t0)
+    if cfg.model_out:
+        from ecgstream.training.export import export_model
+
+        result.model_path = export_model(model, spec, cfg.model_out)
+    return result
+
+
+def _load(state: dict):
+    from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
+
+    spec = ModelSpec.from_json(state["spec"])
+    return SegmentConsensus(ConsensusConfig.from_dict(spec.params)).eval()
+
+
+register(
+    ModelKind(
+        "consensus",
+        fit_consensus,
+        _load,
+        "in-window consensus of shift-invariant segment descriptors (1-D, WFDB records; no weights)",
+    )
+)

@@ -1,0 +1,136 @@
+"""In-window consensus detector: shapes, units, what it finds, ONNX parity, and the shipped file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import REPO, SHIPPED_MODEL, synthetic_ecg  # noqa: E402
+
+from ecgstream.evaluation.metrics import auroc, beat_scores  # noqa: E402
+from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus  # noqa: E402
+from ecgstream.runtime.scorer import Scorer  # noqa: E402
+from ecgstream.signals.labels import read_beats  # noqa: E402
+from ecgstream.signals.records import read_record  # noqa: E402
+from ecgstream.training import TrainConfig  # noqa: E402
+from ecgstream.training.consensus import fit_consensus  # noqa: E402
+
+FS = 100
+
+
+def _ecg(seconds: float = 10.0, seed: int = 0) -> np.ndarray:
+    return synthetic_ecg(seconds, FS, heart_rate=70, seed=seed)[:, 0]
+
+
+def _scores(x: np.ndarray, **cfg) -> tuple[np.ndarray, float]:
+    model = SegmentConsensus(ConsensusConfig(window=len(x), **cfg)).eval()
+    with torch.no_grad():
+        point, window = model(torch.tensor(x, dtype=torch.float32)[None, None])
+    return point[0].numpy(), float(window[0])
+
+
+def _r_peaks(x: np.ndarray) -> np.ndarray:
+    """Local maxima above half the signal's maximum (test helper only, not used by the model)."""
+    high = x > 0.5 * x.max()
+    peaks = [i for i in range(1, len(x) - 1) if high[i] and x[i] >= x[i - 1] and x[i] > x[i + 1]]
+    return np.array(peaks)
+
+
+def test_a_wide_ectopic_beat_scores_above_every_normal_beat():
+    x = _ecg(10.0)
+    peaks = _r_peaks(x)
+    victim = peaks[len(peaks) // 2]
+    y = x.copy()
+    # replace one QRS-T by a wide, tall, opposite-polarity complex (a ventricular-like beat)
+    t = np.arange(-15, 45)
+    y[victim + t] = -1.6 * np.exp(-((t - 5) ** 2) / (2 * 6.0**2)) + 0.6 * np.exp(
+        -((t - 30) ** 2) / (2 * 8.0**2)
+    )
+    point, _ = _scores(y)
+    beat = beat_scores(point, peaks, FS)
+    others = np.delete(beat, np.flatnonzero(peaks == victim))
+    assert beat[peaks == victim][0] > 2.0 * others.max()
+
+
+def test_scores_are_in_squared_input_units_and_ignore_an_offset():
+    x = _ecg(10.0, seed=1)
+    point, window = _scores(x)
+    point3, window3 = _scores(3.0 * x + 0.7)
+    np.testing.assert_allclose(point3, 9.0 * point, rtol=1e-3, atol=1e-7)
+    assert window3 == pytest.approx(9.0 * window, rel=1e-3)
+
+
+def test_a_regular_rhythm_scores_low_everywhere():
+    x = _ecg(10.0, seed=2)
+    point, _ = _scores(x)
+    flat = x.copy()
+    flat[400:520] = flat[399]  # a 1.2 s flat line
+    point_flat, _ = _scores(flat)
+    assert point_flat[420:500].min() > 3.0 * np.median(point)
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"window": 100, "segment": 200}, "segment"),
+        ({"window": 100, "segment": 90, "stride": 10}, "at least 3"),
+        ({"stride": 0}, "stride"),
+        ({"slope_weight": -1.0}, "slope_weight"),
+    ],
+)
+def test_bad_config_is_a_clear_error(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentConsensus(ConsensusConfig(**cfg))
+
+
+def test_calibrate_export_and_onnx_parity(ecg_folder, tmp_path):
+    cfg = TrainConfig(
+        model="consensus",
+        name="consensus-test",
+        leads=["MLII", "V1"],
+        window_s=4.0,
+        hop_s=2.0,
+        val_records=["syn2"],
+        model_out=tmp_path / "c.onnx",
+    )
+    result = fit_consensus(cfg, [ecg_folder], progress=False)
+    assert result.model_path.exists() and (tmp_path / "c.md").exists()
+    scorer = Scorer(result.model_path)
+    assert scorer.spec.kind == "consensus" and scorer.spec.leads == ["MLII", "V1"]
+    assert scorer.spec.training["val_records"] == ["syn2"]
+    assert scorer.spec.thresholds["default"] > 0
+    rng = np.random.default_rng(0)
+    windows = (rng.normal(size=(5, 2, cfg.window)) * 0.3).astype(np.float32)
+    windows[:, :, :] += synthetic_ecg(4.0, 100, n_leads=2).T[None]
+    onnx_point, onnx_window = scorer.score_windows(windows)
+    with torch.no_grad():
+        point, window = result.model(torch.from_numpy(windows))
+    assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
+    assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
+    card = (tmp_path / "c.md").read_text()
+    assert "consensus" in card and "syn2" in card
+
+
+def test_slope_descriptor_changes_the_score(ecg_folder):
+    x = _ecg(10.0, seed=3)
+    base, _ = _scores(x)
+    with_slope, _ = _scores(x, slope_weight=2.0)
+    assert np.all(with_slope >= base - 1e-9) and np.any(with_slope > base + 1e-6)
+    assert dataclasses.asdict(ConsensusConfig())["slope_weight"] == 0.0
+
+
+@pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="no shipped model in models/")
+def test_shipped_model_finds_the_ectopic_beats_of_the_bundled_excerpt():
+    """Record 116 of MIT-BIH (bundled, 180 s, 5 ventricular beats); it was not used to choose the
+    detector's settings (those came from records 114 118 124 205 220)."""
+    path = REPO / "ecgstream" / "data" / "mitdb" / "116"
+    scores = Scorer(SHIPPED_MODEL).score_record(read_record(path))
+    beats = read_beats(path)
+    s = beat_scores(scores.point_score, beats.samples, scores.fs)
+    ok = np.isfinite(s)
+    assert beats.abnormal[ok].sum() >= 3
+    assert auroc(beats.abnormal[ok], s[ok]) >= 0.95
