@@ -68,7 +68,9 @@ def test_embedded_default_with_the_shipped_model_and_bundled_ecg():
     assert "streams: 2" in out.stderr and "windows scored:" in out.stderr
     for line in out.stdout.splitlines():
         alert = json.loads(line)
-        assert alert["stream"] in ("116", "208") and alert["model"]["name"] == "consensus-mitdb-mlii"
+        assert (
+            alert["stream"] in ("116", "208") and alert["model"]["name"] == "consensus-mitdb-mlii"
+        )
 
 
 def test_clear_errors_without_traceback(folder, tmp_path):
