@@ -212,9 +212,14 @@ def ort_vs_torch(model: Path, record: Path, repeats: int, batch: int = 64) -> di
     torch.set_num_threads(1)
     scorer = Scorer(model, threads=1, batch_size=batch)
     spec = scorer.spec
-    if spec.kind != "mmae":
+    if spec.kind == "mmae":  # same graph; weights do not change the cost
+        net = MMAE(MMAEConfig.from_dict(spec.params)).eval()
+    elif spec.kind == "consensus":
+        from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
+
+        net = SegmentConsensus(ConsensusConfig.from_dict(spec.params)).eval()
+    else:
         return {"skipped": f"model kind {spec.kind!r} has no torch counterpart here"}
-    net = MMAE(MMAEConfig.from_dict(spec.params)).eval()
     rec = read_record(record, spec.leads)
     x, _ = preprocess(rec.signal, rec.fs, spec.preprocess_config)
     windows = frame(x, window_starts(len(x), spec.window, spec.hop), spec.window)

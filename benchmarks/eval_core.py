@@ -112,13 +112,13 @@ def evaluate_with_pca(
     args,
     out_dir: Path,
     name: str,
-    trained: Trained,
+    trained: list[Trained],
     summary: dict,
     train_paths: list[Path],
     test: list[Path],
     **evaluate_kw,
 ) -> dict:
-    """Evaluate the trained model and a PCA reference fitted on its ``train_paths`` on ``test``.
+    """Evaluate the trained models and a PCA reference fitted on ``train_paths`` on ``test``.
 
     ``name`` (``mitdb``, ``ptbxl``) names the PCA model in ``--work-dir`` and the plot folder in
     ``out_dir``; ``summary`` (from :func:`check_unseen`) goes into the report's ``training``.
@@ -130,11 +130,11 @@ def evaluate_with_pca(
 
     pca = fit_pca_on_records(
         train_paths,
-        read_spec(trained.model),
+        read_spec(trained[0].model),
         args.work_dir / f"pca-{name}-dev.onnx",
         n_components=args.pca_components,
     )
-    sources = [ModelSource(trained.model), ModelSource(pca)]
+    sources = [ModelSource(t.model) for t in trained] + [ModelSource(pca)]
     report, collected, example = evaluate(sources, test, **evaluate_kw)
     plot_dir = out_dir / name
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -143,12 +143,25 @@ def evaluate_with_pca(
     ]
     report["training"] = {
         **summary,
-        "wall_seconds": trained.seconds,
-        "model": str(trained.model),
+        "wall_seconds": {str(t.model): t.seconds for t in trained},
+        "models": [str(t.model) for t in trained],
         "pca_model": str(pca),
-        "config": trained.config,
+        "config": {str(t.model): t.config for t in trained},
     }
     return report
+
+
+def _train_all(reused: list[Path], tomls: list[Path], args, paths, prefix: str, **flags):
+    """The models a run compares: ``reused`` files as they are, else one per TOML trained on ``paths``."""
+    if reused:
+        return [train_or_reuse(m, None, args.quick, paths, Path()) for m in reused]
+    out = []
+    for toml in tomls:
+        kind = train_config(toml, args.quick).model
+        name = f"{kind}-{prefix}-dev"
+        out.append(train_or_reuse(None, toml, args.quick, paths, args.work_dir / f"{name}.onnx",
+                                  name=name, **flags))  # fmt: skip
+    return out
 
 
 def run_mitdb(args, out_dir: Path) -> dict:
@@ -156,25 +169,20 @@ def run_mitdb(args, out_dir: Path) -> dict:
 
     dev = mitdb_paths(args.mitdb, MITDB_DEV)
     test = mitdb_paths(args.mitdb, MITDB_TEST)
-    toml = args.mitdb_config or default_config("mmae-mitdb-mlii")
-    trained = train_or_reuse(
-        args.mitdb_model,
-        toml,
-        args.quick,
-        dev,
-        args.work_dir / "mmae-mitdb-dev.onnx",
-        leads=[MITDB_LEAD],
-        name="mmae-mitdb-dev",
-        seed=args.seed,
-    )
-    summary = check_unseen(trained.model, set(MITDB_TEST))
-    train_paths = mitdb_paths(args.mitdb, summary["records"])
+    tomls = args.mitdb_config or [
+        default_config("consensus-mitdb-mlii"),
+        default_config("mmae-mitdb-mlii"),
+    ]
+    trained = _train_all(args.mitdb_model, [t for t in tomls if t], args, dev, "mitdb",
+                         leads=[MITDB_LEAD], seed=args.seed, records=[])  # fmt: skip
+    summaries = [check_unseen(t.model, set(MITDB_TEST)) for t in trained]
+    train_paths = mitdb_paths(args.mitdb, summaries[0]["records"])
     return evaluate_with_pca(
         args,
         out_dir,
         "mitdb",
         trained,
-        summary,
+        {str(t.model): s for t, s in zip(trained, summaries, strict=True)},
         train_paths,
         test,
         localisation=args.localisation,
@@ -191,22 +199,19 @@ def run_ptbxl(args, out_dir: Path) -> dict:
     test = [Path(p) for p in test_table["path"]]
     # the PTB-XL model's own TOML when there is one, else the MIT-BIH model's architecture and
     # optimisation settings; PTB-XL's folds give the validation split
-    toml = args.ptbxl_config or default_config("mmae-ptbxl") or default_config("mmae-mitdb-mlii")
-    trained = train_or_reuse(
-        args.ptbxl_model,
-        toml,
-        args.quick,
-        [args.ptbxl],
-        args.work_dir / "mmae-ptbxl-dev.onnx",
-        leads=PTBXL_LEADS,
-        name="mmae-ptbxl-dev",
-        seed=args.seed,
-        val_records=[],
-    )
-    summary = check_unseen(trained.model, {Path(p).name for p in test})
-    trained_names = set(summary["records"])
+    tomls = args.ptbxl_config or [
+        default_config("consensus-ptbxl"),
+        default_config("mmae-ptbxl") or default_config("mmae-mitdb-mlii"),
+    ]
+    trained = _train_all(args.ptbxl_model, [t for t in tomls if t], args, [args.ptbxl], "ptbxl",
+                         leads=PTBXL_LEADS, seed=args.seed, val_records=[], records=[])  # fmt: skip
+    test_names = {Path(p).name for p in test}
+    summaries = [check_unseen(t.model, test_names) for t in trained]
+    trained_names = set(summaries[0]["records"])
     train_paths = [Path(p) for p in train_table["path"] if Path(p).name in trained_names]
-    report = evaluate_with_pca(args, out_dir, "ptbxl", trained, summary, train_paths, test)
+    report = evaluate_with_pca(args, out_dir, "ptbxl", trained,
+                               {str(t.model): s for t, s in zip(trained, summaries, strict=True)},
+                               train_paths, test)  # fmt: skip
     for entry in report["sources"].values():
         entry.pop("per_record", None)  # 88 one-window records: the pooled figures say it all
     return report
@@ -218,15 +223,18 @@ def _f(block: dict | None, key: str = "auroc") -> str:
 
 def markdown(results: dict) -> str:
     """The results table of docs/benchmarks.md."""
+    names = next(list(results[k]["sources"]) for k in ("mitdb", "ptbxl") if k in results)
     rows = [
-        "| data (TEST only) | metric | MMAE-ECG | PCA reference | n (positives) |",
-        "|---|---|---|---|---|",
+        "| data (TEST only) | metric | "
+        + " | ".join(n.split("-")[0] for n in names[:-1])
+        + " | PCA reference | n (positives) |",
+        "|---|---|" + "---|" * len(names) + "---|",
     ]
     for key, label in (("mitdb", "MIT-BIH DS1 TEST records"), ("ptbxl", "PTB-XL folds 7-8")):
         if key not in results:
             continue
         srcs = list(results[key]["sources"].values())
-        model, pca = srcs[0], srcs[1]
+        model, others = srcs[0], srcs[1:]
         for block, metric in (
             ("beat", "beat AUROC (+-150 ms)"),
             ("beat", "beat AP"),
@@ -240,9 +248,8 @@ def markdown(results: dict) -> str:
             n = f"{model[block]['n']} ({model[block]['n_positive']})"
             if k == "ap":
                 n += f", chance AP {model[block]['ap_chance']:.3f}"
-            rows.append(
-                f"| {label} | {metric} | {_f(model[block], k)} | {_f(pca.get(block), k)} | {n} |"
-            )
+            cells = " | ".join(_f(src.get(block), k) for src in [model, *others])
+            rows.append(f"| {label} | {metric} | {cells} | {n} |")
     return "\n".join(rows)
 
 
@@ -253,16 +260,31 @@ def main() -> int:
     ap.add_argument("--mitdb", type=Path, default=MITDB)
     ap.add_argument("--ptbxl", type=Path, default=PTBXL)
     ap.add_argument(
-        "--mitdb-config", type=Path, help="TOML with a [train] section for the MIT-BIH model"
+        "--mitdb-config",
+        type=Path,
+        action="append",
+        help="TOML with a [train] section for an MIT-BIH model (repeatable; default: the "
+        "consensus and MMAE-ECG configs in models/)",
     )
     ap.add_argument(
-        "--ptbxl-config", type=Path, help="TOML with a [train] section for the PTB-XL model"
+        "--ptbxl-config",
+        type=Path,
+        action="append",
+        help="TOML with a [train] section for a PTB-XL model (repeatable)",
     )
     ap.add_argument(
-        "--mitdb-model", type=Path, help="reuse an ONNX model trained on MIT-BIH DEV records"
+        "--mitdb-model",
+        type=Path,
+        action="append",
+        default=[],
+        help="reuse an ONNX model trained on MIT-BIH DEV records (repeatable)",
     )
     ap.add_argument(
-        "--ptbxl-model", type=Path, help="reuse an ONNX model trained on PTB-XL folds 1-6"
+        "--ptbxl-model",
+        type=Path,
+        action="append",
+        default=[],
+        help="reuse an ONNX model trained on PTB-XL folds 1-6 (repeatable)",
     )
     ap.add_argument("--skip", choices=["mitdb", "ptbxl"], action="append", default=[])
     ap.add_argument(

@@ -6,8 +6,8 @@ how the patient differs from other patients. This is the per-stream reference th
 cross-patient detection needs (see ``docs/model-consensus.md``), computed without R-peak
 detection:
 
-1. **Sliding segments.** Every ``stride`` samples a segment of ``segment`` samples (about one
-   beat, 0.8 s at 100 Hz) is cut from each lead.
+1. **Sliding segments.** Every ``stride`` samples (0.1 s) a segment of ``segment`` samples (about
+   one beat, 0.8 s at 100 Hz) is cut from each lead.
 2. **Shift-invariant descriptor.** Each segment minus its median, sorted: the segment's
    amplitude distribution (quantile function) in mV. It does not depend on where inside the
    segment a beat falls, so segments taken at any phase of the cardiac cycle are comparable;
@@ -19,13 +19,22 @@ detection:
    linearly to every sample: ``point_score`` ``(B, window)``. ``window_score`` ``(B,)`` is the
    mean of the top ``topk_frac`` point scores.
 
+5. **Population reference** (optional, ``population_components > 0``). The window's consensus
+   is compared with the consensus of normal training windows of other people (PCA, fitted by
+   :meth:`SegmentConsensus.fit_population`), and that distance is added to every point score
+   (weight ``population_weight``). This sees what step 4 cannot: an abnormality present in
+   every beat (infarction, bundle branch block, hypertrophy in a 12-lead resting ECG). It also
+   raises every score of a patient who differs from the training population, so it is off for
+   beat-level monitoring models.
+
 A premature beat makes the segments around it hold two QRS complexes instead of one, a
 ventricular beat a wider and taller one, a flat line none: all move the descriptor away from the
 consensus. What it cannot see is an abnormality present in every beat of the window (the
 consensus then is abnormal too); that needs a population reference.
 
-The graph is parameter-free: segment indices, the interpolation matrix and the median are fixed
-buffers and sorts, so it exports to ONNX like the learned models and streams the same way.
+Without the population reference the graph has no fitted values at all: segment indices and the
+median are fixed buffers and sorts, so it exports to ONNX like the learned models and streams
+the same way.
 
 >>> import torch
 >>> model = SegmentConsensus(ConsensusConfig(n_leads=1, window=400, segment=40, stride=5))
@@ -52,9 +61,15 @@ class ConsensusConfig:
     n_leads: int = 1
     window: int = 1000
     segment: int = 80
-    stride: int = 5
+    stride: int = 10
     slope_weight: float = 0.0
+    population_components: int = 0
+    population_weight: float = 1.0
     topk_frac: float = 0.1
+    consensus_weight: float = 1.0
+    reference_size: int = 0
+    reference_quantiles: int = 0
+    reference_weight: float = 1.0
 
     @property
     def n_segments(self) -> int:
@@ -72,8 +87,24 @@ class ConsensusConfig:
             )
         if self.slope_weight < 0:
             raise ValueError(f"slope_weight must be >= 0, got {self.slope_weight}")
+        if self.population_components < 0:
+            raise ValueError(
+                f"population_components must be >= 0, got {self.population_components}"
+            )
         if not 0 < self.topk_frac <= 1:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
+        if self.consensus_weight < 0 or self.reference_weight < 0:
+            raise ValueError("consensus_weight and reference_weight must be >= 0")
+        if self.reference_size < 0 or not 0 <= self.reference_quantiles <= self.segment:
+            raise ValueError(
+                f"reference_size must be >= 0 and reference_quantiles in [0, segment="
+                f"{self.segment}], got {self.reference_size} and {self.reference_quantiles}"
+            )
+
+    @property
+    def reference_dims(self) -> int:
+        """Descriptor entries per lead kept for the nearest-neighbour reference."""
+        return self.reference_quantiles or self.segment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +124,17 @@ class SegmentConsensus(nn.Module):
         starts = torch.arange(cfg.n_segments) * cfg.stride
         index = starts[:, None] + torch.arange(cfg.segment)[None]
         self.register_buffer("index", index.reshape(-1), persistent=False)
+        k, dims = cfg.population_components, cfg.n_leads * cfg.segment
+        self.register_buffer("pop_mean", torch.zeros(dims))
+        self.register_buffer("pop_basis", torch.zeros(k, dims))
+        self.register_buffer("pop_sd", torch.ones(k))
+        self.register_buffer("pop_residual", torch.ones(()))
+        if cfg.reference_size > 0:
+            q = torch.linspace(0, cfg.segment - 1, cfg.reference_dims).round().long()
+            self.register_buffer("ref_index", q, persistent=False)
+            dims = cfg.n_leads * cfg.reference_dims
+            self.register_buffer("ref_desc", torch.zeros(cfg.reference_size, dims))
+            self.register_buffer("ref_norm", torch.zeros(cfg.reference_size))
 
     def descriptors(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
@@ -112,20 +154,126 @@ class SegmentConsensus(nn.Module):
         left = cfg.segment // 2
         return F.pad(line, (left, cfg.window - inner - left), mode="replicate")[:, 0]
 
-    def _deviation(self, desc: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance ``(B, n_segments)`` of each descriptor to the window's median one."""
+    def consensus(self, desc: torch.Tensor) -> torch.Tensor:
+        """The window's median descriptor ``(B, L, 1, .)`` (element-wise over segments)."""
         middle = self.cfg.n_segments // 2
-        consensus = torch.sort(desc, dim=2).values[:, :, middle : middle + 1]
+        lower = torch.topk(desc, middle + 1, dim=2, largest=False).values  # ascending
+        return lower[:, :, middle : middle + 1]
+
+    @staticmethod
+    def _deviation(desc: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance ``(B, n_segments)`` of each descriptor to the consensus."""
         return ((desc - consensus) ** 2).mean(dim=(1, 3))
+
+    def population_score(self, consensus: torch.Tensor) -> torch.Tensor:
+        """How far a window's typical segment is from normal windows of other people, ``(B,)``.
+
+        PCA of training consensus descriptors (:meth:`fit_population`): residual outside the
+        ``population_components`` principal directions (relative to its median on the training
+        windows) plus the mean squared standardised projection inside them.
+        """
+        z = consensus.reshape(consensus.shape[0], -1) - self.pop_mean
+        proj = z @ self.pop_basis.T
+        residual = ((z - proj @ self.pop_basis) ** 2).sum(1) / self.pop_residual
+        return residual + ((proj / self.pop_sd) ** 2).mean(1)
+
+    def fit_population(self, windows: torch.Tensor) -> None:
+        """Fit the population reference on normal training windows ``(N, L, T)`` (N > components)."""
+        k = self.cfg.population_components
+        if k == 0:
+            return
+        if len(windows) <= k:
+            raise ValueError(
+                f"need more than {k} normal windows to fit {k} components, got {len(windows)}"
+            )
+        with torch.no_grad():
+            cons = torch.cat([self.consensus(self.descriptors(w)[0])
+                              for w in torch.split(windows, 256)])  # fmt: skip
+        x = cons.reshape(len(cons), -1).to(torch.float64)
+        mean = x.mean(0)
+        _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        basis = vt[:k]
+        proj = (x - mean) @ basis.T
+        residual = ((x - mean - proj @ basis) ** 2).sum(1)
+        self.pop_mean.copy_(mean.float())
+        self.pop_basis.copy_(basis.float())
+        self.pop_sd.copy_((sv[:k] / max(1, len(x) - 1) ** 0.5).clamp_min(1e-6).float())
+        self.pop_residual.copy_(residual.median().clamp_min(1e-9).float())
+
+    def _reference_rows(self, level: torch.Tensor) -> torch.Tensor:
+        """Descriptors ``(B, L, S, segment)`` as reference rows ``(B, S, L * reference_dims)``."""
+        b, leads, n, _ = level.shape
+        q = torch.index_select(level, 3, self.ref_index)
+        return q.permute(0, 2, 1, 3).reshape(b, n, leads * self.cfg.reference_dims)
+
+    def reference_score(self, level: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance ``(B, n_segments)`` of each segment to its nearest reference descriptor.
+
+        The reference (:meth:`fit_reference`) holds descriptors of normal data, e.g. the
+        anomaly-free prefix of a series, so a segment unlike anything seen there stands out
+        even when it is the window's majority.
+        """
+        rows = self._reference_rows(level)
+        cross = torch.matmul(rows, self.ref_desc.T)
+        dist = (rows**2).sum(-1, keepdim=True) + self.ref_norm - 2 * cross
+        return dist.min(-1).values.clamp_min(0) / rows.shape[-1]
+
+    def fit_reference(self, windows: torch.Tensor, seed: int = 0) -> int:
+        """Store up to ``reference_size`` segment descriptors of normal windows ``(N, L, T)``.
+
+        Descriptors are pooled over all windows, exact duplicates dropped, and a greedy
+        farthest-point subset (coreset) kept so rare normal shapes stay covered. Returns the
+        number of distinct descriptors seen.
+        """
+        size = self.cfg.reference_size
+        if size == 0:
+            return 0
+        with torch.no_grad():
+            rows = torch.cat([self._reference_rows(self.descriptors(w)[0]).reshape(-1, self.ref_desc.shape[1])
+                              for w in torch.split(windows, 256)])  # fmt: skip
+        rows = torch.unique(rows, dim=0)
+        keep = _coreset(rows, size, seed)
+        chosen = rows[keep]
+        if len(chosen) < size:  # repeat rows: the minimum distance is unchanged
+            chosen = chosen[torch.arange(size) % len(chosen)]
+        self.ref_desc.copy_(chosen)
+        self.ref_norm.copy_((chosen**2).sum(1))
+        return len(rows)
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
         cfg = self.cfg
         level, slope = self.descriptors(windows)
-        seg_score = self._deviation(level)
+        consensus = self.consensus(level)
+        seg_score = self._deviation(level, consensus)
+        if cfg.consensus_weight != 1.0:
+            seg_score = cfg.consensus_weight * seg_score
         if cfg.slope_weight > 0:
-            seg_score = seg_score + cfg.slope_weight * self._deviation(slope)
+            seg_score = seg_score + cfg.slope_weight * self._deviation(slope, self.consensus(slope))
+        if cfg.reference_size > 0:
+            seg_score = seg_score + cfg.reference_weight * self.reference_score(level)
         point = self._spread(seg_score)
+        if cfg.population_components > 0:
+            point = point + cfg.population_weight * self.population_score(consensus)[:, None]
         top = max(1, int(round(cfg.topk_frac * cfg.window)))
         window = torch.topk(point, top, dim=1).values.mean(1)
         return point, window
+
+
+def _coreset(rows: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a greedy farthest-point subset of ``rows`` ``(N, D)``, at most ``size``."""
+    n = len(rows)
+    if n <= size:
+        return torch.arange(n)
+    if n > 50 * size:  # bound the fitting time on very long series
+        pool = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: 50 * size]
+        return pool[_coreset(rows[pool], size, seed)]
+    x = rows.to(torch.float64)
+    norm = (x**2).sum(1)
+    chosen = [int(torch.argmin(((x - x.median(0).values) ** 2).sum(1)))]
+    dist = torch.full((n,), float("inf"), dtype=torch.float64)
+    for _ in range(size - 1):
+        last = chosen[-1]
+        dist = torch.minimum(dist, (norm + norm[last] - 2 * x @ x[last]).clamp_min(0))
+        chosen.append(int(torch.argmax(dist)))
+    return torch.tensor(chosen)

@@ -62,8 +62,10 @@ class TrainConfig:
     )
     # in-window consensus detector (model = "consensus"; seconds at fs)
     consensus_segment_s: float = 0.8
-    consensus_stride_s: float = 0.05
+    consensus_stride_s: float = 0.1
     consensus_slope_weight: float = 0.0  # weight of the sorted-step descriptor (noise, slopes)
+    consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
+    consensus_population_weight: float = 1.0
     # optimisation
     epochs: int = 4
     steps_per_epoch: int = 150

@@ -11,9 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ecgstream.runtime.model_file import ModelSpec
 from ecgstream.training.calibration import calibrate
 from ecgstream.training.config import TrainConfig
+from ecgstream.training.data import normal_starts
 from ecgstream.training.registry import ModelKind, register
 from ecgstream.training.trainer import (
     TrainResult,
@@ -23,7 +26,7 @@ from ecgstream.training.trainer import (
     validate,
 )
 
-__all__ = ["consensus_config", "fit_consensus"]
+__all__ = ["consensus_config", "fit_consensus", "normal_windows"]
 
 
 def consensus_config(cfg: TrainConfig):
@@ -36,21 +39,41 @@ def consensus_config(cfg: TrainConfig):
         segment=max(2, int(round(cfg.consensus_segment_s * cfg.fs))),
         stride=max(1, int(round(cfg.consensus_stride_s * cfg.fs))),
         slope_weight=cfg.consensus_slope_weight,
+        population_components=cfg.consensus_population_components,
+        population_weight=cfg.consensus_population_weight,
         topk_frac=cfg.topk_frac,
     )
+
+
+def normal_windows(records, window: int, hop: int, max_windows: int) -> np.ndarray:
+    """Normal windows ``(N, L, window)`` float32 of ``records``, every ``hop`` samples, at most ``max_windows``."""
+    out = []
+    for rec in records:
+        starts = normal_starts(rec, window)
+        starts = starts[np.unique(starts // hop, return_index=True)[1]]  # about one per hop
+        out.extend(rec.x[s : s + window].T for s in starts)
+    if not out:
+        raise ValueError("no normal training window to fit the population reference on")
+    step = max(1, len(out) // max_windows)
+    return np.stack(out[::step]).astype(np.float32)
 
 
 def fit_consensus(
     cfg: TrainConfig, paths: list[str | Path], progress: bool = True, resume: bool = False
 ) -> TrainResult:
     """Calibrate on validation normals and (if ``cfg.model_out``) export one consensus detector."""
-    import numpy as np
-
     from ecgstream.models.consensus import SegmentConsensus
 
     t0 = time.perf_counter()
+    import torch
+
     model = SegmentConsensus(consensus_config(cfg)).eval()
     train_recs, val_recs = prepare_data(cfg, paths, progress)
+    n_windows = 0
+    if model.cfg.population_components:
+        windows = normal_windows(train_recs, cfg.window, cfg.hop, max_windows=20000)
+        n_windows = len(windows)
+        model.fit_population(torch.from_numpy(windows))
     empty = np.zeros((0, len(cfg.leads), cfg.window), np.float32)
     figures = validate(model, cfg, val_recs or train_recs, empty)
     figures.pop("val_loss", None)
@@ -69,7 +92,7 @@ def fit_consensus(
         training={
             "records": [r.name for r in train_recs],
             "val_records": [r.name for r in val_recs],
-            "windows": 0,
+            "windows": n_windows,
             "epochs": 0,
             "seed": cfg.seed,
             "validation": {k: round(float(v), 4) for k, v in figures.items()},
@@ -80,7 +103,7 @@ def fit_consensus(
     )
     if cfg.checkpoint_dir:
         Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        _checkpoint(Path(cfg.checkpoint_dir) / "model.pt", model={}, spec=spec.to_json(),
+        _checkpoint(Path(cfg.checkpoint_dir) / "model.pt", model=model.state_dict(), spec=spec.to_json(),
                     config=cfg.to_dict())  # fmt: skip
     result = TrainResult(model, spec, [], None, time.perf_counter() - t0)
     if cfg.model_out:
@@ -94,7 +117,10 @@ def _load(state: dict):
     from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
 
     spec = ModelSpec.from_json(state["spec"])
-    return SegmentConsensus(ConsensusConfig.from_dict(spec.params)).eval()
+    model = SegmentConsensus(ConsensusConfig.from_dict(spec.params))
+    if state.get("model"):
+        model.load_state_dict(state["model"])
+    return model.eval()
 
 
 register(

@@ -134,3 +134,41 @@ def test_shipped_model_finds_the_ectopic_beats_of_the_bundled_excerpt():
     ok = np.isfinite(s)
     assert beats.abnormal[ok].sum() >= 3
     assert auroc(beats.abnormal[ok], s[ok]) >= 0.95
+
+
+def test_population_reference_sees_what_is_in_every_beat():
+    normal = [synthetic_ecg(10.0, FS, heart_rate=hr, seed=s)[:, 0] for s, hr in
+              enumerate((55, 60, 65, 70, 75, 80, 85, 90))]  # fmt: skip
+    held_out = _ecg(10.0, seed=11)
+    inverted = -held_out  # every beat abnormal: the window's own consensus is inverted too
+    cfg = ConsensusConfig(window=1000, population_components=2)
+    model = SegmentConsensus(cfg).eval()
+    model.fit_population(torch.tensor(np.stack(normal), dtype=torch.float32)[:, None])
+    with torch.no_grad():
+        x = torch.tensor(np.stack([held_out, inverted]), dtype=torch.float32)[:, None]
+        _, window = model(x)
+        _, local_only = SegmentConsensus(ConsensusConfig(window=1000)).eval()(x)
+    assert window[1] > 3.0 * window[0]
+    assert local_only[1] < 3.0 * local_only[0]  # the in-window term alone cannot tell
+
+
+def test_population_reference_survives_checkpoint_and_export(ecg_folder, tmp_path):
+    from ecgstream.training.export import export_checkpoint
+
+    cfg = TrainConfig(
+        model="consensus", name="c-pop", leads=["MLII"], window_s=4.0, hop_s=2.0,
+        val_records=["syn2"], consensus_population_components=2,
+        checkpoint_dir=tmp_path / "ck", model_out=tmp_path / "a.onnx",
+    )  # fmt: skip
+    result = fit_consensus(cfg, [ecg_folder], progress=False)
+    assert result.spec.training["windows"] > 2
+    assert float(result.model.pop_basis.abs().sum()) > 0
+    again = export_checkpoint(tmp_path / "ck", tmp_path / "b.onnx")
+    windows = synthetic_ecg(4.0, 100, seed=5).T[None].astype(np.float32)
+    a = Scorer(result.model_path).score_windows(windows)
+    b = Scorer(again).score_windows(windows)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="more than 2 normal windows"):
+        SegmentConsensus(ConsensusConfig(window=400, population_components=2)).fit_population(
+            torch.zeros(2, 1, 400)
+        )
