@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streaming.conftest import free_port
 from streaming.helpers import read_scores, wait_until
 
-from .broker import TansuBroker
+from .broker import S3Store, TansuBroker
 
 __all__ = ["broker_outage", "scrape", "run_cli", "read_scores"]
 
@@ -65,11 +65,13 @@ def broker_outage(
     before_s: float = 6.0,
     after_s: float = 8.0,
     n_streams: int = 4,
+    s3: S3Store | None = None,
 ) -> dict:
     """Kill the broker ``outage_s`` seconds while a worker consumes and a replay publishes.
 
-    Tansu here keeps topics and offsets in memory, so the restarted broker is empty: topics are
-    recreated on first use and the consumer group starts over from the earliest offset. The
+    With ``s3`` the broker keeps its log and committed offsets there and comes back with them,
+    as a Kafka cluster does; without it Tansu keeps everything in memory and comes back empty
+    (topics recreated on first use, the group starting over from the earliest offset). The
     replay (``ecgstream replay --speed 1``) keeps publishing throughout; chunks sent while the
     broker is down wait in the producer and are delivered once it is back.
     """
@@ -84,8 +86,9 @@ def broker_outage(
             360,
             ["MLII"],
         )
-    broker = TansuBroker(workdir).start()
+    broker = TansuBroker(workdir, s3=s3).start()
     topic = f"outage-{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
     port = free_port()
     common = ["--bootstrap", broker.bootstrap, "--topic", topic]
     worker = run_cli(
@@ -94,7 +97,7 @@ def broker_outage(
             "run",
             *common,
             "--group",
-            f"g-{topic}",
+            group,
             "--model",
             str(model),
             "--outbox",
@@ -109,7 +112,12 @@ def broker_outage(
         workdir / "worker.log",
     )
     replay = None
-    res: dict = {"outage_s": outage_s, "streams": n_streams, "seconds": seconds}
+    res: dict = {
+        "outage_s": outage_s,
+        "streams": n_streams,
+        "seconds": seconds,
+        "storage": broker.storage.split(":")[0],
+    }
     try:
         if not wait_until(lambda: "assigned" in (workdir / "worker.log").read_text(), 40):
             raise RuntimeError(
@@ -123,7 +131,8 @@ def broker_outage(
         time.sleep(before_s)
         res["metrics_before"] = scrape(port)
         res["windows_before"] = len(read_scores(workdir / "scores.jsonl"))
-        broker.stop()  # SIGKILL: in-memory topics and offsets are gone
+        res["committed_before"] = broker.committed(group)
+        broker.stop()  # SIGKILL
         t_down = time.time()
         wait_until(lambda: scrape(port).get("ecgstream_broker_up") == 0, min(outage_s, 10))
         res["metrics_during"] = scrape(port)
@@ -131,6 +140,7 @@ def broker_outage(
         res["worker_alive_during_outage"] = worker.poll() is None
         broker.start()
         t_up = time.time()
+        res["committed_after_restart"] = broker.committed(group)
         res["replay_exit"] = replay.wait(seconds + 180)
 
         def last_windows_scored():  # every stream's last window (the consumer group rejoins first)
@@ -151,6 +161,7 @@ def broker_outage(
         broker.stop()
     log = (workdir / "worker.log").read_text()
     res["log_outage"] = [m.group(0) for m in re.finditer(r"ecgstream[.\w]*: broker [^\n]*", log)]
+    res["log_reread"] = [ln for ln in log.splitlines() if "topic recreated" in ln]
     scores = read_scores(workdir / "scores.jsonl")
     res["windows_scored"] = len({(s["stream"], s["window"]) for s in scores})
     res["windows_rescored"] = len(scores) - res["windows_scored"]
