@@ -63,6 +63,8 @@ class ConsensusConfig:
     segment: int = 80
     stride: int = 10
     slope_weight: float = 0.0
+    noise_weight: float = 0.0
+    noise_quantile: float = 0.7
     population_components: int = 0
     population_weight: float = 1.0
     topk_frac: float = 0.1
@@ -70,6 +72,7 @@ class ConsensusConfig:
     reference_size: int = 0
     reference_quantiles: int = 0
     reference_weight: float = 1.0
+    scale_floor: float = 0.0
 
     @property
     def n_segments(self) -> int:
@@ -87,14 +90,19 @@ class ConsensusConfig:
             )
         if self.slope_weight < 0:
             raise ValueError(f"slope_weight must be >= 0, got {self.slope_weight}")
+        if self.noise_weight < 0 or not 0 < self.noise_quantile <= 1:
+            raise ValueError(
+                f"noise_weight must be >= 0 and noise_quantile in (0, 1], got "
+                f"{self.noise_weight} and {self.noise_quantile}"
+            )
         if self.population_components < 0:
             raise ValueError(
                 f"population_components must be >= 0, got {self.population_components}"
             )
         if not 0 < self.topk_frac <= 1:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
-        if self.consensus_weight < 0 or self.reference_weight < 0:
-            raise ValueError("consensus_weight and reference_weight must be >= 0")
+        if min(self.consensus_weight, self.reference_weight, self.scale_floor) < 0:
+            raise ValueError("consensus_weight, reference_weight and scale_floor must be >= 0")
         if self.reference_size < 0 or not 0 <= self.reference_quantiles <= self.segment:
             raise ValueError(
                 f"reference_size must be >= 0 and reference_quantiles in [0, segment="
@@ -143,8 +151,24 @@ class SegmentConsensus(nn.Module):
         seg = torch.index_select(windows, 2, self.index).reshape(b, leads, cfg.n_segments, -1)
         ordered = torch.sort(seg, dim=-1).values
         level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
+        if cfg.scale_floor > 0:  # shape only: divided by its RMS, at least scale_floor
+            rms = level.pow(2).mean(-1, keepdim=True).sqrt()
+            level = level / rms.clamp_min(cfg.scale_floor)
         slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
         return level, slope
+
+    def noise_floor(self, windows: torch.Tensor) -> torch.Tensor:
+        """The smallest ``noise_quantile`` of each segment's absolute sample-to-sample steps, sorted.
+
+        QRS slopes sit in the largest steps; the rest is the segment's noise floor, which a
+        burst of noise or interference raises without changing the amplitude distribution much.
+        """
+        b, leads, _ = windows.shape
+        cfg = self.cfg
+        seg = torch.index_select(windows, 2, self.index).reshape(b, leads, cfg.n_segments, -1)
+        steps = torch.sort((seg[..., 1:] - seg[..., :-1]).abs(), dim=-1).values
+        keep = max(1, int((cfg.segment - 1) * cfg.noise_quantile))
+        return steps[..., :keep]
 
     def _spread(self, seg_score: torch.Tensor) -> torch.Tensor:
         """Segment scores ``(B, n_segments)`` at their centres, linearly interpolated to ``(B, T)``."""
@@ -250,6 +274,9 @@ class SegmentConsensus(nn.Module):
             seg_score = cfg.consensus_weight * seg_score
         if cfg.slope_weight > 0:
             seg_score = seg_score + cfg.slope_weight * self._deviation(slope, self.consensus(slope))
+        if cfg.noise_weight > 0:
+            floor = self.noise_floor(windows)
+            seg_score = seg_score + cfg.noise_weight * self._deviation(floor, self.consensus(floor))
         if cfg.reference_size > 0:
             seg_score = seg_score + cfg.reference_weight * self.reference_score(level)
         point = self._spread(seg_score)

@@ -64,6 +64,8 @@ class TrainConfig:
     consensus_segment_s: float = 0.8
     consensus_stride_s: float = 0.1
     consensus_slope_weight: float = 0.0  # weight of the sorted-step descriptor (noise, slopes)
+    consensus_noise_weight: float = 0.0  # weight of the noise-floor term (smallest steps)
+    consensus_noise_quantile: float = 0.7  # fraction of the smallest |steps| that is noise floor
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
     # optimisation

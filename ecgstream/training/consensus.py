@@ -39,6 +39,8 @@ def consensus_config(cfg: TrainConfig):
         segment=max(2, int(round(cfg.consensus_segment_s * cfg.fs))),
         stride=max(1, int(round(cfg.consensus_stride_s * cfg.fs))),
         slope_weight=cfg.consensus_slope_weight,
+        noise_weight=cfg.consensus_noise_weight,
+        noise_quantile=cfg.consensus_noise_quantile,
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,
         topk_frac=cfg.topk_frac,

@@ -172,3 +172,17 @@ def test_population_reference_survives_checkpoint_and_export(ecg_folder, tmp_pat
         SegmentConsensus(ConsensusConfig(window=400, population_components=2)).fit_population(
             torch.zeros(2, 1, 400)
         )
+
+
+def test_noise_floor_term_finds_a_low_amplitude_noise_burst():
+    x = _ecg(10.0, seed=4)
+    noisy = x.copy()
+    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)  # 30 uV, 1 s
+    inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
+    plain, _ = _scores(noisy)
+    with_noise, _ = _scores(noisy, noise_weight=100.0)
+    contrast_plain = plain[inside].mean() / np.median(plain[outside])
+    contrast_noise = with_noise[inside].mean() / np.median(with_noise[outside])
+    assert contrast_noise > 3.0 and contrast_noise > 2.0 * contrast_plain
+    with pytest.raises(ValueError, match="noise_quantile"):
+        ConsensusConfig(noise_quantile=0.0).validate()
