@@ -192,8 +192,13 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
     regular = {i: s for i, s in enumerate(offline.window_score) if starts[i] == i * spec.hop}
     common = sorted(set(streamed) & set(regular))
     assert len(common) >= len(offline.window_score) - 2
-    diff = np.abs(np.array([streamed[i] for i in common]) - np.array([regular[i] for i in common]))
+    got = np.array([streamed[i] for i in common])
+    want = np.array([regular[i] for i in common], dtype=np.float64)
+    diff = np.abs(got - want)
     print(f"parity {which}: {len(common)} windows, max abs diff {diff.max():.2e}")
-    assert diff.max() <= 1e-4, (
-        f"max abs difference {diff.max():.2e} between offline and streamed scores"
+    # 1e-4 absolute, or float32 resolution for large scores (the burst windows score ~1e4,
+    # where one float32 step is ~1e-3)
+    bad = diff > np.maximum(1e-4, 1e-6 * np.abs(want))
+    assert not bad.any(), (
+        f"offline and streamed scores differ: {list(zip(got[bad], want[bad], strict=True))}"
     )
