@@ -1,6 +1,9 @@
-"""UCR anomaly-archive accuracy of the image methods beside a matrix-profile discord baseline.
+"""UCR anomaly-archive accuracy of the series detectors beside a matrix-profile discord baseline.
 
-For every series of a UCR folder (``labels.csv`` or UCR file names): train each method on the
+Methods: ``consensus`` (segment descriptors against the window and the prefix's nearest
+neighbours, :mod:`ecgstream.models.consensus`), the image methods ``pbas``, ``uniad``,
+``onenip``, and ``discord``. For every series of a UCR folder (``labels.csv`` or UCR file
+names): train each method on the
 anomaly-free prefix with :func:`ecgstream.training.series.train_series_array`, export it to ONNX,
 score the whole series through :class:`ecgstream.runtime.scorer.Scorer` (the same path as
 ``ecgstream score``), and count a hit when the argmax of the point score after ``train_end`` lies
@@ -13,6 +16,9 @@ resumes where it stopped; the summary is printed at the end.
 
     nice -n 5 python benchmarks/eval_ucr.py --data ../shared/data/ucr-dev --budget 12 \\
         --out benchmarks/results/ucr_dev.jsonl
+    nice -n 5 python benchmarks/eval_ucr.py --methods consensus,discord \
+        --out benchmarks/results/ucr_dev_consensus.jsonl
+    python benchmarks/eval_ucr.py --summary --out benchmarks/results/ucr_dev_consensus.jsonl
 """
 
 from __future__ import annotations
@@ -175,7 +181,7 @@ def summarise(path: Path, names: list[str], methods: list[str]) -> dict:
 
 
 def markdown_summary(
-    path: Path, methods: tuple[str, ...] = ("discord", "pbas", "uniad", "onenip")
+    path: Path, methods: tuple[str, ...] = ("discord", "consensus", "pbas", "uniad", "onenip")
 ) -> str:
     """Markdown table: accuracy on the series every method finished (paired), and on all rows."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]

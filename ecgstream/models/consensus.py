@@ -27,6 +27,14 @@ detection:
    raises every score of a patient who differs from the training population, so it is off for
    beat-level monitoring models.
 
+6. **Nearest-neighbour reference** (optional, ``reference_size > 0``; used for generic series).
+   Up to ``reference_size`` segment descriptors of normal data (a coreset, fitted by
+   :meth:`SegmentConsensus.fit_reference`; ``reference_quantiles`` entries each, optionally
+   followed by the sorted steps times ``reference_slope_scale``) are stored in the graph, and
+   each segment's distance to the nearest one is added to its score (weight
+   ``reference_weight``; ``consensus_weight`` scales the in-window term). A single event in a
+   long series is then measured against everything normal seen before.
+
 A premature beat makes the segments around it hold two QRS complexes instead of one, a
 ventricular beat a wider and taller one, a flat line none: all move the descriptor away from the
 consensus. What it cannot see is an abnormality present in every beat of the window (the
@@ -72,7 +80,7 @@ class ConsensusConfig:
     reference_size: int = 0
     reference_quantiles: int = 0
     reference_weight: float = 1.0
-    scale_floor: float = 0.0
+    reference_slope_scale: float = 0.0
 
     @property
     def n_segments(self) -> int:
@@ -101,8 +109,10 @@ class ConsensusConfig:
             )
         if not 0 < self.topk_frac <= 1:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
-        if min(self.consensus_weight, self.reference_weight, self.scale_floor) < 0:
-            raise ValueError("consensus_weight, reference_weight and scale_floor must be >= 0")
+        if min(self.consensus_weight, self.reference_weight, self.reference_slope_scale) < 0:
+            raise ValueError(
+                "consensus_weight, reference_weight and reference_slope_scale must be >= 0"
+            )
         if self.reference_size < 0 or not 0 <= self.reference_quantiles <= self.segment:
             raise ValueError(
                 f"reference_size must be >= 0 and reference_quantiles in [0, segment="
@@ -112,7 +122,8 @@ class ConsensusConfig:
     @property
     def reference_dims(self) -> int:
         """Descriptor entries per lead kept for the nearest-neighbour reference."""
-        return self.reference_quantiles or self.segment
+        q = self.reference_quantiles or self.segment
+        return 2 * q if self.reference_slope_scale > 0 else q
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,8 +149,11 @@ class SegmentConsensus(nn.Module):
         self.register_buffer("pop_sd", torch.ones(k))
         self.register_buffer("pop_residual", torch.ones(()))
         if cfg.reference_size > 0:
-            q = torch.linspace(0, cfg.segment - 1, cfg.reference_dims).round().long()
+            n_q = cfg.reference_quantiles or cfg.segment
+            q = torch.linspace(0, cfg.segment - 1, n_q).round().long()
             self.register_buffer("ref_index", q, persistent=False)
+            q_slope = torch.linspace(0, cfg.segment - 2, n_q).round().long()
+            self.register_buffer("ref_slope_index", q_slope, persistent=False)
             dims = cfg.n_leads * cfg.reference_dims
             self.register_buffer("ref_desc", torch.zeros(cfg.reference_size, dims))
             self.register_buffer("ref_norm", torch.zeros(cfg.reference_size))
@@ -151,9 +165,6 @@ class SegmentConsensus(nn.Module):
         seg = torch.index_select(windows, 2, self.index).reshape(b, leads, cfg.n_segments, -1)
         ordered = torch.sort(seg, dim=-1).values
         level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
-        if cfg.scale_floor > 0:  # shape only: divided by its RMS, at least scale_floor
-            rms = level.pow(2).mean(-1, keepdim=True).sqrt()
-            level = level / rms.clamp_min(cfg.scale_floor)
         slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
         return level, slope
 
@@ -224,20 +235,26 @@ class SegmentConsensus(nn.Module):
         self.pop_sd.copy_((sv[:k] / max(1, len(x) - 1) ** 0.5).clamp_min(1e-6).float())
         self.pop_residual.copy_(residual.median().clamp_min(1e-9).float())
 
-    def _reference_rows(self, level: torch.Tensor) -> torch.Tensor:
-        """Descriptors ``(B, L, S, segment)`` as reference rows ``(B, S, L * reference_dims)``."""
+    def _reference_rows(self, level: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        """Descriptors ``(B, L, S, .)`` as reference rows ``(B, S, L * reference_dims)``.
+
+        With ``reference_slope_scale`` the sorted steps (times that scale) follow the values.
+        """
         b, leads, n, _ = level.shape
         q = torch.index_select(level, 3, self.ref_index)
+        if self.cfg.reference_slope_scale > 0:
+            steps = torch.index_select(slope, 3, self.ref_slope_index)
+            q = torch.cat([q, self.cfg.reference_slope_scale * steps], dim=3)
         return q.permute(0, 2, 1, 3).reshape(b, n, leads * self.cfg.reference_dims)
 
-    def reference_score(self, level: torch.Tensor) -> torch.Tensor:
+    def reference_score(self, level: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         """Mean squared distance ``(B, n_segments)`` of each segment to its nearest reference descriptor.
 
         The reference (:meth:`fit_reference`) holds descriptors of normal data, e.g. the
         anomaly-free prefix of a series, so a segment unlike anything seen there stands out
         even when it is the window's majority.
         """
-        rows = self._reference_rows(level)
+        rows = self._reference_rows(level, slope)
         cross = torch.matmul(rows, self.ref_desc.T)
         dist = (rows**2).sum(-1, keepdim=True) + self.ref_norm - 2 * cross
         return dist.min(-1).values.clamp_min(0) / rows.shape[-1]
@@ -253,7 +270,7 @@ class SegmentConsensus(nn.Module):
         if size == 0:
             return 0
         with torch.no_grad():
-            rows = torch.cat([self._reference_rows(self.descriptors(w)[0]).reshape(-1, self.ref_desc.shape[1])
+            rows = torch.cat([self._reference_rows(*self.descriptors(w)).reshape(-1, self.ref_desc.shape[1])
                               for w in torch.split(windows, 256)])  # fmt: skip
         rows = torch.unique(rows, dim=0)
         keep = _coreset(rows, size, seed)
@@ -278,7 +295,7 @@ class SegmentConsensus(nn.Module):
             floor = self.noise_floor(windows)
             seg_score = seg_score + cfg.noise_weight * self._deviation(floor, self.consensus(floor))
         if cfg.reference_size > 0:
-            seg_score = seg_score + cfg.reference_weight * self.reference_score(level)
+            seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
         point = self._spread(seg_score)
         if cfg.population_components > 0:
             point = point + cfg.population_weight * self.population_score(consensus)[:, None]

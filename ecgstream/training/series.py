@@ -9,6 +9,11 @@ is about two dominant periods of the prefix unless given.
 The last fifth of the prefix (when it holds at least 10 windows) is kept out of training and
 calibrates the score normalisation and thresholds. Training stops at ``time_budget_s``
 (default 30 s) so one model takes under a minute, export included.
+
+``kind="consensus"`` has nothing to train (:mod:`ecgstream.models.consensus`): segments are one
+dominant period long, the window holds several periods, and the descriptors of the prefix are
+kept as a nearest-neighbour reference, so each segment is scored against both its own window and
+everything normal seen before. It takes seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ from ecgstream.signals.preprocess import PreprocessConfig
 from ecgstream.signals.series import SeriesError, auto_window, dominant_period, read_series
 from ecgstream.signals.windows import frame, window_starts
 
-__all__ = ["SeriesResult", "series_preprocess", "train_series", "train_series_array"]
+__all__ = [
+    "SeriesResult",
+    "consensus_sizes",
+    "series_preprocess",
+    "train_series",
+    "train_series_array",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +78,10 @@ def train_series_array(
 ) -> SeriesResult:
     """Train one detector on ``x[:train_end]`` (``x`` ``(n,)`` or ``(n, channels)``); export if ``model_out``.
 
-    ``window`` and ``hop`` (scoring hop) are in samples; defaults: :func:`auto_window` and a
-    quarter window. ``overrides`` set fields of :class:`~ecgstream.training.image.ImageConfig`.
+    ``window`` and ``hop`` (scoring hop) are in samples; defaults: :func:`auto_window` (for
+    ``consensus``: :func:`consensus_sizes`) and a quarter window. ``overrides`` set fields of
+    :class:`~ecgstream.training.image.ImageConfig`, or for ``consensus`` of
+    :class:`~ecgstream.models.consensus.ConsensusConfig` and ``periods`` / ``max_window``.
     """
     import torch
 
@@ -110,6 +123,9 @@ def _train_series_array(
     if not 0 < train_end <= len(x):
         raise SeriesError(f"train_end {train_end} must be within the series' {len(x)} samples")
     prefix = x[:train_end]
+    if kind == "consensus":
+        return _train_consensus(x, train_end, overrides, t0, leads=leads, name=name,
+                                window=window, hop=hop, model_out=model_out, seed=seed)  # fmt: skip
     window = int(window or auto_window(prefix))
     hop = int(hop or max(1, window // 4))
     if train_end < 2 * window:
@@ -126,7 +142,8 @@ def _train_series_array(
         kind=kind, frontend="channel_time", seed=seed, time_budget_s=time_budget_s, **overrides
     )
     model = fit_image_detector(train_windows, cfg)
-    val_windows = frame(val_part, window_starts(len(val_part), window, max(1, window // 8)), window)
+    val_hop = max(1, min(window // 8, (len(val_part) - window) // 16))
+    val_windows = frame(val_part, window_starts(len(val_part), window, val_hop), window)
     with torch.no_grad():
         _, val_scores = model(torch.from_numpy(val_windows))
     score_norm, thresholds = calibrate(val_scores.numpy())
@@ -156,6 +173,124 @@ def _train_series_array(
     path = None
     if model_out is not None:
         path = export_detector(model, spec, model_out)
+        log.info("exported %s (%.1f s)", path, time.perf_counter() - t0)
+    return SeriesResult(spec=spec, model_path=path, seconds=time.perf_counter() - t0, model=model)
+
+
+#: defaults of the series consensus detector (tuned on every third UCR dev series)
+CONSENSUS_SERIES = {
+    "periods": 12.0,
+    "segment_periods": 1.0,
+    "max_window": 4096,
+    "reference_size": 1024,
+    "reference_quantiles": 32,
+    "reference_slope_scale": 1.0,
+    "reference_weight": 1.0,
+    "consensus_weight": 0.1,
+}
+
+
+def consensus_sizes(
+    prefix: np.ndarray,
+    window: int | None,
+    periods: float,
+    max_window: int,
+    segment_periods: float = 1.0,
+) -> tuple[int, int, int]:
+    """``(window, segment, stride)`` in samples; segment = ``segment_periods`` dominant periods.
+
+    The window holds about ``periods`` segments, at most ``max_window`` samples and at most half
+    the prefix (so at least two windows fit in it).
+    """
+    limit = max(16, min(1000, len(prefix) // 3))
+    segment = max(16, round(segment_periods * dominant_period(prefix, max_period=limit)))
+    if window is None:
+        window = int(min(round(periods * segment), max_window, len(prefix) // 2))
+        window = min(max(window, 3 * segment, 256), len(prefix) // 2)
+    segment = min(segment, max(2, window // 3))
+    stride = max(1, segment // 8)
+    return int(window), int(segment), int(stride)
+
+
+def _segment_rms(prefix: np.ndarray, segment: int) -> float:
+    """Median RMS (about the median) of the prefix's segments, over segments and channels."""
+    starts = np.arange(0, len(prefix) - segment + 1, max(1, segment // 2))
+    seg = prefix[starts[:, None] + np.arange(segment)[None]]  # (n, segment, channels)
+    dev = seg - np.median(seg, axis=1, keepdims=True)
+    return float(np.median(np.sqrt((dev**2).mean(1)))) or 1.0
+
+
+def _train_consensus(
+    x, train_end, overrides, t0, *, leads, name, window, hop, model_out, seed
+) -> SeriesResult:
+    import torch
+
+    from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
+    from ecgstream.training.calibration import calibrate
+    from ecgstream.training.export import export_model
+
+    opts = {**CONSENSUS_SERIES, **overrides}
+    prefix = x[:train_end]
+    window, segment, stride = consensus_sizes(
+        prefix, window, opts.pop("periods"), opts.pop("max_window"), opts.pop("segment_periods")
+    )
+    hop = int(hop or max(1, window // 4))
+    if train_end < 2 * window:
+        raise SeriesError(
+            f"the anomaly-free prefix ({train_end} samples) must hold at least two {window}-sample "
+            "windows; give a shorter --window or a later --train-end"
+        )
+    unknown = set(opts) - set(ConsensusConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown consensus setting(s) {sorted(unknown)}")
+    opts["reference_quantiles"] = min(int(opts.get("reference_quantiles", 0)), segment)
+    if opts.get("reference_slope_scale", 0) > 0:  # steps weighted like values on the prefix
+        ratio = _segment_rms(prefix, segment) / _segment_rms(np.diff(prefix, axis=0), segment)
+        opts["reference_slope_scale"] = float(opts["reference_slope_scale"] * ratio)
+    cfg = ConsensusConfig(n_leads=x.shape[1], window=window, segment=segment, stride=stride, **opts)
+    model = SegmentConsensus(cfg).eval()
+    n_val = train_end // 5
+    fit_part, val_part = prefix[: train_end - n_val], prefix[train_end - n_val - window // 2 :]
+    if len(val_part) < window + 9 * max(1, window // 8) or len(fit_part) < 2 * window:
+        fit_part, val_part = prefix, prefix
+    # windows every segment overlap by all but one segment, so every prefix segment is described
+    fit_windows = frame(
+        fit_part, window_starts(len(fit_part), window, max(1, window - segment)), window
+    )
+    distinct = model.fit_reference(torch.from_numpy(fit_windows), seed=seed)
+    if cfg.population_components:
+        model.fit_population(torch.from_numpy(fit_windows))
+    val_hop = max(1, min(window // 8, (len(val_part) - window) // 16))
+    val_windows = frame(val_part, window_starts(len(val_part), window, val_hop), window)
+    with torch.no_grad():
+        _, val_scores = model(torch.from_numpy(val_windows))
+    score_norm, thresholds = calibrate(val_scores.numpy())
+    seconds = time.perf_counter() - t0
+    spec = ModelSpec(
+        name=f"consensus-{name}",
+        version="1",
+        kind="consensus",
+        leads=list(
+            leads or (["value"] if x.shape[1] == 1 else [f"ch{i}" for i in range(x.shape[1])])
+        ),
+        window=window,
+        hop=hop,
+        preprocessing=series_preprocess().to_dict(),
+        score_norm=score_norm,
+        thresholds=thresholds,
+        training={
+            "series": name,
+            "train_end": int(train_end),
+            "n_windows": int(len(fit_windows)),
+            "reference_descriptors": int(distinct),
+            "dominant_period": int(segment),
+            "seconds": round(seconds, 1),
+        },
+        params={**cfg.to_dict(), "parameters": 0},
+    )
+    path = None
+    if model_out is not None:
+        path = export_model(model, spec, model_out)
         log.info("exported %s (%.1f s)", path, time.perf_counter() - t0)
     return SeriesResult(spec=spec, model_path=path, seconds=time.perf_counter() - t0, model=model)
 

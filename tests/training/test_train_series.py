@@ -129,3 +129,42 @@ def test_image_kind_trains_on_wfdb_records_through_the_registry(tmp_path, ecg_fo
 
     again = export_checkpoint(model.with_suffix(".ckpt") / "model.pt", tmp_path / "again.onnx")
     assert read_spec(again).kind == "pbas"
+
+
+def test_consensus_series_trains_exports_and_finds_the_anomaly(tmp_path):
+    """``--series ... --model consensus``: no weights to train, seconds, and the argmax is right."""
+    x = _series(6000, period=50, seed=2)
+    t = np.arange(100)
+    x[4200:4300] = np.sin(2 * np.pi * t / 25)  # two periods at double frequency, same range
+    path = write_series(tmp_path / "cons.txt", x)
+    model = tmp_path / "cons.onnx"
+    t0 = time.perf_counter()
+    argv = ["train", "--series", str(path), "--train-end", "3000", "--model", "consensus"]
+    assert main([*argv, "--model-out", str(model)]) == 0
+    assert time.perf_counter() - t0 < 20
+    spec = read_spec(model)
+    assert spec.kind == "consensus" and spec.fs == 1.0
+    assert spec.params["segment"] == 50 and spec.window == 600  # one period, twelve periods
+    assert spec.params["reference_size"] > 0 and spec.training["train_end"] == 3000
+    out = tmp_path / "scores"
+    assert main(["score", "--model", str(model), "--out", str(out), str(path)]) == 0
+    point = np.load(out / "cons.npz")["point_score"]
+    assert point.shape == (6000,) and np.isfinite(point).all()
+    loc = 3000 + int(np.argmax(point[3000:]))
+    assert 4150 <= loc < 4350, f"argmax {loc} should fall on the anomaly at 4200-4300"
+
+
+def test_consensus_reference_is_optional_and_scores_seen_segments_near_zero():
+    from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
+
+    plain = SegmentConsensus(ConsensusConfig(window=400, segment=40, stride=5))
+    assert not any(k.startswith("ref_") for k in plain.state_dict())  # defaults: graph unchanged
+    cfg = ConsensusConfig(window=400, segment=40, stride=5, consensus_weight=0.0,
+                          reference_size=64, reference_quantiles=16, reference_slope_scale=2.0)  # fmt: skip
+    model = SegmentConsensus(cfg)
+    seen = torch.from_numpy(_series(400, period=40)[None, None].astype(np.float32))
+    assert model.fit_reference(seen) > 1
+    with torch.no_grad():
+        point_seen, _ = model(seen)
+        point_new, _ = model(3 * seen)
+    assert float(point_seen.max()) < 1e-3 * float(point_new.min())
