@@ -174,6 +174,9 @@ class RunConfig(KafkaSecurityConfig):
     metrics_port: int = 0
     max_poll_records: int = 2000
     poll_timeout_ms: int = 200
+    # longest the broker may hold a fetch open waiting for new data; some brokers (Tansu) answer
+    # only when it expires, so it bounds the wait a new chunk sees before it is fetched
+    fetch_max_wait_ms: int = 25
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     stream_idle_s: float = 60.0

@@ -142,6 +142,9 @@ class StreamBuffer:
         self.last_seen = 0.0  # wall clock of the last chunk (for idle eviction)
         self.last_value: np.ndarray | None = None
         self.pending: list[np.ndarray] = []  # accepted input not yet preprocessed
+        self._all_leads = False  # lead_idx selects every input lead in order
+        pcfg = spec.preprocess_config
+        self.min_fs = 2.0 * (pcfg.lowpass_hz or pcfg.fs / 2)  # lowest usable input rate, Hz
 
     # ---------------------------------------------------------------- input
 
@@ -159,6 +162,7 @@ class StreamBuffer:
         except RecordError as exc:
             raise LeadMismatch(f"{exc}; model {self.spec.name} needs {need}") from None
         self.leads_in = key
+        self._all_leads = self.lead_idx == list(range(len(key)))
 
     def _restart(self, chunk: Chunk) -> None:
         self.flush()
@@ -186,8 +190,7 @@ class StreamBuffer:
             raise Unprocessable(
                 f"sampling rate {chunk.fs:.6g} Hz outside [{MIN_FS:g}, {MAX_FS:g}]", "bad_fs"
             )
-        pcfg = self.spec.preprocess_config
-        min_fs = 2.0 * (pcfg.lowpass_hz or pcfg.fs / 2)
+        min_fs = self.min_fs
         if chunk.fs < min_fs:  # also bounds the work: upsampling 0.01 Hz would make GBs of samples
             raise Unprocessable(
                 f"sampling rate {chunk.fs:g} Hz is below {min_fs:g} Hz, twice the upper band edge "
@@ -242,11 +245,7 @@ class StreamBuffer:
                 )
                 self._restart(chunk)
         self.next_seq = chunk.seq + 1
-        x = (
-            chunk.samples[:, self.lead_idx]
-            if self.lead_idx != list(range(chunk.samples.shape[1]))
-            else chunk.samples
-        )
+        x = chunk.samples if self._all_leads else chunk.samples[:, self.lead_idx]
         x = self._fill_missing(x)
         a_chunk = self.a_origin + int(math.floor(self.n_in * self.fs / self.fs_in + 1e-9))
         if offset is not None:

@@ -20,10 +20,15 @@ import numpy as np
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
 from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
 from ecgstream.runtime.scorer import Scorer
-from ecgstream.streaming.buffers import StreamBuffer, Unprocessable, preprocess_pending
+from ecgstream.streaming.buffers import (
+    StreamBuffer,
+    Unprocessable,
+    Windows,
+    preprocess_pending,
+)
 from ecgstream.streaming.wire import Chunk, adc_clipped
 
-__all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState"]
+__all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState", "Prepared", "Inference"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,24 @@ class BatchResult:
     suppressed: int = 0
     events: TallyCounter = field(default_factory=TallyCounter)
     inference_s: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A batch cut into windows, waiting for its inference call (``batch`` None: no window)."""
+
+    res: BatchResult
+    parts: list[tuple[StreamState, Windows]]
+    batch: np.ndarray | None
+
+
+@dataclass
+class Inference:
+    """Raw model output of a prepared batch and the seconds the call took."""
+
+    point_raw: np.ndarray
+    window_raw: np.ndarray
+    seconds: float
 
 
 @dataclass
@@ -128,6 +151,27 @@ class Pipeline:
 
     def process(self, items: list[Incoming], now: float | None = None) -> BatchResult:
         """Run one batch of chunks (in arrival order) through buffers, the model and alerts."""
+        prep = self.prepare(items, now)
+        return self.complete(prep, self.infer(prep))
+
+    def infer(self, prep: Prepared) -> Inference | None:
+        """The inference call of a prepared batch (None without windows).
+
+        ONNX Runtime releases the GIL, so the worker runs this in a thread while it decodes and
+        prepares the next poll; it touches no stream state.
+        """
+        if prep.batch is None:
+            return None
+        t = time.perf_counter()
+        point_raw, window_raw = self.scorer.score_windows(prep.batch)
+        return Inference(point_raw, window_raw, time.perf_counter() - t)
+
+    def prepare(self, items: list[Incoming], now: float | None = None) -> Prepared:
+        """Everything before inference: buffers, technical checks, and the windows to score.
+
+        Stream buffers advance past the returned windows; :meth:`complete` must follow (in
+        batch order) before the next ``prepare`` result is completed.
+        """
         now = time.time() if now is None else now
         res = BatchResult()
         touched: dict[str, StreamState] = {}
@@ -166,8 +210,22 @@ class Pipeline:
         if self.tech_cfg.enabled and checks:
             self._technical(checks, res)
         preprocess_pending([st.buffer for st in touched.values()])
-        self._score(touched, res)
-        return res
+        parts = []
+        for st in touched.values():
+            wins, suppressed = st.buffer.take_windows()
+            res.suppressed += len(suppressed)
+            if len(wins.index):
+                parts.append((st, wins))
+        if not parts:
+            return Prepared(res, parts, None)
+        batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
+        return Prepared(res, parts, batch)
+
+    def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
+        """Feed a prepared batch's scores to the alert state machines; returns its result."""
+        if inference is not None:
+            self._score(prep.parts, inference, prep.res)
+        return prep.res
 
     def _technical(self, checks: list[tuple[StreamState, Chunk]], res: BatchResult) -> None:
         """Technical conditions of every chunk, computed per group of equally shaped chunks."""
@@ -201,20 +259,12 @@ class Pipeline:
                     st.buffer.mark_bad(chunk.t0, t1)
                 res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
 
-    def _score(self, touched: dict[str, StreamState], res: BatchResult) -> None:
-        parts = []
-        for st in touched.values():
-            wins, suppressed = st.buffer.take_windows()
-            res.suppressed += len(suppressed)
-            if len(wins.index):
-                parts.append((st, wins))
-        if not parts:
-            return
-        batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
-        t = time.perf_counter()
-        point_raw, window_raw = self.scorer.score_windows(batch)
-        res.inference_s = time.perf_counter() - t
-        res.windows = len(batch)
+    def _score(
+        self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult
+    ) -> None:
+        point_raw, window_raw = inf.point_raw, inf.window_raw
+        res.inference_s = inf.seconds
+        res.windows = len(window_raw)
         scores = self.spec.normalise(window_raw.astype(np.float64))
         norm = self.spec.score_norm
         fs = self.spec.fs

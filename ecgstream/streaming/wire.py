@@ -301,7 +301,8 @@ def _decode_binary(value: bytes) -> Chunk:
     adc = None
     if type_code == 1:
         adc = raw
-        samples = (raw.astype(np.float32) - baseline) / gain
+        samples = np.subtract(raw, baseline, dtype=np.float32)
+        samples /= gain
         if raw.min() == INT16_MISSING:
             samples[raw == INT16_MISSING] = np.nan
     else:

@@ -5,6 +5,11 @@ partitions): malformed messages go to the dead-letter topic, the rest go through
 :class:`~ecgstream.streaming.pipeline.Pipeline` batch (one ONNX Runtime call for the windows of
 every stream), alerts are written to every sink durably, and only then offsets are committed.
 See docs/delivery.md for the commit order, revocation and back-pressure.
+
+The inference call of a batch runs in a second thread (ONNX Runtime releases the GIL) while the
+loop polls and prepares the next batch; batches still complete, become durable and commit one
+at a time in poll order, and a batch in flight is completed before a rebalance, an eviction or
+close.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +33,7 @@ from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.router import AlertRouter
 from ecgstream.streaming.kafka import dlq_headers, ensure_topics, make_consumer, make_producer
 from ecgstream.streaming.metrics import Metrics
-from ecgstream.streaming.pipeline import Incoming, Pipeline
+from ecgstream.streaming.pipeline import Incoming, Pipeline, Prepared
 from ecgstream.streaming.security import kafka_options, webhook_secret
 from ecgstream.streaming.wire import WireError, decode
 
@@ -135,6 +141,21 @@ class Summary:
         return "\n".join(lines)
 
 
+@dataclass
+class _Staged:
+    """A poll decoded and cut into windows, its inference call submitted."""
+
+    polled: dict
+    items: list[Incoming]
+    dead: list[tuple]
+    stamps: list[int]
+    n: int
+    prep: Prepared
+    inference: Future
+    commit_to: dict[int, int]  # partition -> offset to commit once this batch is durable
+    t0: float
+
+
 class Worker:
     """A consumer-group member scoring the ``cfg.topic`` streams (see the module docstring).
 
@@ -167,6 +188,8 @@ class Worker:
         self._no_conn_since: float | None = None
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
+        self._inflight: _Staged | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
         self.consumer = None
         self.producer = None
         self.router: AlertRouter | None = None
@@ -218,6 +241,7 @@ class Worker:
             max_poll_records=cfg.max_poll_records,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
             **security,
         )
         self.consumer.subscribe([cfg.topic], listener=Listener())
@@ -225,8 +249,9 @@ class Worker:
             self.metrics.serve(cfg.metrics_port)
 
     def _on_revoked(self, partitions: set[int]) -> None:
-        # Offsets were committed after the last batch; what follows the commit is re-read by
-        # the partition's next owner, so the state of these streams is simply dropped.
+        # Offsets are committed once the batch in flight is durable; what follows the commit is
+        # re-read by the partition's next owner, so the state of these streams is simply dropped.
+        self._finish_inflight()
         dropped = self.pipeline.drop_partitions(partitions)
         for p in partitions:
             self._last.pop(p, None)
@@ -238,6 +263,7 @@ class Worker:
         # offset (the oldest chunk an unscored window needs), even one this worker kept and
         # whose fetch position is further on. The seek happens after the poll returns
         # (the consumer cannot be used inside its own callback).
+        self._finish_inflight()
         self._to_rewind.update(assigned)
         self.metrics.partitions.set(len(assigned))
         log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
@@ -252,20 +278,25 @@ class Worker:
                 now = time.time()
                 if max_s is not None and now - t_start > max_s:
                     break
+                # with a batch in flight, only take what is already fetched: its alerts wait
                 polled = self.consumer.poll(
-                    timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_poll_records
+                    timeout_ms=0 if self._inflight else self.cfg.poll_timeout_ms,
+                    max_records=self.cfg.max_poll_records,
                 )
                 if self._to_rewind:
                     polled = self._rewind(polled)
+                staged = self._stage(polled) if polled else None  # overlaps the inference
+                self._finish_inflight()
+                self._inflight = staged
                 if polled:
                     last_msg = time.time()
-                    self.process_batch(polled)
                 elif max_idle_s is not None and time.time() - last_msg > max_idle_s:
                     break
                 if time.time() - self._broker_checked >= 1.0:
                     self._check_broker()
                     self._update_lag()
                 if time.time() - last_lag > 5.0:
+                    self._finish_inflight()
                     # streams that ended no longer hold their partition's committed offset back
                     if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
                         self._commit()
@@ -290,9 +321,11 @@ class Worker:
         return {tp: recs for tp, recs in polled.items() if tp not in rewound}
 
     def close(self) -> None:
-        """Commit what is durable, stop the webhook thread (after a short drain), close clients."""
+        """Complete the batch in flight, commit what is durable, stop the webhook thread (after a
+        short drain), close clients."""
         if self.consumer is not None:
             try:
+                self._finish_inflight()
                 self._commit()
             except Exception as exc:  # the group may already be gone
                 log.warning("final commit failed: %s", exc)
@@ -306,13 +339,20 @@ class Worker:
         if self.producer is not None:
             self.producer.close(timeout=10)
             self.producer = None
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown()
+            self._infer_pool = None
 
     # ---------------------------------------------------------------- one poll
 
     def process_batch(self, polled: dict) -> None:
         """Decode, score, make durable and commit one poll's records."""
+        self._finish_inflight()
+        self._finish(self._stage(polled))
+
+    def _stage(self, polled: dict) -> _Staged:
+        """Decode a poll, cut its windows and submit their inference call."""
         t0 = time.perf_counter()
-        m = self.metrics
         items: list[Incoming] = []
         dead: list[tuple] = []
         stamps: list[int] = []
@@ -328,9 +368,24 @@ class Worker:
                 items.append(Incoming(chunk, tp.partition, r.offset))
                 stamps.append(r.timestamp)
             self._last[tp.partition] = records[-1].offset
-        res = self.pipeline.process(items)
+        prep = self.pipeline.prepare(items)
+        if self._infer_pool is None:
+            self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="ecgstream-inference")
+        future = self._infer_pool.submit(self.pipeline.infer, prep)
+        return _Staged(polled, items, dead, stamps, n, prep, future, self._commit_targets(), t0)
+
+    def _finish_inflight(self) -> None:
+        staged, self._inflight = self._inflight, None
+        if staged is not None:
+            self._finish(staged)
+
+    def _finish(self, staged: _Staged) -> None:
+        """Alerts of a staged batch, made durable in every sink; then its offsets are committed."""
+        m = self.metrics
+        res = self.pipeline.complete(staged.prep, staged.inference.result())
+        dead = staged.dead
         for item, reason, detail in res.rejected:
-            dead.append((self._record_of(polled, item), reason, detail))
+            dead.append((self._record_of(staged.polled, item), reason, detail))
         if dead:
             self._dead_letter(dead)
         alerts = [a.to_dict() for a in res.alerts]
@@ -338,11 +393,12 @@ class Worker:
         if self.scores_sink is not None:
             self.scores_sink.write(res.scores)
         t_durable = time.time()
-        self._commit()
+        self._commit(staged.commit_to)
         # metrics and summary
+        n = staged.n
         self.summary.add(res, n)
-        self.summary.streams.update(i.chunk.stream for i in items)
-        m.messages.labels("ok").inc(len(items) - len(res.rejected))
+        self.summary.streams.update(i.chunk.stream for i in staged.items)
+        m.messages.labels("ok").inc(len(staged.items) - len(res.rejected))
         if dead:
             m.messages.labels("dead_letter").inc(len(dead))
         m.windows.labels("scored").inc(res.windows)
@@ -356,9 +412,9 @@ class Worker:
             m.batch_windows.observe(res.windows)
             m.inference_s.observe(res.inference_s)
         m.streams.set(len(self.pipeline.streams))
-        m.batch_s.observe(time.perf_counter() - t0)
+        m.batch_s.observe(time.perf_counter() - staged.t0)
         if self.record_latency:
-            self.latencies.extend(t_durable - s / 1000.0 for s in stamps)
+            self.latencies.extend(t_durable - s / 1000.0 for s in staged.stamps)
 
     def _record_of(self, polled: dict, item: Incoming):
         for tp, records in polled.items():
@@ -386,16 +442,21 @@ class Worker:
         for f in futures:
             f.get(timeout=30)
 
-    def _commit(self) -> None:
-        """Commit, per partition, the oldest offset still needed (<= last processed + 1)."""
+    def _commit_targets(self) -> dict[int, int]:
+        """Per partition, the oldest offset still needed (<= last processed + 1)."""
+        needed = self.pipeline.needed_offsets()
+        return {p: min(last + 1, needed.get(p, last + 1)) for p, last in self._last.items()}
+
+    def _commit(self, targets: dict[int, int] | None = None) -> None:
+        """Commit ``targets`` (default: :meth:`_commit_targets`, with no batch in flight) where
+        they move a partition's committed offset forward."""
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        needed = self.pipeline.needed_offsets()
+        targets = self._commit_targets() if targets is None else targets
         offsets = {}
-        for p, last in self._last.items():
-            target = min(last + 1, needed.get(p, last + 1))
-            if target > self._committed.get(p, -1):
+        for p, target in targets.items():
+            if p in self._last and target > self._committed.get(p, -1):
                 offsets[TopicPartition(self.cfg.topic, p)] = OffsetAndMetadata(target, "", -1)
         if not offsets:
             return

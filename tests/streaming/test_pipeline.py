@@ -101,3 +101,35 @@ def test_other_rates_are_resampled_to_the_model_rate(energy_model, fs):
     for c in _chunks("bed", sig, fs=fs, leads=("II",)):
         scores += pipe.process([Incoming(c)]).scores
     assert [s["window"] - int(T0 * 100) for s in scores] == [0, 100, 200, 300, 400]
+
+
+def test_preparing_the_next_batch_before_completing_one_changes_nothing(energy_model):
+    """The worker prepares poll k+1 while poll k is scored: same scores and alerts as in turn."""
+    sigs = [burst(synthetic_ecg(20, 360, seed=s, n_leads=2), 360, 9.0, 2.0) for s in range(3)]
+    batches = [
+        [Incoming(c[i]) for c in (_chunks(f"bed-{s}", sig) for s, sig in enumerate(sigs))]
+        for i in range(20)
+    ]
+
+    def run(overlapped: bool) -> tuple[list, list]:
+        pipe = Pipeline(Scorer(energy_model), AlertConfig(min_windows=1), keep_scores=True)
+        scores, alerts = [], []
+        if not overlapped:
+            for items in batches:
+                res = pipe.process(items, now=T0)
+                scores += res.scores
+                alerts += [a.to_dict() for a in res.alerts]
+            return scores, alerts
+        pending = None
+        for items in [*batches, None]:
+            nxt = pipe.prepare(items, now=T0) if items is not None else None
+            if pending is not None:
+                res = pipe.complete(pending, pipe.infer(pending))
+                scores += res.scores
+                alerts += [a.to_dict() for a in res.alerts]
+            pending = nxt
+        return scores, alerts
+
+    scores, alerts = run(False)
+    assert len(scores) == 3 * 19 and any(a["kind"] == "anomaly" for a in alerts)
+    assert run(True) == (scores, alerts)
