@@ -27,7 +27,7 @@ examples:
       --model-out /tmp/m.onnx ../shared/data/mitdb-ds1
   ecgstream train --leads I II III aVR aVL aVF V1 V2 V3 V4 V5 V6 --model-out /tmp/ptbxl.onnx \\
       ../shared/data/ptbxl-dev
-  ecgstream train --series data/123_UCR.txt --train-end 5000 --model uniad --model-out /tmp/u.onnx
+  ecgstream train --series data/123_UCR.txt --train-end 5000 --model consensus --model-out /tmp/c.onnx
 """
 
 #: flags that map one-to-one onto TrainConfig fields
