@@ -56,6 +56,38 @@ class SeriesResult:
     model: object = None
 
 
+def _series_spec(
+    kind: str,
+    name: str,
+    leads: list[str] | None,
+    n_channels: int,
+    window: int,
+    hop: int,
+    score_norm: dict,
+    thresholds: dict,
+    training: dict,
+    params: dict,
+    **extra,
+) -> ModelSpec:
+    """The :class:`ModelSpec` of a series model (rate 1.0, identity preprocessing, lengths in samples)."""
+    return ModelSpec(
+        name=f"{kind}-{name}",
+        version="1",
+        kind=kind,
+        leads=list(
+            leads or (["value"] if n_channels == 1 else [f"ch{i}" for i in range(n_channels)])
+        ),
+        window=window,
+        hop=hop,
+        preprocessing=series_preprocess().to_dict(),
+        score_norm=score_norm,
+        thresholds=thresholds,
+        training=training,
+        params=params,
+        **extra,
+    )
+
+
 def _train_windows(x: np.ndarray, window: int, max_windows: int) -> np.ndarray:
     stride = max(1, (len(x) - window) // max_windows)
     return frame(x, window_starts(len(x), window, stride), window)
@@ -148,18 +180,15 @@ def _train_series_array(
         _, val_scores = model(torch.from_numpy(val_windows))
     score_norm, thresholds = calibrate(val_scores.numpy())
     seconds = time.perf_counter() - t0
-    spec = ModelSpec(
-        name=f"{kind}-{name}",
-        version="1",
-        kind=kind,
-        leads=list(
-            leads or (["value"] if x.shape[1] == 1 else [f"ch{i}" for i in range(x.shape[1])])
-        ),
-        window=window,
-        hop=hop,
-        preprocessing=series_preprocess().to_dict(),
-        score_norm=score_norm,
-        thresholds=thresholds,
+    spec = _series_spec(
+        kind,
+        name,
+        leads,
+        x.shape[1],
+        window,
+        hop,
+        score_norm,
+        thresholds,
         training={
             "series": name,
             "train_end": int(train_end),
@@ -266,18 +295,15 @@ def _train_consensus(
         _, val_scores = model(torch.from_numpy(val_windows))
     score_norm, thresholds = calibrate(val_scores.numpy())
     seconds = time.perf_counter() - t0
-    spec = ModelSpec(
-        name=f"consensus-{name}",
-        version="1",
-        kind="consensus",
-        leads=list(
-            leads or (["value"] if x.shape[1] == 1 else [f"ch{i}" for i in range(x.shape[1])])
-        ),
-        window=window,
-        hop=hop,
-        preprocessing=series_preprocess().to_dict(),
-        score_norm=score_norm,
-        thresholds=thresholds,
+    spec = _series_spec(
+        "consensus",
+        name,
+        leads,
+        x.shape[1],
+        window,
+        hop,
+        score_norm,
+        thresholds,
         training={
             "series": name,
             "train_end": int(train_end),
