@@ -22,7 +22,7 @@ from ecgstream.training.trainer import (
     TrainResult,
     _checkpoint,
     prepare_data,
-    preprocess_config,
+    record_spec,
     validate,
 )
 
@@ -81,24 +81,18 @@ def fit_consensus(
     figures.pop("val_loss", None)
     normal_scores = figures.pop("normal_scores")
     score_norm, thresholds = calibrate(normal_scores, cfg.false_alarm)
-    spec = ModelSpec(
-        name=cfg.name,
-        version=cfg.version,
-        kind="consensus",
-        leads=list(cfg.leads),
-        window=cfg.window,
-        hop=cfg.hop,
-        preprocessing=preprocess_config(cfg).to_dict(),
-        score_norm=score_norm,
-        thresholds=thresholds,
+    spec = record_spec(
+        cfg,
+        "consensus",
+        train_recs,
+        val_recs,
+        score_norm,
+        thresholds,
         training={
-            "records": [r.name for r in train_recs],
-            "val_records": [r.name for r in val_recs],
             "windows": n_windows,
             "epochs": 0,
             "seed": cfg.seed,
             "validation": {k: round(float(v), 4) for k, v in figures.items()},
-            "config": cfg.to_dict(),
             "train_seconds": round(time.perf_counter() - t0, 1),
         },
         params={**model.cfg.to_dict(), "parameters": 0},

@@ -348,7 +348,7 @@ def fit_records(
 
 def _fit_records(kind: str, cfg, paths: list, progress: bool) -> ImageTrainResult:
     from ecgstream.training.calibration import calibrate
-    from ecgstream.training.trainer import prepare_data, preprocess_config
+    from ecgstream.training.trainer import prepare_data, record_spec
 
     t0 = time.perf_counter()
     train_recs, val_recs = prepare_data(cfg, paths, progress=progress)
@@ -371,28 +371,20 @@ def _fit_records(kind: str, cfg, paths: list, progress: bool) -> ImageTrainResul
         )
     score_norm, thresholds = calibrate(val_scores.numpy(), cfg.false_alarm)
     seconds = time.perf_counter() - t0
-    spec = ModelSpec(
-        name=cfg.name if cfg.name != "mmae" else f"{kind}-spectrogram",
-        version=cfg.version,
-        kind=kind,
-        leads=list(cfg.leads),
-        window=cfg.window,
-        hop=cfg.hop,
-        preprocessing=preprocess_config(cfg).to_dict(),
-        score_norm=score_norm,
-        thresholds=thresholds,
-        training={
-            "records": [r.name for r in train_recs],
-            "val_records": [r.name for r in val_recs],
-            "n_windows": int(len(windows)),
-            "seconds": round(seconds, 1),
-            "config": cfg.to_dict(),
-        },
+    spec = record_spec(
+        cfg,
+        kind,
+        train_recs,
+        val_recs,
+        score_norm,
+        thresholds,
+        training={"n_windows": int(len(windows)), "seconds": round(seconds, 1)},
         params={
             **icfg.to_dict(),
             **model.frontend.params(),
             "parameters": sum(p.numel() for p in model.parameters()),
         },
+        name=cfg.name if cfg.name != "mmae" else f"{kind}-spectrogram",
         frontend="spectrogram",
     )
     if cfg.checkpoint_dir is not None:

@@ -424,10 +424,48 @@ def make_spec(
     def rnd(v):
         return round(float(v), 4) if isinstance(v, float) else v
 
+    return record_spec(
+        cfg,
+        "mmae",
+        train_recs,
+        val_recs,
+        score_norm,
+        thresholds,
+        training={
+            "windows": n_windows,
+            "epochs": len(history),
+            "best_epoch": best["epoch"] + 1,
+            "selection_metric": best["metric"],
+            "seed": cfg.seed,
+            "validation": {k: rnd(v) for k, v in figures.items()},
+        },
+        params={
+            **model.cfg.to_dict(),
+            "parameters": count_parameters(model),
+            "macs_per_window": estimate_macs(model),
+        },
+    )
+
+
+def record_spec(
+    cfg: TrainConfig,
+    kind: str,
+    train_recs: list[TrainingRecord],
+    val_recs: list[TrainingRecord],
+    score_norm: dict,
+    thresholds: dict,
+    training: dict,
+    params: dict,
+    name: str | None = None,
+    **extra,
+) -> ModelSpec:
+    """The :class:`ModelSpec` of a model trained on WFDB records: rate, window, leads,
+    preprocessing and calibration from ``cfg``, and a training summary that always names the
+    training and validation records and the configuration (``training`` adds to it)."""
     return ModelSpec(
-        name=cfg.name,
+        name=name or cfg.name,
         version=cfg.version,
-        kind="mmae",
+        kind=kind,
         leads=list(cfg.leads),
         window=cfg.window,
         hop=cfg.hop,
@@ -437,17 +475,9 @@ def make_spec(
         training={
             "records": [r.name for r in train_recs],
             "val_records": [r.name for r in val_recs],
-            "windows": n_windows,
-            "epochs": len(history),
-            "best_epoch": best["epoch"] + 1,
-            "selection_metric": best["metric"],
-            "seed": cfg.seed,
-            "validation": {k: rnd(v) for k, v in figures.items()},
+            **training,
             "config": cfg.to_dict(),
         },
-        params={
-            **model.cfg.to_dict(),
-            "parameters": count_parameters(model),
-            "macs_per_window": estimate_macs(model),
-        },
+        params=params,
+        **extra,
     )
