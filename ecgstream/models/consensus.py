@@ -158,25 +158,31 @@ class SegmentConsensus(nn.Module):
             self.register_buffer("ref_desc", torch.zeros(cfg.reference_size, dims))
             self.register_buffer("ref_norm", torch.zeros(cfg.reference_size))
 
+    def segments(self, windows: torch.Tensor) -> torch.Tensor:
+        """The sliding segments of windows ``(B, L, T)`` as ``(B, L, n_segments, segment)``."""
+        b, leads, _ = windows.shape
+        seg = torch.index_select(windows, 2, self.index)
+        return seg.reshape(b, leads, self.cfg.n_segments, self.cfg.segment)
+
     def descriptors(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
-        b, leads, _ = windows.shape
+        return self._describe(self.segments(windows))
+
+    def _describe(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        seg = torch.index_select(windows, 2, self.index).reshape(b, leads, cfg.n_segments, -1)
         ordered = torch.sort(seg, dim=-1).values
         level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
         slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
         return level, slope
 
-    def noise_floor(self, windows: torch.Tensor) -> torch.Tensor:
+    def noise_floor(self, seg: torch.Tensor) -> torch.Tensor:
         """The smallest ``noise_quantile`` of each segment's absolute sample-to-sample steps, sorted.
 
-        QRS slopes sit in the largest steps; the rest is the segment's noise floor, which a
-        burst of noise or interference raises without changing the amplitude distribution much.
+        ``seg`` is :meth:`segments`' output. QRS slopes sit in the largest steps; the rest is the
+        segment's noise floor, which a burst of noise or interference raises without changing
+        the amplitude distribution much.
         """
-        b, leads, _ = windows.shape
         cfg = self.cfg
-        seg = torch.index_select(windows, 2, self.index).reshape(b, leads, cfg.n_segments, -1)
         steps = torch.sort((seg[..., 1:] - seg[..., :-1]).abs(), dim=-1).values
         keep = max(1, int((cfg.segment - 1) * cfg.noise_quantile))
         return steps[..., :keep]
@@ -284,7 +290,8 @@ class SegmentConsensus(nn.Module):
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
         cfg = self.cfg
-        level, slope = self.descriptors(windows)
+        seg = self.segments(windows)
+        level, slope = self._describe(seg)
         consensus = self.consensus(level)
         seg_score = self._deviation(level, consensus)
         if cfg.consensus_weight != 1.0:
@@ -292,7 +299,7 @@ class SegmentConsensus(nn.Module):
         if cfg.slope_weight > 0:
             seg_score = seg_score + cfg.slope_weight * self._deviation(slope, self.consensus(slope))
         if cfg.noise_weight > 0:
-            floor = self.noise_floor(windows)
+            floor = self.noise_floor(seg)
             seg_score = seg_score + cfg.noise_weight * self._deviation(floor, self.consensus(floor))
         if cfg.reference_size > 0:
             seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
