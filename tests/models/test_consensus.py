@@ -186,3 +186,35 @@ def test_noise_floor_term_finds_a_low_amplitude_noise_burst():
     assert contrast_noise > 3.0 and contrast_noise > 2.0 * contrast_plain
     with pytest.raises(ValueError, match="noise_quantile"):
         ConsensusConfig(noise_quantile=0.0).validate()
+
+
+def test_consensus_is_robust_to_a_minority_of_huge_beats():
+    x = _ecg(10.0, seed=6)
+    peaks = _r_peaks(x)
+    y = x.copy()
+    for p in peaks[[2, 6]]:  # two of about twelve beats become 10x taller
+        y[p - 8 : p + 8] *= 10.0
+    clean, _ = _scores(x)
+    spiked, _ = _scores(y)
+    far = np.ones(len(x), bool)
+    for p in peaks[[2, 6]]:
+        far[max(0, p - 60) : p + 60] = False  # more than a segment from the huge beats
+    assert np.median(spiked[far]) < 1.5 * np.median(clean[far])
+
+
+def test_noise_floor_ignores_the_qrs_slopes():
+    x = _ecg(10.0, seed=7)
+    peaks = _r_peaks(x)
+    taller = x.copy()
+    for p in peaks:
+        taller[p - 4 : p + 5] *= 2.0  # steeper QRS slopes, same baseline
+    noisy = x + np.random.default_rng(1).normal(0.0, 0.03, len(x))
+    model = SegmentConsensus(ConsensusConfig(window=len(x), noise_weight=1.0)).eval()
+
+    def floor(signal):
+        with torch.no_grad():
+            seg = model.segments(torch.tensor(signal, dtype=torch.float32)[None, None])
+            return model.noise_floor(seg).numpy()
+
+    base = floor(x)
+    assert np.abs(floor(taller) - base).mean() < 0.2 * np.abs(floor(noisy) - base).mean()
