@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from _workload import (  # benchmarks/ is on sys.path when run as a script
+    LoadProducer,
     encoded_steps,
     parse_args,
     publish_backlog,
@@ -44,11 +45,9 @@ BATCH_SIZE = 1024
 
 def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seconds: int) -> None:
     """Publish ``streams`` monitors in real time, each second's chunks spread over 10 slices."""
-    from ecgstream.streaming.kafka import make_producer
-
     t_start = float(int(time.time()))
     steps = encoded_steps(model, streams, seconds, t_start)
-    producer = make_producer(bootstrap, linger_ms=2)
+    producer = LoadProducer(bootstrap, linger_ms=2)
     wall0 = time.time()
     for i, step in enumerate(steps):
         for s in range(10):
@@ -56,7 +55,7 @@ def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seco
             if due > time.time():
                 time.sleep(due - time.time())
             for key, value in step[s::10]:
-                producer.send(topic, key=key, value=value)
+                producer.send(topic, key, value)
         producer.flush()
     producer.close()
 

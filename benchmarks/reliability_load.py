@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _workload import (  # noqa: E402
+    FrameMaker,
+    LoadProducer,
     encoded_steps,
     make_worker,
     parse_args,
@@ -58,6 +60,13 @@ def rss_mb(pid: int | None = None) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, s) a process has used so far (this one by default)."""
+    with open(f"/proc/{pid or os.getpid()}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds: int) -> None:
     """Publish ``streams`` monitors in real time for ``seconds``, encoding each second on the fly.
 
@@ -67,17 +76,18 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
     worst case: the windows of all monitors complete in the same second).
     """
     from ecgstream.runtime.model_file import read_spec
-    from ecgstream.streaming.kafka import make_producer
-    from ecgstream.streaming.wire import Chunk, encode_binary
 
     spec = read_spec(model)
     stagger = 1 if os.environ.get("ECGSTREAM_LOAD_ALIGNED") == "1" else max(1, round(spec.hop_s))
     sig, fs, leads = source_signal(spec.leads, 70)
-    n = int(fs)
-    producer = make_producer(bootstrap, linger_ms=2)
+    frames = FrameMaker(sig[: 60 * int(fs)], fs, leads)
+    names = [f"bed-{j:05d}" for j in range(streams)]
+    keys = [name.encode() for name in names]
+    producer = LoadProducer(bootstrap, linger_ms=2)
     t_start = float(int(time.time()))
     wall0 = time.time()
     late = 0
+    cpu0 = time.process_time()
     for i in range(seconds):
         for s in range(10):  # each second's chunks spread over 10 slices, as live monitors send
             due = wall0 + i + s / 10
@@ -86,12 +96,21 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
             else:
                 late += 1
             for j in range(s, streams, 10):
-                a = ((i + j) % 60) * n
-                c = Chunk(f"bed-{j:05d}", i + j % stagger, t_start + i, fs, leads, sig[a : a + n])
-                producer.send(topic, key=c.stream.encode(), value=encode_binary(c))
+                value = frames.frame(names[j], i + j % stagger, t_start + i, i + j)
+                producer.send(topic, keys[j], value)
         producer.flush()
     producer.close()
-    print(json.dumps({"publisher_late_slices": late}), flush=True)
+    cpu = time.process_time() - cpu0
+    print(
+        json.dumps(
+            {
+                "publisher_late_slices": late,
+                "publisher": producer.kind,
+                "publisher_cpu_share": round(cpu / seconds, 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 def measure_capacity(
@@ -189,12 +208,18 @@ def main() -> None:
         )
         samples = []
         t0 = time.time()
+        cpu_prev = (t0, cpu_seconds(), cpu_seconds(broker.pid))
         parts: list[np.ndarray] = []  # latencies, kept compact (float32) so they barely move RSS
         while pub.poll() is None:
             time.sleep(10)
             taken, worker.latencies = worker.latencies, []
             lat = np.asarray(taken, np.float32)
             parts.append(lat)
+            cpu_now = (time.time(), cpu_seconds(), cpu_seconds(broker.pid))
+            span = cpu_now[0] - cpu_prev[0]
+            worker_cpu = (cpu_now[1] - cpu_prev[1]) / span
+            broker_cpu = (cpu_now[2] - cpu_prev[2]) / span
+            cpu_prev = cpu_now
             samples.append(
                 {
                     "t_s": round(time.time() - t0, 1),
@@ -204,6 +229,9 @@ def main() -> None:
                     "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1) if len(lat) else None,
                     "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if len(lat) else None,
                     "over_target": int((lat > TARGET_S).sum()),
+                    "worker_cores": round(worker_cpu, 2),
+                    "broker_cores": round(broker_cpu, 2),
+                    "loadavg": os.getloadavg()[0],
                 }
             )
             print(json.dumps(samples[-1]), flush=True)
