@@ -71,6 +71,7 @@ _TYPES = {1: np.dtype("<i2"), 2: np.dtype("<f4")}
 _TYPE_CODES = {"int16": 1, "float32": 2}
 _JSON_KEYS = {"stream", "seq", "t0", "fs", "leads", "units", "samples"}
 _HEADER_KEYS = {"stream", "seq", "t0", "fs", "leads", "units", "n", "gain", "baseline"}
+_REQUIRED_HEADER_KEYS = {"stream", "seq", "t0", "fs", "leads", "n"}
 
 
 class WireError(ValueError):
@@ -213,9 +214,12 @@ def decode(value: bytes | None, key: bytes | None = None) -> Chunk:
     return chunk
 
 
+_JSON_DECODER = json.JSONDecoder()
+
+
 def _parse_json(data: bytes, what: str) -> dict:
     try:
-        obj = json.loads(data)
+        obj = _JSON_DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError("bad_json", f"{what} is not valid UTF-8 JSON: {str(exc)[:80]}") from None
     except RecursionError:
@@ -256,6 +260,49 @@ def _decode_json(value: bytes) -> Chunk:
     return Chunk(stream, seq, t0, fs, leads, samples.astype(np.float32), units)
 
 
+#: validated (leads, units, gain, baseline) of recently seen headers; these fields repeat in
+#: every frame of a stream, so each distinct combination is validated once
+_STATIC_CACHE: dict[tuple, tuple[list[str], str, np.ndarray, np.ndarray]] = {}
+_STATIC_CACHE_SIZE = 1024
+
+
+def _typed(v: object) -> tuple:
+    """A hashable key of a JSON value that tells ``1``, ``1.0`` and ``true`` apart."""
+    if type(v) is list:
+        return tuple([(type(x), x) for x in v])
+    return ((type(v), v),)
+
+
+def _static_fields(hdr: dict) -> tuple[list[str], str, np.ndarray, np.ndarray]:
+    """The validated leads, units, gain and baseline of a binary frame header."""
+    try:
+        key = (
+            _typed(hdr["leads"]),
+            _typed(hdr.get("units")),
+            _typed(hdr.get("gain")),
+            _typed(hdr.get("baseline")),
+        )
+        cached = _STATIC_CACHE.get(key)
+    except TypeError:  # unhashable (nested) values: validate them, which rejects them
+        key, cached = None, None
+    if cached is not None:
+        return list(cached[0]), cached[1], cached[2], cached[3]
+    leads = _check_leads(hdr["leads"])
+    units = _check_units(hdr.get("units", "mV"))
+    n_leads = len(leads)
+    gain = _check_vector(hdr.get("gain", [1.0] * n_leads), n_leads, "gain", positive=True)
+    baseline = _check_vector(
+        hdr.get("baseline", [0.0] * n_leads), n_leads, "baseline", positive=False
+    )
+    gain.flags.writeable = baseline.flags.writeable = False  # shared by every frame alike
+    fields = (leads, units, gain, baseline)
+    if key is not None:
+        if len(_STATIC_CACHE) >= _STATIC_CACHE_SIZE:
+            _STATIC_CACHE.clear()
+        _STATIC_CACHE[key] = fields
+    return list(leads), units, gain, baseline
+
+
 def _decode_binary(value: bytes) -> Chunk:
     if len(value) < _FIXED.size:
         raise WireError(
@@ -273,16 +320,14 @@ def _decode_binary(value: bytes) -> Chunk:
     if len(value) < _FIXED.size + hlen:
         raise WireError("truncated", "frame ends inside its header")
     hdr = _parse_json(value[_FIXED.size : _FIXED.size + hlen], "header")
-    missing = {"stream", "seq", "t0", "fs", "leads", "n"} - set(hdr)
-    if missing:
-        raise WireError("missing_field", f"header misses {sorted(missing)}")
-    unknown = set(hdr) - _HEADER_KEYS
-    if unknown:
-        raise WireError("unknown_field", f"unknown header fields {sorted(unknown)[:5]}")
+    keys = hdr.keys()
+    if not keys >= _REQUIRED_HEADER_KEYS:
+        raise WireError("missing_field", f"header misses {sorted(_REQUIRED_HEADER_KEYS - keys)}")
+    if not keys <= _HEADER_KEYS:
+        raise WireError("unknown_field", f"unknown header fields {sorted(keys - _HEADER_KEYS)[:5]}")
     stream = _check_stream(hdr["stream"])
     seq, t0, fs = _check_seq(hdr["seq"]), _check_t0(hdr["t0"]), _check_fs(hdr["fs"])
-    leads = _check_leads(hdr["leads"])
-    units = _check_units(hdr.get("units", "mV"))
+    leads, units, gain, baseline = _static_fields(hdr)
     n = _check_n(hdr["n"])
     n_leads = len(leads)
     dtype = _TYPES[type_code]
@@ -294,10 +339,6 @@ def _decode_binary(value: bytes) -> Chunk:
             f"{n * n_leads * dtype.itemsize}",
         )
     raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen).reshape(n, n_leads)
-    gain = _check_vector(hdr.get("gain", [1.0] * n_leads), n_leads, "gain", positive=True)
-    baseline = _check_vector(
-        hdr.get("baseline", [0.0] * n_leads), n_leads, "baseline", positive=False
-    )
     adc = None
     if type_code == 1:
         adc = raw

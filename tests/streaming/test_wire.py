@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ecgstream.streaming import wire
 from ecgstream.streaming.wire import (
     MAX_HEADER_BYTES,
     MAX_SAMPLES,
@@ -147,3 +148,35 @@ def test_truncated_frames_are_rejected(cut, flip):
     value = value[: len(value) - 1 - cut]
     with pytest.raises(WireError):
         decode(bytes(value))
+
+
+def test_header_fields_validated_once_per_stream_still_reject_lookalikes():
+    """Leads, gain and baseline repeat in every frame and are validated once per distinct value;
+    a later frame whose values compare equal but have other JSON types is still rejected."""
+    body = np.zeros((4, 1), "<i2").tobytes()
+    good = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 100.0, "leads": ["II"], "n": 4,
+            "gain": [200], "baseline": [0]}  # fmt: skip
+    first = decode(_binary(good, body))
+    assert first.leads == ["II"]
+    first.leads.append("V1")  # a consumer changing its chunk changes no other chunk
+    assert decode(_binary({**good, "seq": 1}, body)).leads == ["II"]
+    for field, value, reason in [
+        ("gain", [True], "bad_gain"),  # true == 1 in Python, not a number on the wire
+        ("baseline", [False], "bad_baseline"),
+        ("gain", [[200]], "bad_gain"),  # unhashable
+        ("leads", [["II"]], "bad_leads"),
+    ]:
+        with pytest.raises(WireError) as err:
+            decode(_binary({**good, field: value}, body))
+        assert err.value.reason == reason
+    gain = wire._static_fields(json.loads(json.dumps(good)))[2]
+    with pytest.raises(ValueError):  # shared by every frame of the stream: read-only
+        gain[0] = 1.0
+
+
+def test_header_cache_is_bounded_under_hostile_headers():
+    body = np.zeros((2, 1), "<i2").tobytes()
+    for i in range(3 * wire._STATIC_CACHE_SIZE):
+        hdr = {"stream": "s", "seq": i, "t0": 1.0, "fs": 100.0, "leads": [f"L{i}"], "n": 2}
+        decode(_binary(hdr, body))
+        assert len(wire._STATIC_CACHE) <= wire._STATIC_CACHE_SIZE
