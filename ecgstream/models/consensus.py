@@ -17,7 +17,11 @@ detection:
 4. **Score.** Mean squared difference (mV^2, averaged over leads and descriptor entries) between a
    segment's descriptor and the consensus, placed at the segment's centre and interpolated
    linearly to every sample: ``point_score`` ``(B, window)``. ``window_score`` ``(B,)`` is the
-   mean of the top ``topk_frac`` point scores.
+   mean of the top ``topk_frac`` point scores. Optional terms, off by default: the noise floor
+   (``noise_weight``), a level term (``level_weight``: a segment's median above or below both
+   segments one beat away, which sees a short baseline shift) and erosion (``erode``: each
+   segment score partly lowered to the minimum of its neighbours, so a short anomaly is not
+   spread over a whole segment length around it).
 
 5. **Population reference** (optional, ``population_components > 0``). The window's consensus
    is compared with the consensus of normal training windows of other people (PCA, fitted by
@@ -73,6 +77,10 @@ class ConsensusConfig:
     slope_weight: float = 0.0
     noise_weight: float = 0.0
     noise_quantile: float = 0.7
+    level_weight: float = 0.0
+    level_reach: int = 8
+    erode: int = 0
+    erode_share: float = 1.0
     population_components: int = 0
     population_weight: float = 1.0
     topk_frac: float = 0.1
@@ -102,6 +110,16 @@ class ConsensusConfig:
             raise ValueError(
                 f"noise_weight must be >= 0 and noise_quantile in (0, 1], got "
                 f"{self.noise_weight} and {self.noise_quantile}"
+            )
+        if self.erode < 0 or not 0 <= self.erode_share <= 1:
+            raise ValueError(
+                f"erode must be >= 0 segments and erode_share in [0, 1], got {self.erode} and "
+                f"{self.erode_share}"
+            )
+        if self.level_weight < 0 or self.level_reach < 1:
+            raise ValueError(
+                f"level_weight must be >= 0 and level_reach >= 1 segment, got "
+                f"{self.level_weight} and {self.level_reach}"
             )
         if self.population_components < 0:
             raise ValueError(
@@ -168,9 +186,12 @@ class SegmentConsensus(nn.Module):
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
         return self._describe(self.segments(windows))
 
-    def _describe(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _describe(
+        self, seg: torch.Tensor, ordered: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        ordered = torch.sort(seg, dim=-1).values
+        if ordered is None:
+            ordered = torch.sort(seg, dim=-1).values
         level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
         slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
         return level, slope
@@ -186,6 +207,34 @@ class SegmentConsensus(nn.Module):
         steps = torch.sort((seg[..., 1:] - seg[..., :-1]).abs(), dim=-1).values
         keep = max(1, int((cfg.segment - 1) * cfg.noise_quantile))
         return steps[..., :keep]
+
+    def level_bump(self, level: torch.Tensor) -> torch.Tensor:
+        """How far each segment's median (``level``, mV ``(B, L, n_segments)``) stands out of its neighbours'.
+
+        The neighbours are the segments ``level_reach`` strides before and after (the window's
+        ends are repeated); about one beat apart, they sit at the same phase of the cycle. A
+        segment whose median lies between theirs, as on a slow drift of the baseline, scores 0;
+        one above both or below both scores its distance to the nearer one. A baseline shift of under two seconds, which the median-centred descriptor cannot
+        see, raises the segments it covers over their neighbours.
+        """
+        cfg = self.cfg
+        reach = min(cfg.level_reach, cfg.n_segments - 1)
+        padded = F.pad(level, (reach, reach), mode="replicate")
+        before, after = padded[..., : cfg.n_segments], padded[..., 2 * reach :]
+        high, low = torch.maximum(before, after), torch.minimum(before, after)
+        return F.relu(level - high) + F.relu(low - level)
+
+    def erode_scores(self, seg_score: torch.Tensor) -> torch.Tensor:
+        """Each segment score ``(B, n_segments)`` lowered to the minimum within ``erode`` segments.
+
+        A segment overlapping an anomaly by a few samples scores almost as high as one centred
+        on it, so the linear placement spreads a short anomaly over its length plus one segment.
+        The minimum over the ``2 * erode + 1`` nearest segments trims ``erode`` strides off each
+        side of that spread while keeping anything longer than it.
+        """
+        r = min(self.cfg.erode, self.cfg.n_segments - 1)
+        padded = F.pad(seg_score[:, None], (r, r), mode="replicate")
+        return -F.max_pool1d(-padded, 2 * r + 1, stride=1)[:, 0]
 
     def _spread(self, seg_score: torch.Tensor) -> torch.Tensor:
         """Segment scores ``(B, n_segments)`` at their centres, linearly interpolated to ``(B, T)``."""
@@ -291,7 +340,8 @@ class SegmentConsensus(nn.Module):
         """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
         cfg = self.cfg
         seg = self.segments(windows)
-        level, slope = self._describe(seg)
+        ordered = torch.sort(seg, dim=-1).values
+        level, slope = self._describe(seg, ordered)
         consensus = self.consensus(level)
         seg_score = self._deviation(level, consensus)
         if cfg.consensus_weight != 1.0:
@@ -301,8 +351,17 @@ class SegmentConsensus(nn.Module):
         if cfg.noise_weight > 0:
             floor = self.noise_floor(seg)
             seg_score = seg_score + cfg.noise_weight * self._deviation(floor, self.consensus(floor))
+        if cfg.level_weight > 0:
+            bump = self.level_bump(ordered[..., cfg.segment // 2])
+            seg_score = seg_score + cfg.level_weight * (bump**2).mean(dim=1)
         if cfg.reference_size > 0:
             seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
+        if cfg.erode > 0 and cfg.erode_share > 0:
+            eroded = self.erode_scores(seg_score)
+            if cfg.erode_share == 1.0:
+                seg_score = eroded
+            else:
+                seg_score = seg_score + cfg.erode_share * (eroded - seg_score)
         point = self._spread(seg_score)
         if cfg.population_components > 0:
             point = point + cfg.population_weight * self.population_score(consensus)[:, None]

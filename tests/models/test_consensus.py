@@ -218,3 +218,76 @@ def test_noise_floor_ignores_the_qrs_slopes():
 
     base = floor(x)
     assert np.abs(floor(taller) - base).mean() < 0.2 * np.abs(floor(noisy) - base).mean()
+
+
+def test_level_term_finds_a_short_baseline_shift_and_ignores_a_slow_drift():
+    x = _ecg(10.0, seed=8)
+    shifted = x.copy()
+    shifted[500:560] += 0.3  # 0.6 s baseline shift of 0.3 mV
+    inside, outside = slice(510, 550), np.r_[0:350, 750:1000]
+    plain, _ = _scores(shifted)
+    with_level, _ = _scores(shifted, level_weight=1.0)
+    contrast_plain = plain[inside].mean() / np.median(plain[outside])
+    contrast_level = with_level[inside].mean() / np.median(with_level[outside])
+    assert contrast_level > 3.0 and contrast_level > 2.0 * contrast_plain
+    model = SegmentConsensus(ConsensusConfig(window=len(x), level_weight=1.0)).eval()
+
+    def bump(signal: np.ndarray) -> float:
+        with torch.no_grad():
+            seg = model.segments(torch.tensor(signal, dtype=torch.float32)[None, None])
+            median = torch.sort(seg, dim=-1).values[..., model.cfg.segment // 2]
+            return float(model.level_bump(median).max())
+
+    drift = x + np.linspace(0.0, 1.0, len(x))  # 1 mV over 10 s: a slow drift, not an anomaly
+    assert bump(shifted) > 0.15 and bump(drift) < 0.2 * bump(shifted)
+    with pytest.raises(ValueError, match="level_reach"):
+        ConsensusConfig(level_reach=0).validate()
+
+
+def test_erosion_narrows_the_score_of_a_short_anomaly():
+    x = _ecg(10.0, seed=9)
+    flat = x.copy()
+    flat[480:510] = flat[479]  # 0.3 s flat line
+
+    def width(point: np.ndarray) -> int:
+        return int((point > 0.5 * point.max()).sum())
+
+    def share_inside(point: np.ndarray) -> float:
+        lifted = point - np.median(point)
+        return float(lifted[480:510].sum() / lifted[380:610].sum())
+
+    plain, _ = _scores(flat)
+    eroded, _ = _scores(flat, erode=2)
+    half, _ = _scores(flat, erode=2, erode_share=0.5)
+    assert width(eroded) < 0.8 * width(plain)
+    assert share_inside(eroded) > share_inside(half) > 1.1 * share_inside(plain)
+    assert eroded[480:510].max() > 0.5 * plain[480:510].max()
+    np.testing.assert_allclose(_scores(flat, erode=2, erode_share=0.0)[0], plain, rtol=1e-6)
+    with pytest.raises(ValueError, match="erode_share"):
+        ConsensusConfig(erode_share=1.5).validate()
+
+
+def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
+    cfg = TrainConfig(
+        model="consensus",
+        name="consensus-level",
+        leads=["MLII"],
+        val_records=["syn2"],
+        consensus_noise_weight=100.0,
+        consensus_level_weight=1.0,
+        consensus_erode_s=0.1,
+        consensus_erode_share=0.5,
+        model_out=tmp_path / "c.onnx",
+    )
+    result = fit_consensus(cfg, [ecg_folder], progress=False)
+    assert (result.model.cfg.level_reach, result.model.cfg.erode) == (8, 1)
+    scorer = Scorer(result.model_path)
+    assert scorer.spec.params["level_weight"] == 1.0 and scorer.spec.params["erode"] == 1
+    windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
+    windows[1, 0, 300:360] += 0.4
+    windows[2, 0, 600:630] = windows[2, 0, 599]
+    onnx_point, onnx_window = scorer.score_windows(windows)
+    with torch.no_grad():
+        point, window = result.model(torch.from_numpy(windows))
+    assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
+    assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
