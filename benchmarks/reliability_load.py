@@ -9,6 +9,11 @@
    its consumer lag (messages behind the end of its partitions) and the latency from a chunk's
    publication (Kafka CreateTime) to its alerts being durable.
 
+By default the worker runs pinned to CPU 0 and the broker and the publisher to the other CPUs,
+as if each had its own machine: on a 2-core machine they would otherwise take the worker's
+cycles during the load run but not during the capacity run (``--worker-cpus all`` turns this
+off). Capacity is then that of one worker process on one core.
+
 Checks reported: lag stays bounded (no upward trend), memory stays flat (RSS at start and end),
 and the share of chunks whose alerts were durable later than the 500 ms latency target.
 
@@ -136,6 +141,25 @@ def measure_capacity(
     return rate
 
 
+def split_cpus(spec: str) -> tuple[set[int], set[int]]:
+    """The worker's CPUs from ``spec`` ('0', '0,1' or 'all') and the CPUs left for the broker
+    and the publisher; ``(set(), all)`` for no pinning."""
+    available = os.sched_getaffinity(0)
+    if spec == "all":
+        return set(), available
+    try:
+        chosen = {int(c) for c in spec.split(",") if c.strip()}
+    except ValueError:
+        raise SystemExit(
+            f"--worker-cpus must be 'all' or CPU numbers like '0,1', not {spec!r}"
+        ) from None
+    if not chosen or not chosen < available:
+        raise SystemExit(
+            f"--worker-cpus {spec!r}: choose some, not all, of the CPUs {sorted(available)}"
+        )
+    return chosen, available - chosen
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,6 +187,12 @@ def main() -> None:
         action="store_true",
         help="start every monitor at the same second (default: staggered over one hop)",
     )
+    p.add_argument(
+        "--worker-cpus",
+        default="0" if len(os.sched_getaffinity(0)) >= 2 else "all",
+        help="CPUs of the worker under test, e.g. '0' or '0,1'; the broker and the publisher run "
+        "on the others, as they would on their own machines ('all': no pinning; default '0')",
+    )
     args, model = parse_args(p, publish_live)
 
     from ecgstream.runtime.model_file import read_spec
@@ -170,12 +200,17 @@ def main() -> None:
 
     spec = read_spec(model)
     broker, bootstrap = start_broker()
+    worker_cpus, other_cpus = split_cpus(args.worker_cpus)
+    if worker_cpus:
+        os.sched_setaffinity(broker.pid, other_cpus)
+        os.sched_setaffinity(0, worker_cpus)  # threads started from here on inherit it
     tmp = Path(tempfile.mkdtemp())
     result: dict = {
         "model": spec.name,
         "kind": spec.kind,
         "leads": spec.leads,
         "cpus": os.cpu_count(),
+        "worker_cpus": sorted(worker_cpus) or "all",
     }
     try:
         if args.capacity:
@@ -205,6 +240,7 @@ def main() -> None:
             + (["--model", str(model)] if args.model else []),
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, other_cpus)) if worker_cpus else None,
         )
         samples = []
         t0 = time.time()

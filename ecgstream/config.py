@@ -177,6 +177,10 @@ class RunConfig(KafkaSecurityConfig):
     # longest the broker may hold a fetch open waiting for new data; some brokers (Tansu) answer
     # only when it expires, so it bounds the wait a new chunk sees before it is fetched
     fetch_max_wait_ms: int = 25
+    # consumed offsets are committed at most this often (0: after every batch); a worker that
+    # takes over re-reads at most this much more, and a commit costs a broker round trip plus a
+    # pass over every stream, so committing every small poll of a busy worker wastes a core
+    commit_interval_ms: int = 1000
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     stream_idle_s: float = 60.0

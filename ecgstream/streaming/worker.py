@@ -152,7 +152,7 @@ class _Staged:
     n: int
     prep: Prepared
     inference: Future
-    commit_to: dict[int, int]  # partition -> offset to commit once this batch is durable
+    commit_to: dict[int, int] | None  # partition -> offset to commit once this batch is durable
     t0: float
 
 
@@ -183,6 +183,7 @@ class Worker:
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._committed: dict[int, int] = {}
+        self._commit_t = float("-inf")  # monotonic time of the last batch that set commit targets
         self._last: dict[int, int] = {}  # partition -> last offset processed
         self._broker_checked = 0.0  # broker reachability (see _check_broker)
         self._no_conn_since: float | None = None
@@ -252,6 +253,7 @@ class Worker:
         # Offsets are committed once the batch in flight is durable; what follows the commit is
         # re-read by the partition's next owner, so the state of these streams is simply dropped.
         self._finish_inflight()
+        self._commit()  # what is durable, before the next owner reads from the committed offset
         dropped = self.pipeline.drop_partitions(partitions)
         for p in partitions:
             self._last.pop(p, None)
@@ -290,8 +292,11 @@ class Worker:
                 self._inflight = staged
                 if polled:
                     last_msg = time.time()
-                elif max_idle_s is not None and time.time() - last_msg > max_idle_s:
-                    break
+                else:
+                    if self._last:  # idle, nothing in flight: commit all that is durable
+                        self._commit()
+                    if max_idle_s is not None and time.time() - last_msg > max_idle_s:
+                        break
                 if time.time() - self._broker_checked >= 1.0:
                     self._check_broker()
                     self._update_lag()
@@ -372,7 +377,10 @@ class Worker:
         if self._infer_pool is None:
             self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="ecgstream-inference")
         future = self._infer_pool.submit(self.pipeline.infer, prep)
-        return _Staged(polled, items, dead, stamps, n, prep, future, self._commit_targets(), t0)
+        commit_to = None
+        if time.monotonic() - self._commit_t >= self.cfg.commit_interval_ms / 1000:
+            commit_to, self._commit_t = self._commit_targets(), time.monotonic()
+        return _Staged(polled, items, dead, stamps, n, prep, future, commit_to, t0)
 
     def _finish_inflight(self) -> None:
         staged, self._inflight = self._inflight, None
@@ -393,7 +401,8 @@ class Worker:
         if self.scores_sink is not None:
             self.scores_sink.write(res.scores)
         t_durable = time.time()
-        self._commit(staged.commit_to)
+        if staged.commit_to is not None:
+            self._commit(staged.commit_to)
         # metrics and summary
         n = staged.n
         self.summary.add(res, n)

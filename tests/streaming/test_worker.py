@@ -25,7 +25,7 @@ from ecgstream.streaming.replay import plan_streams, publish
 from ecgstream.streaming.wire import Chunk, encode_binary, encode_json
 from ecgstream.streaming.worker import Worker
 
-from .helpers import burst
+from .helpers import burst, wait_until
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
@@ -202,3 +202,43 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
     assert not bad.any(), (
         f"offline and streamed scores differ: {list(zip(got[bad], want[bad], strict=True))}"
     )
+
+
+def _committed(broker, cfg) -> dict[int, int]:
+    from kafka.structs import TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=cfg.group, enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(cfg.topic, p)) for p in range(cfg.partitions)}
+    finally:
+        c.close()
+
+
+def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
+    broker, tmp_path, records, energy_model
+):
+    commits = {}
+    for interval in (0, 60_000):
+        cfg = _cfg(
+            broker, tmp_path, commit_interval_ms=interval, max_poll_records=4,
+            outbox=str(tmp_path / f"outbox-{interval}.sqlite"),
+        )  # fmt: skip
+        ensure_topics(broker, [cfg.topic], 4)
+        publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
+                progress=False)  # fmt: skip
+        worker = Worker(cfg, Scorer(energy_model))
+        thread = _start(worker)
+        try:
+            assert wait_until(lambda w=worker: w.summary.messages == 80, 40, step=0.05)
+            time.sleep(1.5)  # idle: the worker commits what is durable
+            targets = worker._commit_targets()
+            commits[interval] = worker.metrics.commits.labels("ok")._value.get()
+        finally:
+            worker.stop()
+            thread.join(30)
+        committed = _committed(broker, cfg)
+        # idle, nothing in flight: every partition is committed up to what windows still need
+        assert {p: committed[p] for p in targets} == targets
+    # 80 chunks in polls of at most 4: one commit per batch, against a few with the interval
+    assert commits[0] >= 20
+    assert commits[60_000] <= commits[0] / 4
