@@ -29,7 +29,10 @@ detection:
    (weight ``population_weight``). This sees what step 4 cannot: an abnormality present in
    every beat (infarction, bundle branch block, hypertrophy in a 12-lead resting ECG). It also
    raises every score of a patient who differs from the training population, so it is off for
-   beat-level monitoring models.
+   beat-level monitoring models. Options: a Ledoit-Wolf shrunk covariance in place of the PCA
+   (``population_covariance``), each lead scaled by its training spread
+   (``population_lead_scale``), and the same distance for each lead's band spectrum
+   (``population_spectrum_frame``), which keeps the heart rate and wave timing.
 
 6. **Nearest-neighbour reference** (optional, ``reference_size > 0``; used for generic series).
    Up to ``reference_size`` segment descriptors of normal data (a coreset, fitted by
@@ -83,6 +86,11 @@ class ConsensusConfig:
     erode_share: float = 1.0
     population_components: int = 0
     population_weight: float = 1.0
+    population_covariance: str = "pca"
+    population_lead_scale: bool = False
+    population_spectrum_frame: int = 0
+    population_spectrum_bands: int = 0
+    population_spectrum_band_bins: int = 1
     topk_frac: float = 0.1
     consensus_weight: float = 1.0
     reference_size: int = 0
@@ -125,6 +133,26 @@ class ConsensusConfig:
             raise ValueError(
                 f"population_components must be >= 0, got {self.population_components}"
             )
+        if self.population_covariance not in ("pca", "shrunk"):
+            raise ValueError(
+                f"population_covariance must be 'pca' or 'shrunk', got {self.population_covariance!r}"
+            )
+        if self.population_spectrum_frame:
+            bins = 1 + self.population_spectrum_bands * self.population_spectrum_band_bins
+            if not (
+                self.population_components > 0
+                and 4 <= self.population_spectrum_frame <= self.window
+                and self.population_spectrum_bands >= 1
+                and self.population_spectrum_band_bins >= 1
+                and bins <= self.population_spectrum_frame // 2 + 1
+            ):
+                raise ValueError(
+                    f"the population spectrum needs population_components > 0, a frame in "
+                    f"[4, window={self.window}] samples and bands x band_bins + 1 <= frame // 2 + 1 "
+                    f"DFT bins, got frame {self.population_spectrum_frame}, "
+                    f"{self.population_spectrum_bands} bands of "
+                    f"{self.population_spectrum_band_bins} bins"
+                )
         if not 0 < self.topk_frac <= 1:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
         if min(self.consensus_weight, self.reference_weight, self.reference_slope_scale) < 0:
@@ -166,6 +194,10 @@ class SegmentConsensus(nn.Module):
         self.register_buffer("pop_basis", torch.zeros(k, dims))
         self.register_buffer("pop_sd", torch.ones(k))
         self.register_buffer("pop_residual", torch.ones(()))
+        if cfg.population_lead_scale:
+            self.register_buffer("pop_scale", torch.ones(dims))
+        if cfg.population_spectrum_frame:
+            self._init_spectrum()
         if cfg.reference_size > 0:
             n_q = cfg.reference_quantiles or cfg.segment
             q = torch.linspace(0, cfg.segment - 1, n_q).round().long()
@@ -255,40 +287,112 @@ class SegmentConsensus(nn.Module):
         """Mean squared distance ``(B, n_segments)`` of each descriptor to the consensus."""
         return ((desc - consensus) ** 2).mean(dim=(1, 3))
 
-    def population_score(self, consensus: torch.Tensor) -> torch.Tensor:
+    def _init_spectrum(self) -> None:
+        """Fixed buffers of the spectral population term: frame indices, Hann-windowed DFT, bands."""
+        cfg = self.cfg
+        n, nb = cfg.population_spectrum_frame, cfg.population_spectrum_bands
+        width = cfg.population_spectrum_band_bins
+        starts = torch.arange(0, cfg.window - n + 1, max(1, n // 2))
+        index = (starts[:, None] + torch.arange(n)[None]).reshape(-1)
+        self.register_buffer("spec_index", index, persistent=False)
+        t = torch.arange(n, dtype=torch.float64)[:, None]
+        freq = torch.arange(1, 1 + nb * width, dtype=torch.float64)[None]
+        hann = torch.hann_window(n, periodic=False, dtype=torch.float64)[:, None]
+        angle = 2 * torch.pi * t * freq / n
+        self.register_buffer("spec_cos", (hann * torch.cos(angle)).float(), persistent=False)
+        self.register_buffer("spec_sin", (hann * torch.sin(angle)).float(), persistent=False)
+        bands = torch.kron(torch.eye(nb), torch.full((width, 1), 1.0 / width))
+        self.register_buffer("spec_bands", bands, persistent=False)
+        k, dims = cfg.population_components, cfg.n_leads * nb
+        self.register_buffer("spec_mean", torch.zeros(dims))
+        self.register_buffer("spec_scale", torch.ones(dims))
+        self.register_buffer("spec_basis", torch.zeros(min(k, dims), dims))
+        self.register_buffer("spec_sd", torch.ones(min(k, dims)))
+        self.register_buffer("spec_residual", torch.ones(()))
+
+    def spectrum(self, windows: torch.Tensor) -> torch.Tensor:
+        """Log power of each lead in ``population_spectrum_bands`` bands, ``(B, L * bands)``.
+
+        Welch estimate: Hann frames of ``population_spectrum_frame`` samples every half frame,
+        DFT bins from 1 (fs / frame Hz) on, ``population_spectrum_band_bins`` bins per band,
+        power in mV^2 averaged over frames and bins, then ``log(power + 1e-4)``. It sees the
+        heart rate and each lead's waveform timing, which the sorted descriptor drops.
+        """
+        cfg = self.cfg
+        b, leads, _ = windows.shape
+        frames = torch.index_select(windows, 2, self.spec_index)
+        frames = frames.reshape(b, leads, -1, cfg.population_spectrum_frame)
+        power = (frames @ self.spec_cos) ** 2 + (frames @ self.spec_sin) ** 2
+        bands = power.mean(2) @ self.spec_bands
+        return torch.log(bands + 1e-4).reshape(b, -1)
+
+    def _distance(
+        self, z: torch.Tensor, basis: torch.Tensor, sd: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """Population distance ``(B,)`` of centred, scaled descriptors ``z`` ``(B, D)``."""
+        proj = z @ basis.T
+        outside = ((z - proj @ basis) ** 2).sum(1) / residual
+        inside = (proj / sd) ** 2
+        if self.cfg.population_covariance == "shrunk":
+            return outside + inside.sum(1)
+        return outside + inside.mean(1)
+
+    def population_score(
+        self, consensus: torch.Tensor, windows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """How far a window's typical segment is from normal windows of other people, ``(B,)``.
 
-        PCA of training consensus descriptors (:meth:`fit_population`): residual outside the
-        ``population_components`` principal directions (relative to its median on the training
-        windows) plus the mean squared standardised projection inside them.
+        ``pca``: residual outside the ``population_components`` principal directions of the
+        training consensus descriptors (relative to its median on the training windows) plus the
+        mean squared standardised projection inside them. ``shrunk``: Mahalanobis distance under
+        the Ledoit-Wolf shrunk covariance, relative to its median on the training windows (about
+        1 for a typical normal window). With ``population_lead_scale`` each lead is first divided
+        by its spread over the training windows, so tall precordial leads do not dominate. With
+        ``population_spectrum_frame`` (needs ``windows``) the same distance of the window's band
+        spectrum (:meth:`spectrum`) is added.
         """
-        z = consensus.reshape(consensus.shape[0], -1) - self.pop_mean
-        proj = z @ self.pop_basis.T
-        residual = ((z - proj @ self.pop_basis) ** 2).sum(1) / self.pop_residual
-        return residual + ((proj / self.pop_sd) ** 2).mean(1)
+        x = consensus.reshape(consensus.shape[0], -1)
+        if self.cfg.population_lead_scale:
+            x = x / self.pop_scale
+        score = self._distance(x - self.pop_mean, self.pop_basis, self.pop_sd, self.pop_residual)
+        if self.cfg.population_spectrum_frame and windows is not None:
+            zs = self.spectrum(windows) / self.spec_scale - self.spec_mean
+            score = score + self._distance(zs, self.spec_basis, self.spec_sd, self.spec_residual)
+        return score
 
     def fit_population(self, windows: torch.Tensor) -> None:
-        """Fit the population reference on normal training windows ``(N, L, T)`` (N > components)."""
-        k = self.cfg.population_components
+        """Fit the population reference on normal training windows ``(N, L, T)``.
+
+        ``pca`` needs N > ``population_components``; ``shrunk`` keeps at most that many
+        directions (set it at least N for the exact shrunk Mahalanobis distance) and needs N > 1.
+        """
+        cfg = self.cfg
+        k = cfg.population_components
         if k == 0:
             return
-        if len(windows) <= k:
+        shrunk = cfg.population_covariance == "shrunk"
+        need = 1 if shrunk else k
+        if len(windows) <= need:
             raise ValueError(
-                f"need more than {k} normal windows to fit {k} components, got {len(windows)}"
+                f"need more than {need} normal windows to fit {k} components, got {len(windows)}"
             )
         with torch.no_grad():
-            cons = torch.cat([self.consensus(self.descriptors(w)[0])
-                              for w in torch.split(windows, 256)])  # fmt: skip
-        x = cons.reshape(len(cons), -1).to(torch.float64)
-        mean = x.mean(0)
-        _, sv, vt = torch.linalg.svd(x - mean, full_matrices=False)
-        basis = vt[:k]
-        proj = (x - mean) @ basis.T
-        residual = ((x - mean - proj @ basis) ** 2).sum(1)
-        self.pop_mean.copy_(mean.float())
-        self.pop_basis.copy_(basis.float())
-        self.pop_sd.copy_((sv[:k] / max(1, len(x) - 1) ** 0.5).clamp_min(1e-6).float())
-        self.pop_residual.copy_(residual.median().clamp_min(1e-9).float())
+            parts = torch.split(windows, 256)
+            cons = torch.cat([self.consensus(self.descriptors(w)[0]) for w in parts])
+            x = cons.reshape(len(cons), -1).to(torch.float64)
+            scale = _lead_scale(x, cfg.n_leads) if cfg.population_lead_scale else None
+            fitted = _fit_gaussian(x if scale is None else x / scale, k, shrunk)
+            _copy(fitted, self.pop_mean, self.pop_basis, self.pop_sd, self.pop_residual)
+            if scale is not None:
+                self.pop_scale.copy_(scale.float())
+            if cfg.population_spectrum_frame:
+                spec = torch.cat([self.spectrum(w) for w in parts]).to(torch.float64)
+                scale = _lead_scale(spec, cfg.n_leads) if cfg.population_lead_scale else None
+                rows = len(self.spec_basis)
+                fitted = _fit_gaussian(spec if scale is None else spec / scale, rows, shrunk)
+                _copy(fitted, self.spec_mean, self.spec_basis, self.spec_sd, self.spec_residual)
+                if scale is not None:
+                    self.spec_scale.copy_(scale.float())
 
     def _reference_rows(self, level: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         """Descriptors ``(B, L, S, .)`` as reference rows ``(B, S, L * reference_dims)``.
@@ -364,10 +468,74 @@ class SegmentConsensus(nn.Module):
                 seg_score = seg_score + cfg.erode_share * (eroded - seg_score)
         point = self._spread(seg_score)
         if cfg.population_components > 0:
-            point = point + cfg.population_weight * self.population_score(consensus)[:, None]
+            pop = self.population_score(consensus, windows)
+            point = point + cfg.population_weight * pop[:, None]
         top = max(1, int(round(cfg.topk_frac * cfg.window)))
         window = torch.topk(point, top, dim=1).values.mean(1)
         return point, window
+
+
+def _lead_scale(x: torch.Tensor, n_leads: int) -> torch.Tensor:
+    """Each lead's RMS deviation from the mean over rows ``(N, L * D)``, repeated per entry."""
+    dev = (x - x.mean(0)).reshape(len(x), n_leads, -1)
+    rms = (dev**2).mean(dim=(0, 2)).sqrt().clamp_min(1e-9)
+    return rms.repeat_interleave(dev.shape[2])
+
+
+def _ledoit_wolf(z: torch.Tensor) -> float:
+    """Ledoit-Wolf shrinkage intensity of centred rows ``z`` ``(N, D)`` towards a scaled identity.
+
+    The same estimate as scikit-learn's ``ledoit_wolf_shrinkage``, computed with the ``N x N``
+    Gram matrix since N is far below D here.
+    """
+    n, d = z.shape
+    z2 = z**2
+    trace = z2.sum() / n
+    mu = trace / d
+    beta_ = (z2.sum(1) ** 2).sum()
+    delta_ = ((z @ z.T) ** 2).sum() / n**2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * trace + d * mu**2) / d
+    beta = torch.minimum(beta, delta)
+    return 0.0 if float(beta) <= 0 else float(beta / delta)
+
+
+def _fit_gaussian(
+    x: torch.Tensor, k: int, shrunk: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, basis (k, D), sd (k,), residual)`` of rows ``x`` ``(N, D)`` for :meth:`_distance`.
+
+    ``pca``: the top ``k`` directions, their standard deviations and the median squared residual.
+    ``shrunk``: up to ``k`` directions of the Ledoit-Wolf covariance ``(1 - a) S + a mu I``, the
+    variance ``a mu`` outside them, both scaled by the median training distance.
+    """
+    mean = x.mean(0)
+    z = x - mean
+    _, sv, vt = torch.linalg.svd(z, full_matrices=False)
+    keep = min(k, len(sv))
+    basis = torch.zeros(k, x.shape[1], dtype=x.dtype)
+    basis[:keep] = vt[:keep]
+    if not shrunk:
+        proj = z @ basis.T
+        residual = ((z - proj @ basis) ** 2).sum(1).median().clamp_min(1e-9)
+        sd = (sv[:k] / max(1, len(x) - 1) ** 0.5).clamp_min(1e-6)
+        return mean, basis, sd, residual
+    n, d = z.shape
+    a = _ledoit_wolf(z)
+    mu = float((z**2).sum()) / (n * d)
+    outside = max(a * mu, 1e-12)
+    var = torch.full((k,), outside, dtype=x.dtype)
+    var[:keep] = ((1 - a) * sv[:keep] ** 2 / n + a * mu).clamp_min(1e-12)
+    proj = z @ basis.T
+    raw = ((z - proj @ basis) ** 2).sum(1) / outside + (proj**2 / var).sum(1)
+    med = float(raw.median().clamp_min(1e-12))
+    return mean, basis, (var * med).sqrt(), torch.tensor(outside * med, dtype=x.dtype)
+
+
+def _copy(fitted: tuple, mean: torch.Tensor, basis: torch.Tensor, sd: torch.Tensor,
+          residual: torch.Tensor) -> None:  # fmt: skip
+    for buf, value in zip((mean, basis, sd, residual), fitted, strict=True):
+        buf.copy_(value.to(buf.dtype))
 
 
 def _coreset(rows: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:

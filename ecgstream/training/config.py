@@ -72,6 +72,10 @@ class TrainConfig:
     consensus_erode_share: float = 1.0  # share of the eroded segment score in the point score
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
+    consensus_population_covariance: str = "pca"  # "shrunk": Ledoit-Wolf Mahalanobis
+    consensus_population_lead_scale: bool = False  # divide each lead by its training spread
+    consensus_population_spectrum_s: float = 0.0  # >0: add the 1 Hz band spectrum (Welch frame, s)
+    consensus_population_spectrum_hz: float = 30.0  # upper edge of the spectrum's bands
     # optimisation
     epochs: int = 4
     steps_per_epoch: int = 150

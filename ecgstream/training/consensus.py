@@ -47,8 +47,30 @@ def consensus_config(cfg: TrainConfig):
         erode_share=cfg.consensus_erode_share,
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,
+        population_covariance=cfg.consensus_population_covariance,
+        population_lead_scale=cfg.consensus_population_lead_scale,
+        **_spectrum_sizes(cfg),
         topk_frac=cfg.topk_frac,
     )
+
+
+def _spectrum_sizes(cfg: TrainConfig) -> dict:
+    """Welch frame (samples), band count and DFT bins per 1 Hz band of the population spectrum.
+
+    Bands start at the first DFT bin (1 / frame seconds Hz) and stop below
+    ``consensus_population_spectrum_hz``.
+    """
+    frame = int(round(cfg.consensus_population_spectrum_s * cfg.fs))
+    if frame <= 0:
+        return {}
+    width = max(1, int(round(frame / cfg.fs)))
+    top = min(cfg.consensus_population_spectrum_hz * frame / cfg.fs, frame // 2 + 1e-9)
+    bands = max(1, int((top - 1) // width))
+    return {
+        "population_spectrum_frame": frame,
+        "population_spectrum_bands": bands,
+        "population_spectrum_band_bins": width,
+    }
 
 
 def normal_windows(records, window: int, hop: int, max_windows: int) -> np.ndarray:
