@@ -1,6 +1,6 @@
 """Sustained load: 10 minutes at 80 % of the measured capacity of one worker process.
 
-1. Capacity: S monitors x 40 s are published ahead (after each monitor's first window and hop,
+1. Capacity: S monitors x 20 s are published ahead (after each monitor's first window and hop,
    which are consumed untimed), and one worker (decode, buffers, filters, ONNX Runtime, alerts,
    outbox, commits) consumes them as fast as it can; capacity is its rate in monitor-seconds per
    second (1 s chunks), the figure ``bench_stream.py`` reports.
@@ -169,10 +169,14 @@ def main() -> None:
     )
     p.add_argument("--capacity", type=float, help="skip the capacity run: monitors per worker")
     p.add_argument(
-        "--capacity-streams", type=int, default=1000, help="monitors in the capacity run"
+        "--capacity-streams",
+        type=int,
+        default=5000,
+        help="monitors in the capacity run; at least as many as the load run has, so that each "
+        "poll, as under live load, holds about one chunk per monitor (default 5000)",
     )
     p.add_argument(
-        "--capacity-seconds", type=int, default=40, help="seconds per monitor in the capacity run"
+        "--capacity-seconds", type=int, default=20, help="seconds per monitor in the capacity run"
     )
     p.add_argument(
         "--batch-size",
