@@ -74,17 +74,42 @@ def model_path(arg: str | None) -> Path:
     return build_energy_model(Path(tempfile.mkdtemp()) / "energy.onnx")
 
 
+#: MIT-BIH DS1 records the monitors play (the DEV records, lead MLII): about 7.5 hours of ECG
+SOURCE_RECORDS = ("208", "108", "109", "112", "114", "115", "116", "118", "122", "124", "203",
+                  "205", "207", "220", "230")  # fmt: skip
+
+
 def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, list[str]]:
-    """(n, leads) mV at 360 Hz: real MIT-BIH when available, else synthetic."""
+    """(n, leads) mV at 360 Hz: real MIT-BIH when available (every record of
+    :data:`SOURCE_RECORDS` one after the other, at least ``seconds`` long), else synthetic.
+
+    Monitors must not play the same samples: sorting identical segments over and over is much
+    faster than sorting real, different ones (the CPU learns the branches), so a workload of a
+    few repeated signals overstates the throughput of sort-based models by half.
+    """
     if MITDB.exists() and len(leads) == 1:
         from ecgstream.signals.records import read_record
 
-        rec = read_record(MITDB / "208", leads=leads)
-        return rec.signal[: int(seconds * rec.fs) + 3600], rec.fs, rec.leads
+        parts, fs, names = [], 360.0, leads
+        for name in SOURCE_RECORDS:
+            rec = read_record(MITDB / name, leads=leads)
+            parts.append(rec.signal)
+            fs, names = rec.fs, rec.leads
+        sig = np.concatenate(parts)
+        while len(sig) < (seconds + 10) * fs:
+            sig = np.concatenate([sig, sig])
+        return sig, fs, names
     import neurokit2 as nk
 
     sig = nk.ecg_simulate(duration=seconds + 10, sampling_rate=360, noise=0.01, random_state=0)
     return np.repeat(np.asarray(sig, np.float32)[:, None], len(leads), axis=1), 360.0, leads
+
+
+def monitor_start(j: int, signal_seconds: int, run_seconds: int) -> int:
+    """The second of the source signal at which monitor ``j`` starts playing: spread over the
+    whole signal so that monitors play different ECG, and early enough to play ``run_seconds``
+    without wrapping around."""
+    return (j * 7919) % max(1, signal_seconds - run_seconds)
 
 
 def warmup_seconds(model: Path) -> int:
@@ -97,7 +122,7 @@ def warmup_seconds(model: Path) -> int:
 
 
 def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offset_s: int = 0):
-    """Per second, the binary frames of every stream (stream j starts j % 10 s into the record).
+    """Per second, the binary frames of every stream (see :func:`monitor_start` for the ECG each plays).
 
     Like real monitors, the streams did not all start at the same second: stream j's sequence
     numbers are ahead by j % hop seconds, so their windows complete at different times.
@@ -108,13 +133,14 @@ def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offse
     stagger = max(1, round(spec.hop_s))
     sig, fs, leads = source_signal(spec.leads, seconds + offset_s + 10)
     frames = FrameMaker(sig, fs, leads)
+    starts = [monitor_start(j, frames.seconds, offset_s + seconds) for j in range(streams)]
     steps = []
     for i in range(seconds):
         step = []
         for j in range(streams):
             stream = f"bed-{j:05d}"
             seq = offset_s + i + j % stagger
-            value = frames.frame(stream, seq, t_start + offset_s + i, i + j % 10)
+            value = frames.frame(stream, seq, t_start + offset_s + i, starts[j] + offset_s + i)
             step.append((stream.encode(), value))
         steps.append(step)
     return steps

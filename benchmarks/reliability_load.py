@@ -45,6 +45,7 @@ from _workload import (  # noqa: E402
     LoadProducer,
     encoded_steps,
     make_worker,
+    monitor_start,
     parse_args,
     publish_backlog,
     run_worker,
@@ -84,8 +85,9 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
 
     spec = read_spec(model)
     stagger = 1 if os.environ.get("ECGSTREAM_LOAD_ALIGNED") == "1" else max(1, round(spec.hop_s))
-    sig, fs, leads = source_signal(spec.leads, 70)
-    frames = FrameMaker(sig[: 60 * int(fs)], fs, leads)
+    sig, fs, leads = source_signal(spec.leads, seconds + 1)
+    frames = FrameMaker(sig, fs, leads)
+    starts = [monitor_start(j, frames.seconds, seconds) for j in range(streams)]
     names = [f"bed-{j:05d}" for j in range(streams)]
     keys = [name.encode() for name in names]
     producer = LoadProducer(bootstrap, linger_ms=2)
@@ -101,7 +103,7 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
             else:
                 late += 1
             for j in range(s, streams, 10):
-                value = frames.frame(names[j], i + j % stagger, t_start + i, i + j)
+                value = frames.frame(names[j], i + j % stagger, t_start + i, starts[j] + i)
                 producer.send(topic, keys[j], value)
         producer.flush()
     producer.close()
