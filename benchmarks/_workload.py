@@ -9,6 +9,7 @@ binary frames, 4 partitions, consumed by one in-process :class:`~ecgstream.strea
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -280,6 +281,7 @@ def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: 
         max_poll_records=2000,
         poll_timeout_ms=50,
         batch_size=batch_size,
+        overlap_inference=len(os.sched_getaffinity(0)) > 1,  # inline on a single core
     )
     return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
 

@@ -12,7 +12,8 @@
 By default the worker runs pinned to CPU 0 and the broker and the publisher to the other CPUs,
 as if each had its own machine: on a 2-core machine they would otherwise take the worker's
 cycles during the load run but not during the capacity run (``--worker-cpus all`` turns this
-off). Capacity is then that of one worker process on one core.
+off). Capacity is then that of one worker process on one core, which runs its inference inline
+(``overlap_inference = false``: a second thread on the same core adds latency, not throughput).
 
 Checks reported: lag stays bounded (no upward trend), memory stays flat (RSS at start and end),
 and the share of chunks whose alerts were durable later than the 500 ms latency target.

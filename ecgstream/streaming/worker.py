@@ -290,6 +290,8 @@ class Worker:
                 staged = self._stage(polled) if polled else None  # overlaps the inference
                 self._finish_inflight()
                 self._inflight = staged
+                if not self.cfg.overlap_inference:
+                    self._finish_inflight()
                 if polled:
                     last_msg = time.time()
                 else:

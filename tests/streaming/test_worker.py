@@ -25,7 +25,7 @@ from ecgstream.streaming.replay import plan_streams, publish
 from ecgstream.streaming.wire import Chunk, encode_binary, encode_json
 from ecgstream.streaming.worker import Worker
 
-from .helpers import burst, wait_until
+from .helpers import burst, read_scores, wait_until
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000.0
@@ -217,11 +217,13 @@ def _committed(broker, cfg) -> dict[int, int]:
 def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
     broker, tmp_path, records, energy_model
 ):
-    commits = {}
+    commits, scores = {}, {}
     for interval in (0, 60_000):
         cfg = _cfg(
             broker, tmp_path, commit_interval_ms=interval, max_poll_records=4,
             outbox=str(tmp_path / f"outbox-{interval}.sqlite"),
+            overlap_inference=interval == 0,  # the inline path (one core) once too
+            scores_out=str(tmp_path / f"scores-{interval}.jsonl"),
         )  # fmt: skip
         ensure_topics(broker, [cfg.topic], 4)
         publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
@@ -236,9 +238,14 @@ def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
         finally:
             worker.stop()
             thread.join(30)
+        scores[interval] = sorted(
+            (r["stream"], r["window"], r["score"]) for r in read_scores(Path(cfg.scores_out))
+        )
         committed = _committed(broker, cfg)
         # idle, nothing in flight: every partition is committed up to what windows still need
         assert {p: committed[p] for p in targets} == targets
     # 80 chunks in polls of at most 4: one commit per batch, against a few with the interval
     assert commits[0] >= 20
     assert commits[60_000] <= commits[0] / 4
+    # inference overlapped with the next poll or inline: the same windows, the same scores
+    assert scores[0] and scores[0] == scores[60_000]
