@@ -9,7 +9,6 @@ binary frames, 4 partitions, consumed by one in-process :class:`~ecgstream.strea
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess
@@ -260,6 +259,10 @@ def publish_backlog(bootstrap: str, topic: str, steps: list) -> float:
     return elapsed
 
 
+#: extra RunConfig settings of the benchmarks' workers (e.g. ``overlap_inference``)
+WORKER_OPTIONS: dict = {}
+
+
 def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: int, latency: bool):
     """A Worker on ``topic`` in a fresh consumer group, with its outbox in ``tmp``.
 
@@ -281,7 +284,7 @@ def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: 
         max_poll_records=2000,
         poll_timeout_ms=50,
         batch_size=batch_size,
-        overlap_inference=len(os.sched_getaffinity(0)) > 1,  # inline on a single core
+        **WORKER_OPTIONS,
     )
     return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
 

@@ -12,8 +12,8 @@
 By default the worker runs pinned to CPU 0 and the broker and the publisher to the other CPUs,
 as if each had its own machine: on a 2-core machine they would otherwise take the worker's
 cycles during the load run but not during the capacity run (``--worker-cpus all`` turns this
-off). Capacity is then that of one worker process on one core, which runs its inference inline
-(``overlap_inference = false``: a second thread on the same core adds latency, not throughput).
+off). Capacity is then that of one worker process on one core. ``--inline`` runs the worker
+with ``overlap_inference = false`` (each batch completed before the next poll).
 
 Checks reported: lag stays bounded (no upward trend), memory stays flat (RSS at start and end),
 and the share of chunks whose alerts were durable later than the 500 ms latency target.
@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import _workload  # noqa: E402
 from _workload import (  # noqa: E402
     FrameMaker,
     LoadProducer,
@@ -194,6 +195,7 @@ def main() -> None:
         action="store_true",
         help="start every monitor at the same second (default: staggered over one hop)",
     )
+    p.add_argument("--inline", action="store_true", help="worker with overlap_inference = false")
     p.add_argument(
         "--worker-cpus",
         default="0" if len(os.sched_getaffinity(0)) >= 2 else "all",
@@ -208,6 +210,8 @@ def main() -> None:
     spec = read_spec(model)
     broker, bootstrap = start_broker()
     worker_cpus, other_cpus = split_cpus(args.worker_cpus)
+    if args.inline:
+        _workload.WORKER_OPTIONS["overlap_inference"] = False
     if worker_cpus:
         os.sched_setaffinity(broker.pid, other_cpus)
         os.sched_setaffinity(0, worker_cpus)  # threads started from here on inherit it
@@ -234,6 +238,7 @@ def main() -> None:
         )
         if args.aligned:
             os.environ["ECGSTREAM_LOAD_ALIGNED"] = "1"  # read by the publisher process
+        result["inline"] = args.inline
         result["aligned"] = args.aligned
         topic = f"load-{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, [topic], 4)
