@@ -105,6 +105,17 @@ def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, li
     return np.repeat(np.asarray(sig, np.float32)[:, None], len(leads), axis=1), 360.0, leads
 
 
+def monitor_phase(j: int, stagger: int) -> int:
+    """Seconds by which monitor ``j``'s sequence numbers lead (0 .. stagger - 1).
+
+    Monitors send in ten 100 ms slices per second by ``j % 10``; the phase uses ``j // 10`` so
+    that it is independent of the slice, as it is for real monitors. With ``j % stagger`` every
+    monitor of a slice would complete its windows in the same second, and each fifth second one
+    slice would bring a whole slice's windows to a single inference call.
+    """
+    return (j // 10) % stagger
+
+
 def monitor_start(j: int, signal_seconds: int, run_seconds: int) -> int:
     """The second of the source signal at which monitor ``j`` starts playing: spread over the
     whole signal so that monitors play different ECG, and early enough to play ``run_seconds``
@@ -139,7 +150,7 @@ def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offse
         step = []
         for j in range(streams):
             stream = f"bed-{j:05d}"
-            seq = offset_s + i + j % stagger
+            seq = offset_s + i + monitor_phase(j, stagger)
             value = frames.frame(stream, seq, t_start + offset_s + i, starts[j] + offset_s + i)
             step.append((stream.encode(), value))
         steps.append(step)

@@ -47,6 +47,7 @@ from _workload import (  # noqa: E402
     LoadProducer,
     encoded_steps,
     make_worker,
+    monitor_phase,
     monitor_start,
     parse_args,
     publish_backlog,
@@ -105,7 +106,8 @@ def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds:
             else:
                 late += 1
             for j in range(s, streams, 10):
-                value = frames.frame(names[j], i + j % stagger, t_start + i, starts[j] + i)
+                seq = i + monitor_phase(j, stagger)
+                value = frames.frame(names[j], seq, t_start + i, starts[j] + i)
                 producer.send(topic, keys[j], value)
         producer.flush()
     producer.close()
