@@ -136,7 +136,8 @@ def encoded_steps(model: Path, streams: int, seconds: int, t_start: float, offse
     """Per second, the binary frames of every stream (see :func:`monitor_start` for the ECG each plays).
 
     Like real monitors, the streams did not all start at the same second: stream j's sequence
-    numbers are ahead by j % hop seconds, so their windows complete at different times.
+    numbers are ahead by :func:`monitor_phase` seconds, so their windows complete at different
+    times.
     """
     from ecgstream.runtime.model_file import read_spec
 

@@ -182,8 +182,7 @@ class RunConfig(KafkaSecurityConfig):
     # pass over every stream, so committing every small poll of a busy worker wastes a core
     commit_interval_ms: int = 1000
     # run a poll's inference in a second thread while the next poll is decoded (more throughput
-    # with a core for each); off, every batch is durable before the next poll (lower latency
-    # when the worker has one core)
+    # with a core for each); off, every batch is durable before the next poll
     overlap_inference: bool = True
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000

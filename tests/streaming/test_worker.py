@@ -235,14 +235,15 @@ def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
             time.sleep(1.5)  # idle: the worker commits what is durable
             targets = worker._commit_targets()
             commits[interval] = worker.metrics.commits.labels("ok")._value.get()
+            # still running, idle, nothing in flight: every partition is committed up to what
+            # windows still need (read before stopping, whose own commit would hide a miss)
+            committed = _committed(broker, cfg)
         finally:
             worker.stop()
             thread.join(30)
         scores[interval] = sorted(
             (r["stream"], r["window"], r["score"]) for r in read_scores(Path(cfg.scores_out))
         )
-        committed = _committed(broker, cfg)
-        # idle, nothing in flight: every partition is committed up to what windows still need
         assert {p: committed[p] for p in targets} == targets
     # 80 chunks in polls of at most 4: one commit per batch, against a few with the interval
     assert commits[0] >= 20
