@@ -284,20 +284,36 @@ def _norm(name: str) -> str:
     return name.strip().upper().replace(" ", "")
 
 
+#: Holter "modified" limb leads and the standard leads they stand for (matched both ways)
+LEAD_ALIASES = {"MLI": "I", "MLII": "II", "MLIII": "III"}
+_ALIAS = {**LEAD_ALIASES, **{v: k for k, v in LEAD_ALIASES.items()}}
+
+
+def _find(avail: list[str], wanted: str) -> int | None:
+    """Index of ``wanted`` in normalised ``avail``: by name, else by its alias (MLII <-> II)."""
+    w = _norm(wanted)
+    if w in avail:
+        return avail.index(w)
+    alias = _ALIAS.get(w)
+    return avail.index(alias) if alias in avail else None
+
+
 def lead_indices(available: list[str], wanted: list[str]) -> list[int]:
     """Indices of ``wanted`` leads in ``available``, matched by name (case-insensitive).
 
-    A single wanted lead falls back to the first lead when no name matches (the scoring
-    contract); several wanted leads must all be present.
+    A modified limb lead matches its standard lead when the exact name is absent (a model of
+    MIT-BIH's MLII reads lead II of a 12-lead ECG, and the reverse). A single wanted lead falls
+    back to the first lead when no name matches (the scoring contract); several wanted leads
+    must all be present.
     """
     avail = [_norm(a) for a in available]
+    found = [_find(avail, w) for w in wanted]
     if len(wanted) == 1:
-        w = _norm(wanted[0])
-        return [avail.index(w)] if w in avail else [0]
-    missing = [w for w in wanted if _norm(w) not in avail]
+        return [found[0] if found[0] is not None else 0]
+    missing = [w for w, i in zip(wanted, found, strict=True) if i is None]
     if missing:
         raise RecordError(f"leads {missing} not in record (it has {available})")
-    return [avail.index(_norm(w)) for w in wanted]
+    return found
 
 
 def select_leads(record: Record, leads: list[str]) -> Record:

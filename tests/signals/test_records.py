@@ -56,6 +56,13 @@ def test_single_lead_falls_back_to_lead_zero():
     assert lead_indices(["ECG1", "ECG2"], ["MLII"]) == [0]
     assert lead_indices(["V1", "MLII"], ["mlii"]) == [1]
     assert lead_indices(["V1", "MLII", "V5"], ["V5", "V1"]) == [2, 0]
+    # a modified limb lead stands for its standard lead, both ways, but an exact name wins
+    twelve = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    assert lead_indices(twelve, ["MLII"]) == [1]
+    assert lead_indices(["MLII", "V1"], ["II", "V1"]) == [0, 1]
+    assert lead_indices(["II", "MLII"], ["MLII"]) == [1]
+    with pytest.raises(RecordError, match="V7"):
+        lead_indices(twelve, ["MLII", "V7"])
 
 
 def test_select_leads_keeps_units_and_copies(tmp_path):

@@ -89,6 +89,10 @@ def test_leads_are_mapped_by_name_or_rejected():
     x = _signal(360, leads=2)
     buf.accept(Chunk("s", 0, T0, 360.0, ["V1", "MLII"], x))
     assert buf.lead_idx == [1]
+    twelve = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    buf = StreamBuffer("s", _spec(leads=("MLII",)))
+    buf.accept(Chunk("s", 0, T0, 500.0, twelve, _signal(500, leads=12)))
+    assert buf.lead_idx == [1]  # lead II of a 12-lead monitor, not lead I
     with pytest.raises(LeadMismatch, match="needs"):
         StreamBuffer("s", _spec(leads=("I", "II", "V1"))).accept(
             Chunk("s", 0, T0, 360.0, ["MLII", "V1"], x)
