@@ -24,6 +24,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MITDB = REPO.parent / "shared" / "data" / "mitdb-ds1"
+PTBXL = REPO.parent / "shared" / "data" / "ptbxl-dev"
+
+#: what the monitors send: ``model`` (the model's lead set: MIT-BIH MLII at 360 Hz for the
+#: shipped model) or ``12-lead`` (12-lead 500 Hz PTB-XL ECGs; the worker reads the leads its
+#: model needs and resamples them). Set by ``--source`` (:func:`parse_args`).
+SOURCES = ("model", "12-lead")
+SOURCE = "model"
 
 
 def tansu_binary() -> str:
@@ -79,14 +86,41 @@ SOURCE_RECORDS = ("208", "108", "109", "112", "114", "115", "116", "118", "122",
                   "205", "207", "220", "230")  # fmt: skip
 
 
+def ptbxl_signal(seconds: int) -> tuple[np.ndarray, float, list[str]]:
+    """(n, 12) mV at 500 Hz: the 10 s ECGs of ``ptbxl-dev`` (``filename_hr``) one after the other,
+    each lead of each ECG moved to a median of 0, repeated to at least ``seconds``."""
+    import csv
+
+    from ecgstream.signals.records import read_record
+
+    if not (PTBXL / "ptbxl_database.csv").exists():
+        raise SystemExit(f"--source 12-lead needs the PTB-XL excerpt in {PTBXL}")
+    with open(PTBXL / "ptbxl_database.csv", newline="") as f:
+        names = [row["filename_hr"] for row in csv.DictReader(f)]
+    parts, fs, leads = [], 500.0, []
+    for name in names:
+        rec = read_record(PTBXL / name)
+        x = np.nan_to_num(rec.signal.astype(np.float32))
+        parts.append(x - np.median(x, axis=0))
+        fs, leads = rec.fs, rec.leads
+    sig = np.concatenate(parts)
+    while len(sig) < (seconds + 10) * fs:
+        sig = np.concatenate([sig, sig])
+    return sig, fs, leads
+
+
 def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, list[str]]:
     """(n, leads) mV at 360 Hz: real MIT-BIH when available (every record of
     :data:`SOURCE_RECORDS` one after the other, at least ``seconds`` long), else synthetic.
+    With :data:`SOURCE` ``12-lead``: 12-lead 500 Hz PTB-XL ECGs whatever the model's leads
+    (:func:`ptbxl_signal`).
 
     Monitors must not play the same samples: sorting identical segments over and over is much
     faster than sorting real, different ones (the CPU learns the branches), so a workload of a
     few repeated signals overstates the throughput of sort-based models by half.
     """
+    if SOURCE == "12-lead":
+        return ptbxl_signal(seconds)
     if MITDB.exists() and len(leads) == 1:
         from ecgstream.signals.records import read_record
 
@@ -362,12 +396,21 @@ def parse_args(
     """
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="model",
+        help="what monitors send: the model's lead set (MIT-BIH MLII 360 Hz for the shipped "
+        "model), or 12-lead 500 Hz PTB-XL ECGs that the worker maps and resamples",
+    )
+    p.add_argument(
         "--publish",
         nargs=4,
         metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
         help=argparse.SUPPRESS,
     )
     args = p.parse_args()
+    global SOURCE
+    SOURCE = args.source
     model = model_path(args.model)
     if args.publish:
         bootstrap, topic, streams, seconds = args.publish

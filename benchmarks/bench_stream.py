@@ -113,6 +113,7 @@ def main() -> None:
         "hop_s": spec.hop_s,
         "streams": args.streams,
         "seconds": args.seconds,
+        "source": args.source,
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
     }
@@ -156,6 +157,8 @@ def main() -> None:
                 __file__,
                 "--model",
                 str(model),
+                "--source",
+                args.source,
                 "--publish",
                 bootstrap,
                 topic_l,

@@ -251,6 +251,7 @@ def main() -> None:
         rss_start = rss_mb()
         pub = subprocess.Popen(
             [sys.executable, __file__, "--publish", bootstrap, topic, str(streams), str(seconds)]
+            + ["--source", args.source]
             + (["--model", str(model)] if args.model else []),
             stdout=subprocess.PIPE,
             text=True,
