@@ -307,6 +307,8 @@ def publish_backlog(bootstrap: str, topic: str, steps: list) -> float:
 
 #: extra RunConfig settings of the benchmarks' workers (e.g. ``overlap_inference``)
 WORKER_OPTIONS: dict = {}
+#: ONNX Runtime intra-op threads of the benchmarks' workers (``--threads``)
+THREADS = 1
 
 
 def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: int, latency: bool):
@@ -332,7 +334,8 @@ def make_worker(bootstrap: str, topic: str, model: Path, tmp: Path, batch_size: 
         batch_size=batch_size,
         **WORKER_OPTIONS,
     )
-    return Worker(cfg, Scorer(model, threads=1, batch_size=batch_size), record_latency=latency)
+    scorer = Scorer(model, threads=THREADS, batch_size=batch_size)
+    return Worker(cfg, scorer, record_latency=latency)
 
 
 def run_worker(
@@ -403,14 +406,20 @@ def parse_args(
         "model), or 12-lead 500 Hz PTB-XL ECGs that the worker maps and resamples",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads of the worker under test (the [run] threads setting)",
+    )
+    p.add_argument(
         "--publish",
         nargs=4,
         metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
         help=argparse.SUPPRESS,
     )
     args = p.parse_args()
-    global SOURCE
-    SOURCE = args.source
+    global SOURCE, THREADS
+    SOURCE, THREADS = args.source, args.threads
     model = model_path(args.model)
     if args.publish:
         bootstrap, topic, streams, seconds = args.publish

@@ -114,6 +114,7 @@ def main() -> None:
         "streams": args.streams,
         "seconds": args.seconds,
         "source": args.source,
+        "threads": args.threads,
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
     }

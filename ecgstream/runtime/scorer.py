@@ -40,6 +40,10 @@ def make_session(path: str | Path, threads: int = 1):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if threads > 1:
+        # idle intra-op threads spin by default, taking the CPU that the poll loop and the
+        # Kafka client need between inference calls
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(
