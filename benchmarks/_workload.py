@@ -412,6 +412,12 @@ def parse_args(
         help="ONNX Runtime intra-op threads of the worker under test (the [run] threads setting)",
     )
     p.add_argument(
+        "--inference-depth",
+        type=int,
+        default=1,
+        help="inference calls in flight in the worker under test (the [run] inference_depth)",
+    )
+    p.add_argument(
         "--publish",
         nargs=4,
         metavar=("BOOTSTRAP", "TOPIC", "STREAMS", "SECONDS"),
@@ -420,6 +426,7 @@ def parse_args(
     args = p.parse_args()
     global SOURCE, THREADS
     SOURCE, THREADS = args.source, args.threads
+    WORKER_OPTIONS["inference_depth"] = args.inference_depth
     model = model_path(args.model)
     if args.publish:
         bootstrap, topic, streams, seconds = args.publish

@@ -115,6 +115,7 @@ def main() -> None:
         "seconds": args.seconds,
         "source": args.source,
         "threads": args.threads,
+        "inference_depth": args.inference_depth,
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
     }
@@ -160,6 +161,8 @@ def main() -> None:
                 str(model),
                 "--source",
                 args.source,
+                "--inference-depth",
+                str(args.inference_depth),
                 "--publish",
                 bootstrap,
                 topic_l,

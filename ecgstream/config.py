@@ -184,6 +184,9 @@ class RunConfig(KafkaSecurityConfig):
     # run a poll's inference in a second thread while the next poll is decoded (more throughput
     # with a core for each); off, every batch is durable before the next poll
     overlap_inference: bool = True
+    # inference calls in flight at once, each in its own thread (with overlap_inference): 2 lets
+    # a second core score one poll while another poll is scored and the next one decoded
+    inference_depth: int = 1
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     stream_idle_s: float = 60.0

@@ -7,9 +7,9 @@ every stream), alerts are written to every sink durably, and only then offsets a
 See docs/delivery.md for the commit order, revocation and back-pressure.
 
 The inference call of a batch runs in a second thread (ONNX Runtime releases the GIL) while the
-loop polls and prepares the next batch; batches still complete, become durable and commit one
-at a time in poll order, and a batch in flight is completed before a rebalance, an eviction or
-close.
+loop polls and prepares the next batch (with ``inference_depth`` N, up to N calls run at once,
+each in its own thread); batches still complete, become durable and commit one at a time in poll
+order, and every batch in flight is completed before a rebalance, an eviction or close.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.alerts.technical import TechnicalConfig
-from ecgstream.config import RunConfig
+from ecgstream.config import ConfigError, RunConfig
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.sinks.jsonl import JsonLinesSink
 from ecgstream.sinks.kafka_topic import AlertsTopicSink
@@ -190,7 +190,9 @@ class Worker:
         self._no_conn_since: float | None = None
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
-        self._inflight: _Staged | None = None
+        if cfg.inference_depth < 1:
+            raise ConfigError(f"run.inference_depth must be at least 1, got {cfg.inference_depth}")
+        self._inflight: deque[_Staged] = deque()  # staged batches, oldest first
         self._infer_pool: ThreadPoolExecutor | None = None
         self.consumer = None
         self.producer = None
@@ -292,9 +294,11 @@ class Worker:
                 )
                 if self._to_rewind:
                     polled = self._rewind(polled)
-                staged = self._stage(polled) if polled else None  # overlaps the inference
-                self._finish_inflight()
-                self._inflight = staged
+                if polled:
+                    self._inflight.append(self._stage(polled))  # overlaps the inference
+                    self._finish_ready()
+                else:
+                    self._finish_inflight()
                 if not self.cfg.overlap_inference:
                     self._finish_inflight()
                 if polled:
@@ -382,7 +386,9 @@ class Worker:
             self._last[tp.partition] = records[-1].offset
         prep = self.pipeline.prepare(items)
         if self._infer_pool is None:
-            self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="ecgstream-inference")
+            self._infer_pool = ThreadPoolExecutor(
+                self.cfg.inference_depth, thread_name_prefix="ecgstream-inference"
+            )
         future = self._infer_pool.submit(self.pipeline.infer, prep)
         commit_to = None
         if time.monotonic() - self._commit_t >= self.cfg.commit_interval_ms / 1000:
@@ -390,9 +396,18 @@ class Worker:
         return _Staged(polled, items, dead, stamps, n, prep, future, commit_to, t0)
 
     def _finish_inflight(self) -> None:
-        staged, self._inflight = self._inflight, None
-        if staged is not None:
-            self._finish(staged)
+        """Complete every batch in flight, in poll order."""
+        while self._inflight:
+            self._finish(self._inflight.popleft())
+
+    def _finish_ready(self) -> None:
+        """Complete the oldest batches while more than ``inference_depth`` are in flight or
+        their inference is done (a finished batch need not wait for the next poll)."""
+        depth = self.cfg.inference_depth
+        while self._inflight and (
+            len(self._inflight) > depth or self._inflight[0].inference.done()
+        ):
+            self._finish(self._inflight.popleft())
 
     def _finish(self, staged: _Staged) -> None:
         """Alerts of a staged batch, made durable in every sink; then its offsets are committed."""

@@ -14,7 +14,7 @@ from conftest import MMAE_MODEL, SHIPPED_MODEL, synthetic_ecg, write_record
 from kafka import KafkaConsumer
 from sinks.receiver import Receiver
 
-from ecgstream.config import RunConfig
+from ecgstream.config import ConfigError, RunConfig
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import read_record, select_leads
@@ -218,12 +218,18 @@ def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
     broker, tmp_path, records, energy_model
 ):
     commits, scores = {}, {}
-    for interval in (0, 60_000):
+    variants = {  # name: (commit interval ms, overlap_inference, inference_depth)
+        "every batch, overlapped": (0, True, 1),
+        "interval, inline": (60_000, False, 1),  # the inline path (one core) once too
+        "interval, two calls in flight": (60_000, True, 2),
+    }
+    for name, (interval, overlap, depth) in variants.items():
+        tag = len(commits)
         cfg = _cfg(
             broker, tmp_path, commit_interval_ms=interval, max_poll_records=4,
-            outbox=str(tmp_path / f"outbox-{interval}.sqlite"),
-            overlap_inference=interval == 0,  # the inline path (one core) once too
-            scores_out=str(tmp_path / f"scores-{interval}.jsonl"),
+            outbox=str(tmp_path / f"outbox-{tag}.sqlite"),
+            overlap_inference=overlap, inference_depth=depth,
+            scores_out=str(tmp_path / f"scores-{tag}.jsonl"),
         )  # fmt: skip
         ensure_topics(broker, [cfg.topic], 4)
         publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
@@ -234,19 +240,27 @@ def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
             assert wait_until(lambda w=worker: w.summary.messages == 80, 40, step=0.05)
             time.sleep(1.5)  # idle: the worker commits what is durable
             targets = worker._commit_targets()
-            commits[interval] = worker.metrics.commits.labels("ok")._value.get()
+            commits[name] = worker.metrics.commits.labels("ok")._value.get()
             # still running, idle, nothing in flight: every partition is committed up to what
             # windows still need (read before stopping, whose own commit would hide a miss)
             committed = _committed(broker, cfg)
         finally:
             worker.stop()
             thread.join(30)
-        scores[interval] = sorted(
+        scores[name] = sorted(
             (r["stream"], r["window"], r["score"]) for r in read_scores(Path(cfg.scores_out))
         )
-        assert {p: committed[p] for p in targets} == targets
+        assert {p: committed[p] for p in targets} == targets, name
     # 80 chunks in polls of at most 4: one commit per batch, against a few with the interval
-    assert commits[0] >= 20
-    assert commits[60_000] <= commits[0] / 4
-    # inference overlapped with the next poll or inline: the same windows, the same scores
-    assert scores[0] and scores[0] == scores[60_000]
+    every = commits["every batch, overlapped"]
+    assert every >= 20
+    assert commits["interval, inline"] <= every / 4
+    assert commits["interval, two calls in flight"] <= every / 4
+    # inference overlapped with the next poll, inline, or two calls at once: the same scores
+    first, *others = scores.values()
+    assert first and all(other == first for other in others)
+
+
+def test_inference_depth_below_one_is_refused(broker, tmp_path, energy_model):
+    with pytest.raises(ConfigError, match="inference_depth"):
+        Worker(_cfg(broker, tmp_path, inference_depth=0), Scorer(energy_model))
