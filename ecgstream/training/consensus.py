@@ -41,6 +41,8 @@ def consensus_config(cfg: TrainConfig):
         slope_weight=cfg.consensus_slope_weight,
         noise_weight=cfg.consensus_noise_weight,
         noise_quantile=cfg.consensus_noise_quantile,
+        noise_summary=cfg.consensus_noise_summary,
+        noise_every=cfg.consensus_noise_every,
         level_weight=cfg.consensus_level_weight,
         level_reach=max(1, int(round(cfg.consensus_level_reach_s / cfg.consensus_stride_s))),
         erode=int(round(cfg.consensus_erode_s / cfg.consensus_stride_s)),

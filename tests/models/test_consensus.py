@@ -292,3 +292,48 @@ def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
         point, window = result.model(torch.from_numpy(windows))
     assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
     assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_noise_floor_of_every_nth_segment_keeps_the_burst_and_exports(ecg_folder, tmp_path, every):
+    x = _ecg(10.0, seed=4)
+    noisy = x.copy()
+    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)
+    inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
+    full = _scores(noisy, noise_weight=100.0)[0]
+    sparse = _scores(noisy, noise_weight=100.0, noise_every=every)[0]
+    assert _contrast(sparse, inside, outside) > 0.7 * _contrast(full, inside, outside) > 2.0
+    # 1 is the default: the same graph
+    np.testing.assert_array_equal(_scores(noisy, noise_weight=100.0, noise_every=1)[0], full)
+    cfg = TrainConfig(
+        model="consensus",
+        name="consensus-sparse-noise",
+        leads=["MLII"],
+        val_records=["syn2"],
+        consensus_noise_weight=100.0,
+        consensus_noise_every=every,
+        model_out=tmp_path / "c.onnx",
+    )
+    result = fit_consensus(cfg, [ecg_folder], progress=False)
+    scorer = Scorer(result.model_path)
+    assert scorer.spec.params["noise_every"] == every
+    windows = np.stack([x, noisy])[:, None].astype(np.float32)
+    onnx_point, onnx_window = scorer.score_windows(windows)
+    with torch.no_grad():
+        point, window = result.model(torch.from_numpy(windows))
+    assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
+    assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
+
+
+def test_noise_floor_mean_summary_and_bad_noise_settings():
+    x = _ecg(10.0, seed=4)
+    noisy = x.copy()
+    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)
+    inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
+    assert (
+        _contrast(_scores(noisy, noise_weight=100.0, noise_summary="mean")[0], inside, outside) > 2
+    )
+    with pytest.raises(ValueError, match="noise_every"):
+        ConsensusConfig(noise_every=0).validate()
+    with pytest.raises(ValueError, match="noise_summary"):
+        ConsensusConfig(noise_summary="median").validate()

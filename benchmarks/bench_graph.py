@@ -1,0 +1,82 @@
+"""Inference cost of exported models, side by side on the same windows: us per window, ratios.
+
+Workload: ``--windows`` 10 s windows (default 1,024) cut every 5.17 s from the streaming
+benchmarks' source signal (15 MIT-BIH DEV records one after the other, lead MLII, so the windows
+hold different ECG: sorts run faster on repeated data), preprocessed as each model's spec says,
+scored in one ONNX Runtime call per repeat (one thread). The models run interleaved, repeat by
+repeat, so machine load affects them alike; the first model is the reference of the ratios.
+
+    python benchmarks/bench_graph.py models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from _workload import source_signal  # benchmarks/ is on sys.path when run as a script
+
+
+def windows_for(model: Path, n: int) -> np.ndarray:
+    """``n`` preprocessed windows ``(n, leads, window)`` of distinct ECG for ``model``."""
+    from ecgstream.runtime.model_file import read_spec
+    from ecgstream.signals.preprocess import preprocess
+
+    spec = read_spec(model)
+    span_s = int(n * 5.17 + spec.window_s + 10)
+    sig, fs, _ = source_signal(spec.leads, span_s)
+    x, _ = preprocess(sig[: int(span_s * fs)], fs, spec.preprocess_config)
+    step = max(1, (len(x) - spec.window) // n)
+    starts = np.arange(n) * step
+    return np.stack([x[s : s + spec.window].T for s in starts]).astype(np.float32)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("models", nargs="+", type=Path, help="ONNX models; the first is the reference")
+    p.add_argument("--windows", type=int, default=1024, help="windows per call")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+
+    from ecgstream.runtime.model_file import INPUT_NAME
+    from ecgstream.runtime.scorer import make_session
+
+    sessions = [make_session(m, threads=1) for m in args.models]
+    feeds = [{INPUT_NAME: windows_for(m, args.windows)} for m in args.models]
+    for s, f in zip(sessions, feeds, strict=True):
+        s.run(None, f)  # warm-up
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(args.repeats):
+        for i, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
+            t = time.perf_counter()
+            s.run(None, f)
+            times[i].append(time.perf_counter() - t)
+    ref = float(np.median(times[0]))
+    rows = []
+    for m, t in zip(args.models, times, strict=True):
+        med = float(np.median(t))
+        rows.append(
+            {
+                "model": str(m),
+                "us_per_window_median": med / args.windows * 1e6,
+                "us_per_window_min": float(np.min(t)) / args.windows * 1e6,
+                "ratio_to_reference": med / ref,
+            }
+        )
+        print(
+            f"{m}: {rows[-1]['us_per_window_median']:.0f} us per window "
+            f"(min {rows[-1]['us_per_window_min']:.0f}), x{rows[-1]['ratio_to_reference']:.2f}"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"windows": args.windows, "repeats": args.repeats,
+                                        "models": rows}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
