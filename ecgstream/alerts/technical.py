@@ -88,10 +88,12 @@ class TechnicalMachine:
     def __init__(self, stream: str, model: str, version: str, leads: list[str]):
         self.stream, self.model, self.version, self.leads = stream, model, version, list(leads)
         self.active: dict[str, bool] = {}
+        self._any_active = False
 
     @property
     def any_active(self) -> bool:
-        return any(self.active.values())
+        """Whether a condition is present (as of the last :meth:`update`)."""
+        return self._any_active
 
     def _alert(
         self, kind: str, start_s: float, end_s: float, detail: str, leads: list[str]
@@ -128,6 +130,7 @@ class TechnicalMachine:
                     self._alert(kind, start_s, end_s, f"{', '.join(leads)}: {detail}", leads)
                 )
             self.active[kind] = present
+        self._any_active = any(self.active.values())
         return out
 
     def gap(self, start_s: float, end_s: float, detail: str, cfg: TechnicalConfig) -> list[Alert]:

@@ -39,6 +39,7 @@ __all__ = [
     "StreamBuffer",
     "StreamEvent",
     "Windows",
+    "PendingInput",
     "LeadMismatch",
     "preprocess_pending",
     "preprocess_many",
@@ -75,6 +76,17 @@ class StreamEvent:
     detail: str = ""
 
 
+@dataclass(slots=True)
+class PendingInput:
+    """Accepted input of the model's leads ``(n, leads)`` at the source rate, not yet
+    preprocessed; ``has_nan`` says whether it has missing samples (None: not checked yet),
+    ``leads`` is the stream's :attr:`StreamBuffer.leads_in` it was selected with."""
+
+    x: np.ndarray
+    has_nan: bool | None = None
+    leads: tuple[str, ...] = ()
+
+
 @dataclass
 class Windows:
     """Complete windows of one stream: ``index`` ``(n,)`` absolute start samples at the model
@@ -109,6 +121,18 @@ class _Empty:
 
 
 _EMPTY = _Empty()
+_NO_STARTS = np.zeros(0, np.int64)
+_NO_STARTS.flags.writeable = False
+
+
+def _column_selector(idx: list[int]) -> slice | list[int]:
+    """``idx`` as a basic slice when the columns are evenly spaced, so selecting them is a view."""
+    if not idx:
+        return idx
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    if step > 0 and idx == list(range(idx[0], idx[-1] + 1, step)):
+        return slice(idx[0], idx[-1] + 1, step)
+    return idx
 
 
 class StreamBuffer:
@@ -128,29 +152,33 @@ class StreamBuffer:
         self.fs_in = 0.0
         self.leads_in: tuple[str, ...] = ()
         self.lead_idx: list[int] = []
+        self.lead_sel: slice | list[int] = []  # lead_idx as a column selector (a view if it can)
+        self._leads_seen: list[str] = []  # leads_in as a list, to compare with a chunk's
+        self._all_leads = False  # lead_idx selects every input lead in order
         self.next_seq = -1
         self.t_next = 0.0  # time (s) the next chunk should start at
         self.n_in = 0  # input samples since the preprocessor (re)started
         self.t_start = 0.0  # t0 of the first chunk since the (re)start
         self.a_origin = 0  # absolute model-rate index of the preprocessor's first output
-        self.buf = np.zeros((0, len(spec.leads)), np.float32)
+        self._buf = np.zeros((0, len(spec.leads)), np.float32)
+        self._parts: list[np.ndarray] = []  # preprocessed samples after _buf, not yet joined
+        self._n_parts = 0
         self.buf_a0 = 0  # absolute index of buf[0]
         self.anchor: int | None = None  # absolute model-rate index of the stream start
         self.next_k = 0  # next window (counted from the stream start) to emit
         self.bad: list[tuple[int, int]] = []  # absolute model-rate ranges not to score
         self.chunks: deque[tuple[int, int]] = deque()  # (absolute start, offset) not yet released
         self.last_seen = 0.0  # wall clock of the last chunk (for idle eviction)
-        self.last_value: np.ndarray | None = None
-        self.pending: list[np.ndarray] = []  # accepted input not yet preprocessed
-        self._all_leads = False  # lead_idx selects every input lead in order
+        self._last_x: np.ndarray | None = None  # the last input preprocessed (NaN filled)
+        self.pending: list[PendingInput] = []  # accepted input not yet preprocessed
+        self._no_windows: Windows | None = None  # what take_windows returns without a window
         pcfg = spec.preprocess_config
         self.min_fs = 2.0 * (pcfg.lowpass_hz or pcfg.fs / 2)  # lowest usable input rate, Hz
 
     # ---------------------------------------------------------------- input
 
     def _map_leads(self, chunk: Chunk) -> None:
-        key = tuple(chunk.leads)
-        if key == self.leads_in:
+        if chunk.leads == self._leads_seen:
             return
         need = self.spec.leads
         if len(chunk.leads) < len(need):
@@ -161,8 +189,10 @@ class StreamBuffer:
             self.lead_idx = lead_indices(chunk.leads, need)
         except RecordError as exc:
             raise LeadMismatch(f"{exc}; model {self.spec.name} needs {need}") from None
-        self.leads_in = key
-        self._all_leads = self.lead_idx == list(range(len(key)))
+        self.leads_in = tuple(chunk.leads)
+        self._leads_seen = list(chunk.leads)
+        self.lead_sel = _column_selector(self.lead_idx)
+        self._all_leads = self.lead_idx == list(range(len(chunk.leads)))
 
     def _restart(self, chunk: Chunk) -> None:
         self.flush()
@@ -171,10 +201,12 @@ class StreamBuffer:
         self.t_start = chunk.t0
         self.n_in = 0
         self.a_origin = int(round(chunk.t0 * self.fs))
-        self.buf = np.zeros((0, len(self.spec.leads)), np.float32)
+        self._buf = np.zeros((0, len(self.spec.leads)), np.float32)
+        self._parts.clear()
+        self._n_parts = 0
         self.buf_a0 = self.a_origin
         self.next_k = max(self.next_k, -(-(self.a_origin - self.anchor) // self.hop))
-        self.last_value = None
+        self._last_x = None
 
     def accept(
         self, chunk: Chunk, offset: int | None = None, now: float = 0.0, defer: bool = False
@@ -182,46 +214,41 @@ class StreamBuffer:
         """Feed one chunk; returns stream events (duplicates are dropped, gaps restart filters).
 
         With ``defer`` the samples wait in :attr:`pending` until :meth:`flush` or
-        :func:`preprocess_pending` (which batches many streams). Raises :class:`LeadMismatch`
-        when the chunk's leads cannot feed the model.
+        :func:`preprocess_pending` (which batches many streams); missing samples are filled
+        when they are preprocessed. Raises :class:`LeadMismatch` when the chunk's leads cannot
+        feed the model.
         """
         self._map_leads(chunk)
-        if not MIN_FS <= chunk.fs <= MAX_FS:
+        fs = chunk.fs
+        if not MIN_FS <= fs <= MAX_FS:
             raise Unprocessable(
-                f"sampling rate {chunk.fs:.6g} Hz outside [{MIN_FS:g}, {MAX_FS:g}]", "bad_fs"
+                f"sampling rate {fs:.6g} Hz outside [{MIN_FS:g}, {MAX_FS:g}]", "bad_fs"
             )
         min_fs = self.min_fs
-        if chunk.fs < min_fs:  # also bounds the work: upsampling 0.01 Hz would make GBs of samples
+        if fs < min_fs:  # also bounds the work: upsampling 0.01 Hz would make GBs of samples
             raise Unprocessable(
                 f"sampling rate {chunk.fs:g} Hz is below {min_fs:g} Hz, twice the upper band edge "
                 f"of model {self.spec.name}",
                 "unsupported_rate",
             )
-        if (
-            chunk.samples.ndim != 2
-            or chunk.samples.shape[1] != len(chunk.leads)
-            or not len(chunk.samples)
-        ):
+        samples = chunk.samples
+        if samples.ndim != 2 or samples.shape[1] != len(chunk.leads) or not len(samples):
             raise Unprocessable(
-                f"samples of shape {chunk.samples.shape} for {len(chunk.leads)} leads",
-                "bad_samples",
+                f"samples of shape {samples.shape} for {len(chunk.leads)} leads", "bad_samples"
             )
-        if not math.isfinite(chunk.t0) or not math.isfinite(chunk.seq * chunk.duration_s):
+        duration = len(samples) / fs
+        if not math.isfinite(chunk.t0) or not math.isfinite(chunk.seq * duration):
             raise Unprocessable("t0 and seq must give a finite stream start", "bad_t0")
         events: list[StreamEvent] = []
         self.last_seen = now
         if self.pre is None:
-            self.anchor = int(round((chunk.t0 - chunk.seq * chunk.duration_s) * self.fs))
+            self.anchor = int(round((chunk.t0 - chunk.seq * duration) * self.fs))
             self._restart(chunk)
         else:
             if chunk.seq < self.next_seq:
-                return [
-                    StreamEvent(
-                        "duplicate", chunk.t0, chunk.t0 + chunk.duration_s, f"seq {chunk.seq}"
-                    )
-                ]
+                return [StreamEvent("duplicate", chunk.t0, chunk.t0 + duration, f"seq {chunk.seq}")]
             skew = chunk.t0 - self.t_next
-            if chunk.fs != self.fs_in:
+            if fs != self.fs_in:
                 events.append(
                     StreamEvent(
                         "reset", chunk.t0, chunk.t0, f"rate {self.fs_in:g} -> {chunk.fs:g} Hz"
@@ -245,37 +272,56 @@ class StreamBuffer:
                 )
                 self._restart(chunk)
         self.next_seq = chunk.seq + 1
-        x = chunk.samples if self._all_leads else chunk.samples[:, self.lead_idx]
-        x = self._fill_missing(x)
+        x = samples if self._all_leads else samples[:, self.lead_sel]
         a_chunk = self.a_origin + int(math.floor(self.n_in * self.fs / self.fs_in + 1e-9))
         if offset is not None:
             self.chunks.append((a_chunk, offset))
         self.n_in += len(x)
         self.t_next = self.t_start + self.n_in / self.fs_in
-        self.pending.append(x)
+        self.pending.append(PendingInput(x, None, self.leads_in))
         if not defer:
             self.flush()
         return events
 
     def flush(self) -> None:
         """Preprocess the pending input of this stream alone."""
-        for x in self.pending:
-            self.extend(self.pre.process(x))  # type: ignore[union-attr]
+        for p in self.pending:
+            has_nan = bool(np.isnan(p.x).any()) if p.has_nan is None else p.has_nan
+            self.extend(self.pre.process(self.fill_missing(p.x, has_nan)))  # type: ignore[union-attr]
         self.pending.clear()
 
     def extend(self, y: np.ndarray) -> None:
-        """Append preprocessed samples (model rate)."""
-        self.buf = np.concatenate([self.buf, y]) if len(self.buf) else y
+        """Append preprocessed samples (model rate); joined when windows are cut."""
+        if len(y):
+            self._parts.append(y)
+            self._n_parts += len(y)
 
-    def _fill_missing(self, x: np.ndarray) -> np.ndarray:
-        """Replace NaN (missing) samples by the lead's last valid value, so filters stay finite."""
-        nan = np.isnan(x)
-        if nan.any():
+    @property
+    def buf(self) -> np.ndarray:
+        """Preprocessed samples (model rate) from absolute index :attr:`buf_a0` on."""
+        if self._parts:
+            parts = [self._buf, *self._parts] if len(self._buf) else self._parts
+            self._buf = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            self._parts = []
+            self._n_parts = 0
+        return self._buf
+
+    @property
+    def last_value(self) -> np.ndarray | None:
+        """Per lead, the last input sample preprocessed (missing ones filled), None at a start."""
+        return None if self._last_x is None else self._last_x[-1]
+
+    def fill_missing(self, x: np.ndarray, has_nan: bool) -> np.ndarray:
+        """Input ``x`` about to be preprocessed, NaN (missing) samples replaced by the lead's
+        last valid value so filters stay finite; ``has_nan`` says whether there are any."""
+        if has_nan:
+            nan = np.isnan(x)
             x = x.copy()
+            last = self.last_value
             for lead in np.flatnonzero(nan.any(axis=0)):
                 col, bad = x[:, lead], nan[:, lead]
                 valid = np.flatnonzero(~bad)
-                prev = self.last_value[lead] if self.last_value is not None else 0.0
+                prev = last[lead] if last is not None else 0.0
                 if len(valid) == 0:
                     col[:] = prev
                     continue
@@ -284,7 +330,7 @@ class StreamBuffer:
                 col[:first] = prev
                 col[first:] = col[fill_idx[first:]]
         if len(x):
-            self.last_value = x[-1].copy()
+            self._last_x = x
         return x
 
     def mark_bad(self, start_s: float, end_s: float) -> None:
@@ -297,7 +343,7 @@ class StreamBuffer:
     @property
     def a_end(self) -> int:
         """Absolute index one past the last preprocessed sample."""
-        return self.buf_a0 + len(self.buf)
+        return self.buf_a0 + len(self._buf) + self._n_parts
 
     def take_windows(self) -> tuple[Windows, np.ndarray]:
         """Complete windows not yet emitted, and the start samples of suppressed ones (bad spans).
@@ -309,31 +355,44 @@ class StreamBuffer:
         w, h = self.window, self.hop
         base = self.anchor or 0
         k_last = (self.a_end - w - base) // h  # last window that is complete
+        if k_last < self.next_k:
+            keep_from = base + self.next_k * h
+            if keep_from > self.buf_a0 or self.bad:
+                self._drop_before(keep_from)
+            if self._no_windows is None:
+                self._no_windows = Windows(
+                    self.stream, _NO_STARTS, _EMPTY.get(len(self.spec.leads), w)
+                )
+            return self._no_windows, _NO_STARTS
         starts = [base + k * h for k in range(self.next_k, k_last + 1)]
         suppressed: list[int] = []
-        if starts and self.bad:
+        if self.bad:
             keep = [a for a in starts if not any(a < b and a + w > lo for lo, b in self.bad)]
             suppressed = [a for a in starts if a not in keep]
             starts = keep
+        buf = self.buf
         if len(starts) == 1:
             r = starts[0] - self.buf_a0
-            data = self.buf[r : r + w].T[None]
+            data = buf[r : r + w].T[None]
         elif starts:
-            data = np.stack([self.buf[a - self.buf_a0 : a - self.buf_a0 + w].T for a in starts])
+            data = np.stack([buf[a - self.buf_a0 : a - self.buf_a0 + w].T for a in starts])
         else:
-            data = _EMPTY.get(self.buf.shape[1], w)
-        if k_last >= self.next_k:
-            self.next_k = k_last + 1
-        keep_from = base + self.next_k * h
-        drop = min(keep_from - self.buf_a0, len(self.buf))
-        if drop > 0:
-            self.buf = self.buf[drop:]
-            self.buf_a0 += drop
-        if self.bad:
-            self.bad = [(lo, b) for lo, b in self.bad if b > keep_from]
+            data = _EMPTY.get(buf.shape[1], w)
+        self.next_k = k_last + 1
+        self._drop_before(base + self.next_k * h)
         return Windows(self.stream, np.array(starts, np.int64), data), np.array(
             suppressed, np.int64
         )
+
+    def _drop_before(self, keep_from: int) -> None:
+        """Forget samples and bad spans before absolute index ``keep_from`` (no window needs them)."""
+        if keep_from > self.buf_a0 and len(self._buf) + self._n_parts:
+            buf = self.buf
+            drop = min(keep_from - self.buf_a0, len(buf))
+            self._buf = buf[drop:]
+            self.buf_a0 += drop
+        if self.bad:
+            self.bad = [(lo, b) for lo, b in self.bad if b > keep_from]
 
     def window_times(self, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Start and end times (s since the epoch, at the source, delay removed) of windows
@@ -363,21 +422,93 @@ def preprocess_pending(buffers: list[StreamBuffer]) -> None:
         active = [b for b in buffers if b.pending]
         if not active:
             return
-        ys = preprocess_many([b.pre for b in active], [b.pending.pop(0) for b in active])
+        entries = [b.pending.pop(0) for b in active]
+        xs = [p.x for p in entries]
+        with_nan = [i for i, p in enumerate(entries) if p.has_nan]
+        unchecked = [i for i, p in enumerate(entries) if p.has_nan is None]
+        if unchecked:
+            with_nan += [unchecked[k] for k in _with_nan([xs[i] for i in unchecked])]
+        for i in with_nan:
+            xs[i] = active[i].fill_missing(xs[i], True)
+        for b, x in zip(active, xs, strict=True):
+            if len(x):
+                b._last_x = x
+        ys = preprocess_many([b.pre for b in active], xs)
         for b, y in zip(active, ys, strict=True):
             b.extend(y)
+
+
+def _with_nan(xs: list[np.ndarray]) -> list[int]:
+    """Indices of the arrays in ``xs`` that hold a NaN, checked in one pass when they can be
+    joined (the same number of columns, none empty)."""
+    if len({x.shape[1:] for x in xs}) == 1 and all(len(x) for x in xs):
+        rows = np.isnan(np.concatenate(xs))
+        if not rows.any():
+            return []
+        if rows.ndim > 1:
+            rows = rows.any(axis=tuple(range(1, rows.ndim)))
+        starts = np.cumsum([0] + [len(x) for x in xs[:-1]])
+        return np.flatnonzero(np.logical_or.reduceat(rows, starts)).tolist()
+    return [i for i, x in enumerate(xs) if np.isnan(x).any()]
 
 
 def preprocess_many(pres: list[Preprocessor], xs: list[np.ndarray]) -> list[np.ndarray]:
     """``[p.process(x) for p, x in zip(pres, xs)]``, computed in as few numpy calls as possible.
 
     Streams whose filter state has the same shape (same rates, chunk length and phase, the
-    usual case) are stacked side by side, so one ``upfirdn`` and one ``sosfilt`` call serve
-    them all. Filters act on each column independently, so the result equals the per-stream
-    result; each :class:`Preprocessor` keeps its own state.
+    usual case) are stacked side by side, so one resampling product and one ``sosfilt`` call
+    serve them all. Filters act on each column independently, so the result equals the
+    per-stream result; each :class:`Preprocessor` keeps its own state. Streams past their first
+    chunk go through both stages as one block; the others stage by stage.
     """
-    ys = _resample_many([p.resampler for p in pres], xs)
-    return _bandpass_many([p.bandpass for p in pres], ys)
+    out: list = [None] * len(pres)
+    rest: list[int] = []
+    groups: dict = {}
+    for i, (p, x) in enumerate(zip(pres, xs, strict=True)):
+        key = _steady_key(p, x)
+        if key is None:
+            rest.append(i)
+        else:
+            groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        group = [pres[i] for i in idx]
+        x_g = [xs[i] for i in idx]
+        r0 = group[0].resampler
+        if r0.identity:
+            y = np.concatenate(x_g, axis=1, dtype=np.float32)
+        else:
+            y = _resample_group([p.resampler for p in group], x_g)
+        y = _bandpass_group([p.bandpass for p in group], y)
+        _split(y, idx, x_g[0].shape[1], out)
+    if rest:
+        ys = _resample_many([pres[i].resampler for i in rest], [xs[i] for i in rest])
+        ys = _bandpass_many([pres[i].bandpass for i in rest], ys)
+        for i, y in zip(rest, ys, strict=True):
+            out[i] = y
+    return out
+
+
+def _steady_key(p: Preprocessor, x: np.ndarray) -> tuple | None:
+    """What both batched stages depend on, or None when a stage cannot be batched for ``x``."""
+    r, bp = p.resampler, p.bandpass
+    if bp.sos is None or bp._zi is None or len(x) == 0:
+        return None
+    if r.identity:
+        return (None, len(x), x.shape[1], bp.sos.shape, bp.sos.tobytes())
+    key = _resample_key(r, x)
+    if key is None or key[4] >= ((key[3] + len(x) - 1) * r.up) // r.down + 1:
+        return None  # no output sample to band-pass
+    return (key, bp.sos.shape, bp.sos.tobytes())
+
+
+def _split(y: np.ndarray, idx: list[int], width: int, out: list) -> None:
+    """Hand the columns of a group's output back to its streams (``out[idx[j]]``)."""
+    if width == 1:
+        for j, i in enumerate(idx):
+            out[i] = y[:, j : j + 1]
+    else:
+        for j, i in enumerate(idx):
+            out[i] = y[:, j * width : (j + 1) * width]
 
 
 def _groups(keys: list) -> dict:
@@ -387,78 +518,98 @@ def _groups(keys: list) -> dict:
     return groups
 
 
+def _resample_key(r: StreamingResampler, x: np.ndarray) -> tuple | None:
+    """Everything a resampling step of ``x`` depends on (see StreamingResampler.process), or
+    None when it cannot be batched."""
+    if r.identity or r._history is None or len(x) == 0:
+        return None
+    offset = r._buf_start * r.up // r.down
+    return (r.up, r.down, len(r.h), r._n_in - r._buf_start, r._n_out - offset, len(x), x.shape[1])
+
+
 def _resample_many(rs: list[StreamingResampler], xs: list[np.ndarray]) -> list[np.ndarray]:
     out: list = [None] * len(rs)
     keys = []
     for i, (r, x) in enumerate(zip(rs, xs, strict=True)):
-        if r.identity or r._history is None or len(x) == 0:
-            out[i] = r.process(x)
-            keys.append(None)
-        else:
-            # everything upfirdn does depends only on these (see StreamingResampler.process)
-            offset = r._buf_start * r.up // r.down
-            keys.append(
-                (
-                    r.up,
-                    r.down,
-                    len(r.h),
-                    r._n_in - r._buf_start,
-                    r._n_out - offset,
-                    len(x),
-                    x.shape[1],
-                )
-            )
-    for key, idx in _groups(keys).items():
+        key = _resample_key(r, x)
         if key is None:
-            continue
-        r0 = rs[idx[0]]
-        width = xs[idx[0]].shape[1]
-        n_hist, n_x = len(r0._history), len(xs[idx[0]])
-        hist = np.concatenate([rs[i]._history for i in idx], axis=1)
-        new = np.concatenate([xs[i] for i in idx], axis=1)
-        buf = np.concatenate([hist, new], axis=0, dtype=np.float64)
-        rel_in = r0._n_in - r0._buf_start + n_x
-        rel_end = ((rel_in - 1) * r0.up) // r0.down + 1
-        rel_out = r0._n_out - r0._buf_start * r0.up // r0.down
-        # the rows rel_out:rel_end of upfirdn(h, buf, up, down), as one matrix product
-        y = (_polyphase_matrix(r0.h, r0.up, r0.down, n_hist + n_x, rel_out, rel_end) @ buf).astype(
-            np.float32
-        )
-        new_rel = ((rel_in - (r0.taps - 1)) // r0.down) * r0.down
-        for j, i in enumerate(idx):
-            r = rs[i]
-            cols = slice(j * width, (j + 1) * width)
-            out[i] = y[:, cols]
-            r._history = buf[new_rel:, cols]
-            n_total = r._n_in + len(xs[i])
-            r._n_out = ((n_total - 1) * r.up) // r.down + 1
-            r._buf_start += new_rel
-            r._n_in = n_total
+            out[i] = r.process(x)
+        keys.append(key)
+    for key, idx in _groups(keys).items():
+        if key is not None:
+            y = _resample_group([rs[i] for i in idx], [xs[i] for i in idx])
+            _split(y, idx, xs[idx[0]].shape[1], out)
     return out
 
 
-_MATRICES: dict = {}
+def _resample_group(rs: list[StreamingResampler], xs: list[np.ndarray]) -> np.ndarray:
+    """Resample streams with equal :func:`_resample_key` side by side; returns float32
+    ``(n_out, columns)`` and advances each resampler's state."""
+    r0 = rs[0]
+    width = xs[0].shape[1]
+    n_hist, n_x = len(r0._history), len(xs[0])  # type: ignore[arg-type]
+    hist = np.concatenate([r._history for r in rs], axis=1)  # type: ignore[misc]
+    new = np.concatenate(xs, axis=1)
+    buf = np.concatenate([hist, new], axis=0, dtype=np.float64)
+    rel_in = r0._n_in - r0._buf_start + n_x
+    rel_end = ((rel_in - 1) * r0.up) // r0.down + 1
+    rel_out = r0._n_out - r0._buf_start * r0.up // r0.down
+    blocks = _polyphase_blocks(r0.h, r0.up, r0.down, n_hist + n_x, rel_out, rel_end)
+    y = _banded_product(blocks, buf, rel_end - rel_out).astype(np.float32)
+    new_rel = ((rel_in - (r0.taps - 1)) // r0.down) * r0.down
+    history = buf[new_rel:]
+    for j, r in enumerate(rs):
+        r._history = history[:, j * width : (j + 1) * width]
+        n_total = r._n_in + n_x
+        r._n_out = ((n_total - 1) * r.up) // r.down + 1
+        r._buf_start += new_rel
+        r._n_in = n_total
+    return y
 
 
-def _polyphase_matrix(
+_BLOCKS: dict = {}
+#: output rows per block of the banded resampling product
+_BAND_ROWS = 5
+
+
+def _polyphase_blocks(
     h: np.ndarray, up: int, down: int, n_in: int, first: int, end: int
-) -> np.ndarray:
-    """``M`` with ``M @ x == upfirdn(h, x, up, down)[first:end]`` for ``x`` of ``n_in`` rows.
+) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """``M`` with ``M @ x == upfirdn(h, x, up, down)[first:end]`` for ``x`` of ``n_in`` rows, cut
+    into bands: ``(r0, r1, c0, c1, M[r0:r1, c0:c1])`` holding every nonzero of rows ``r0:r1``.
 
-    ``upfirdn`` output ``n`` is ``sum_i x[i] * h[n * down - i * up]``; a dense product is several
-    times faster than ``upfirdn`` on the thousands of columns of a batch. Cached per shape.
+    ``upfirdn`` output ``n`` is ``sum_i x[i] * h[n * down - i * up]``, so each output depends on
+    about ``len(h) / up`` consecutive inputs; a few small dense products over the bands are
+    faster than ``upfirdn`` on the thousands of columns of a batch, and than one product with
+    the whole, mostly zero, matrix. Cached per shape.
     """
     key = (h.tobytes(), up, down, n_in, first, end)
-    m = _MATRICES.get(key)
-    if m is None:
+    blocks = _BLOCKS.get(key)
+    if blocks is None:
         n = np.arange(first, end)[:, None]
         tap = n * down - np.arange(n_in)[None, :] * up
         valid = (tap >= 0) & (tap < len(h))
         m = np.where(valid, h[np.clip(tap, 0, len(h) - 1)], 0.0)
-        if len(_MATRICES) > 256:
-            _MATRICES.clear()
-        _MATRICES[key] = m
-    return m
+        blocks = []
+        for r0 in range(0, len(m), _BAND_ROWS):
+            band = m[r0 : r0 + _BAND_ROWS]
+            nz = np.flatnonzero(band.any(axis=0))
+            c0, c1 = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+            blocks.append((r0, r0 + len(band), c0, c1, np.ascontiguousarray(band[:, c0:c1])))
+        if len(_BLOCKS) > 256:
+            _BLOCKS.clear()
+        _BLOCKS[key] = blocks
+    return blocks
+
+
+def _banded_product(
+    blocks: list[tuple[int, int, int, int, np.ndarray]], x: np.ndarray, rows: int
+) -> np.ndarray:
+    """``M @ x`` for ``M`` given as bands by :func:`_polyphase_blocks`."""
+    y = np.empty((rows, x.shape[1]))
+    for r0, r1, c0, c1, band in blocks:
+        np.matmul(band, x[c0:c1], out=y[r0:r1])
+    return y
 
 
 def _bandpass_many(bps: list[CausalBandpass], ys: list[np.ndarray]) -> list[np.ndarray]:
@@ -471,18 +622,20 @@ def _bandpass_many(bps: list[CausalBandpass], ys: list[np.ndarray]) -> list[np.n
         else:
             keys.append((bp.sos.shape, bp.sos.tobytes(), len(y), y.shape[1]))
     for key, idx in _groups(keys).items():
-        if key is None:
-            continue
-        width = ys[idx[0]].shape[1]
-        x = np.concatenate([ys[i] for i in idx], axis=1, dtype=np.float64)
-        zi = np.concatenate([bps[i]._zi for i in idx], axis=1).transpose(
-            0, 2, 1
-        )  # (sections, 2, cols)
-        y, zf = sps.sosfilt(bps[idx[0]].sos, x, axis=0, zi=zi)
-        y = y.astype(np.float32)
-        zf = zf.transpose(0, 2, 1)
-        for j, i in enumerate(idx):
-            cols = slice(j * width, (j + 1) * width)
-            out[i] = y[:, cols]
-            bps[i]._zi = zf[:, cols, :]
+        if key is not None:
+            x = np.concatenate([ys[i] for i in idx], axis=1)
+            y = _bandpass_group([bps[i] for i in idx], x)
+            _split(y, idx, ys[idx[0]].shape[1], out)
     return out
+
+
+def _bandpass_group(bps: list[CausalBandpass], x: np.ndarray) -> np.ndarray:
+    """Band-pass streams with the same filter side by side: ``x`` ``(n, columns)`` holds their
+    equally wide inputs; returns float32 output and advances each filter's state."""
+    width = x.shape[1] // len(bps)
+    zi = np.concatenate([bp._zi for bp in bps], axis=1)  # type: ignore[misc]
+    y, zf = sps.sosfilt(bps[0].sos, x.astype(np.float64), axis=0, zi=zi.transpose(0, 2, 1))
+    zf = zf.transpose(0, 2, 1)  # (sections, columns, 2)
+    for j, bp in enumerate(bps):
+        bp._zi = zf[:, j * width : (j + 1) * width, :]
+    return y.astype(np.float32)

@@ -21,6 +21,7 @@ from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
 from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.buffers import (
+    PendingInput,
     StreamBuffer,
     Unprocessable,
     Windows,
@@ -175,7 +176,7 @@ class Pipeline:
         now = time.time() if now is None else now
         res = BatchResult()
         touched: dict[str, StreamState] = {}
-        checks: list[tuple[StreamState, Chunk]] = []
+        checks: list[tuple[StreamState, Chunk, PendingInput]] = []
         for item in items:
             chunk = item.chunk
             st = self._state(chunk, item.partition)
@@ -205,10 +206,10 @@ class Pipeline:
                     )
             if duplicate:
                 continue
-            checks.append((st, chunk))
+            checks.append((st, chunk, st.buffer.pending[-1]))
             touched[chunk.stream] = st
-        if self.tech_cfg.enabled and checks:
-            self._technical(checks, res)
+        if checks:
+            self._gather(checks, res)
         preprocess_pending([st.buffer for st in touched.values()])
         parts = []
         for st in touched.values():
@@ -227,37 +228,56 @@ class Pipeline:
             self._score(prep.parts, inference, prep.res)
         return prep.res
 
-    def _technical(self, checks: list[tuple[StreamState, Chunk]], res: BatchResult) -> None:
-        """Technical conditions of every chunk, computed per group of equally shaped chunks."""
+    def _gather(
+        self, checks: list[tuple[StreamState, Chunk, PendingInput]], res: BatchResult
+    ) -> None:
+        """The model's leads of every accepted chunk, gathered per group of equally shaped
+        chunks in one copy: they become the pending input (contiguous, checked for missing
+        samples) and feed the technical checks."""
         groups: dict[tuple, list[int]] = {}
-        for i, (st, chunk) in enumerate(checks):
-            groups.setdefault(
-                (chunk.samples.shape, tuple(st.buffer.lead_idx), chunk.adc is None), []
-            ).append(i)
-        for (_, lead_idx, no_clip), idx in groups.items():
-            li = list(lead_idx)
-            x = np.stack([checks[i][1].samples for i in idx])[:, :, li]
-            clipped = (
-                None
-                if no_clip
-                else adc_clipped(np.stack([checks[i][1].adc for i in idx])[:, :, li])
-            )
-            flags = check_chunks(x, self.tech_cfg, clipped)  # name -> (chunks, leads) bool
-            any_flag = np.zeros(len(idx), bool)
-            for mask in flags.values():
-                any_flag |= mask.any(axis=1)
+        for i, (st, chunk, _) in enumerate(checks):
+            # streams with the same input leads read the same columns
+            key = (chunk.samples.shape, st.buffer.leads_in, chunk.adc is None)
+            groups.setdefault(key, []).append(i)
+        for (_, _, no_clip), idx in groups.items():
+            sel = checks[idx[0]][0].buffer.lead_sel
+            x = np.stack([checks[i][1].samples[:, sel] for i in idx])  # (chunks, n, leads)
+            has_nan = np.isnan(x).any(axis=(1, 2)).tolist()
             for j, i in enumerate(idx):
-                st, chunk = checks[i]
-                if not any_flag[j] and not st.technical.any_active:
-                    continue
-                conds = {
-                    name: (np.flatnonzero(mask[j]).tolist(), self.tech_cfg.describe(name))
-                    for name, mask in flags.items()
-                }
-                t1 = chunk.t0 + chunk.duration_s
-                if any_flag[j]:
-                    st.buffer.mark_bad(chunk.t0, t1)
-                res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
+                st, _, pending = checks[i]
+                if pending.leads is st.buffer.leads_in:  # else the leads changed since
+                    pending.x, pending.has_nan = x[j], has_nan[j]
+            if self.tech_cfg.enabled:
+                clipped = None
+                if not no_clip:
+                    adc = np.stack([checks[i][1].adc[:, sel] for i in idx])  # type: ignore[index]
+                    clipped = adc_clipped(adc)
+                self._technical([checks[i] for i in idx], x, clipped, res)
+
+    def _technical(
+        self,
+        checks: list[tuple[StreamState, Chunk, PendingInput]],
+        x: np.ndarray,
+        clipped: np.ndarray | None,
+        res: BatchResult,
+    ) -> None:
+        """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``."""
+        flags = check_chunks(x, self.tech_cfg, clipped)  # name -> (chunks, leads) bool
+        any_flag = np.zeros(len(checks), bool)
+        for mask in flags.values():
+            any_flag |= mask.any(axis=1)
+        flagged = any_flag.tolist()
+        for j, (st, chunk, _) in enumerate(checks):
+            if not flagged[j] and not st.technical.any_active:
+                continue
+            conds = {
+                name: (np.flatnonzero(mask[j]).tolist(), self.tech_cfg.describe(name))
+                for name, mask in flags.items()
+            }
+            t1 = chunk.t0 + chunk.duration_s
+            if flagged[j]:
+                st.buffer.mark_bad(chunk.t0, t1)
+            res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
 
     def _score(
         self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult

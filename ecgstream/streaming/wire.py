@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -303,6 +304,123 @@ def _static_fields(hdr: dict) -> tuple[list[str], str, np.ndarray, np.ndarray]:
     return list(leads), units, gain, baseline
 
 
+@dataclass(frozen=True)
+class _Template:
+    """The validated fields of a header besides ``stream``, ``seq`` and ``t0``.
+
+    ``base`` and ``gain`` are what the flattened ``(n * leads,)`` samples are shifted and
+    divided by: None when that is a no-op (every baseline +0, every gain 1), a scalar when all
+    leads agree, else the per-lead values tiled ``n`` times (``(1, leads)`` when that would be
+    long).
+    """
+
+    fs: float
+    leads: list[str]
+    units: str
+    n: int
+    base: np.ndarray | np.float32 | None
+    gain: np.ndarray | np.float32 | None
+
+
+#: a compact header that starts with stream, seq and t0 (as :func:`encode_binary` writes it);
+#: group 4 is the rest, which repeats in every frame of a stream
+_COMPACT_HEADER = re.compile(
+    rb'\{"stream":"([^"\\]{1,512})","seq":(0|[1-9][0-9]{0,18}),'
+    rb'"t0":(-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?),(.+)\}',
+    re.DOTALL,
+)
+#: validated templates by the raw bytes of the rest of a compact header
+_TEMPLATES: dict[bytes, _Template] = {}
+_TEMPLATES_SIZE = 256
+#: most samples (n x leads) whose per-lead gain and baseline are tiled for a template
+_MAX_TILED = 16384
+
+
+def _flat_operand(v: np.ndarray, n: int, neutral: float) -> np.ndarray | np.float32 | None:
+    """Per-lead ``v`` as an operand of the flattened samples (see :class:`_Template`)."""
+    if (v == neutral).all() and not np.signbit(v).any():
+        return None
+    if (v == v[0]).all() and np.signbit(v).all() == np.signbit(v).any():
+        return v[0]
+    if n * len(v) <= _MAX_TILED:
+        return np.tile(v, n)
+    return v[None, :]
+
+
+def _template(
+    hdr: dict, leads: list[str], units: str, gain: np.ndarray, base: np.ndarray
+) -> _Template:
+    """The template of a validated header ``hdr`` (see :class:`_Template`)."""
+    n = hdr["n"]
+    return _Template(
+        float(hdr["fs"]),
+        leads,
+        units,
+        n,
+        _flat_operand(base, n, 0.0),
+        _flat_operand(gain, n, 1.0),
+    )
+
+
+def _compact_rest_is_static(rest: bytes) -> bool:
+    """Whether the rest of a compact header leaves stream, seq and t0 alone (JSON allows a
+    later duplicate key to override them), so that the template holds for any values of them."""
+    try:
+        obj = _parse_json(b"{" + rest + b"}", "header")
+    except WireError:
+        return False
+    return not obj.keys() & {"stream", "seq", "t0"}
+
+
+def _json_number(literal: bytes) -> int | float:
+    """A JSON number literal as :mod:`json` reads it: an int unless it has a fraction or exponent."""
+    if b"." in literal or b"e" in literal or b"E" in literal:
+        return float(literal)
+    return int(literal)
+
+
+def _fast_header(value: bytes, hlen: int) -> tuple[str, int, float, _Template] | None:
+    """Stream, seq, t0 and template of a compact header whose rest was seen before, else None.
+
+    Only stream, seq and t0 are checked here; they raise exactly what the full path would.
+    """
+    m = _COMPACT_HEADER.fullmatch(value, _FIXED.size, _FIXED.size + hlen)
+    if m is None:
+        return None
+    tpl = _TEMPLATES.get(m[4])
+    if tpl is None:
+        return None
+    try:
+        stream = m[1].decode()
+    except UnicodeDecodeError:
+        return None
+    if not stream.isprintable() or len(stream) > MAX_STREAM_CHARS:
+        return None  # the full path tells why
+    return stream, _check_seq(int(m[2])), _check_t0(_json_number(m[3])), tpl
+
+
+def _full_header(value: bytes, hlen: int) -> tuple[str, int, float, _Template]:
+    """Parse and validate every field of a header; remembers the template of a compact one."""
+    hdr = _parse_json(value[_FIXED.size : _FIXED.size + hlen], "header")
+    keys = hdr.keys()
+    if not keys >= _REQUIRED_HEADER_KEYS:
+        raise WireError("missing_field", f"header misses {sorted(_REQUIRED_HEADER_KEYS - keys)}")
+    if not keys <= _HEADER_KEYS:
+        raise WireError("unknown_field", f"unknown header fields {sorted(keys - _HEADER_KEYS)[:5]}")
+    stream = _check_stream(hdr["stream"])
+    seq, t0 = _check_seq(hdr["seq"]), _check_t0(hdr["t0"])
+    _check_fs(hdr["fs"])
+    leads, units, gain, baseline = _static_fields(hdr)
+    _check_n(hdr["n"])
+    tpl = _template(hdr, leads, units, gain, baseline)
+    m = _COMPACT_HEADER.fullmatch(value, _FIXED.size, _FIXED.size + hlen)
+    if m is not None and _compact_rest_is_static(m[4]):
+        if len(_TEMPLATES) >= _TEMPLATES_SIZE:
+            _TEMPLATES.clear()
+        _TEMPLATES[m[4]] = tpl
+    return stream, seq, t0, tpl
+
+
 def _decode_binary(value: bytes) -> Chunk:
     if len(value) < _FIXED.size:
         raise WireError(
@@ -319,17 +437,8 @@ def _decode_binary(value: bytes) -> Chunk:
         raise WireError("bad_header_size", f"header length {hlen} not in [1, {MAX_HEADER_BYTES}]")
     if len(value) < _FIXED.size + hlen:
         raise WireError("truncated", "frame ends inside its header")
-    hdr = _parse_json(value[_FIXED.size : _FIXED.size + hlen], "header")
-    keys = hdr.keys()
-    if not keys >= _REQUIRED_HEADER_KEYS:
-        raise WireError("missing_field", f"header misses {sorted(_REQUIRED_HEADER_KEYS - keys)}")
-    if not keys <= _HEADER_KEYS:
-        raise WireError("unknown_field", f"unknown header fields {sorted(keys - _HEADER_KEYS)[:5]}")
-    stream = _check_stream(hdr["stream"])
-    seq, t0, fs = _check_seq(hdr["seq"]), _check_t0(hdr["t0"]), _check_fs(hdr["fs"])
-    leads, units, gain, baseline = _static_fields(hdr)
-    n = _check_n(hdr["n"])
-    n_leads = len(leads)
+    stream, seq, t0, tpl = _fast_header(value, hlen) or _full_header(value, hlen)
+    n, n_leads = tpl.n, len(tpl.leads)
     dtype = _TYPES[type_code]
     body = len(value) - _FIXED.size - hlen
     if body != n * n_leads * dtype.itemsize:
@@ -338,21 +447,40 @@ def _decode_binary(value: bytes) -> Chunk:
             f"{body} sample bytes, header says {n} x {n_leads} x {dtype.itemsize} = "
             f"{n * n_leads * dtype.itemsize}",
         )
-    raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen).reshape(n, n_leads)
-    adc = None
-    if type_code == 1:
-        adc = raw
-        samples = np.subtract(raw, baseline, dtype=np.float32)
-        samples /= gain
-        if raw.min() == INT16_MISSING:
-            samples[raw == INT16_MISSING] = np.nan
-    else:
-        samples = raw.astype(np.float32)
-        if np.isinf(samples).any():
-            raise WireError("bad_samples", "float32 samples must be finite or NaN")
-        if "gain" in hdr or "baseline" in hdr:
-            samples = (samples - baseline) / gain
-    return Chunk(stream, seq, t0, fs, leads, samples, units, adc)
+    raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen)
+    samples = _physical(raw, type_code, tpl)
+    adc = raw.reshape(n, n_leads) if type_code == 1 else None
+    return Chunk(
+        stream, seq, t0, tpl.fs, list(tpl.leads), samples.reshape(n, n_leads), tpl.units, adc
+    )
+
+
+def _physical(raw: np.ndarray, type_code: int, tpl: _Template) -> np.ndarray:
+    """Flat float32 samples of flat ``raw``: ``(raw - baseline) / gain``, NaN where missing.
+
+    The samples are sample-major, so the per-lead operands are tiled (or scalars) to keep every
+    operation one contiguous pass rather than a broadcast over rows of ``leads`` values.
+    """
+    samples = raw.astype(np.float32)
+    if type_code != 1 and np.isinf(samples).any():
+        raise WireError("bad_samples", "float32 samples must be finite or NaN")
+    base, gain = tpl.base, tpl.gain
+    if base is not None:
+        samples = _apply(np.subtract, samples, base)
+    if gain is not None:
+        samples = _apply(np.divide, samples, gain)
+    if type_code == 1 and raw.min() == INT16_MISSING:
+        samples[raw == INT16_MISSING] = np.nan
+    return samples
+
+
+def _apply(op: np.ufunc, samples: np.ndarray, v: np.ndarray | np.float32) -> np.ndarray:
+    """``op(samples, v)`` in place; ``v`` is ``(1, leads)`` when it was too long to tile."""
+    if np.ndim(v) == 2:
+        rows = samples.reshape(-1, v.shape[1])
+        op(rows, v, out=rows)
+        return samples
+    return op(samples, v, out=samples)
 
 
 def adc_clipped(adc: np.ndarray) -> np.ndarray:

@@ -122,6 +122,18 @@ def test_technical_machine_alerts_once_per_episode():
     assert tm.gap(20.0, 22.0, "2 chunks", cfg)[0].kind == "gap"
 
 
+def test_technical_machine_tells_whether_a_condition_is_active():
+    cfg = TechnicalConfig()
+    tm = TechnicalMachine("s", "m", "1", ["MLII", "V1"])
+    ok = np.random.default_rng(0).normal(0, 0.3, size=(360, 2)).astype(np.float32)
+    off = ok.copy()
+    off[:, 1] = np.nan
+    assert not tm.any_active
+    for x, active in [(ok, False), (off, True), (off, True), (ok, False)]:
+        tm.update(check_chunk(x, cfg), 10.0, 11.0)
+        assert tm.any_active is active
+
+
 def test_the_models_critical_threshold_sets_the_severity():
     assert severity_of(3.5, 3.0, 2.0, critical=3.4) == "critical"
     assert severity_of(3.3, 3.0, 2.0, critical=3.4) == "warning"

@@ -8,7 +8,7 @@ import pytest
 from ecgstream.runtime.model_file import ModelSpec
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.windows import frame, window_starts
-from ecgstream.streaming.buffers import LeadMismatch, StreamBuffer
+from ecgstream.streaming.buffers import LeadMismatch, StreamBuffer, preprocess_pending
 from ecgstream.streaming.wire import Chunk
 
 T0 = 1_700_000_000.0  # a whole second: on the window grid
@@ -121,3 +121,69 @@ def test_needed_offset_is_the_oldest_chunk_an_unfinished_window_needs():
         # the next window starts 2 s before the end of chunk i
         if i >= 2:
             assert buf.needed_offset() == 100 + i - 1
+
+
+def _ffill(x: np.ndarray) -> np.ndarray:
+    """Each lead's missing samples replaced by its last valid one before them (0 at first)."""
+    out = x.copy()
+    for lead in range(x.shape[1]):
+        last = 0.0
+        for i, v in enumerate(x[:, lead]):
+            last = out[i, lead] = last if np.isnan(v) else v
+    return out
+
+
+@pytest.mark.parametrize("fs_in", [360.0, 100.0])
+def test_batched_preprocessing_fills_missing_samples_in_stream_order(fs_in):
+    """Many streams preprocessed together, some with two chunks in one batch, missing samples
+    at a chunk's start, whole chunks missing: each stream's windows equal the offline
+    preprocessing of its signal with missing samples carried forward."""
+    spec = _spec(leads=("MLII", "V1"))
+    n, chunk_n = int(fs_in * 12), int(fs_in)
+    signals = []
+    for s in range(6):
+        x = _signal(n, leads=2, seed=s)
+        if s % 2:
+            x[chunk_n * 2 : chunk_n * 2 + 7, 0] = np.nan  # at a chunk's start
+            x[chunk_n * 4 : chunk_n * 6, 1] = np.nan  # two whole chunks of one lead
+            x[:3] = np.nan  # the very first samples
+        signals.append(x)
+    bufs = [StreamBuffer(f"s{s}", spec) for s in range(6)]
+    got: list[list[np.ndarray]] = [[] for _ in bufs]
+    polls = [[0], [1, 2], [3], [4, 5], [6], [7, 8, 9], [10], [11]]  # chunk indices per batch
+    for k, poll in enumerate(polls):
+        for s, (buf, x) in enumerate(zip(bufs, signals, strict=True)):
+            for i in poll:
+                c = Chunk(
+                    f"s{s}", i, T0 + i, fs_in, ["MLII", "V1"], x[i * chunk_n : (i + 1) * chunk_n]
+                )
+                buf.accept(c, defer=True)
+            if (s + k) % 3 == 0:  # as a pipeline does after checking the batch itself
+                for p in buf.pending:
+                    p.x, p.has_nan = p.x.copy(), bool(np.isnan(p.x).any())
+        preprocess_pending(bufs)
+        for s, buf in enumerate(bufs):
+            w, _ = buf.take_windows()
+            got[s].append(w.data)
+    for s, x in enumerate(signals):
+        offline, _ = preprocess(_ffill(x), fs_in, spec.preprocess_config)
+        expected = frame(offline, window_starts(len(offline), spec.window, spec.hop), spec.window)
+        data = np.concatenate(got[s])
+        assert len(data) >= 3 and np.isfinite(data).all()
+        np.testing.assert_allclose(data, expected[: len(data)], atol=1e-5)
+
+
+@pytest.mark.parametrize("up,down", [(5, 18), (1, 5), (5, 2), (4, 3)])
+def test_banded_resampling_product_equals_upfirdn(up, down):
+    from scipy import signal as sps
+
+    from ecgstream.streaming.buffers import _banded_product, _polyphase_blocks
+
+    h = np.random.default_rng(1).normal(size=20 * max(up, down) + 1)
+    x = np.random.default_rng(2).normal(size=(400, 7))
+    full = sps.upfirdn(h, x, up, down, axis=0)
+    for first, end in [(0, 50), (37, 80), (60, 61)]:
+        blocks = _polyphase_blocks(h, up, down, len(x), first, end)
+        np.testing.assert_allclose(
+            _banded_product(blocks, x, end - first), full[first:end], atol=1e-12
+        )

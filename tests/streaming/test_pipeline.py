@@ -133,3 +133,28 @@ def test_preparing_the_next_batch_before_completing_one_changes_nothing(energy_m
     scores, alerts = run(False)
     assert len(scores) == 3 * 19 and any(a["kind"] == "anomaly" for a in alerts)
     assert run(True) == (scores, alerts)
+
+
+def test_a_stream_that_reorders_its_leads_within_a_batch_keeps_each_chunks_columns(energy_model):
+    """Each chunk feeds the model the lead it named MLII, also when the order of the leads
+    changes between two chunks of one batch."""
+    rng = np.random.default_rng(3)
+    mlii = synthetic_ecg(8, 360)[: 360 * 8]
+    other = rng.normal(0, 0.5, size=mlii.shape).astype(np.float32)  # noise, no technical alarm
+    results = []
+    for swap in (False, True):
+        pipe = Pipeline(Scorer(energy_model), keep_scores=True)
+        scores = []
+        for i in range(0, 8, 2):
+            items = []
+            for k in (i, i + 1):
+                part = slice(k * 360, (k + 1) * 360)
+                if swap and k % 2:
+                    x, leads = np.hstack([other[part], mlii[part]]), ["V1", "MLII"]
+                else:
+                    x, leads = np.hstack([mlii[part], other[part]]), ["MLII", "V1"]
+                items.append(Incoming(Chunk("s", k, T0 + k, 360.0, leads, x)))
+            scores += [s["score"] for s in pipe.process(items, now=T0 + i).scores]
+        results.append(scores)
+    assert len(results[0]) >= 4
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6)

@@ -180,3 +180,136 @@ def test_header_cache_is_bounded_under_hostile_headers():
         hdr = {"stream": "s", "seq": i, "t0": 1.0, "fs": 100.0, "leads": [f"L{i}"], "n": 2}
         decode(_binary(hdr, body))
         assert len(wire._STATIC_CACHE) <= wire._STATIC_CACHE_SIZE
+
+
+def _frame(header: bytes, body: bytes, type_code=1) -> bytes:
+    return struct.pack("<BBBBI", 0xEC, 1, type_code, 0, len(header)) + header + body
+
+
+def _outcome(value: bytes):
+    """What decoding ``value`` gives: the chunk's fields and sample bytes, or the error."""
+    try:
+        c = decode(value)
+    except WireError as exc:
+        return ("error", exc.reason, exc.detail)
+    return (c.stream, type(c.seq), c.seq, type(c.t0), c.t0, c.fs, c.leads, c.units,
+            c.samples.tobytes(), None if c.adc is None else c.adc.tobytes())  # fmt: skip
+
+
+def _cold_and_warm(value: bytes, warm_with: bytes):
+    """``value`` decoded with no cached header template, and after ``warm_with`` (a valid
+    frame with the same rest of the header) put one in the cache."""
+    wire._TEMPLATES.clear()
+    cold = _outcome(value)
+    wire._TEMPLATES.clear()
+    decode(warm_with)
+    assert len(wire._TEMPLATES) == 1
+    return cold, _outcome(value)
+
+
+COMPACT = (
+    b'{"stream":"bed-1","seq":3,"t0":1700000000.5,"fs":250.0,"leads":["I","II"],"units":"mV",'
+    b'"n":2,"gain":[200.0,100.0],"baseline":[0.0,-3.0]}'
+)
+BODY = np.array([[1, -2], [-32768, 40]], "<i2").tobytes()
+
+
+@pytest.mark.parametrize(
+    "field,literal",
+    [
+        *[("seq", v) for v in (b"4", b"0", b"9223372036854775807", b"9223372036854775808",
+                               b"-1", b"01", b"1.0", b"true", b"1e3")],
+        *[("t0", v) for v in (b"1700000000", b"1.5", b"-0.0", b"-0", b"-1.0", b"1e10",
+                              b"1E+11", b"99999999999.9", b"1e999", b"NaN", b"Infinity",
+                              b"1.", b".5", b'"1"', b"0.1e-400")],
+        *[("stream", v) for v in (b'"b"', b'"x"', b'"' + b"y" * 128 + b'"',
+                                  b'"' + b"y" * 129 + b'"', b'""', b'"a\\u0062"', b'"a\x07"',
+                                  b'"a\x7f"', b'"\xc3\xa9"', b'"\xc3"', b'"a b"', b"7")],
+    ],
+)  # fmt: skip
+def test_a_cached_header_template_still_checks_stream_seq_and_t0(field, literal):
+    """Frames whose header repeats a cached rest are checked field by field as the full path
+    checks them: the same chunk, or the same error reason and detail."""
+    old = {"seq": b'"seq":3', "t0": b'"t0":1700000000.5', "stream": b'"stream":"bed-1"'}[field]
+    header = COMPACT.replace(old, f'"{field}":'.encode() + literal)
+    cold, warm = _cold_and_warm(_frame(header, BODY), _frame(COMPACT, BODY))
+    assert warm == cold
+
+
+def test_frames_that_repeat_a_cached_rest_skip_the_json_parser(monkeypatch):
+    wire._TEMPLATES.clear()
+    first = decode(_frame(COMPACT, BODY), b"bed-1")
+    monkeypatch.setattr(wire, "_parse_json", None)  # calling it now would fail
+    header = COMPACT.replace(b'"seq":3', b'"seq":4').replace(b"bed-1", b"bed-2")
+    c = decode(_frame(header, BODY), b"bed-2")
+    assert (c.stream, c.seq, c.t0, c.leads) == ("bed-2", 4, first.t0, ["I", "II"])
+    assert c.samples.tobytes() == first.samples.tobytes()
+    with pytest.raises(WireError) as err:
+        decode(_frame(header, BODY), b"bed-1")
+    assert err.value.reason == "key_mismatch"
+
+
+def test_a_cached_header_template_still_checks_the_body_and_the_rest():
+    good = _frame(COMPACT, BODY)
+    cases = [
+        _frame(COMPACT, BODY[:-2]),  # bad_length
+        _frame(COMPACT, BODY, type_code=2),  # float32 samples: other length
+        _frame(COMPACT.replace(b'"fs":250.0', b'"fs":0.0'), BODY),  # another rest
+        _frame(COMPACT.replace(b"[200.0,100.0]", b"[200.0,true]"), BODY),
+        _frame(COMPACT[:-1] + b',"seq":9}', BODY),  # a later duplicate key wins in JSON
+        _frame(COMPACT[:-1] + b',"s\\u0065q":9}', BODY),
+        _frame(COMPACT[:-1] + b',"stream":"other"}', BODY),
+        _frame(COMPACT.replace(b',"seq"', b', "seq"'), BODY),  # not compact: full path
+    ]
+    for value in cases:
+        cold, warm = _cold_and_warm(value, good)
+        assert warm == cold
+    overriding = _frame(COMPACT[:-1] + b',"seq":9}', BODY)
+    assert decode(overriding).seq == decode(overriding).seq == 9  # never cached with seq 3
+    assert decode(good).seq == 3
+
+
+def test_cached_templates_scale_like_the_full_path():
+    """Per-lead gain and baseline, uniform ones, -0 and long frames give the same samples as
+    ``(raw - baseline) / gain`` computed per lead."""
+    rng = np.random.default_rng(0)
+    for n, gain, baseline in [
+        (50, [200.0, 100.0, 7.5], [0.0, -3.0, 1e6]),
+        (50, [200.0] * 3, [0.0] * 3),
+        (50, [1.0] * 3, [-0.0, 0.0, -0.0]),
+        (50, [1.0] * 3, [-0.0] * 3),
+        (8000, [200.0, 100.0, 7.5], [0.5, -3.0, 2.0]),  # too long to tile
+    ]:
+        raw = rng.integers(-32768, 32767, (n, 3), endpoint=True).astype("<i2")
+        hdr = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I", "II", "V1"],
+               "n": n, "gain": gain, "baseline": baseline}  # fmt: skip
+        value = _frame(json.dumps(hdr, separators=(",", ":")).encode(), raw.tobytes())
+        expected = np.subtract(raw, np.array(baseline, np.float32), dtype=np.float32)
+        expected /= np.array(gain, np.float32)
+        expected[raw == -32768] = np.nan
+        for _ in range(2):  # full path, then cached
+            got = decode(value).samples
+            assert got.tobytes() == expected.tobytes()
+        raw32 = rng.normal(0, 100, (n, 3)).astype("<f4")
+        raw32[3, 1] = np.nan
+        value = _frame(json.dumps(hdr, separators=(",", ":")).encode(), raw32.tobytes(), 2)
+        expected = (raw32 - np.array(baseline, np.float32)) / np.array(gain, np.float32)
+        for _ in range(2):
+            assert decode(value).samples.tobytes() == expected.tobytes()
+
+
+def test_header_template_cache_is_bounded():
+    body = np.zeros((2, 1), "<i2").tobytes()
+    for i in range(3 * wire._TEMPLATES_SIZE):
+        hdr = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 100.0, "leads": [f"L{i}"], "n": 2}
+        decode(_frame(json.dumps(hdr, separators=(",", ":")).encode(), body))
+        assert 0 < len(wire._TEMPLATES) <= wire._TEMPLATES_SIZE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["seq", "t0"]), st.text("0123456789.eE+-", min_size=1, max_size=24))
+def test_any_seq_or_t0_literal_decodes_alike_with_a_cached_template(field, literal):
+    old = {"seq": b'"seq":3', "t0": b'"t0":1700000000.5'}[field]
+    header = COMPACT.replace(old, f'"{field}":{literal}'.encode())
+    cold, warm = _cold_and_warm(_frame(header, BODY), _frame(COMPACT, BODY))
+    assert warm == cold
