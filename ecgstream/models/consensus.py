@@ -220,9 +220,17 @@ class SegmentConsensus(nn.Module):
 
     def segments(self, windows: torch.Tensor) -> torch.Tensor:
         """The sliding segments of windows ``(B, L, T)`` as ``(B, L, n_segments, segment)``."""
+        cfg = self.cfg
         b, leads, _ = windows.shape
+        if cfg.segment % cfg.stride == 0:
+            # a segment is segment / stride consecutive blocks of stride samples: slices of the
+            # blocks, side by side, copy the same values 6x faster than a Gather in ONNX Runtime
+            n_blocks = cfg.n_segments - 1 + cfg.segment // cfg.stride
+            blocks = windows[..., : n_blocks * cfg.stride].reshape(b, leads, n_blocks, cfg.stride)
+            parts = [blocks[:, :, j : j + cfg.n_segments] for j in range(cfg.segment // cfg.stride)]
+            return torch.cat(parts, dim=-1)
         seg = torch.index_select(windows, 2, self.index)
-        return seg.reshape(b, leads, self.cfg.n_segments, self.cfg.segment)
+        return seg.reshape(b, leads, cfg.n_segments, cfg.segment)
 
     def descriptors(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
