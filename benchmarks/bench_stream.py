@@ -1,7 +1,9 @@
 """Streaming worker throughput and latency through a real broker (Tansu), side by side.
 
 Workload: S streams of the model's lead set (MIT-BIH MLII at 360 Hz from ../shared/data when
-present, else neurokit2 synthetic ECG), 1 s chunks as int16 binary frames, 4 partitions.
+present, else neurokit2 synthetic ECG), or with ``--source 12-lead`` 12-lead 500 Hz PTB-XL ECGs
+that the worker maps to the model's leads and resamples; 1 s chunks as int16 binary frames,
+4 partitions. (a) and (b) run ``--repeats`` times, alternating; medians are reported.
 
 (a) consume-only: kafka-python (with crc32c) polls every message, nothing else: the ceiling.
 (b) the full worker (decode, buffers, causal filters, ONNX Runtime, alerts, outbox, commits),
@@ -12,6 +14,7 @@ Both are reported as monitor-seconds per second per worker process (1 s chunks: 
     from a chunk's publication (Kafka CreateTime) to the alerts of its batch being durable.
 
     nice -n 5 python benchmarks/bench_stream.py --streams 2000 --seconds 30 --latency-seconds 40
+    nice -n 5 python benchmarks/bench_stream.py --source 12-lead --inference-depth 2 --streams 2000
     nice -n 5 python benchmarks/bench_stream.py --model models/mmae-mitdb-mlii.onnx --streams 2000
     nice -n 5 python benchmarks/bench_stream.py --model tiny --streams 2000 --seconds 15 --out r.json
 """
@@ -92,6 +95,9 @@ def main() -> None:
         "--seconds", type=int, default=20, help="seconds of signal per monitor (throughput)"
     )
     p.add_argument("--latency-seconds", type=int, default=30, help="duration of the latency run")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="(a) and (b) runs, alternating; medians reported"
+    )
     args, model = parse_args(p, publish_realtime)
 
     from ecgstream.runtime.model_file import read_spec
@@ -133,20 +139,35 @@ def main() -> None:
             flush=True,
         )
 
-        rate_a = consume_only(bootstrap, topic, total)
-        print(f"(a) consume-only: {rate_a:,.0f} monitor-s/s", flush=True)
-        rate_b, worker = run_worker(
-            bootstrap, topic, model, tmp, BATCH_SIZE, total=total, skip=args.streams * warm
-        )
+        rates_a, rates_b, ratios = [], [], []
+        for r in range(args.repeats):  # (a) and (b) alternate, so load drifts hit both alike
+            rate_a = consume_only(bootstrap, topic, total)
+            rate_b, worker = run_worker(
+                bootstrap, topic, model, tmp, BATCH_SIZE, total=total, skip=args.streams * warm
+            )
+            rates_a.append(rate_a)
+            rates_b.append(rate_b)
+            ratios.append(rate_b / rate_a)
+            print(
+                f"repeat {r + 1}: (a) consume-only {rate_a:,.0f}, (b) full worker {rate_b:,.0f} "
+                f"monitor-s/s after {warm} s per monitor ({worker.summary.windows} windows "
+                f"scored in all), (b)/(a) {rate_b / rate_a:.3f}",
+                flush=True,
+            )
+        rate_a, rate_b = float(np.median(rates_a)), float(np.median(rates_b))
         print(
-            f"(b) full worker:  {rate_b:,.0f} monitor-s/s after {warm} s per monitor "
-            f"({worker.summary.windows} windows scored in all)",
+            f"(a) consume-only: {rate_a:,.0f} monitor-s/s, (b) full worker: {rate_b:,.0f} "
+            f"monitor-s/s (medians of {args.repeats}); (b)/(a) {rate_b / rate_a:.3f}, "
+            f"per repeat {min(ratios):.3f}-{max(ratios):.3f}",
             flush=True,
         )
         result.update(
             consume_only_rate=rate_a,
             worker_rate=rate_b,
             ratio=rate_b / rate_a,
+            consume_only_rates=rates_a,
+            worker_rates=rates_b,
+            ratios=ratios,
             windows=worker.summary.windows,
         )
 
