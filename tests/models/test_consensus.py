@@ -179,10 +179,15 @@ def _contrast(point: np.ndarray, inside, outside) -> float:
     return float(point[inside].mean() / np.median(point[outside]))
 
 
-def test_noise_floor_term_finds_a_low_amplitude_noise_burst():
-    x = _ecg(10.0, seed=4)
+def _noise_burst(x: np.ndarray) -> np.ndarray:
+    """``x`` with 1 s of 30 uV Gaussian noise from 5 s on (100 Hz)."""
     noisy = x.copy()
-    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)  # 30 uV, 1 s
+    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)
+    return noisy
+
+
+def test_noise_floor_term_finds_a_low_amplitude_noise_burst():
+    noisy = _noise_burst(_ecg(10.0, seed=4))
     inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
     contrast_plain = _contrast(_scores(noisy)[0], inside, outside)
     contrast_noise = _contrast(_scores(noisy, noise_weight=100.0)[0], inside, outside)
@@ -268,67 +273,61 @@ def test_erosion_narrows_the_score_of_a_short_anomaly():
         ConsensusConfig(erode_share=1.5).validate()
 
 
-def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
+def _fit_with_onnx_parity(ecg_folder, tmp_path, windows: np.ndarray, **train) -> Scorer:
+    """Calibrate and export a consensus model; its ONNX scores of ``windows`` match PyTorch's."""
     cfg = TrainConfig(
         model="consensus",
-        name="consensus-level",
+        name="consensus-test",
         leads=["MLII"],
         val_records=["syn2"],
-        consensus_noise_weight=100.0,
-        consensus_level_weight=1.0,
-        consensus_erode_s=0.1,
-        consensus_erode_share=0.5,
         model_out=tmp_path / "c.onnx",
+        **train,
     )
     result = fit_consensus(cfg, [ecg_folder], progress=False)
-    assert (result.model.cfg.level_reach, result.model.cfg.erode) == (8, 1)
     scorer = Scorer(result.model_path)
-    assert scorer.spec.params["level_weight"] == 1.0 and scorer.spec.params["erode"] == 1
-    windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
-    windows[1, 0, 300:360] += 0.4
-    windows[2, 0, 600:630] = windows[2, 0, 599]
     onnx_point, onnx_window = scorer.score_windows(windows)
     with torch.no_grad():
         point, window = result.model(torch.from_numpy(windows))
     assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
     assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
+    return scorer
+
+
+def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
+    windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
+    windows[1, 0, 300:360] += 0.4
+    windows[2, 0, 600:630] = windows[2, 0, 599]
+    scorer = _fit_with_onnx_parity(
+        ecg_folder,
+        tmp_path,
+        windows,
+        consensus_noise_weight=100.0,
+        consensus_level_weight=1.0,
+        consensus_erode_s=0.1,
+        consensus_erode_share=0.5,
+    )
+    params = scorer.spec.params
+    assert (params["level_reach"], params["erode"], params["level_weight"]) == (8, 1, 1.0)
 
 
 @pytest.mark.parametrize("every", [2, 3])
 def test_noise_floor_of_every_nth_segment_keeps_the_burst_and_exports(ecg_folder, tmp_path, every):
-    x = _ecg(10.0, seed=4)
-    noisy = x.copy()
-    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)
+    x, noisy = _ecg(10.0, seed=4), _noise_burst(_ecg(10.0, seed=4))
     inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
     full = _scores(noisy, noise_weight=100.0)[0]
     sparse = _scores(noisy, noise_weight=100.0, noise_every=every)[0]
     assert _contrast(sparse, inside, outside) > 0.7 * _contrast(full, inside, outside) > 2.0
     # 1 is the default: the same graph
     np.testing.assert_array_equal(_scores(noisy, noise_weight=100.0, noise_every=1)[0], full)
-    cfg = TrainConfig(
-        model="consensus",
-        name="consensus-sparse-noise",
-        leads=["MLII"],
-        val_records=["syn2"],
-        consensus_noise_weight=100.0,
-        consensus_noise_every=every,
-        model_out=tmp_path / "c.onnx",
-    )
-    result = fit_consensus(cfg, [ecg_folder], progress=False)
-    scorer = Scorer(result.model_path)
-    assert scorer.spec.params["noise_every"] == every
     windows = np.stack([x, noisy])[:, None].astype(np.float32)
-    onnx_point, onnx_window = scorer.score_windows(windows)
-    with torch.no_grad():
-        point, window = result.model(torch.from_numpy(windows))
-    assert np.max(np.abs(onnx_point - point.numpy())) <= 1e-4
-    assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
+    scorer = _fit_with_onnx_parity(
+        ecg_folder, tmp_path, windows, consensus_noise_weight=100.0, consensus_noise_every=every
+    )
+    assert scorer.spec.params["noise_every"] == every
 
 
 def test_noise_floor_mean_summary_and_bad_noise_settings():
-    x = _ecg(10.0, seed=4)
-    noisy = x.copy()
-    noisy[500:600] += np.random.default_rng(0).normal(0.0, 0.03, 100)
+    noisy = _noise_burst(_ecg(10.0, seed=4))
     inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
     assert (
         _contrast(_scores(noisy, noise_weight=100.0, noise_summary="mean")[0], inside, outside) > 2
