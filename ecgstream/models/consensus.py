@@ -194,9 +194,6 @@ class SegmentConsensus(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        starts = torch.arange(cfg.n_segments) * cfg.stride
-        index = starts[:, None] + torch.arange(cfg.segment)[None]
-        self.register_buffer("index", index.reshape(-1), persistent=False)
         if cfg.noise_every > 1:
             self._init_noise_grid()
         k, dims = cfg.population_components, cfg.n_leads * cfg.segment
@@ -221,16 +218,7 @@ class SegmentConsensus(nn.Module):
     def segments(self, windows: torch.Tensor) -> torch.Tensor:
         """The sliding segments of windows ``(B, L, T)`` as ``(B, L, n_segments, segment)``."""
         cfg = self.cfg
-        b, leads, _ = windows.shape
-        if cfg.segment % cfg.stride == 0:
-            # a segment is segment / stride consecutive blocks of stride samples: slices of the
-            # blocks, side by side, copy the same values 6x faster than a Gather in ONNX Runtime
-            n_blocks = cfg.n_segments - 1 + cfg.segment // cfg.stride
-            blocks = windows[..., : n_blocks * cfg.stride].reshape(b, leads, n_blocks, cfg.stride)
-            parts = [blocks[:, :, j : j + cfg.n_segments] for j in range(cfg.segment // cfg.stride)]
-            return torch.cat(parts, dim=-1)
-        seg = torch.index_select(windows, 2, self.index)
-        return seg.reshape(b, leads, cfg.n_segments, cfg.segment)
+        return _frames(windows, cfg.segment, cfg.stride, cfg.n_segments)
 
     def descriptors(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
@@ -345,9 +333,6 @@ class SegmentConsensus(nn.Module):
         cfg = self.cfg
         n, nb = cfg.population_spectrum_frame, cfg.population_spectrum_bands
         width = cfg.population_spectrum_band_bins
-        starts = torch.arange(0, cfg.window - n + 1, max(1, n // 2))
-        index = (starts[:, None] + torch.arange(n)[None]).reshape(-1)
-        self.register_buffer("spec_index", index, persistent=False)
         t = torch.arange(n, dtype=torch.float64)[:, None]
         freq = torch.arange(1, 1 + nb * width, dtype=torch.float64)[None]
         hann = torch.hann_window(n, periodic=False, dtype=torch.float64)[:, None]
@@ -372,12 +357,12 @@ class SegmentConsensus(nn.Module):
         heart rate and each lead's waveform timing, which the sorted descriptor drops.
         """
         cfg = self.cfg
-        b, leads, _ = windows.shape
-        frames = torch.index_select(windows, 2, self.spec_index)
-        frames = frames.reshape(b, leads, -1, cfg.population_spectrum_frame)
+        n = cfg.population_spectrum_frame
+        step = max(1, n // 2)
+        frames = _frames(windows, n, step, (cfg.window - n) // step + 1)
         power = (frames @ self.spec_cos) ** 2 + (frames @ self.spec_sin) ** 2
         bands = power.mean(2) @ self.spec_bands
-        return torch.log(bands + 1e-4).reshape(b, -1)
+        return torch.log(bands + 1e-4).reshape(windows.shape[0], -1)
 
     def _distance(
         self, z: torch.Tensor, basis: torch.Tensor, sd: torch.Tensor, residual: torch.Tensor
@@ -525,6 +510,23 @@ class SegmentConsensus(nn.Module):
         top = max(1, int(round(cfg.topk_frac * cfg.window)))
         window = torch.topk(point, top, dim=1, sorted=False).values.mean(1)
         return point, window
+
+
+def _frames(x: torch.Tensor, size: int, step: int, count: int) -> torch.Tensor:
+    """``count`` frames of ``size`` samples every ``step`` samples of ``x`` ``(B, L, T)``, as
+    ``(B, L, count, size)``.
+
+    When ``step`` divides ``size`` a frame is ``size / step`` consecutive blocks of ``step``
+    samples, and slices of the blocks side by side copy the same values about 6x faster than a
+    ``Gather`` in ONNX Runtime.
+    """
+    b, leads, _ = x.shape
+    if size % step == 0:
+        n_blocks = count - 1 + size // step
+        blocks = x[..., : n_blocks * step].reshape(b, leads, n_blocks, step)
+        return torch.cat([blocks[:, :, j : j + count] for j in range(size // step)], dim=-1)
+    index = (torch.arange(count)[:, None] * step + torch.arange(size)[None]).reshape(-1)
+    return torch.index_select(x, 2, index).reshape(b, leads, count, size)
 
 
 def _lead_scale(x: torch.Tensor, n_leads: int) -> torch.Tensor:
