@@ -503,12 +503,8 @@ def _steady_key(p: Preprocessor, x: np.ndarray) -> tuple | None:
 
 def _split(y: np.ndarray, idx: list[int], width: int, out: list) -> None:
     """Hand the columns of a group's output back to its streams (``out[idx[j]]``)."""
-    if width == 1:
-        for j, i in enumerate(idx):
-            out[i] = y[:, j : j + 1]
-    else:
-        for j, i in enumerate(idx):
-            out[i] = y[:, j * width : (j + 1) * width]
+    for j, i in enumerate(idx):
+        out[i] = y[:, j * width : (j + 1) * width]
 
 
 def _groups(keys: list) -> dict:

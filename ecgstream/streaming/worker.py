@@ -297,13 +297,11 @@ class Worker:
                 if polled:
                     self._inflight.append(self._stage(polled))  # overlaps the inference
                     self._finish_ready()
-                else:
-                    self._finish_inflight()
-                if not self.cfg.overlap_inference:
-                    self._finish_inflight()
-                if polled:
+                    if not self.cfg.overlap_inference:
+                        self._finish_inflight()
                     last_msg = time.time()
                 else:
+                    self._finish_inflight()
                     if self._last:  # idle, nothing in flight: commit all that is durable
                         self._commit()
                     if max_idle_s is not None and time.time() - last_msg > max_idle_s:
