@@ -103,10 +103,14 @@ def ptbxl_signal(seconds: int) -> tuple[np.ndarray, float, list[str]]:
         x = np.nan_to_num(rec.signal.astype(np.float32))
         parts.append(x - np.median(x, axis=0))
         fs, leads = rec.fs, rec.leads
-    sig = np.concatenate(parts)
-    while len(sig) < (seconds + 10) * fs:
+    return _at_least(np.concatenate(parts), (seconds + 10) * fs), fs, leads
+
+
+def _at_least(sig: np.ndarray, n: float) -> np.ndarray:
+    """``sig`` repeated until it holds at least ``n`` samples."""
+    while len(sig) < n:
         sig = np.concatenate([sig, sig])
-    return sig, fs, leads
+    return sig
 
 
 def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, list[str]]:
@@ -129,10 +133,7 @@ def source_signal(leads: list[str], seconds: int) -> tuple[np.ndarray, float, li
             rec = read_record(MITDB / name, leads=leads)
             parts.append(rec.signal)
             fs, names = rec.fs, rec.leads
-        sig = np.concatenate(parts)
-        while len(sig) < (seconds + 10) * fs:
-            sig = np.concatenate([sig, sig])
-        return sig, fs, names
+        return _at_least(np.concatenate(parts), (seconds + 10) * fs), fs, names
     import neurokit2 as nk
 
     sig = nk.ecg_simulate(duration=seconds + 10, sampling_rate=360, noise=0.01, random_state=0)

@@ -24,14 +24,14 @@ def windows_for(model: Path, n: int) -> np.ndarray:
     """``n`` preprocessed windows ``(n, leads, window)`` of distinct ECG for ``model``."""
     from ecgstream.runtime.model_file import read_spec
     from ecgstream.signals.preprocess import preprocess
+    from ecgstream.signals.windows import frame
 
     spec = read_spec(model)
     span_s = int(n * 5.17 + spec.window_s + 10)
     sig, fs, _ = source_signal(spec.leads, span_s)
     x, _ = preprocess(sig[: int(span_s * fs)], fs, spec.preprocess_config)
     step = max(1, (len(x) - spec.window) // n)
-    starts = np.arange(n) * step
-    return np.stack([x[s : s + spec.window].T for s in starts]).astype(np.float32)
+    return frame(x, np.arange(n) * step, spec.window)
 
 
 def main() -> None:
