@@ -336,3 +336,28 @@ def test_noise_floor_mean_summary_and_bad_noise_settings():
         ConsensusConfig(noise_every=0).validate()
     with pytest.raises(ValueError, match="noise_summary"):
         ConsensusConfig(noise_summary="median").validate()
+
+
+@pytest.mark.parametrize(
+    "window, segment, stride", [(1000, 80, 10), (1003, 80, 10), (400, 42, 5), (400, 40, 8)]
+)
+def test_segments_are_the_sliding_windows_of_the_input(window, segment, stride):
+    model = SegmentConsensus(
+        ConsensusConfig(n_leads=2, window=window, segment=segment, stride=stride)
+    )
+    x = torch.randn(3, 2, window)
+    view = np.lib.stride_tricks.sliding_window_view(x.numpy(), segment, axis=2)[:, :, ::stride]
+    np.testing.assert_array_equal(model.segments(x).numpy(), view[:, :, : model.cfg.n_segments])
+
+
+def test_noise_floor_of_every_2nd_segment_is_interpolated_between_them():
+    model = SegmentConsensus(ConsensusConfig(noise_weight=100.0, noise_every=2))
+    seg = model.segments(
+        torch.tensor(_noise_burst(_ecg(10.0, seed=4)), dtype=torch.float32)[None, None]
+    )
+    floor = model.noise_floor(seg[:, :, ::2])
+    every_2nd = model._deviation(floor, model.consensus(floor, floor.shape[2]))[0]
+    term = model.noise_score(seg)[0]
+    assert model.cfg.n_segments % 2 == 1  # 93: the last segment is one of every 2nd
+    torch.testing.assert_close(term[::2], every_2nd)
+    torch.testing.assert_close(term[1::2], (every_2nd[:-1] + every_2nd[1:]) / 2)
