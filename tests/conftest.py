@@ -26,7 +26,7 @@ def synthetic_ecg(
             method="multileads",
             random_state=seed,
         )
-        return df.to_numpy(dtype=np.float32)
+        return np.array(df.to_numpy(dtype=np.float32))  # writeable (pandas may return a view)
     lead = nk.ecg_simulate(
         duration=duration_s, sampling_rate=fs, heart_rate=heart_rate, noise=0.01, random_state=seed
     )

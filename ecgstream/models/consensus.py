@@ -82,6 +82,7 @@ class ConsensusConfig:
     noise_quantile: float = 0.7
     noise_summary: str = "sorted"
     noise_every: int = 1
+    level_every: int = 1
     level_weight: float = 0.0
     level_reach: int = 8
     erode: int = 0
@@ -123,6 +124,8 @@ class ConsensusConfig:
             )
         if self.noise_every < 1:
             raise ValueError(f"noise_every must be at least 1 segment, got {self.noise_every}")
+        if self.level_every < 1:
+            raise ValueError(f"level_every must be at least 1 segment, got {self.level_every}")
         if self.noise_summary not in ("sorted", "mean"):
             raise ValueError(
                 f"noise_summary must be 'sorted' or 'mean', got {self.noise_summary!r}"
@@ -196,6 +199,9 @@ class SegmentConsensus(nn.Module):
         self.cfg = cfg
         if cfg.noise_every > 1:
             self._init_noise_grid()
+        if cfg.level_every > 1:
+            sub = torch.arange(0, cfg.n_segments, cfg.level_every)
+            self.register_buffer("level_sub", sub, persistent=False)
         k, dims = cfg.population_components, cfg.n_leads * cfg.segment
         self.register_buffer("pop_mean", torch.zeros(dims))
         self.register_buffer("pop_basis", torch.zeros(k, dims))
@@ -323,6 +329,16 @@ class SegmentConsensus(nn.Module):
         lower = torch.topk(desc, middle + 1, dim=2, largest=False, sorted=False).values
         return lower.amax(dim=2, keepdim=True)
 
+    def level_consensus(self, level: torch.Tensor) -> torch.Tensor:
+        """The consensus of the sorted-segment descriptors ``level``, ``(B, L, 1, segment)``.
+
+        With ``level_every`` k > 1 the median is taken over every k-th segment only (k times
+        fewer values to select from); every segment is still scored against it.
+        """
+        if self.cfg.level_every == 1:
+            return self.consensus(level)
+        return self.consensus(level.index_select(2, self.level_sub), len(self.level_sub))
+
     @staticmethod
     def _deviation(desc: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
         """Mean squared distance ``(B, n_segments)`` of each descriptor to the consensus."""
@@ -416,7 +432,7 @@ class SegmentConsensus(nn.Module):
             )
         with torch.no_grad():
             parts = torch.split(windows, 256)
-            cons = torch.cat([self.consensus(self.descriptors(w)[0]) for w in parts])
+            cons = torch.cat([self.level_consensus(self.descriptors(w)[0]) for w in parts])
             x = cons.reshape(len(cons), -1).to(torch.float64)
             scale = _lead_scale(x, cfg.n_leads) if cfg.population_lead_scale else None
             fitted = _fit_gaussian(x if scale is None else x / scale, k, shrunk)
@@ -484,7 +500,7 @@ class SegmentConsensus(nn.Module):
         seg = self.segments(windows)
         ordered = torch.sort(seg, dim=-1).values
         level, slope = self._describe(seg, ordered)
-        consensus = self.consensus(level)
+        consensus = self.level_consensus(level)
         seg_score = self._deviation(level, consensus)
         if cfg.consensus_weight != 1.0:
             seg_score = cfg.consensus_weight * seg_score

@@ -80,11 +80,23 @@ class StreamEvent:
 class PendingInput:
     """Accepted input of the model's leads ``(n, leads)`` at the source rate, not yet
     preprocessed; ``has_nan`` says whether it has missing samples (None: not checked yet),
-    ``leads`` is the stream's :attr:`StreamBuffer.leads_in` it was selected with."""
+    ``leads`` is the stream's :attr:`StreamBuffer.leads_in` it was selected with.
 
-    x: np.ndarray
+    ``x`` may be left None and set later (the worker gathers the leads of many chunks at
+    once); :meth:`input` then selects columns ``sel`` of ``chunk``.
+    """
+
+    x: np.ndarray | None
     has_nan: bool | None = None
     leads: tuple[str, ...] = ()
+    chunk: Chunk | None = None
+    sel: slice | list[int] | None = None
+
+    def input(self) -> np.ndarray:
+        if self.x is None:
+            samples = self.chunk.samples  # type: ignore[union-attr]
+            self.x = samples if self.sel is None else samples[:, self.sel]
+        return self.x
 
 
 @dataclass
@@ -231,12 +243,13 @@ class StreamBuffer:
                 f"of model {self.spec.name}",
                 "unsupported_rate",
             )
-        samples = chunk.samples
-        if samples.ndim != 2 or samples.shape[1] != len(chunk.leads) or not len(samples):
+        shape = chunk.shape
+        if len(shape) != 2 or shape[1] != len(chunk.leads) or not shape[0]:
             raise Unprocessable(
-                f"samples of shape {samples.shape} for {len(chunk.leads)} leads", "bad_samples"
+                f"samples of shape {shape} for {len(chunk.leads)} leads", "bad_samples"
             )
-        duration = len(samples) / fs
+        n = shape[0]
+        duration = n / fs
         if not math.isfinite(chunk.t0) or not math.isfinite(chunk.seq * duration):
             raise Unprocessable("t0 and seq must give a finite stream start", "bad_t0")
         events: list[StreamEvent] = []
@@ -272,13 +285,13 @@ class StreamBuffer:
                 )
                 self._restart(chunk)
         self.next_seq = chunk.seq + 1
-        x = samples if self._all_leads else samples[:, self.lead_sel]
         a_chunk = self.a_origin + int(math.floor(self.n_in * self.fs / self.fs_in + 1e-9))
         if offset is not None:
             self.chunks.append((a_chunk, offset))
-        self.n_in += len(x)
+        self.n_in += n
         self.t_next = self.t_start + self.n_in / self.fs_in
-        self.pending.append(PendingInput(x, None, self.leads_in))
+        sel = None if self._all_leads else self.lead_sel
+        self.pending.append(PendingInput(None, None, self.leads_in, chunk, sel))
         if not defer:
             self.flush()
         return events
@@ -286,8 +299,9 @@ class StreamBuffer:
     def flush(self) -> None:
         """Preprocess the pending input of this stream alone."""
         for p in self.pending:
-            has_nan = bool(np.isnan(p.x).any()) if p.has_nan is None else p.has_nan
-            self.extend(self.pre.process(self.fill_missing(p.x, has_nan)))  # type: ignore[union-attr]
+            x = p.input()
+            has_nan = bool(np.isnan(x).any()) if p.has_nan is None else p.has_nan
+            self.extend(self.pre.process(self.fill_missing(x, has_nan)))  # type: ignore[union-attr]
         self.pending.clear()
 
     def extend(self, y: np.ndarray) -> None:
@@ -423,7 +437,7 @@ def preprocess_pending(buffers: list[StreamBuffer]) -> None:
         if not active:
             return
         entries = [b.pending.pop(0) for b in active]
-        xs = [p.x for p in entries]
+        xs = [p.input() for p in entries]
         with_nan = [i for i, p in enumerate(entries) if p.has_nan]
         unchecked = [i for i, p in enumerate(entries) if p.has_nan is None]
         if unchecked:

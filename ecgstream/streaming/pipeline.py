@@ -27,7 +27,7 @@ from ecgstream.streaming.buffers import (
     Windows,
     preprocess_pending,
 )
-from ecgstream.streaming.wire import Chunk, adc_clipped
+from ecgstream.streaming.wire import Chunk, adc_clipped, physical_leads
 
 __all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState", "Prepared", "Inference"]
 
@@ -236,22 +236,26 @@ class Pipeline:
         samples) and feed the technical checks."""
         groups: dict[tuple, list[int]] = {}
         for i, (st, chunk, _) in enumerate(checks):
-            # streams with the same input leads read the same columns
-            key = (chunk.samples.shape, st.buffer.leads_in, chunk.adc is None)
+            # streams with the same input leads read the same columns; int16 frames with the
+            # same gains convert alike, so only their model leads are converted, all at once
+            key = (chunk.shape, st.buffer.leads_in, chunk.adc is None, id(chunk.conversion))
             groups.setdefault(key, []).append(i)
-        for (_, _, no_clip), idx in groups.items():
+        for (_, _, no_clip, _), idx in groups.items():
             sel = checks[idx[0]][0].buffer.lead_sel
-            x = np.stack([checks[i][1].samples[:, sel] for i in idx])  # (chunks, n, leads)
+            chunks = [checks[i][1] for i in idx]
+            conversion = chunks[0].conversion
+            adc = None if no_clip else np.stack([c.adc[:, sel] for c in chunks])  # type: ignore[index]
+            if conversion is not None and adc is not None:
+                x = physical_leads(adc, conversion, sel)  # (chunks, n, leads)
+            else:
+                x = np.stack([c.samples[:, sel] for c in chunks])
             has_nan = np.isnan(x).any(axis=(1, 2)).tolist()
             for j, i in enumerate(idx):
                 st, _, pending = checks[i]
                 if pending.leads is st.buffer.leads_in:  # else the leads changed since
                     pending.x, pending.has_nan = x[j], has_nan[j]
             if self.tech_cfg.enabled:
-                clipped = None
-                if not no_clip:
-                    adc = np.stack([checks[i][1].adc[:, sel] for i in idx])  # type: ignore[index]
-                    clipped = adc_clipped(adc)
+                clipped = None if adc is None else adc_clipped(adc)
                 self._technical([checks[i] for i in idx], x, clipped, res)
 
     def _technical(

@@ -23,7 +23,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "MIN_FS",
     "INT16_MISSING",
     "adc_clipped",
+    "physical_leads",
 ]
 
 MAGIC = 0xEC
@@ -84,7 +85,6 @@ class WireError(ValueError):
         self.detail = detail
 
 
-@dataclass
 class Chunk:
     """Consecutive samples of one stream.
 
@@ -92,16 +92,42 @@ class Chunk:
     the first sample in seconds since the Unix epoch; ``fs`` in Hz; ``seq`` counts chunks of
     the stream from 0. ``adc`` holds the raw int16 samples of a binary int16 frame (else None);
     :attr:`clipped` counts, per lead, those at the ADC limits.
+
+    A decoded int16 frame converts to physical units only when ``samples`` is first read, so a
+    worker that needs a few of its leads converts just those (:func:`physical_leads`).
     """
 
-    stream: str
-    seq: int
-    t0: float
-    fs: float
-    leads: list[str]
-    samples: np.ndarray
-    units: str = "mV"
-    adc: np.ndarray | None = field(default=None, repr=False)
+    __slots__ = ("stream", "seq", "t0", "fs", "leads", "units", "adc", "_samples", "_template")
+
+    def __init__(
+        self,
+        stream: str,
+        seq: int,
+        t0: float,
+        fs: float,
+        leads: list[str],
+        samples: np.ndarray,
+        units: str = "mV",
+        adc: np.ndarray | None = None,
+    ):
+        self.stream, self.seq, self.t0, self.fs = stream, seq, t0, fs
+        self.leads, self.units, self.adc = leads, units, adc
+        self._samples: np.ndarray | None = samples
+        self._template: _Template | None = None
+
+    @classmethod
+    def _of_adc(cls, stream: str, seq: int, t0: float, tpl: _Template, adc: np.ndarray) -> Chunk:
+        """A chunk of int16 samples ``adc`` ``(n, leads)`` whose physical values wait for use."""
+        chunk = cls(stream, seq, t0, tpl.fs, list(tpl.leads), None, tpl.units, adc)  # type: ignore[arg-type]
+        chunk._template = tpl
+        return chunk
+
+    @property
+    def samples(self) -> np.ndarray:
+        if self._samples is None:
+            flat = _physical(self.adc.reshape(-1), 1, self._template)  # type: ignore[union-attr,arg-type]
+            self._samples = flat.reshape(self.adc.shape)  # type: ignore[union-attr]
+        return self._samples
 
     @property
     def clipped(self) -> np.ndarray | None:
@@ -109,12 +135,47 @@ class Chunk:
         return None if self.adc is None else adc_clipped(self.adc)
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n, n_leads)``, without converting the samples."""
+        return (self.adc if self._samples is None else self._samples).shape  # type: ignore[union-attr]
+
+    @property
     def n(self) -> int:
-        return int(self.samples.shape[0])
+        return int(self.shape[0])
 
     @property
     def duration_s(self) -> float:
         return self.n / self.fs
+
+    @property
+    def conversion(self) -> object | None:
+        """What the physical samples are computed from, when not yet computed (else None):
+        chunks with the same ``conversion`` convert alike (:func:`physical_leads`)."""
+        return self._template if self._samples is None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Chunk(stream={self.stream!r}, seq={self.seq}, t0={self.t0!r}, fs={self.fs!r}, "
+            f"leads={self.leads!r}, n={self.n}, units={self.units!r})"
+        )
+
+
+def physical_leads(adc: np.ndarray, conversion: object, sel: slice | list[int]) -> np.ndarray:
+    """Physical float32 values of int16 samples ``adc`` ``(..., len(sel))``: leads ``sel`` of
+    chunks whose :attr:`Chunk.conversion` is ``conversion``, stacked in any leading shape.
+
+    The values equal ``chunk.samples[:, sel]`` (the same float32 operations on the same
+    samples), in one pass for many chunks and only for the leads asked for.
+    """
+    tpl: _Template = conversion  # type: ignore[assignment]
+    x = adc.astype(np.float32)
+    if tpl.lead_base is not None:
+        np.subtract(x, tpl.lead_base[sel], out=x)
+    if tpl.lead_gain is not None:
+        np.divide(x, tpl.lead_gain[sel], out=x)
+    if adc.min() == INT16_MISSING:
+        x[adc == INT16_MISSING] = np.nan
+    return x
 
 
 # ---------------------------------------------------------------- field validation
@@ -320,6 +381,9 @@ class _Template:
     n: int
     base: np.ndarray | np.float32 | None
     gain: np.ndarray | np.float32 | None
+    #: per lead ``(leads,)``, what samples ``(..., leads)`` are shifted and divided by (None: no-op)
+    lead_base: np.ndarray | None
+    lead_gain: np.ndarray | None
 
 
 #: a compact header that starts with stream, seq and t0 (as :func:`encode_binary` writes it);
@@ -352,13 +416,16 @@ def _template(
 ) -> _Template:
     """The template of a validated header ``hdr`` (see :class:`_Template`)."""
     n = hdr["n"]
+    base_op, gain_op = _flat_operand(base, n, 0.0), _flat_operand(gain, n, 1.0)
     return _Template(
         float(hdr["fs"]),
         leads,
         units,
         n,
-        _flat_operand(base, n, 0.0),
-        _flat_operand(gain, n, 1.0),
+        base_op,
+        gain_op,
+        None if base_op is None else base,
+        None if gain_op is None else gain,
     )
 
 
@@ -448,11 +515,10 @@ def _decode_binary(value: bytes) -> Chunk:
             f"{n * n_leads * dtype.itemsize}",
         )
     raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen)
+    if type_code == 1:  # converted when used (see Chunk)
+        return Chunk._of_adc(stream, seq, t0, tpl, raw.reshape(n, n_leads))
     samples = _physical(raw, type_code, tpl)
-    adc = raw.reshape(n, n_leads) if type_code == 1 else None
-    return Chunk(
-        stream, seq, t0, tpl.fs, list(tpl.leads), samples.reshape(n, n_leads), tpl.units, adc
-    )
+    return Chunk(stream, seq, t0, tpl.fs, list(tpl.leads), samples.reshape(n, n_leads), tpl.units)
 
 
 def _physical(raw: np.ndarray, type_code: int, tpl: _Template) -> np.ndarray:

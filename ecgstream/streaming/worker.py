@@ -227,15 +227,17 @@ class Worker:
             on_webhook_result=lambda status: self.metrics.webhooks.labels(status).inc(),
         )
         self.scores_sink = JsonLinesSink(cfg.scores_out) if cfg.scores_out else None
-        from kafka import ConsumerRebalanceListener
+        from kafka import AsyncConsumerRebalanceListener
 
         worker = self
 
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked):
-                worker._on_revoked({tp.partition for tp in revoked})
+        # The consumer runs these on its network thread, where a blocking commit cannot wait
+        # for its own reply: the revocation commit is awaited instead.
+        class Listener(AsyncConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):
+                await worker._on_revoked({tp.partition for tp in revoked})
 
-            def on_partitions_assigned(self, assigned):
+            async def on_partitions_assigned(self, assigned):
                 worker._on_assigned(assigned)
 
         self.consumer = make_consumer(
@@ -252,11 +254,22 @@ class Worker:
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port)
 
-    def _on_revoked(self, partitions: set[int]) -> None:
+    async def _on_revoked(self, partitions: set[int]) -> None:
         # Offsets are committed once the batch in flight is durable; what follows the commit is
         # re-read by the partition's next owner, so the state of these streams is simply dropped.
         self._finish_inflight()
-        self._commit()  # what is durable, before the next owner reads from the committed offset
+        # what is durable, before the next owner reads from the committed offset
+        offsets = self._commit_offsets(self._commit_targets())
+        if offsets:
+            from kafka.errors import KafkaError
+
+            try:
+                await self.consumer.commit_async(offsets)
+            except KafkaError as exc:  # the next owner re-reads from the last commit
+                self.metrics.commits.labels("failed").inc()
+                log.warning("offset commit on revocation failed (records will be re-read): %s", exc)
+            else:
+                self._committed_to(offsets)
         dropped = self.pipeline.drop_partitions(partitions)
         for p in partitions:
             self._last.pop(p, None)
@@ -288,6 +301,7 @@ class Worker:
                 if max_s is not None and now - t_start > max_s:
                     break
                 # with a batch in flight, only take what is already fetched: its alerts wait
+                waited = not self._inflight
                 polled = self.consumer.poll(
                     timeout_ms=0 if self._inflight else self.cfg.poll_timeout_ms,
                     max_records=self.cfg.max_poll_records,
@@ -302,7 +316,10 @@ class Worker:
                     last_msg = time.time()
                 else:
                     self._finish_inflight()
-                    if self._last:  # idle, nothing in flight: commit all that is durable
+                    # nothing came for a whole poll timeout: commit all that is durable; an
+                    # empty poll between batches commits at most once per commit interval,
+                    # as batches do (finding the offsets visits every stream)
+                    if self._last and (waited or self._commit_due()):
                         self._commit()
                     if max_idle_s is not None and time.time() - last_msg > max_idle_s:
                         break
@@ -388,9 +405,7 @@ class Worker:
                 self.cfg.inference_depth, thread_name_prefix="ecgstream-inference"
             )
         future = self._infer_pool.submit(self.pipeline.infer, prep)
-        commit_to = None
-        if time.monotonic() - self._commit_t >= self.cfg.commit_interval_ms / 1000:
-            commit_to, self._commit_t = self._commit_targets(), time.monotonic()
+        commit_to = self._commit_targets() if self._commit_due() else None
         return _Staged(polled, items, dead, stamps, n, prep, future, commit_to, t0)
 
     def _finish_inflight(self) -> None:
@@ -471,6 +486,14 @@ class Worker:
         for f in futures:
             f.get(timeout=30)
 
+    def _commit_due(self) -> bool:
+        """Whether ``commit_interval_ms`` has passed since the last commit; restarts it if so."""
+        now = time.monotonic()
+        if now - self._commit_t < self.cfg.commit_interval_ms / 1000:
+            return False
+        self._commit_t = now
+        return True
+
     def _commit_targets(self) -> dict[int, int]:
         """Per partition, the oldest offset still needed (<= last processed + 1)."""
         needed = self.pipeline.needed_offsets()
@@ -480,13 +503,8 @@ class Worker:
         """Commit ``targets`` (default: :meth:`_commit_targets`, with no batch in flight) where
         they move a partition's committed offset forward."""
         from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata, TopicPartition
 
-        targets = self._commit_targets() if targets is None else targets
-        offsets = {}
-        for p, target in targets.items():
-            if p in self._last and target > self._committed.get(p, -1):
-                offsets[TopicPartition(self.cfg.topic, p)] = OffsetAndMetadata(target, "", -1)
+        offsets = self._commit_offsets(self._commit_targets() if targets is None else targets)
         if not offsets:
             return
         try:
@@ -495,6 +513,19 @@ class Worker:
             self.metrics.commits.labels("failed").inc()
             log.warning("offset commit failed (records will be re-read): %s", exc)
             return
+        self._committed_to(offsets)
+
+    def _commit_offsets(self, targets: dict[int, int]) -> dict:
+        """The commit request for ``targets``: the partitions whose committed offset moves on."""
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        return {
+            TopicPartition(self.cfg.topic, p): OffsetAndMetadata(target, "", -1)
+            for p, target in targets.items()
+            if p in self._last and target > self._committed.get(p, -1)
+        }
+
+    def _committed_to(self, offsets: dict) -> None:
         self.metrics.commits.labels("ok").inc()
         for tp, om in offsets.items():
             self._committed[tp.partition] = om.offset

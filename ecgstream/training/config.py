@@ -68,6 +68,7 @@ class TrainConfig:
     consensus_noise_quantile: float = 0.7  # fraction of the smallest |steps| that is noise floor
     consensus_noise_summary: str = "sorted"  # "mean": their mean, not their sorted values
     consensus_noise_every: int = 1  # noise floor of every n-th segment, interpolated between
+    consensus_level_every: int = 1  # median descriptor (consensus) over every n-th segment only
     consensus_level_weight: float = 0.0  # weight of the level term (median above/below neighbours)
     consensus_level_reach_s: float = 0.8  # distance to the neighbouring segments of the level term
     consensus_erode_s: float = 0.0  # >0: segment scores also take their minimum within this reach

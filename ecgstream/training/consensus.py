@@ -43,6 +43,7 @@ def consensus_config(cfg: TrainConfig):
         noise_quantile=cfg.consensus_noise_quantile,
         noise_summary=cfg.consensus_noise_summary,
         noise_every=cfg.consensus_noise_every,
+        level_every=cfg.consensus_level_every,
         level_weight=cfg.consensus_level_weight,
         level_reach=max(1, int(round(cfg.consensus_level_reach_s / cfg.consensus_stride_s))),
         erode=int(round(cfg.consensus_erode_s / cfg.consensus_stride_s)),

@@ -361,3 +361,22 @@ def test_noise_floor_of_every_2nd_segment_is_interpolated_between_them():
     assert model.cfg.n_segments % 2 == 1  # 93: the last segment is one of every 2nd
     torch.testing.assert_close(term[::2], every_2nd)
     torch.testing.assert_close(term[1::2], (every_2nd[:-1] + every_2nd[1:]) / 2)
+
+
+def test_level_consensus_of_every_nth_segment_scores_every_segment_and_exports(
+    ecg_folder, tmp_path
+):
+    x = _ecg(10.0, seed=4)
+    model = SegmentConsensus(ConsensusConfig(level_every=2))
+    level, _ = model.descriptors(torch.tensor(x, dtype=torch.float32)[None, None])
+    sub = level[:, :, ::2]
+    torch.testing.assert_close(model.level_consensus(level), model.consensus(sub, sub.shape[2]))
+    point, _ = _scores(x, level_every=2)
+    assert point.shape == x.shape
+    # 1 is the default: the same graph
+    np.testing.assert_array_equal(_scores(x, level_every=1)[0], _scores(x)[0])
+    with pytest.raises(ValueError, match="level_every"):
+        ConsensusConfig(level_every=0).validate()
+    windows = np.stack([x, _noise_burst(x)])[:, None].astype(np.float32)
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, consensus_level_every=2)
+    assert scorer.spec.params["level_every"] == 2

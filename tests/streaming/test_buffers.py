@@ -160,7 +160,7 @@ def test_batched_preprocessing_fills_missing_samples_in_stream_order(fs_in):
                 buf.accept(c, defer=True)
             if (s + k) % 3 == 0:  # as a pipeline does after checking the batch itself
                 for p in buf.pending:
-                    p.x, p.has_nan = p.x.copy(), bool(np.isnan(p.x).any())
+                    p.x, p.has_nan = p.input().copy(), bool(np.isnan(p.input()).any())
         preprocess_pending(bufs)
         for s, buf in enumerate(bufs):
             w, _ = buf.take_windows()

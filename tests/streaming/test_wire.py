@@ -19,6 +19,7 @@ from ecgstream.streaming.wire import (
     decode,
     encode_binary,
     encode_json,
+    physical_leads,
 )
 
 
@@ -296,6 +297,32 @@ def test_cached_templates_scale_like_the_full_path():
         expected = (raw32 - np.array(baseline, np.float32)) / np.array(gain, np.float32)
         for _ in range(2):
             assert decode(value).samples.tobytes() == expected.tobytes()
+
+
+def test_some_leads_of_many_int16_frames_convert_as_each_frame_alone():
+    """The worker converts only the model's leads of a poll's frames, stacked: the values must
+    be those of ``chunk.samples`` bit for bit (gains, baselines, -0, missing samples)."""
+    rng = np.random.default_rng(1)
+    for gain, baseline in [
+        ([200.0, 100.0, 7.5], [0.0, -3.0, 1e6]),
+        ([200.0] * 3, [0.0] * 3),
+        ([1.0] * 3, [-0.0, 0.0, -0.0]),
+        ([1.0] * 3, [0.0] * 3),
+    ]:
+        hdr = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I", "II", "V1"],
+               "n": 50, "gain": gain, "baseline": baseline}  # fmt: skip
+        head = json.dumps(hdr, separators=(",", ":")).encode()
+        raws = [rng.integers(-32768, 32767, (50, 3), endpoint=True).astype("<i2") for _ in range(4)]
+        raws[1][[0, 7], 1] = -32768  # missing samples
+        chunks = [decode(_frame(head, raw.tobytes())) for raw in raws]
+        assert chunks[0].conversion is not None
+        assert all(c.conversion is chunks[0].conversion for c in chunks)  # one cached template
+        for sel in (slice(1, 2), [2, 0], [1], slice(0, 3)):
+            adc = np.stack([c.adc[:, sel] for c in chunks])
+            got = physical_leads(adc, chunks[0].conversion, sel)
+            alone = [decode(_frame(head, raw.tobytes())).samples[:, sel] for raw in raws]
+            assert got.dtype == np.float32 and got.tobytes() == np.stack(alone).tobytes()
+        assert chunks[0].samples is not None and chunks[0].conversion is None  # now converted
 
 
 def test_header_template_cache_is_bounded():

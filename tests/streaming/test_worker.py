@@ -261,6 +261,40 @@ def test_offsets_are_committed_at_most_every_interval_and_all_when_idle(
     assert first and all(other == first for other in others)
 
 
+def test_revoked_partitions_are_committed_up_to_what_is_durable(
+    broker, tmp_path, records, energy_model
+):
+    """When another member joins, the worker commits what its windows no longer need before it
+    gives the partitions up (the consumer calls it on its network thread, where a blocking
+    commit fails)."""
+    cfg = _cfg(
+        broker, tmp_path, commit_interval_ms=3_600_000, poll_timeout_ms=30_000, max_poll_records=4
+    )  # after the first batch, only the revocation commits: no interval, no idle commit
+    ensure_topics(broker, [cfg.topic], 4)
+    publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
+            progress=False)  # fmt: skip
+    worker = Worker(cfg, Scorer(energy_model))
+    thread = _start(worker)
+    other = None
+    try:
+        assert wait_until(lambda: worker.summary.messages == 80, 40, step=0.05)
+        time.sleep(0.5)
+        targets = worker._commit_targets()
+        before = _committed(broker, cfg)
+        assert any((before[p] or 0) < t for p, t in targets.items())  # something to commit
+        other = KafkaConsumer(
+            cfg.topic, bootstrap_servers=broker, group_id=cfg.group, enable_auto_commit=False
+        )
+        assert wait_until(lambda: other.poll(100) is not None and other.assignment(), 40)
+        after = _committed(broker, cfg)
+    finally:
+        if other is not None:
+            other.close(autocommit=False)
+        worker.stop()
+        thread.join(30)
+    assert {p: after[p] for p in targets} == targets
+
+
 def test_inference_depth_below_one_is_refused(broker, tmp_path, energy_model):
     with pytest.raises(ConfigError, match="inference_depth"):
         Worker(_cfg(broker, tmp_path, inference_depth=0), Scorer(energy_model))
