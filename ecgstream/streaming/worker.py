@@ -295,8 +295,8 @@ class Worker:
         # keeping it out of the collector's full passes shortens their pauses, which otherwise
         # stop every stream for up to ~0.2 s every few seconds under load (docs/reliability.md).
         gc.freeze()
-        # Each message allocates a few dozen short-lived objects; young collections every 700
-        # allocations (the default) cost about 3 % of the worker's throughput (docs/benchmarks.md)
+        # Each message allocates a few dozen short-lived objects; with young collections every
+        # 700 allocations (the default) the worker ran 0.4-3.4 % slower (docs/benchmarks.md)
         gc_threshold = gc.get_threshold()
         gc.set_threshold(YOUNG_GC_THRESHOLD, *gc_threshold[1:])
         t_start = last_msg = time.time()

@@ -1,0 +1,93 @@
+"""Full-worker throughput (b) of worker variants side by side, on one backlog.
+
+Workload: as ``bench_stream.py`` (S monitors, 1 s chunks as int16 binary frames, 4 partitions,
+a Tansu broker started on a free port), published once; then each variant runs the full worker
+((b) of ``bench_stream.py``: decode, buffers, filters, ONNX Runtime, alerts, outbox, commits) on
+that backlog, variants interleaved repeat by repeat so machine load hits them alike. Reported:
+monitor-seconds per second per variant (median of repeats) and its ratio to the first variant.
+
+A variant is ``MODEL[:DEPTH[:GC]]``: an ONNX model, the ``inference_depth`` (default 1) and the
+young-generation garbage collection threshold the worker runs with (default: the worker's own,
+``ecgstream.streaming.worker.YOUNG_GC_THRESHOLD``).
+
+    nice -n 5 python benchmarks/bench_worker_ab.py --source 12-lead \\
+        models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 3
+    nice -n 5 python benchmarks/bench_worker_ab.py --source 12-lead \\
+        models/consensus-mitdb-mlii.onnx:1:700 models/consensus-mitdb-mlii.onnx:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import _workload as W
+import numpy as np
+
+from ecgstream.streaming import worker as worker_module
+
+BATCH_SIZE = 1024
+
+
+def parse_variant(text: str) -> tuple[Path, int, int | None]:
+    model, *rest = text.split(":")
+    depth = int(rest[0]) if rest else 1
+    gc_threshold = int(rest[1]) if len(rest) > 1 else None
+    return W.model_path(model), depth, gc_threshold
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("variants", nargs="+", help="MODEL[:DEPTH[:GC]]; the first is the reference")
+    p.add_argument("--streams", type=int, default=2000, help="monitors")
+    p.add_argument("--seconds", type=int, default=30, help="timed seconds of signal per monitor")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--source", choices=W.SOURCES, default="model", help="as in bench_stream.py")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+    W.SOURCE = args.source
+    variants = [parse_variant(v) for v in args.variants]
+    default_gc = worker_module.YOUNG_GC_THRESHOLD
+
+    from ecgstream.streaming.kafka import ensure_topics
+
+    broker, bootstrap = W.start_broker()
+    tmp = Path(tempfile.mkdtemp())
+    rates: list[list[float]] = [[] for _ in variants]
+    try:
+        topic = "bench-ab"
+        ensure_topics(bootstrap, [topic], 4)
+        warm = max(W.warmup_seconds(model) for model, _, _ in variants)
+        steps = W.encoded_steps(variants[0][0], args.streams, warm + args.seconds, 1.7e9)
+        W.publish_backlog(bootstrap, topic, steps)
+        total = args.streams * (warm + args.seconds)
+        for r in range(args.repeats):
+            for i, (model, depth, gc_threshold) in enumerate(variants):
+                W.WORKER_OPTIONS["inference_depth"] = depth
+                worker_module.YOUNG_GC_THRESHOLD = gc_threshold or default_gc
+                rate, _ = W.run_worker(
+                    bootstrap, topic, model, tmp, BATCH_SIZE, total=total, skip=args.streams * warm
+                )
+                rates[i].append(rate)
+                print(f"repeat {r + 1}: {args.variants[i]}: {rate:,.0f} monitor-s/s", flush=True)
+    finally:
+        worker_module.YOUNG_GC_THRESHOLD = default_gc
+        broker.terminate()
+        broker.wait(10)
+    medians = [float(np.median(x)) for x in rates]
+    result = {"source": args.source, "streams": args.streams, "seconds": args.seconds,
+              "variants": []}  # fmt: skip
+    for name, x, m in zip(args.variants, rates, medians, strict=True):
+        print(f"{name}: median {m:,.0f} monitor-s/s, x{m / medians[0]:.3f}")
+        result["variants"].append({"variant": name, "rates": x, "median": m,
+                                   "ratio": m / medians[0]})  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
