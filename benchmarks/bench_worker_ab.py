@@ -6,14 +6,13 @@ a Tansu broker started on a free port), published once; then each variant runs t
 that backlog, variants interleaved repeat by repeat so machine load hits them alike. Reported:
 monitor-seconds per second per variant (median of repeats) and its ratio to the first variant.
 
-A variant is ``MODEL[:DEPTH[:GC]]``: an ONNX model, the ``inference_depth`` (default 1) and the
-young-generation garbage collection threshold the worker runs with (default: the worker's own,
-``ecgstream.streaming.worker.YOUNG_GC_THRESHOLD``).
+A variant is ``MODEL[:DEPTH]``: an ONNX model and the ``inference_depth`` the worker runs with
+(default 1).
 
     nice -n 5 python benchmarks/bench_worker_ab.py --source 12-lead \\
         models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 3
     nice -n 5 python benchmarks/bench_worker_ab.py --source 12-lead \\
-        models/consensus-mitdb-mlii.onnx:1:700 models/consensus-mitdb-mlii.onnx:1
+        models/consensus-mitdb-mlii.onnx:1 models/consensus-mitdb-mlii.onnx:2
 """
 
 from __future__ import annotations
@@ -26,23 +25,19 @@ from pathlib import Path
 import _workload as W
 import numpy as np
 
-from ecgstream.streaming import worker as worker_module
-
 BATCH_SIZE = 1024
 
 
-def parse_variant(text: str) -> tuple[Path, int, int | None]:
-    model, *rest = text.split(":")
-    depth = int(rest[0]) if rest else 1
-    gc_threshold = int(rest[1]) if len(rest) > 1 else None
-    return W.model_path(model), depth, gc_threshold
+def parse_variant(text: str) -> tuple[Path, int]:
+    model, _, depth = text.partition(":")
+    return W.model_path(model), int(depth or 1)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("variants", nargs="+", help="MODEL[:DEPTH[:GC]]; the first is the reference")
+    p.add_argument("variants", nargs="+", help="MODEL[:DEPTH]; the first is the reference")
     p.add_argument("--streams", type=int, default=2000, help="monitors")
     p.add_argument("--seconds", type=int, default=30, help="timed seconds of signal per monitor")
     p.add_argument("--repeats", type=int, default=3)
@@ -51,7 +46,6 @@ def main() -> None:
     args = p.parse_args()
     W.SOURCE = args.source
     variants = [parse_variant(v) for v in args.variants]
-    default_gc = worker_module.YOUNG_GC_THRESHOLD
 
     from ecgstream.streaming.kafka import ensure_topics
 
@@ -61,21 +55,19 @@ def main() -> None:
     try:
         topic = "bench-ab"
         ensure_topics(bootstrap, [topic], 4)
-        warm = max(W.warmup_seconds(model) for model, _, _ in variants)
+        warm = max(W.warmup_seconds(model) for model, _ in variants)
         steps = W.encoded_steps(variants[0][0], args.streams, warm + args.seconds, 1.7e9)
         W.publish_backlog(bootstrap, topic, steps)
         total = args.streams * (warm + args.seconds)
         for r in range(args.repeats):
-            for i, (model, depth, gc_threshold) in enumerate(variants):
+            for i, (model, depth) in enumerate(variants):
                 W.WORKER_OPTIONS["inference_depth"] = depth
-                worker_module.YOUNG_GC_THRESHOLD = gc_threshold or default_gc
                 rate, _ = W.run_worker(
                     bootstrap, topic, model, tmp, BATCH_SIZE, total=total, skip=args.streams * warm
                 )
                 rates[i].append(rate)
                 print(f"repeat {r + 1}: {args.variants[i]}: {rate:,.0f} monitor-s/s", flush=True)
     finally:
-        worker_module.YOUNG_GC_THRESHOLD = default_gc
         broker.terminate()
         broker.wait(10)
     medians = [float(np.median(x)) for x in rates]

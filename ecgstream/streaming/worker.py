@@ -43,8 +43,6 @@ __all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "consensus-mitdb-mlii.onnx"
-#: allocations between young garbage collections while the worker runs (Python's default: 700)
-YOUNG_GC_THRESHOLD = 100_000
 
 
 def find_model(path: str | Path | None = None) -> Path:
@@ -295,10 +293,6 @@ class Worker:
         # keeping it out of the collector's full passes shortens their pauses, which otherwise
         # stop every stream for up to ~0.2 s every few seconds under load (docs/reliability.md).
         gc.freeze()
-        # Each message allocates a few dozen short-lived objects; with young collections every
-        # 700 allocations (the default) the worker ran 0.4-3.4 % slower (docs/benchmarks.md)
-        gc_threshold = gc.get_threshold()
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *gc_threshold[1:])
         t_start = last_msg = time.time()
         last_lag = 0.0
         try:
@@ -340,7 +334,6 @@ class Worker:
                     last_lag = time.time()
         finally:
             self.close()
-            gc.set_threshold(*gc_threshold)
             self.summary.seconds = time.time() - t_start
         return self.summary
 
