@@ -125,8 +125,7 @@ class Chunk:
     @property
     def samples(self) -> np.ndarray:
         if self._samples is None:
-            flat = _physical(self.adc.reshape(-1), 1, self._template)  # type: ignore[union-attr,arg-type]
-            self._samples = flat.reshape(self.adc.shape)  # type: ignore[union-attr]
+            self._samples = physical_leads(self.adc, self._template, slice(None))  # type: ignore[arg-type]
         return self._samples
 
     @property
@@ -369,10 +368,11 @@ def _static_fields(hdr: dict) -> tuple[list[str], str, np.ndarray, np.ndarray]:
 class _Template:
     """The validated fields of a header besides ``stream``, ``seq`` and ``t0``.
 
-    ``base`` and ``gain`` are what the flattened ``(n * leads,)`` samples are shifted and
-    divided by: None when that is a no-op (every baseline +0, every gain 1), a scalar when all
-    leads agree, else the per-lead values tiled ``n`` times (``(1, leads)`` when that would be
-    long).
+    ``base`` and ``gain`` are what the flattened ``(n * leads,)`` samples of a float32 frame are
+    shifted and divided by: None when that is a no-op (every baseline +0, every gain 1), a
+    scalar when all leads agree, else the per-lead values tiled ``n`` times (``(1, leads)`` when
+    that would be long). ``lead_base`` and ``lead_gain`` are the per-lead values (None for a
+    no-op) that int16 samples ``(..., leads)`` convert with (:func:`physical_leads`).
     """
 
     fs: float
@@ -381,7 +381,6 @@ class _Template:
     n: int
     base: np.ndarray | np.float32 | None
     gain: np.ndarray | np.float32 | None
-    #: per lead ``(leads,)``, what samples ``(..., leads)`` are shifted and divided by (None: no-op)
     lead_base: np.ndarray | None
     lead_gain: np.ndarray | None
 
@@ -517,26 +516,25 @@ def _decode_binary(value: bytes) -> Chunk:
     raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen)
     if type_code == 1:  # converted when used (see Chunk)
         return Chunk._of_adc(stream, seq, t0, tpl, raw.reshape(n, n_leads))
-    samples = _physical(raw, type_code, tpl)
+    samples = _physical_float32(raw, tpl)
     return Chunk(stream, seq, t0, tpl.fs, list(tpl.leads), samples.reshape(n, n_leads), tpl.units)
 
 
-def _physical(raw: np.ndarray, type_code: int, tpl: _Template) -> np.ndarray:
-    """Flat float32 samples of flat ``raw``: ``(raw - baseline) / gain``, NaN where missing.
+def _physical_float32(raw: np.ndarray, tpl: _Template) -> np.ndarray:
+    """Flat float32 samples of a float32 frame's flat ``raw``: ``(raw - baseline) / gain``
+    (int16 frames convert in :func:`physical_leads`, when used).
 
     The samples are sample-major, so the per-lead operands are tiled (or scalars) to keep every
     operation one contiguous pass rather than a broadcast over rows of ``leads`` values.
     """
     samples = raw.astype(np.float32)
-    if type_code != 1 and np.isinf(samples).any():
+    if np.isinf(samples).any():
         raise WireError("bad_samples", "float32 samples must be finite or NaN")
     base, gain = tpl.base, tpl.gain
     if base is not None:
         samples = _apply(np.subtract, samples, base)
     if gain is not None:
         samples = _apply(np.divide, samples, gain)
-    if type_code == 1 and raw.min() == INT16_MISSING:
-        samples[raw == INT16_MISSING] = np.nan
     return samples
 
 
