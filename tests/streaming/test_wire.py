@@ -322,6 +322,11 @@ def test_some_leads_of_many_int16_frames_convert_as_each_frame_alone():
             got = physical_leads(adc, chunks[0].conversion, sel)
             alone = [decode(_frame(head, raw.tobytes())).samples[:, sel] for raw in raws]
             assert got.dtype == np.float32 and got.tobytes() == np.stack(alone).tobytes()
+            # and both are (raw - baseline) / gain per lead, computed here independently
+            expected = np.subtract(np.stack(raws), np.array(baseline, np.float32), dtype=np.float32)
+            expected /= np.array(gain, np.float32)
+            expected[np.stack(raws) == -32768] = np.nan
+            assert got.tobytes() == expected[:, :, sel].tobytes()
         assert chunks[0].samples is not None and chunks[0].conversion is None  # now converted
 
 
