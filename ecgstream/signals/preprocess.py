@@ -389,8 +389,11 @@ class CausalBandpass:
         self._zi: np.ndarray | None = None
         self.sos = design_bandpass(cfg)
         self.delay_s = 0.0
+        #: what filters that can run side by side share (None without a filter)
+        self.group_key: tuple | None = None
         if self.sos is None:
             return
+        self.group_key = (self.sos.shape, self.sos.tobytes())
         self._zi0 = sosfilt_zi(self.sos)  # (sections, 2)
         # group delay near the QRS band (10 Hz, or a tenth of the rate for slow series), seconds
         w = min(10.0, cfg.fs / 10)

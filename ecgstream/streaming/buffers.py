@@ -370,9 +370,10 @@ class StreamBuffer:
         base = self.anchor or 0
         k_last = (self.a_end - w - base) // h  # last window that is complete
         if k_last < self.next_k:
-            keep_from = base + self.next_k * h
-            if keep_from > self.buf_a0 or self.bad:
-                self._drop_before(keep_from)
+            # samples no window needs are dropped when the next window is cut (the buffer
+            # holds at most a window and a hop until then); only bad spans are pruned here
+            if self.bad:
+                self._drop_before(base + self.next_k * h)
             if self._no_windows is None:
                 self._no_windows = Windows(
                     self.stream, _NO_STARTS, _EMPTY.get(len(self.spec.leads), w)
@@ -508,11 +509,11 @@ def _steady_key(p: Preprocessor, x: np.ndarray) -> tuple | None:
     if bp.sos is None or bp._zi is None or len(x) == 0:
         return None
     if r.identity:
-        return (None, len(x), x.shape[1], bp.sos.shape, bp.sos.tobytes())
+        return (None, len(x), x.shape[1], bp.group_key)
     key = _resample_key(r, x)
     if key is None or key[4] >= ((key[3] + len(x) - 1) * r.up) // r.down + 1:
         return None  # no output sample to band-pass
-    return (key, bp.sos.shape, bp.sos.tobytes())
+    return (key, bp.group_key)
 
 
 def _split(y: np.ndarray, idx: list[int], width: int, out: list) -> None:
@@ -630,7 +631,7 @@ def _bandpass_many(bps: list[CausalBandpass], ys: list[np.ndarray]) -> list[np.n
             out[i] = bp.process(y)
             keys.append(None)
         else:
-            keys.append((bp.sos.shape, bp.sos.tobytes(), len(y), y.shape[1]))
+            keys.append((bp.group_key, len(y), y.shape[1]))
     for key, idx in _groups(keys).items():
         if key is not None:
             x = np.concatenate([ys[i] for i in idx], axis=1)

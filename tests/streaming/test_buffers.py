@@ -58,6 +58,21 @@ def test_chunked_windows_equal_offline_windows(fs_in, chunk_n, t0):
     np.testing.assert_allclose(data, expected[:n], atol=1e-5)
 
 
+def test_buffer_holds_at_most_a_window_and_a_hop_of_samples():
+    """Samples no window needs are dropped (when the next window is cut), so a long stream's
+    buffer stays bounded: a window plus a hop, plus one chunk, at the model rate."""
+    spec = _spec(window=200, hop=50)
+    fs_in, chunk_n = 360.0, 90  # a quarter of a second per chunk
+    buf = StreamBuffer("s", spec)
+    x = _signal(int(fs_in * 120))
+    longest = 0
+    for _ in _feed(buf, x, fs_in, chunk_n):
+        longest = max(longest, buf.a_end - buf.buf_a0)
+    chunk_model = int(np.ceil(chunk_n * spec.fs / fs_in))
+    assert len(buf.result[0]) > 200  # many windows were cut
+    assert longest <= spec.window + spec.hop + chunk_model
+
+
 def test_gap_restarts_the_filters_and_keeps_the_grid():
     spec = _spec()
     x = _signal(360 * 20)
