@@ -349,15 +349,18 @@ def run_worker(
     seconds: float | None = None,
     latency: bool = False,
     skip: int = 0,
+    phases: bool = False,
 ):
     """Run a Worker until it has consumed ``total`` messages, or for ``seconds`` after its first
     batch; returns (messages per second, worker).
 
     The rate counts from the first batch, or with ``skip`` from when that many messages were
     done (e.g. every monitor's first window: a backlog's start scores fewer windows per message
-    than a running monitor does).
+    than a running monitor does). With ``phases``, ``worker.phases`` holds where the time of
+    that same span went (:class:`PhaseTimer`).
     """
     worker = make_worker(bootstrap, topic, model, tmp, batch_size, latency)
+    timer = PhaseTimer(worker) if phases else None
     first: list[float] = []
     inner = worker._stage
 
@@ -386,7 +389,57 @@ def run_worker(
     worker.stop()
     thread.join(60)
     t0, n0 = mark if mark is not None else (first[0], 0)
+    if timer is not None:
+        worker.phases = timer.report(t0, t_end, n - n0)
     return (n - n0) / (t_end - t0), worker
+
+
+class PhaseTimer:
+    """Where a worker's time goes while it runs: the steps of its poll loop (Kafka poll,
+    staging = decode and preparation, finishing = waiting for inference, alerts, commits) and
+    its inference calls, timed by wrapping them on this one worker instance.
+
+    :meth:`report` sums the calls that started in a span, per 1,000 messages, and the share of
+    the span the inference thread spent in ONNX Runtime calls (1.0: inference bounds the worker).
+    """
+
+    STEPS = ("poll", "stage", "finish", "inference")
+
+    def __init__(self, worker) -> None:
+        self.events: list[tuple[str, float, float]] = []  # (step, start, seconds)
+        worker._stage = self._wrap("stage", worker._stage)
+        worker._finish = self._wrap("finish", worker._finish)
+        worker.pipeline.infer = self._wrap("inference", worker.pipeline.infer)
+        opened = worker._open
+
+        def open_and_wrap():
+            opened()
+            worker.consumer.poll = self._wrap("poll", worker.consumer.poll)
+
+        worker._open = open_and_wrap
+
+    def _wrap(self, step: str, fn: Callable) -> Callable:
+        events = self.events
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                events.append((step, t, time.perf_counter() - t))
+
+        return timed
+
+    def report(self, t0: float, t1: float, messages: int) -> dict:
+        """Milliseconds per 1,000 messages of each step started in ``[t0, t1)``, and the
+        inference thread's busy share of that span."""
+        total = dict.fromkeys(self.STEPS, 0.0)
+        for step, t, dt in list(self.events):
+            if t0 <= t < t1:
+                total[step] += dt
+        out = {f"{k}_ms_per_1000": 1e6 * v / max(messages, 1) for k, v in total.items()}
+        out["inference_busy"] = total["inference"] / (t1 - t0)
+        return out
 
 
 def parse_args(

@@ -187,6 +187,12 @@ class RunConfig(KafkaSecurityConfig):
     # inference calls in flight at once, each in its own thread (with overlap_inference): 2 lets
     # a second core score one poll while another poll is scored and the next one decoded
     inference_depth: int = 1
+    # inference calls in flight while catching up: a poll whose oldest record was published
+    # more than catchup_after_s ago (a backlog after an outage, a restart or a rebalance) is
+    # late already, so a second call in flight drains the backlog faster at no cost in latency
+    # that matters; fresh records keep inference_depth
+    catchup_inference_depth: int = 2
+    catchup_after_s: float = 5.0
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     stream_idle_s: float = 60.0

@@ -26,6 +26,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.catchup_batches = Counter(
+            "ecgstream_catchup_batches",
+            "Batches whose oldest record was older than catchup_after_s (scored with "
+            "catchup_inference_depth calls in flight)",
+            registry=r,
+        )
         self.windows = Counter(
             "ecgstream_windows", "Windows, by outcome (scored, suppressed)", ["outcome"], registry=r
         )

@@ -8,7 +8,8 @@ See docs/delivery.md for the commit order, revocation and back-pressure.
 
 The inference call of a batch runs in a second thread (ONNX Runtime releases the GIL) while the
 loop polls and prepares the next batch (with ``inference_depth`` N, up to N calls run at once,
-each in its own thread); batches still complete, become durable and commit one at a time in poll
+each in its own thread; ``catchup_inference_depth`` while the records polled are older than
+``catchup_after_s``, a backlog); batches still complete, become durable and commit one at a time in poll
 order, and every batch in flight is completed before a rebalance, an eviction or close.
 """
 
@@ -190,8 +191,12 @@ class Worker:
         self._no_conn_since: float | None = None
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
-        if cfg.inference_depth < 1:
-            raise ConfigError(f"run.inference_depth must be at least 1, got {cfg.inference_depth}")
+        for name in ("inference_depth", "catchup_inference_depth"):
+            if getattr(cfg, name) < 1:
+                raise ConfigError(f"run.{name} must be at least 1, got {getattr(cfg, name)}")
+        if not cfg.catchup_after_s > 0:
+            raise ConfigError(f"run.catchup_after_s must be positive, got {cfg.catchup_after_s}")
+        self._catching_up = False  # the last poll's oldest record is over catchup_after_s old
         self._inflight: deque[_Staged] = deque()  # staged batches, oldest first
         self._infer_pool: ThreadPoolExecutor | None = None
         self.consumer = None
@@ -400,9 +405,15 @@ class Worker:
                 stamps.append(r.timestamp)
             self._last[tp.partition] = records[-1].offset
         prep = self.pipeline.prepare(items)
+        if stamps:
+            age_ms = time.time() * 1000.0 - min(stamps)
+            self._catching_up = age_ms > self.cfg.catchup_after_s * 1000.0
+            if self._catching_up:
+                self.metrics.catchup_batches.inc()
         if self._infer_pool is None:
             self._infer_pool = ThreadPoolExecutor(
-                self.cfg.inference_depth, thread_name_prefix="ecgstream-inference"
+                max(self.cfg.inference_depth, self.cfg.catchup_inference_depth),
+                thread_name_prefix="ecgstream-inference",
             )
         future = self._infer_pool.submit(self.pipeline.infer, prep)
         commit_to = self._commit_targets() if self._commit_due() else None
@@ -414,9 +425,15 @@ class Worker:
             self._finish(self._inflight.popleft())
 
     def _finish_ready(self) -> None:
-        """Complete the oldest batches while more than ``inference_depth`` are in flight or
-        their inference is done (a finished batch need not wait for the next poll)."""
+        """Complete the oldest batches while more than the depth are in flight or their
+        inference is done (a finished batch need not wait for the next poll).
+
+        The depth is ``inference_depth``, or ``catchup_inference_depth`` while the worker is
+        catching up with records older than ``catchup_after_s``.
+        """
         depth = self.cfg.inference_depth
+        if self._catching_up:
+            depth = max(depth, self.cfg.catchup_inference_depth)
         while self._inflight and (
             len(self._inflight) > depth or self._inflight[0].inference.done()
         ):

@@ -298,3 +298,42 @@ def test_revoked_partitions_are_committed_up_to_what_is_durable(
 def test_inference_depth_below_one_is_refused(broker, tmp_path, energy_model):
     with pytest.raises(ConfigError, match="inference_depth"):
         Worker(_cfg(broker, tmp_path, inference_depth=0), Scorer(energy_model))
+
+
+def test_a_backlog_is_scored_with_the_catchup_depth(broker, tmp_path, records, energy_model):
+    """Records published longer than ``catchup_after_s`` ago are a backlog: the worker counts
+    those batches (and keeps ``catchup_inference_depth`` calls in flight for them); fresh
+    records are not; both give the same scores."""
+    scores, catchup = {}, {}
+    for name, after_s in {"backlog": 0.5, "fresh": 600.0}.items():
+        cfg = _cfg(
+            broker, tmp_path, catchup_after_s=after_s, catchup_inference_depth=3,
+            max_poll_records=4, outbox=str(tmp_path / f"outbox-{name}.sqlite"),
+            scores_out=str(tmp_path / f"scores-{name}.jsonl"),
+        )  # fmt: skip
+        ensure_topics(broker, [cfg.topic], 4)
+        publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
+                progress=False)  # fmt: skip
+        time.sleep(1.0)  # every record is now older than 0.5 s
+        worker = Worker(cfg, Scorer(energy_model))
+        thread = _start(worker)
+        try:
+            assert wait_until(lambda w=worker: w.summary.messages == 80, 40, step=0.05)
+            assert worker._infer_pool._max_workers == 3  # threads for the catch-up depth
+        finally:
+            worker.stop()
+            thread.join(30)
+        catchup[name] = worker.metrics.catchup_batches._value.get()
+        scores[name] = sorted(
+            (r["stream"], r["window"], r["score"]) for r in read_scores(Path(cfg.scores_out))
+        )
+    assert catchup["backlog"] >= 20  # 80 chunks in polls of at most 4
+    assert catchup["fresh"] == 0
+    assert scores["backlog"] and scores["backlog"] == scores["fresh"]
+
+
+def test_catchup_settings_are_checked(broker, tmp_path, energy_model):
+    with pytest.raises(ConfigError, match="catchup_inference_depth"):
+        Worker(_cfg(broker, tmp_path, catchup_inference_depth=0), Scorer(energy_model))
+    with pytest.raises(ConfigError, match="catchup_after_s"):
+        Worker(_cfg(broker, tmp_path, catchup_after_s=0), Scorer(energy_model))
