@@ -9,8 +9,9 @@ See docs/delivery.md for the commit order, revocation and back-pressure.
 The inference call of a batch runs in a second thread (ONNX Runtime releases the GIL) while the
 loop polls and prepares the next batch (with ``inference_depth`` N, up to N calls run at once,
 each in its own thread; ``catchup_inference_depth`` while the records polled are older than
-``catchup_after_s``, a backlog); batches still complete, become durable and commit one at a time in poll
-order, and every batch in flight is completed before a rebalance, an eviction or close.
+``catchup_after_s``, a backlog); batches still complete, become durable and commit one at a
+time in poll order, and every batch in flight is completed before a rebalance, an eviction or
+close.
 """
 
 from __future__ import annotations
