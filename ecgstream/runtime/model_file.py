@@ -16,6 +16,7 @@ pickles.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,14 @@ __all__ = [
 SPEC_KEY = "ecgstream.spec"
 INPUT_NAME = "windows"
 OUTPUT_NAMES = ("point_score", "window_score")
+#: metadata key of the optional stream step: a graph scoring a window from its last samples and
+#: the sorts it shares with the previous window (streaming only; same scores as the main graph)
+STREAM_KEY = "ecgstream.stream_step"
+STREAM_LAYOUT_KEYS = ("carry", "carry_floors", "span", "floor_offset", "segment", "floor_width")
+STREAM_INPUTS = ("span", "carried", "carried_floors")
+#: outputs of a model with a stream step after its two scores: each window's carry
+CARRY_OUTPUTS = ("next_carried", "next_carried_floors")
+STREAM_OUTPUTS = ("point_score", "window_score", *CARRY_OUTPUTS)
 
 
 class ModelFileError(ValueError):
@@ -122,6 +131,35 @@ def write_spec(onnx_path: str | Path, spec: ModelSpec) -> None:
         entry.key, entry.value = key, value
     model.producer_name = "ecgstream"
     onnx.save(model, str(onnx_path))
+
+
+def write_stream_step(onnx_path: str | Path, layout: dict, graph: bytes) -> None:
+    """Store a model's stream step (a second ONNX graph, see ``StreamStep`` in
+    :mod:`ecgstream.models.consensus`) and its layout in the model file's ``metadata_props``."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    for entry in list(model.metadata_props):
+        if entry.key == STREAM_KEY:
+            model.metadata_props.remove(entry)
+    entry = model.metadata_props.add()
+    doc = {**layout, "onnx_base64": base64.b64encode(graph).decode("ascii")}
+    entry.key, entry.value = STREAM_KEY, json.dumps(doc)
+    onnx.save(model, str(onnx_path))
+
+
+def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
+    """The layout and ONNX graph of a model's stream step, None if it has none."""
+    text = session.get_modelmeta().custom_metadata_map.get(STREAM_KEY)
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+        graph = base64.b64decode(doc.pop("onnx_base64"), validate=True)
+        layout = {k: int(doc[k]) for k in STREAM_LAYOUT_KEYS}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"model's '{STREAM_KEY}' metadata is malformed: {exc}") from None
+    return layout, graph
 
 
 def read_spec(session_or_path: Any) -> ModelSpec:

@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from ecgstream.runtime.model_file import (
+    CARRY_OUTPUTS,
     INPUT_NAME,
     OUTPUT_NAMES,
+    STREAM_INPUTS,
+    STREAM_OUTPUTS,
     ModelFileError,
     ModelSpec,
     read_spec,
+    read_stream_step,
 )
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
@@ -37,6 +41,17 @@ def make_session(path: str | Path, threads: int = 1):
     if not path.exists():
         raise ModelFileError(f"model file {path} not found")
     check_model(path)  # sha256 manifest (models/SHA256SUMS or $ECGSTREAM_MODEL_MANIFEST)
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a loadable ONNX model: {exc}") from exc
+
+
+def _options(threads: int):
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -45,12 +60,7 @@ def make_session(path: str | Path, threads: int = 1):
         # Kafka client need between inference calls
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ModelFileError(f"{path}: not a loadable ONNX model: {exc}") from exc
+    return opts
 
 
 @dataclass
@@ -97,6 +107,26 @@ class Scorer:
                 f"{model_path}: graph must take '{INPUT_NAME}' and give {OUTPUT_NAMES}; "
                 f"it takes {inputs} and gives {outputs}"
             )
+        #: the stream step's layout (``carry`` segments taken over from the previous window,
+        #: see :meth:`score_carried`), None when the model has no stream step
+        self.stream_layout: dict | None = None
+        self.stream_session = None
+        step = read_stream_step(self.session)
+        if step is not None:
+            import onnxruntime as ort
+
+            outputs = {o.name for o in self.session.get_outputs()}
+            if not set(CARRY_OUTPUTS) <= outputs:
+                raise ModelFileError(
+                    f"{model_path}: has a stream step but its graph does not give {CARRY_OUTPUTS}"
+                )
+            self.stream_layout, graph = step
+            try:
+                self.stream_session = ort.InferenceSession(
+                    graph, sess_options=_options(threads), providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:
+                raise ModelFileError(f"{model_path}: its stream step does not load: {exc}") from exc
 
     def score_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw point scores ``(n, window)`` and window scores ``(n,)`` of preprocessed windows.
@@ -114,6 +144,46 @@ class Scorer:
             points.append(p)
             scores.append(w)
         return np.concatenate(points), np.concatenate(scores)
+
+    def score_windows_carry(
+        self, windows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`score_windows` plus each window's carry for the stream step (the main graph
+        of a model that has one hands it over as two more outputs)."""
+        names = [*OUTPUT_NAMES, *CARRY_OUTPUTS]
+        outs: list[list[np.ndarray]] = [[] for _ in names]
+        for i in range(0, len(windows), self.batch_size):
+            batch = np.ascontiguousarray(windows[i : i + self.batch_size], dtype=np.float32)
+            for out, part in zip(outs, self.session.run(names, {INPUT_NAME: batch}), strict=True):
+                out.append(part)
+        return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
+
+    def score_carried(
+        self, windows: np.ndarray, carried: np.ndarray, carried_floors: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raw point and window scores of ``windows`` ``(n, n_leads, window)`` with the stream
+        step, plus each window's carry for the window one hop later.
+
+        ``carried`` ``(n, n_leads, carry, segment)`` and ``carried_floors`` are the carry of
+        each window's previous window; the scores equal :meth:`score_windows`' to float32
+        rounding.
+        """
+        lay = self.stream_layout
+        if self.stream_session is None or lay is None:
+            raise ModelFileError(f"{self.model_path}: the model has no stream step")
+        outs: list[list[np.ndarray]] = [[], [], [], []]
+        span = lay["span"]
+        for i in range(0, len(windows), self.batch_size):
+            feed = {
+                STREAM_INPUTS[0]: np.ascontiguousarray(windows[i : i + self.batch_size, :, -span:]),
+                STREAM_INPUTS[1]: np.ascontiguousarray(carried[i : i + self.batch_size]),
+                STREAM_INPUTS[2]: np.ascontiguousarray(carried_floors[i : i + self.batch_size]),
+            }
+            for out, part in zip(
+                outs, self.stream_session.run(list(STREAM_OUTPUTS), feed), strict=True
+            ):
+                out.append(part)
+        return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
 
     def score_signal(self, signal: np.ndarray, fs: float, name: str = "") -> RecordScores:
         """Score a whole signal ``(n_samples, n_leads)`` (leads already in model order)."""

@@ -178,6 +178,7 @@ class StreamBuffer:
         self.buf_a0 = 0  # absolute index of buf[0]
         self.anchor: int | None = None  # absolute model-rate index of the stream start
         self.next_k = 0  # next window (counted from the stream start) to emit
+        self.generation = 0  # counts preprocessor (re)starts: samples across one do not join
         self.bad: list[tuple[int, int]] = []  # absolute model-rate ranges not to score
         self.chunks: deque[tuple[int, int]] = deque()  # (absolute start, offset) not yet released
         self.last_seen = 0.0  # wall clock of the last chunk (for idle eviction)
@@ -208,6 +209,7 @@ class StreamBuffer:
 
     def _restart(self, chunk: Chunk) -> None:
         self.flush()
+        self.generation += 1
         self.pre = new_preprocessor(self.spec.preprocess_config, chunk.fs, len(self.spec.leads))
         self.fs_in = chunk.fs
         self.t_start = chunk.t0

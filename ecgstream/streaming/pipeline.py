@@ -29,7 +29,15 @@ from ecgstream.streaming.buffers import (
 )
 from ecgstream.streaming.wire import Chunk, adc_clipped, physical_leads
 
-__all__ = ["Pipeline", "Incoming", "BatchResult", "StreamState", "Prepared", "Inference"]
+__all__ = [
+    "Pipeline",
+    "Incoming",
+    "BatchResult",
+    "StreamState",
+    "Prepared",
+    "CarryIn",
+    "Inference",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class BatchResult:
     scores: list[dict] = field(default_factory=list)
     rejected: list[tuple[Incoming, str, str]] = field(default_factory=list)
     windows: int = 0
+    carried: int = 0  # windows scored with the sorts of their stream's previous window
     suppressed: int = 0
     events: TallyCounter = field(default_factory=TallyCounter)
     inference_s: float = 0.0
@@ -58,20 +67,39 @@ class BatchResult:
 
 @dataclass
 class Prepared:
-    """A batch cut into windows, waiting for its inference call (``batch`` None: no window)."""
+    """A batch cut into windows, waiting for its inference call (``batch`` None: no window).
+
+    With a model's stream step, ``carry`` holds what each window takes over from its stream's
+    previous window (see :meth:`Pipeline._carry_in`).
+    """
 
     res: BatchResult
     parts: list[tuple[StreamState, Windows]]
     batch: np.ndarray | None
+    carry: CarryIn | None = None
+
+
+@dataclass
+class CarryIn:
+    """The previous windows' sorts for the batch rows ``rows`` that have them (the others go
+    through the main graph); ``generations`` are the parts' buffer generations."""
+
+    rows: np.ndarray
+    carried: np.ndarray
+    floors: np.ndarray
+    generations: list[int]
 
 
 @dataclass
 class Inference:
-    """Raw model output of a prepared batch and the seconds the call took."""
+    """Raw model output of a prepared batch and the seconds the call took (with a stream step,
+    also every window's carry for the window one hop later)."""
 
     point_raw: np.ndarray
     window_raw: np.ndarray
     seconds: float
+    next_carried: np.ndarray | None = None
+    next_floors: np.ndarray | None = None
 
 
 @dataclass
@@ -82,6 +110,9 @@ class StreamState:
     anomaly: AnomalyMachine
     technical: TechnicalMachine
     partition: int | None = None
+    #: (buffer generation, window start, carried sorts, carried floors) of the last window
+    #: scored, for the stream step of the window one hop later
+    carry: tuple[int, int, np.ndarray, np.ndarray] | None = None
 
 
 def single_threaded_blas() -> None:
@@ -164,8 +195,24 @@ class Pipeline:
         if prep.batch is None:
             return None
         t = time.perf_counter()
-        point_raw, window_raw = self.scorer.score_windows(prep.batch)
-        return Inference(point_raw, window_raw, time.perf_counter() - t)
+        carry = prep.carry
+        if carry is None:
+            point_raw, window_raw = self.scorer.score_windows(prep.batch)
+            return Inference(point_raw, window_raw, time.perf_counter() - t)
+        batch, rows = prep.batch, carry.rows
+        if len(rows) == len(batch):  # every window takes over its previous window's sorts
+            out = self.scorer.score_carried(batch, carry.carried, carry.floors)
+        elif not len(rows):
+            out = self.scorer.score_windows_carry(batch)
+        else:  # the others (no previous window to take over from) go through the whole graph
+            fresh = np.setdiff1d(np.arange(len(batch)), rows)
+            stepped = self.scorer.score_carried(batch[rows], carry.carried, carry.floors)
+            whole = self.scorer.score_windows_carry(batch[fresh])
+            out = tuple(np.empty((len(batch), *a.shape[1:]), a.dtype) for a in stepped)
+            for o, a, b in zip(out, stepped, whole, strict=True):
+                o[rows], o[fresh] = a, b
+        point_raw, window_raw, next_c, next_f = out
+        return Inference(point_raw, window_raw, time.perf_counter() - t, next_c, next_f)
 
     def prepare(self, items: list[Incoming], now: float | None = None) -> Prepared:
         """Everything before inference: buffers, technical checks, and the windows to score.
@@ -220,12 +267,38 @@ class Pipeline:
         if not parts:
             return Prepared(res, parts, None)
         batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
-        return Prepared(res, parts, batch)
+        return Prepared(res, parts, batch, self._carry_in(parts, len(batch)))
+
+    def _carry_in(self, parts: list[tuple[StreamState, Windows]], n: int) -> CarryIn | None:
+        """What each window of a batch takes over from its stream's previous window (None
+        without a stream step). A stream's first window in a batch has it when its previous
+        window was scored since the buffer's last restart; later ones in the same batch don't
+        (their previous window is being scored in this very call)."""
+        lay = self.scorer.stream_layout
+        if lay is None:
+            return None
+        rows, carried, floors, generations = [], [], [], []
+        row, hop = 0, self.spec.hop
+        for st, wins in parts:
+            generation = st.buffer.generation
+            generations.append(generation)
+            c = st.carry
+            if c is not None and c[0] == generation and c[1] + hop == int(wins.index[0]):
+                rows.append(row)
+                carried.append(c[2])
+                floors.append(c[3])
+            row += len(wins.index)
+        if not rows:
+            leads = len(self.spec.leads)
+            empty_c = np.zeros((0, leads, lay["carry"], lay["segment"]), np.float32)
+            empty_f = np.zeros((0, leads, lay["carry_floors"], lay["floor_width"]), np.float32)
+            return CarryIn(np.zeros(0, np.int64), empty_c, empty_f, generations)
+        return CarryIn(np.array(rows), np.stack(carried), np.stack(floors), generations)
 
     def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
         """Feed a prepared batch's scores to the alert state machines; returns its result."""
         if inference is not None:
-            self._score(prep.parts, inference, prep.res)
+            self._score(prep.parts, inference, prep.res, prep.carry)
         return prep.res
 
     def _gather(
@@ -284,11 +357,26 @@ class Pipeline:
             res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
 
     def _score(
-        self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult
+        self,
+        parts: list[tuple[StreamState, Windows]],
+        inf: Inference,
+        res: BatchResult,
+        carry: CarryIn | None = None,
     ) -> None:
         point_raw, window_raw = inf.point_raw, inf.window_raw
         res.inference_s = inf.seconds
         res.windows = len(window_raw)
+        if carry is not None and inf.next_carried is not None:
+            res.carried = len(carry.rows)
+            row = -1
+            for p, (st, wins) in enumerate(parts):
+                row += len(wins.index)  # the part's last window hands over to the next one
+                st.carry = (
+                    carry.generations[p],
+                    int(wins.index[-1]),
+                    inf.next_carried[row].copy(),
+                    inf.next_floors[row].copy(),  # type: ignore[index]
+                )
         scores = self.spec.normalise(window_raw.astype(np.float64))
         norm = self.spec.score_norm
         fs = self.spec.fs

@@ -12,15 +12,36 @@ import json
 import warnings
 from pathlib import Path
 
-from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, sha256_of, write_spec
+from ecgstream.runtime.model_file import (
+    CARRY_OUTPUTS,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    STREAM_INPUTS,
+    STREAM_KEY,
+    STREAM_OUTPUTS,
+    ModelSpec,
+    sha256_of,
+    write_spec,
+    write_stream_step,
+)
 
-__all__ = ["OPSET", "export_onnx", "export_model", "write_model_card", "export_checkpoint"]
+__all__ = [
+    "OPSET",
+    "export_onnx",
+    "export_model",
+    "export_stream_step",
+    "write_model_card",
+    "export_checkpoint",
+]
 
 OPSET = 17
 
 
-def export_onnx(model, spec: ModelSpec, path: str | Path) -> Path:
-    """Write ``model``'s scoring graph to ``path`` (ONNX, opset 17) with ``spec`` in its metadata."""
+def export_onnx(
+    model, spec: ModelSpec, path: str | Path, extra_outputs: tuple[str, ...] = ()
+) -> Path:
+    """Write ``model``'s scoring graph to ``path`` (ONNX, opset 17) with ``spec`` in its metadata
+    (``extra_outputs``: names of outputs the model returns after the two scores)."""
     import torch
 
     path = Path(path)
@@ -36,11 +57,9 @@ def export_onnx(model, spec: ModelSpec, path: str | Path) -> Path:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=[*OUTPUT_NAMES, *extra_outputs],
             dynamic_axes={
-                INPUT_NAME: {0: "batch"},
-                OUTPUT_NAMES[0]: {0: "batch"},
-                OUTPUT_NAMES[1]: {0: "batch"},
+                name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES, *extra_outputs)
             },
         )
     write_spec(path, spec)
@@ -90,6 +109,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         "",
         "## File",
         f"- `{onnx_path.name}`: {onnx_path.stat().st_size / 1e6:.2f} MB, sha256 `{sha256_of(onnx_path)}`",
+        *_stream_step_lines(onnx_path),
         "- Full metadata: `ecgstream.spec` in the ONNX metadata_props; training configuration:",
         "",
         "```json",
@@ -102,11 +122,75 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     return card
 
 
+def _stream_step_lines(onnx_path: Path) -> list[str]:
+    """The card's line on the file's stream step, if it has one."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    if STREAM_KEY not in meta:
+        return []
+    lay = json.loads(meta[STREAM_KEY])
+    return [
+        f"- Stream step: `{STREAM_KEY}` in the metadata_props, a second graph with which "
+        f"`ecgstream run` scores a window from its last {lay['span']} samples and the "
+        f"{lay['carry']} sorted segments it shares with its stream's previous window (the same "
+        "scores, to float32 rounding, for about two thirds of the inference time)",
+    ]
+
+
 def export_model(model, spec: ModelSpec, path: str | Path) -> Path:
-    """ONNX file plus model card; returns the ONNX path."""
-    path = export_onnx(model, spec, path)
+    """ONNX file (with its stream step, when the model has one) plus model card; returns the
+    ONNX path."""
+    layout_of = getattr(model, "stream_layout", None)
+    layout = layout_of(spec.hop) if layout_of is not None else None
+    if layout is None:
+        path = export_onnx(model, spec, path)
+    else:  # the main graph also hands each window's sorts over (the stream step's first window)
+        model.carry_outputs = layout
+        try:
+            path = export_onnx(model, spec, path, CARRY_OUTPUTS)
+        finally:
+            model.carry_outputs = None
+        export_stream_step(model, spec, path)
     write_model_card(path, spec)
     return path
+
+
+def export_stream_step(model, spec: ModelSpec, path: str | Path) -> bool:
+    """Embed the model's stream step in the ONNX file at ``path``, if the model has one
+    (``stream_layout``, consensus models); returns whether it did."""
+    layout_of = getattr(model, "stream_layout", None)
+    layout = layout_of(spec.hop) if layout_of is not None else None
+    if layout is None:
+        return False
+    import io
+
+    import torch
+
+    from ecgstream.models.consensus import StreamStep
+
+    step = StreamStep(model, layout).eval()
+    leads = len(spec.leads)
+    example = (
+        torch.zeros(2, leads, layout["span"]),
+        torch.zeros(2, leads, layout["carry"], layout["segment"]),
+        torch.zeros(2, leads, layout["carry_floors"], layout["floor_width"]),
+    )
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(STREAM_INPUTS),
+            output_names=list(STREAM_OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in STREAM_INPUTS + STREAM_OUTPUTS},
+        )
+    write_stream_step(path, layout, buf.getvalue())
+    return True
 
 
 def export_checkpoint(checkpoint: str | Path, path: str | Path, name: str | None = None,

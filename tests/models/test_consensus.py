@@ -380,3 +380,47 @@ def test_level_consensus_of_every_nth_segment_scores_every_segment_and_exports(
     windows = np.stack([x, _noise_burst(x)])[:, None].astype(np.float32)
     scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, consensus_level_every=2)
     assert scorer.spec.params["level_every"] == 2
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(noise_weight=100.0, noise_every=2, level_every=2),  # the shipped configuration
+        dict(noise_weight=100.0),
+        dict(noise_weight=50.0, noise_summary="mean", consensus_weight=0.5),
+    ],
+)
+def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
+    from ecgstream.models.consensus import StreamStep
+
+    hop = 500
+    model = SegmentConsensus(ConsensusConfig(window=1000, **cfg)).eval()
+    layout = model.stream_layout(hop)
+    assert layout is not None and layout["carry"] == model.cfg.n_segments - hop // 10
+    x = _ecg(40.0, seed=2)
+    x[2300:2400] += np.random.default_rng(0).normal(0.0, 0.03, 100)  # a noise burst
+    windows = torch.tensor(np.stack([x[a : a + 1000] for a in range(0, 3001, hop)]))[:, None]
+    step = StreamStep(model, layout)
+    with torch.no_grad():
+        point, window = model(windows.float())
+        model.carry_outputs = layout
+        _, _, carried, floors = model(windows.float())
+        got_point, got_window, next_carried, next_floors = step(
+            windows[1:, :, -layout["span"] :].float(), carried[:-1], floors[:-1]
+        )
+    np.testing.assert_allclose(got_point.numpy(), point[1:].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_window.numpy(), window[1:].numpy(), rtol=1e-5, atol=1e-7)
+    # what a window hands over is what the main graph hands over for it
+    assert torch.equal(next_carried, carried[1:]) and torch.equal(next_floors, floors[1:])
+
+
+def test_stream_step_only_where_the_carried_sorts_are_the_whole_story():
+    def layout(hop=500, **cfg):
+        return SegmentConsensus(ConsensusConfig(window=1000, **cfg)).stream_layout(hop)
+
+    assert layout(noise_weight=100.0) is not None
+    assert layout() is None  # no noise floor: nothing to save but the sort, not built
+    assert layout(noise_weight=100.0, noise_every=3) is None  # 50 segments: off the grid
+    assert layout(noise_weight=100.0, hop=505) is None  # not a whole number of strides
+    assert layout(noise_weight=100.0, level_weight=1.0) is None
+    assert layout(noise_weight=100.0, erode=2) is None
