@@ -371,12 +371,14 @@ class Pipeline:
             row = -1
             for p, (st, wins) in enumerate(parts):
                 row += len(wins.index)  # the part's last window hands over to the next one
-                st.carry = (
-                    carry.generations[p],
-                    int(wins.index[-1]),
-                    inf.next_carried[row].copy(),
-                    inf.next_floors[row].copy(),  # type: ignore[index]
-                )
+                old = st.carry
+                if old is None:
+                    sorts, floors = inf.next_carried[row].copy(), inf.next_floors[row].copy()  # type: ignore[index]
+                else:  # into the stream's arrays (prepare copied them into its batch already)
+                    sorts, floors = old[2], old[3]
+                    np.copyto(sorts, inf.next_carried[row])
+                    np.copyto(floors, inf.next_floors[row])  # type: ignore[index]
+                st.carry = (carry.generations[p], int(wins.index[-1]), sorts, floors)
         scores = self.spec.normalise(window_raw.astype(np.float64))
         norm = self.spec.score_norm
         fs = self.spec.fs
