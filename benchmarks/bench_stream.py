@@ -96,6 +96,12 @@ def main() -> None:
     )
     p.add_argument("--latency-seconds", type=int, default=30, help="duration of the latency run")
     p.add_argument(
+        "--latency-monitors",
+        type=int,
+        help="monitors of the latency run (default: half of the measured (b)); a fixed number "
+        "compares models or workers at the same load",
+    )
+    p.add_argument(
         "--repeats", type=int, default=3, help="(a) and (b) runs, alternating; medians reported"
     )
     args, model = parse_args(p, publish_realtime)
@@ -171,7 +177,7 @@ def main() -> None:
             windows=worker.summary.windows,
         )
 
-        half = max(1, int(rate_b / 2))
+        half = args.latency_monitors or max(1, int(rate_b / 2))
         topic_l = "bench-latency"
         ensure_topics(bootstrap, [topic_l], 4)
         pub = subprocess.Popen(
@@ -201,6 +207,11 @@ def main() -> None:
             latency=True,
         )
         pub.wait(120)
+        twelfths = [
+            round(float(np.percentile(part, 99)) * 1e3, 1)
+            for part in np.array_split(np.asarray(worker.latencies), 12)
+            if len(part)
+        ]  # in completion order: where in the run the tail was
         lat = np.array(worker.latencies[len(worker.latencies) // 6 :])  # skip the group join
         p50, p99 = (
             (float(np.percentile(lat, q)) for q in (50, 99)) if len(lat) else (float("nan"),) * 2
@@ -211,8 +222,11 @@ def main() -> None:
         steady = np.array(worker.latencies[half * (warm + 2) :])
         p99_steady = float(np.percentile(steady, 99)) if len(steady) else float("nan")
         print(
-            f"(c) latency at {half} monitors (half capacity): p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
-            f"over {len(lat)} chunks; p99 after the first windows {p99_steady * 1e3:.0f} ms",
+            f"(c) latency at {half} monitors "
+            f"({'as asked' if args.latency_monitors else 'half capacity'}): "
+            f"p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms "
+            f"over {len(lat)} chunks; p99 after the first windows {p99_steady * 1e3:.0f} ms; "
+            f"p99 per twelfth of the run {[round(t) for t in twelfths]} ms",
             flush=True,
         )
         result.update(
@@ -221,6 +235,7 @@ def main() -> None:
             latency_p99_ms=p99 * 1e3,
             latency_chunks=len(lat),
             latency_p99_after_first_windows_ms=p99_steady * 1e3,
+            latency_p99_per_twelfth_ms=twelfths,
             loadavg_end=os.getloadavg()[0],
         )
     finally:
