@@ -69,14 +69,13 @@ def main() -> None:
 
     class Score(torch.nn.Module):
         def forward(self, ordered, floors):
-            level = ordered - ordered[..., seg_len // 2 : seg_len // 2 + 1]
+            level = m.centred(ordered)
             seg_score = m._deviation(level, m.level_consensus(level))
             dev = m._deviation(floors, m.consensus(floors, floors.shape[2]))
             left, right = dev.index_select(1, m.noise_left), dev.index_select(1, m.noise_right)
             seg_score = seg_score + cfg.noise_weight * (left + m.noise_frac * (right - left))
             point = m._spread(seg_score)
-            top = max(1, int(round(cfg.topk_frac * cfg.window)))
-            return point, torch.topk(point, top, dim=1, sorted=False).values.mean(1)
+            return point, m.window_score(point)
 
     x = windows_for(args.model, args.windows).astype(np.float32)
     tx = torch.from_numpy(x)

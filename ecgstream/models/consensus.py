@@ -236,12 +236,20 @@ class SegmentConsensus(nn.Module):
     def _describe(
         self, seg: torch.Tensor, ordered: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
         if ordered is None:
             ordered = torch.sort(seg, dim=-1).values
-        level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
         slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
-        return level, slope
+        return self.centred(ordered), slope
+
+    def centred(self, ordered: torch.Tensor) -> torch.Tensor:
+        """Sorted segments ``ordered`` minus their medians: the level descriptor."""
+        mid = self.cfg.segment // 2
+        return ordered - ordered[..., mid : mid + 1]
+
+    def window_score(self, point: torch.Tensor) -> torch.Tensor:
+        """The window score ``(B,)``: the mean of the top ``topk_frac`` point scores."""
+        top = max(1, int(round(self.cfg.topk_frac * self.cfg.window)))
+        return torch.topk(point, top, dim=1, sorted=False).values.mean(1)
 
     def noise_floor(self, seg: torch.Tensor) -> torch.Tensor:
         """The smallest ``noise_quantile`` of each segment's absolute sample-to-sample steps, sorted
@@ -574,8 +582,7 @@ class SegmentConsensus(nn.Module):
         if cfg.population_components > 0:
             pop = self.population_score(consensus, windows)
             point = point + cfg.population_weight * pop[:, None]
-        top = max(1, int(round(cfg.topk_frac * cfg.window)))
-        window = torch.topk(point, top, dim=1, sorted=False).values.mean(1)
+        window = self.window_score(point)
         lay = self.carry_outputs
         if lay is not None and floors is not None:  # also the carry for the stream step
             new = cfg.n_segments - lay["carry"]
@@ -609,14 +616,13 @@ class StreamStep(nn.Module):
         ordered = torch.cat([carried, torch.sort(seg, dim=-1).values], dim=2)
         new_floors = m.noise_floor(seg[:, :, lay["floor_offset"] :: cfg.noise_every])
         floors = torch.cat([carried_floors, new_floors], dim=2)
-        level = ordered - ordered[..., cfg.segment // 2 : cfg.segment // 2 + 1]
+        level = m.centred(ordered)
         seg_score = m._deviation(level, m.level_consensus(level))
         if cfg.consensus_weight != 1.0:
             seg_score = cfg.consensus_weight * seg_score
         seg_score = seg_score + cfg.noise_weight * m.noise_term(floors)
         point = m._spread(seg_score)
-        top = max(1, int(round(cfg.topk_frac * cfg.window)))
-        window = torch.topk(point, top, dim=1, sorted=False).values.mean(1)
+        window = m.window_score(point)
         keep_floors = floors.shape[2] - lay["carry_floors"]
         return point, window, ordered[:, :, self.new :], floors[:, :, keep_floors:]
 

@@ -134,29 +134,17 @@ class Scorer:
         ``windows`` is ``(n, n_leads, window)`` float32 at the model rate; calibrated units are
         ``self.spec.normalise(raw)``.
         """
-        n = len(windows)
-        if n == 0:
+        if len(windows) == 0:
             return np.zeros((0, self.spec.window), np.float32), np.zeros(0, np.float32)
-        points, scores = [], []
-        for i in range(0, n, self.batch_size):
-            batch = np.ascontiguousarray(windows[i : i + self.batch_size], dtype=np.float32)
-            p, w = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-            points.append(p)
-            scores.append(w)
-        return np.concatenate(points), np.concatenate(scores)
+        return self._run(self.session, OUTPUT_NAMES, {INPUT_NAME: windows})  # type: ignore[return-value]
 
     def score_windows_carry(
         self, windows: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`score_windows` plus each window's carry for the stream step (the main graph
         of a model that has one hands it over as two more outputs)."""
-        names = [*OUTPUT_NAMES, *CARRY_OUTPUTS]
-        outs: list[list[np.ndarray]] = [[] for _ in names]
-        for i in range(0, len(windows), self.batch_size):
-            batch = np.ascontiguousarray(windows[i : i + self.batch_size], dtype=np.float32)
-            for out, part in zip(outs, self.session.run(names, {INPUT_NAME: batch}), strict=True):
-                out.append(part)
-        return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
+        names = (*OUTPUT_NAMES, *CARRY_OUTPUTS)
+        return self._run(self.session, names, {INPUT_NAME: windows})  # type: ignore[return-value]
 
     def score_carried(
         self, windows: np.ndarray, carried: np.ndarray, carried_floors: np.ndarray
@@ -171,19 +159,23 @@ class Scorer:
         lay = self.stream_layout
         if self.stream_session is None or lay is None:
             raise ModelFileError(f"{self.model_path}: the model has no stream step")
-        outs: list[list[np.ndarray]] = [[], [], [], []]
-        span = lay["span"]
-        for i in range(0, len(windows), self.batch_size):
-            feed = {
-                STREAM_INPUTS[0]: np.ascontiguousarray(windows[i : i + self.batch_size, :, -span:]),
-                STREAM_INPUTS[1]: np.ascontiguousarray(carried[i : i + self.batch_size]),
-                STREAM_INPUTS[2]: np.ascontiguousarray(carried_floors[i : i + self.batch_size]),
+        inputs = (windows[:, :, -lay["span"] :], carried, carried_floors)
+        feed = dict(zip(STREAM_INPUTS, inputs, strict=True))
+        return self._run(self.stream_session, STREAM_OUTPUTS, feed)  # type: ignore[return-value]
+
+    def _run(self, session, names: tuple[str, ...], feed: dict) -> tuple[np.ndarray, ...]:
+        """``session``'s outputs ``names`` for inputs ``feed`` (equally long arrays), in calls
+        of at most ``batch_size`` rows."""
+        n = len(next(iter(feed.values())))
+        outs: list[list[np.ndarray]] = [[] for _ in names]
+        for i in range(0, n, self.batch_size):
+            part = {
+                k: np.ascontiguousarray(v[i : i + self.batch_size], dtype=np.float32)
+                for k, v in feed.items()
             }
-            for out, part in zip(
-                outs, self.stream_session.run(list(STREAM_OUTPUTS), feed), strict=True
-            ):
-                out.append(part)
-        return tuple(np.concatenate(o) for o in outs)  # type: ignore[return-value]
+            for out, value in zip(outs, session.run(list(names), part), strict=True):
+                out.append(value)
+        return tuple(np.concatenate(o) for o in outs)
 
     def score_signal(self, signal: np.ndarray, fs: float, name: str = "") -> RecordScores:
         """Score a whole signal ``(n_samples, n_leads)`` (leads already in model order)."""

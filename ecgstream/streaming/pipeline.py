@@ -298,8 +298,31 @@ class Pipeline:
     def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
         """Feed a prepared batch's scores to the alert state machines; returns its result."""
         if inference is not None:
-            self._score(prep.parts, inference, prep.res, prep.carry)
+            self._score(prep.parts, inference, prep.res)
+            if prep.carry is not None:
+                self._hand_over(prep.parts, inference, prep.carry, prep.res)
         return prep.res
+
+    @staticmethod
+    def _hand_over(
+        parts: list[tuple[StreamState, Windows]], inf: Inference, carry: CarryIn, res: BatchResult
+    ) -> None:
+        """Keep each stream's carry from its last window in the batch, for the window one hop
+        later (:meth:`_carry_in`)."""
+        res.carried = len(carry.rows)
+        next_carried, next_floors = inf.next_carried, inf.next_floors
+        assert next_carried is not None and next_floors is not None
+        row = -1
+        for p, (st, wins) in enumerate(parts):
+            row += len(wins.index)
+            old = st.carry
+            if old is None:
+                sorts, floors = next_carried[row].copy(), next_floors[row].copy()
+            else:  # into the stream's arrays (prepare copied them into its batch already)
+                sorts, floors = old[2], old[3]
+                np.copyto(sorts, next_carried[row])
+                np.copyto(floors, next_floors[row])
+            st.carry = (carry.generations[p], int(wins.index[-1]), sorts, floors)
 
     def _gather(
         self, checks: list[tuple[StreamState, Chunk, PendingInput]], res: BatchResult
@@ -357,28 +380,11 @@ class Pipeline:
             res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
 
     def _score(
-        self,
-        parts: list[tuple[StreamState, Windows]],
-        inf: Inference,
-        res: BatchResult,
-        carry: CarryIn | None = None,
+        self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult
     ) -> None:
         point_raw, window_raw = inf.point_raw, inf.window_raw
         res.inference_s = inf.seconds
         res.windows = len(window_raw)
-        if carry is not None and inf.next_carried is not None:
-            res.carried = len(carry.rows)
-            row = -1
-            for p, (st, wins) in enumerate(parts):
-                row += len(wins.index)  # the part's last window hands over to the next one
-                old = st.carry
-                if old is None:
-                    sorts, floors = inf.next_carried[row].copy(), inf.next_floors[row].copy()  # type: ignore[index]
-                else:  # into the stream's arrays (prepare copied them into its batch already)
-                    sorts, floors = old[2], old[3]
-                    np.copyto(sorts, inf.next_carried[row])
-                    np.copyto(floors, inf.next_floors[row])  # type: ignore[index]
-                st.carry = (carry.generations[p], int(wins.index[-1]), sorts, floors)
         scores = self.spec.normalise(window_raw.astype(np.float64))
         norm = self.spec.score_norm
         fs = self.spec.fs

@@ -29,7 +29,6 @@ __all__ = [
     "OPSET",
     "export_onnx",
     "export_model",
-    "export_stream_step",
     "write_model_card",
     "export_checkpoint",
 ]
@@ -151,18 +150,14 @@ def export_model(model, spec: ModelSpec, path: str | Path) -> Path:
             path = export_onnx(model, spec, path, CARRY_OUTPUTS)
         finally:
             model.carry_outputs = None
-        export_stream_step(model, spec, path)
+        _export_stream_step(model, spec, path, layout)
     write_model_card(path, spec)
     return path
 
 
-def export_stream_step(model, spec: ModelSpec, path: str | Path) -> bool:
-    """Embed the model's stream step in the ONNX file at ``path``, if the model has one
-    (``stream_layout``, consensus models); returns whether it did."""
-    layout_of = getattr(model, "stream_layout", None)
-    layout = layout_of(spec.hop) if layout_of is not None else None
-    if layout is None:
-        return False
+def _export_stream_step(model, spec: ModelSpec, path: Path, layout: dict) -> None:
+    """Embed the stream step of ``model`` (a consensus model with ``layout``, its
+    ``stream_layout``) in the ONNX file at ``path``."""
     import io
 
     import torch
@@ -190,7 +185,6 @@ def export_stream_step(model, spec: ModelSpec, path: str | Path) -> bool:
             dynamic_axes={name: {0: "batch"} for name in STREAM_INPUTS + STREAM_OUTPUTS},
         )
     write_stream_step(path, layout, buf.getvalue())
-    return True
 
 
 def export_checkpoint(checkpoint: str | Path, path: str | Path, name: str | None = None,
