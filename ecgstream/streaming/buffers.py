@@ -401,6 +401,16 @@ class StreamBuffer:
             suppressed, np.int64
         )
 
+    def span(self, a0: int, a1: int) -> np.ndarray:
+        """Preprocessed samples ``(leads, a1 - a0)`` of the absolute model-rate range
+        ``[a0, a1)``; zeros before :attr:`buf_a0` (samples the buffer never had or dropped)."""
+        buf = self.buf
+        out = np.zeros((buf.shape[1], a1 - a0), np.float32)
+        lo = max(a0, self.buf_a0)
+        if a1 > lo:
+            out[:, lo - a0 :] = buf[lo - self.buf_a0 : a1 - self.buf_a0].T
+        return out
+
     def _drop_before(self, keep_from: int) -> None:
         """Forget samples and bad spans before absolute index ``keep_from`` (no window needs them)."""
         if keep_from > self.buf_a0 and len(self._buf) + self._n_parts:

@@ -32,6 +32,13 @@ class Metrics:
             "catchup_inference_depth calls in flight)",
             registry=r,
         )
+        self.stream_step = Counter(
+            "ecgstream_stream_step",
+            "Windows scored with the model's stream step (kind=window) and carries computed a "
+            "hop ahead of a stream's first window (kind=primer)",
+            ["kind"],
+            registry=r,
+        )
         self.windows = Counter(
             "ecgstream_windows", "Windows, by outcome (scored, suppressed)", ["outcome"], registry=r
         )

@@ -36,6 +36,7 @@ __all__ = [
     "StreamState",
     "Prepared",
     "CarryIn",
+    "Primers",
     "Inference",
 ]
 
@@ -60,6 +61,7 @@ class BatchResult:
     rejected: list[tuple[Incoming, str, str]] = field(default_factory=list)
     windows: int = 0
     carried: int = 0  # windows scored with the sorts of their stream's previous window
+    primed: int = 0  # streams whose next window's carry was computed ahead (Primers)
     suppressed: int = 0
     events: TallyCounter = field(default_factory=TallyCounter)
     inference_s: float = 0.0
@@ -70,13 +72,15 @@ class Prepared:
     """A batch cut into windows, waiting for its inference call (``batch`` None: no window).
 
     With a model's stream step, ``carry`` holds what each window takes over from its stream's
-    previous window (see :meth:`Pipeline._carry_in`).
+    previous window (see :meth:`Pipeline._carry_in`), and ``primers`` the streams whose next
+    window has no previous window to take over from.
     """
 
     res: BatchResult
     parts: list[tuple[StreamState, Windows]]
     batch: np.ndarray | None
     carry: CarryIn | None = None
+    primers: Primers | None = None
 
 
 @dataclass
@@ -91,15 +95,33 @@ class CarryIn:
 
 
 @dataclass
+class Primers:
+    """Streams whose next window (starting at ``starts + hop``) has no previous window scored
+    to take over from, and ``spans`` ``(P, leads, span)``: the last samples that previous
+    window would have had.
+
+    The carry is computed from them one hop before the window is complete, so a stream's first
+    window (at its start, after a gap or a rebalance) goes through the stream step like every
+    later one instead of costing the whole graph when it is due.
+    """
+
+    states: list[StreamState]
+    starts: list[int]
+    generations: list[int]
+    spans: np.ndarray
+
+
+@dataclass
 class Inference:
     """Raw model output of a prepared batch and the seconds the call took (with a stream step,
     also every window's carry for the window one hop later)."""
 
-    point_raw: np.ndarray
-    window_raw: np.ndarray
+    point_raw: np.ndarray | None
+    window_raw: np.ndarray | None
     seconds: float
     next_carried: np.ndarray | None = None
     next_floors: np.ndarray | None = None
+    primed: tuple[np.ndarray, np.ndarray] | None = None  # the primers' carried sorts, floors
 
 
 @dataclass
@@ -113,6 +135,22 @@ class StreamState:
     #: (buffer generation, window start, carried sorts, carried floors) of the last window
     #: scored, for the stream step of the window one hop later
     carry: tuple[int, int, np.ndarray, np.ndarray] | None = None
+    #: (buffer generation, window start) of the last primer cut (see :class:`Primers`)
+    primed: tuple[int, int] | None = None
+
+
+def _keep_carry(
+    st: StreamState, generation: int, start: int, sorts: np.ndarray, floors: np.ndarray
+) -> None:
+    """Keep the carry of ``st``'s window at ``start`` for the window one hop later."""
+    old = st.carry
+    if old is None:
+        st.carry = (generation, start, sorts.copy(), floors.copy())
+        return
+    # into the stream's arrays (prepare copied them into its batch already)
+    np.copyto(old[2], sorts)
+    np.copyto(old[3], floors)
+    st.carry = (generation, start, old[2], old[3])
 
 
 def single_threaded_blas() -> None:
@@ -192,10 +230,15 @@ class Pipeline:
         ONNX Runtime releases the GIL, so the worker runs this in a thread while it decodes and
         prepares the next poll; it touches no stream state.
         """
-        if prep.batch is None:
+        if prep.batch is None and prep.primers is None:
             return None
         t = time.perf_counter()
+        primed = None
+        if prep.primers is not None:
+            primed = self.scorer.carry_after(prep.primers.spans)
         carry = prep.carry
+        if prep.batch is None:
+            return Inference(None, None, time.perf_counter() - t, primed=primed)
         if carry is None:
             point_raw, window_raw = self.scorer.score_windows(prep.batch)
             return Inference(point_raw, window_raw, time.perf_counter() - t)
@@ -212,7 +255,7 @@ class Pipeline:
             for o, a, b in zip(out, stepped, whole, strict=True):
                 o[rows], o[fresh] = a, b
         point_raw, window_raw, next_c, next_f = out
-        return Inference(point_raw, window_raw, time.perf_counter() - t, next_c, next_f)
+        return Inference(point_raw, window_raw, time.perf_counter() - t, next_c, next_f, primed)
 
     def prepare(self, items: list[Incoming], now: float | None = None) -> Prepared:
         """Everything before inference: buffers, technical checks, and the windows to score.
@@ -259,15 +302,51 @@ class Pipeline:
             self._gather(checks, res)
         preprocess_pending([st.buffer for st in touched.values()])
         parts = []
+        unprimed: list[StreamState] = []
+        stepped = self.scorer.stream_layout is not None
         for st in touched.values():
             wins, suppressed = st.buffer.take_windows()
             res.suppressed += len(suppressed)
             if len(wins.index):
                 parts.append((st, wins))
+            elif stepped and self._primer_due(st):
+                unprimed.append(st)
+        primers = self._primers(unprimed) if unprimed else None
         if not parts:
-            return Prepared(res, parts, None)
+            return Prepared(res, parts, None, primers=primers)
         batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
-        return Prepared(res, parts, batch, self._carry_in(parts, len(batch)))
+        return Prepared(res, parts, batch, self._carry_in(parts, len(batch)), primers)
+
+    def _primer_due(self, st: StreamState) -> bool:
+        """Whether ``st``'s next window needs a primer now: its previous window's samples are
+        all in and that window was not scored (nor primed) since the buffer's last restart."""
+        buf, hop = st.buffer, self.spec.hop
+        start = (buf.anchor or 0) + buf.next_k * hop  # the next window's start
+        if buf.a_end < start + self.spec.window - hop:
+            return False
+        c = st.carry
+        if c is not None and c[0] == buf.generation and c[1] + hop == start:
+            return False
+        key = (buf.generation, start - hop)
+        if st.primed == key:
+            return False
+        st.primed = key
+        return True
+
+    def _primers(self, states: list[StreamState]) -> Primers:
+        """The spans of ``states``' previous windows (zeros before their buffers' samples: only
+        segments of the next window are carried, and those are all in)."""
+        lay = self.scorer.stream_layout
+        assert lay is not None
+        span, hop, window = lay["span"], self.spec.hop, self.spec.window
+        starts, generations, spans = [], [], []
+        for st in states:
+            buf = st.buffer
+            generation, start = st.primed  # type: ignore[misc]
+            starts.append(start)
+            generations.append(generation)
+            spans.append(buf.span(start + window - span, start + window))
+        return Primers(states, starts, generations, np.stack(spans))
 
     def _carry_in(self, parts: list[tuple[StreamState, Windows]], n: int) -> CarryIn | None:
         """What each window of a batch takes over from its stream's previous window (None
@@ -298,9 +377,16 @@ class Pipeline:
     def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
         """Feed a prepared batch's scores to the alert state machines; returns its result."""
         if inference is not None:
-            self._score(prep.parts, inference, prep.res)
+            if inference.window_raw is not None:
+                self._score(prep.parts, inference, prep.res)
             if prep.carry is not None:
                 self._hand_over(prep.parts, inference, prep.carry, prep.res)
+            if prep.primers is not None and inference.primed is not None:
+                primers, (sorts, floors) = prep.primers, inference.primed
+                prep.res.primed = len(primers.states)
+                prep.res.inference_s = inference.seconds
+                for i, st in enumerate(primers.states):
+                    _keep_carry(st, primers.generations[i], primers.starts[i], sorts[i], floors[i])
         return prep.res
 
     @staticmethod
@@ -315,14 +401,8 @@ class Pipeline:
         row = -1
         for p, (st, wins) in enumerate(parts):
             row += len(wins.index)
-            old = st.carry
-            if old is None:
-                sorts, floors = next_carried[row].copy(), next_floors[row].copy()
-            else:  # into the stream's arrays (prepare copied them into its batch already)
-                sorts, floors = old[2], old[3]
-                np.copyto(sorts, next_carried[row])
-                np.copyto(floors, next_floors[row])
-            st.carry = (carry.generations[p], int(wins.index[-1]), sorts, floors)
+            generation = carry.generations[p]
+            _keep_carry(st, generation, int(wins.index[-1]), next_carried[row], next_floors[row])
 
     def _gather(
         self, checks: list[tuple[StreamState, Chunk, PendingInput]], res: BatchResult
@@ -383,6 +463,7 @@ class Pipeline:
         self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult
     ) -> None:
         point_raw, window_raw = inf.point_raw, inf.window_raw
+        assert point_raw is not None and window_raw is not None
         res.inference_s = inf.seconds
         res.windows = len(window_raw)
         scores = self.spec.normalise(window_raw.astype(np.float64))

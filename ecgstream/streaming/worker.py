@@ -465,6 +465,9 @@ class Worker:
             m.messages.labels("dead_letter").inc(len(dead))
         m.windows.labels("scored").inc(res.windows)
         m.windows.labels("suppressed").inc(res.suppressed)
+        if res.carried or res.primed:
+            m.stream_step.labels("window").inc(res.carried)
+            m.stream_step.labels("primer").inc(res.primed)
         for a in res.alerts:
             m.alerts.labels(a.kind, a.severity).inc()
         for kind, count in res.events.items():

@@ -161,33 +161,37 @@ def test_a_stream_that_reorders_its_leads_within_a_batch_keeps_each_chunks_colum
 
 
 def _window_scores(pipe, chunks_per_step):
-    """Calibrated score per (stream, window start sample), and how many windows were carried."""
-    scores, carried = {}, 0
+    """Calibrated score per (stream, window start sample), how many windows were carried and
+    how many primers were computed."""
+    scores, carried, primed = {}, 0, 0
     for step in chunks_per_step:
         res = pipe.process([Incoming(c) for c in step])
         carried += res.carried
+        primed += res.primed
         scores.update({(r["stream"], r["window"]): r["score"] for r in res.scores})
-    return scores, carried
+    return scores, carried, primed
 
 
 def test_windows_take_over_the_sorts_of_their_previous_window():
     """The shipped model's stream step scores a window from the sorted segments its previous
-    window shares with it: the scores equal the whole graph's, also after a gap (where the
-    first window has nothing to take over), and most windows use it."""
+    window shares with it: the scores equal the whole graph's, also after a gap, and every
+    window uses it (a stream's first window, and the first after the gap, take over the sorts
+    of a primer computed one hop earlier)."""
     full = Scorer(SHIPPED_MODEL)
     assert full.stream_layout is not None  # the shipped model carries a stream step
     stepped = Scorer(SHIPPED_MODEL)
-    full.stream_layout = full.stream_session = None  # the whole graph for every window
+    full.stream_layout = full.stream_session = full.carry_session = None  # the whole graph
     streams = {
         f"bed-{i}": _chunks(f"bed-{i}", synthetic_ecg(60, 360, seed=i, n_leads=2), t0=T0 + i)
         for i in range(3)
     }
     del streams["bed-1"][30]  # a gap: the filters restart, no window spans it
     steps = [[c[i] for c in streams.values() if i < len(c)] for i in range(60)]
-    want, none = _window_scores(Pipeline(full, keep_scores=True), steps)
-    got, carried = _window_scores(Pipeline(stepped, keep_scores=True), steps)
-    assert none == 0 and got.keys() == want.keys() and len(got) >= 3 * 9
+    want, none, no_primers = _window_scores(Pipeline(full, keep_scores=True), steps)
+    got, carried, primed = _window_scores(Pipeline(stepped, keep_scores=True), steps)
+    assert none == no_primers == 0 and got.keys() == want.keys() and len(got) >= 3 * 9
     diff = max(abs(got[k] - want[k]) for k in want)
     assert diff <= 1e-5, diff  # calibrated units; float32 arithmetic in another order
-    # every window after a stream's first (and after the gap's first) takes over its sorts
-    assert carried == len(got) - 3 - 1
+    # one primer per stream start and one after the gap; every window takes over its sorts
+    assert primed == 3 + 1
+    assert carried == len(got)
