@@ -338,7 +338,7 @@ class Pipeline:
         segments of the next window are carried, and those are all in)."""
         lay = self.scorer.stream_layout
         assert lay is not None
-        span, hop, window = lay["span"], self.spec.hop, self.spec.window
+        span, window = lay["span"], self.spec.window
         starts, generations, spans = [], [], []
         for st in states:
             buf = st.buffer
