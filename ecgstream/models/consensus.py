@@ -368,13 +368,20 @@ class SegmentConsensus(nn.Module):
         if carry <= 0 or shift % k or other_terms:
             return None
         carry_floors = -(-carry // k)  # grid segments 0, k, 2k, ... below carry
+        floor_offset = (-carry) % k  # first grid segment among the new ones
         return {
             "carry": carry,
             "carry_floors": carry_floors,
             "span": cfg.window - carry * cfg.stride,
-            "floor_offset": (-carry) % k,  # first grid segment among the new ones
+            "floor_offset": floor_offset,
             "segment": cfg.segment,
             "floor_width": self.noise_keep if cfg.noise_summary == "sorted" else 1,
+            "stride": cfg.stride,
+            "new": shift,
+            "new_floors": len(range(floor_offset, shift, k)),
+            "floor_every": k,
+            "noise_keep": self.noise_keep,
+            "floor_mean": int(cfg.noise_summary == "mean"),
         }
 
     def consensus(self, desc: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
@@ -592,39 +599,40 @@ class SegmentConsensus(nn.Module):
 
 
 class StreamStep(nn.Module):
-    """A window's scores from its last ``span`` samples and the sorts it shares with the
+    """A window's scores from the sorts of its new segments and the sorts it shares with the
     previous window (:meth:`SegmentConsensus.stream_layout`).
 
-    Inputs: ``span`` ``(B, L, span)``, the previous window's last ``carry`` sorted segments
-    ``(B, L, carry, segment)`` and floors ``(B, L, carry_floors, keep)``. Outputs: point and
-    window scores, equal to :class:`SegmentConsensus` on the whole window, and what the next
-    window takes over. The sorts of the carried segments, about a third of the graph's time
-    at a 5 s hop of 10 s windows, are not done again.
+    Inputs: the sorted values ``(B, L, new, segment)`` and noise floors
+    ``(B, L, new_floors, floor_width)`` of the window's ``new`` last segments, computed outside
+    the graph (:func:`ecgstream.runtime.stream_sorts.segment_sorts`: numpy sorts them about 20
+    times faster than ONNX Runtime's TopK), and the previous window's last ``carry`` sorted
+    segments ``(B, L, carry, segment)`` and floors ``(B, L, carry_floors, floor_width)``.
+    Outputs: point and window scores, equal to :class:`SegmentConsensus` on the whole window.
+    What the next window takes over is the tail of the new sorts.
     """
 
     def __init__(self, model: SegmentConsensus, layout: dict):
         super().__init__()
         self.model = model
         self.layout = layout
-        self.new = model.cfg.n_segments - layout["carry"]
 
     def forward(
-        self, span: torch.Tensor, carried: torch.Tensor, carried_floors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        m, cfg, lay = self.model, self.model.cfg, self.layout
-        seg = _frames(span, cfg.segment, cfg.stride, self.new)
-        ordered = torch.cat([carried, torch.sort(seg, dim=-1).values], dim=2)
-        new_floors = m.noise_floor(seg[:, :, lay["floor_offset"] :: cfg.noise_every])
-        floors = torch.cat([carried_floors, new_floors], dim=2)
+        self,
+        sorted_new: torch.Tensor,
+        floors_new: torch.Tensor,
+        carried: torch.Tensor,
+        carried_floors: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m, cfg = self.model, self.model.cfg
+        ordered = torch.cat([carried, sorted_new], dim=2)
+        floors = torch.cat([carried_floors, floors_new], dim=2)
         level = m.centred(ordered)
         seg_score = m._deviation(level, m.level_consensus(level))
         if cfg.consensus_weight != 1.0:
             seg_score = cfg.consensus_weight * seg_score
         seg_score = seg_score + cfg.noise_weight * m.noise_term(floors)
         point = m._spread(seg_score)
-        window = m.window_score(point)
-        keep_floors = floors.shape[2] - lay["carry_floors"]
-        return point, window, ordered[:, :, self.new :], floors[:, :, keep_floors:]
+        return point, m.window_score(point)
 
 
 def _frames(x: torch.Tensor, size: int, step: int, count: int) -> torch.Tensor:

@@ -19,11 +19,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ecgstream.signals.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ModelSpec",
@@ -39,14 +42,21 @@ __all__ = [
 SPEC_KEY = "ecgstream.spec"
 INPUT_NAME = "windows"
 OUTPUT_NAMES = ("point_score", "window_score")
-#: metadata key of the optional stream step: a graph scoring a window from its last samples and
-#: the sorts it shares with the previous window (streaming only; same scores as the main graph)
+#: metadata key of the optional stream step: a graph scoring a window from the sorts of its new
+#: segments and the sorts it shares with the previous window (streaming only; same scores as
+#: the main graph)
 STREAM_KEY = "ecgstream.stream_step"
-STREAM_LAYOUT_KEYS = ("carry", "carry_floors", "span", "floor_offset", "segment", "floor_width")
-STREAM_INPUTS = ("span", "carried", "carried_floors")
+#: version of the stream step's inputs and layout; a model file with another one is scored
+#: with its main graph alone
+STREAM_FORMAT = 2
+STREAM_LAYOUT_KEYS = (
+    "carry", "carry_floors", "span", "floor_offset", "segment", "floor_width", "stride", "new",
+    "new_floors", "floor_every", "noise_keep", "floor_mean",
+)  # fmt: skip
+STREAM_INPUTS = ("sorted_new", "floors_new", "carried", "carried_floors")
+STREAM_OUTPUTS = OUTPUT_NAMES
 #: outputs of a model with a stream step after its two scores: each window's carry
 CARRY_OUTPUTS = ("next_carried", "next_carried_floors")
-STREAM_OUTPUTS = ("point_score", "window_score", *CARRY_OUTPUTS)
 
 
 class ModelFileError(ValueError):
@@ -143,18 +153,31 @@ def write_stream_step(onnx_path: str | Path, layout: dict, graph: bytes) -> None
         if entry.key == STREAM_KEY:
             model.metadata_props.remove(entry)
     entry = model.metadata_props.add()
-    doc = {**layout, "onnx_base64": base64.b64encode(graph).decode("ascii")}
+    doc = {
+        **layout,
+        "format": STREAM_FORMAT,
+        "onnx_base64": base64.b64encode(graph).decode("ascii"),
+    }
     entry.key, entry.value = STREAM_KEY, json.dumps(doc)
     onnx.save(model, str(onnx_path))
 
 
 def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
-    """The layout and ONNX graph of a model's stream step, None if it has none."""
+    """The layout and ONNX graph of a model's stream step, None if it has none (or one of
+    another :data:`STREAM_FORMAT`, which is logged: re-export the model to use it)."""
     text = session.get_modelmeta().custom_metadata_map.get(STREAM_KEY)
     if text is None:
         return None
     try:
         doc = json.loads(text)
+        if doc.get("format") != STREAM_FORMAT:
+            log.warning(
+                "the model's stream step has format %s, this ecgstream reads %s: windows are "
+                "scored with the main graph alone (re-export the model to use the stream step)",
+                doc.get("format", 1),
+                STREAM_FORMAT,
+            )
+            return None
         graph = base64.b64decode(doc.pop("onnx_base64"), validate=True)
         layout = {k: int(doc[k]) for k in STREAM_LAYOUT_KEYS}
     except (ValueError, KeyError, TypeError) as exc:

@@ -24,6 +24,7 @@ from ecgstream.runtime.model_file import (
     read_spec,
     read_stream_step,
 )
+from ecgstream.runtime.stream_sorts import next_carry, segment_sorts
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
@@ -89,17 +90,6 @@ class RecordScores:
         )
 
 
-def _carry_graph(graph: bytes) -> bytes:
-    """The nodes of a stream step graph that its carry outputs need (ONNX Runtime runs every
-    node of a graph whatever outputs are fetched)."""
-    import onnx
-    import onnx.utils
-
-    model = onnx.load_from_string(graph)
-    part = onnx.utils.Extractor(model).extract_model(list(STREAM_INPUTS), list(CARRY_OUTPUTS))
-    return part.SerializeToString()
-
-
 class Scorer:
     """Scores windows and records with one exported model.
 
@@ -122,7 +112,6 @@ class Scorer:
         #: see :meth:`score_carried`), None when the model has no stream step
         self.stream_layout: dict | None = None
         self.stream_session = None
-        self.carry_session = None
         step = read_stream_step(self.session)
         if step is not None:
             import onnxruntime as ort
@@ -136,12 +125,6 @@ class Scorer:
             try:
                 self.stream_session = ort.InferenceSession(
                     graph, sess_options=_options(threads), providers=["CPUExecutionProvider"]
-                )
-                #: the part of the stream step that computes the carry alone (no scores)
-                self.carry_session = ort.InferenceSession(
-                    _carry_graph(graph),
-                    sess_options=_options(threads),
-                    providers=["CPUExecutionProvider"],
                 )
             except Exception as exc:
                 raise ModelFileError(f"{model_path}: its stream step does not load: {exc}") from exc
@@ -172,36 +155,26 @@ class Scorer:
 
         ``carried`` ``(n, n_leads, carry, segment)`` and ``carried_floors`` are the carry of
         each window's previous window; the scores equal :meth:`score_windows`' to float32
-        rounding.
+        rounding. The new segments are sorted with numpy
+        (:func:`~ecgstream.runtime.stream_sorts.segment_sorts`), the rest runs in the graph.
         """
         lay = self.stream_layout
         if self.stream_session is None or lay is None:
             raise ModelFileError(f"{self.model_path}: the model has no stream step")
-        inputs = (windows[:, :, -lay["span"] :], carried, carried_floors)
+        ordered, floors = segment_sorts(windows[:, :, -lay["span"] :], lay)
+        inputs = (ordered, floors, carried, carried_floors)
         feed = dict(zip(STREAM_INPUTS, inputs, strict=True))
-        return self._run(self.stream_session, STREAM_OUTPUTS, feed)  # type: ignore[return-value]
+        point, window = self._run(self.stream_session, STREAM_OUTPUTS, feed)
+        return point, window, *next_carry(ordered, floors, lay)
 
     def carry_after(self, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The carry (sorts and floors) a window takes over from a previous window that ends
-        with ``spans`` ``(n, n_leads, span)``.
-
-        The carry comes from the span's samples alone: the stream step's nodes that compute it
-        (the sorts of the span's segments, a third less than the whole step) run with an empty
-        carry of their own.
-        """
+        with ``spans`` ``(n, n_leads, span)``: the sorts of the span's segments alone, no
+        graph."""
         lay = self.stream_layout
-        if self.carry_session is None or lay is None:
+        if lay is None:
             raise ModelFileError(f"{self.model_path}: the model has no stream step")
-        n, leads = spans.shape[:2]
-        feed = {
-            STREAM_INPUTS[0]: spans,
-            STREAM_INPUTS[1]: np.zeros((n, leads, lay["carry"], lay["segment"]), np.float32),
-            STREAM_INPUTS[2]: np.zeros(
-                (n, leads, lay["carry_floors"], lay["floor_width"]), np.float32
-            ),
-        }
-        carried, floors = self._run(self.carry_session, CARRY_OUTPUTS, feed)
-        return carried, floors
+        return next_carry(*segment_sorts(spans, lay), lay)
 
     def _run(self, session, names: tuple[str, ...], feed: dict) -> tuple[np.ndarray, ...]:
         """``session``'s outputs ``names`` for inputs ``feed`` (equally long arrays), in calls

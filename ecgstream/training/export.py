@@ -131,9 +131,10 @@ def _stream_step_lines(onnx_path: Path) -> list[str]:
     lay = json.loads(meta[STREAM_KEY])
     return [
         f"- Stream step: `{STREAM_KEY}` in the metadata_props, a second graph with which "
-        f"`ecgstream run` scores a window from its last {lay['span']} samples and the "
-        f"{lay['carry']} sorted segments it shares with its stream's previous window (the same "
-        "scores, to float32 rounding, for about two thirds of the inference time)",
+        f"`ecgstream run` scores a window from the sorts of its {lay['new']} new segments "
+        f"(numpy sorts them from its last {lay['span']} samples) and the {lay['carry']} sorted "
+        "segments it shares with its stream's previous window: the same scores, to float32 "
+        "rounding, for about a third of the main graph's inference time",
     ]
 
 
@@ -167,7 +168,8 @@ def _export_stream_step(model, spec: ModelSpec, path: Path, layout: dict) -> Non
     step = StreamStep(model, layout).eval()
     leads = len(spec.leads)
     example = (
-        torch.zeros(2, leads, layout["span"]),
+        torch.zeros(2, leads, layout["new"], layout["segment"]),
+        torch.zeros(2, leads, layout["new_floors"], layout["floor_width"]),
         torch.zeros(2, leads, layout["carry"], layout["segment"]),
         torch.zeros(2, leads, layout["carry_floors"], layout["floor_width"]),
     )

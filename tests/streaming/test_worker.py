@@ -204,6 +204,44 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
     )
 
 
+def test_a_live_stream_is_scored_with_the_stream_step_from_its_first_window(
+    broker, tmp_path, records
+):
+    """Chunks published one by one (20x real time) reach the worker in separate polls: one
+    primer is computed a hop before the stream's first window, every window then goes through
+    the shipped model's stream step, and the scores equal the whole graph's offline."""
+    scorer = Scorer(SHIPPED_MODEL)
+    assert scorer.stream_layout is not None
+    rec = read_record(records / "burst0")
+    offline = scorer.score_record(rec)
+    cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"),
+               model=str(SHIPPED_MODEL), poll_timeout_ms=20)  # fmt: skip
+    ensure_topics(broker, [cfg.topic], 4)
+    worker = Worker(cfg, scorer)
+    thread = _start(worker)
+    try:
+        assert wait_until(lambda: bool(worker.consumer and worker.consumer.assignment()), 40)
+        producer = make_producer(broker)
+        for i in range(int(rec.duration_s)):
+            c = Chunk("p", i, T0 + i, rec.fs, rec.leads, rec.signal[i * 360 : (i + 1) * 360])
+            producer.send(cfg.topic, key=b"p", value=encode_binary(c, sample_type="float32"))
+            producer.flush()
+            time.sleep(0.05)
+        assert wait_until(lambda: worker.summary.messages == int(rec.duration_s), 40, step=0.05)
+    finally:
+        worker.stop()
+        thread.join(30)
+    scored = read_scores(Path(cfg.scores_out))
+    stepped = worker.metrics.stream_step
+    assert stepped.labels("primer")._value.get() == 1
+    assert stepped.labels("window")._value.get() == len(scored) >= 2
+    spec = scorer.spec
+    streamed = {(r["window"] - int(T0 * spec.fs)) // spec.hop: r["score"] for r in scored}
+    got = np.array([streamed[i] for i in sorted(streamed)])
+    want = offline.window_score[sorted(streamed)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _committed(broker, cfg) -> dict[int, int]:
     from kafka.structs import TopicPartition
 
