@@ -12,6 +12,9 @@ that the worker maps to the model's leads and resamples; 1 s chunks as int16 bin
 Both are reported as monitor-seconds per second per worker process (1 s chunks: messages/s).
 (c) latency: S/2-capacity monitors published in real time by a separate process; latency is
     from a chunk's publication (Kafka CreateTime) to the alerts of its batch being durable.
+    The reference beside it: the same load read by a bare kafka-python consumer (with the
+    worker's fetch settings), latency to the poll that returns the chunk. The broker and the
+    publisher share the machine's cores with the worker; their CPU is reported too.
 
     nice -n 5 python benchmarks/bench_stream.py --streams 2000 --seconds 30 --latency-seconds 40
     nice -n 5 python benchmarks/bench_stream.py --source 12-lead --inference-depth 2 --streams 2000
@@ -61,6 +64,47 @@ def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seco
                 producer.send(topic, key, value)
         producer.flush()
     producer.close()
+
+
+def start_publisher(args, model: Path, bootstrap: str, topic: str, monitors: int):
+    """This script in ``--publish`` mode: ``monitors`` monitors in real time, in its own process."""
+    return subprocess.Popen(
+        [
+            sys.executable, __file__, "--model", str(model), "--source", args.source,
+            "--inference-depth", str(args.inference_depth), "--publish", bootstrap, topic,
+            str(monitors), str(args.latency_seconds),
+        ]
+    )  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def consume_latency(bootstrap: str, topic: str, seconds: float) -> list[float]:
+    """Seconds from publication to the poll that returns each record, for a bare consumer with
+    the worker's fetch settings, over ``seconds`` from its first record."""
+    from ecgstream.config import RunConfig
+    from ecgstream.streaming.kafka import make_consumer
+
+    cfg = RunConfig()
+    c = make_consumer(
+        bootstrap, f"latency-{uuid.uuid4().hex[:6]}", fetch_max_wait_ms=cfg.fetch_max_wait_ms
+    )
+    c.subscribe([topic])
+    out: list[float] = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        polled = c.poll(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_poll_records)
+        now = time.time()
+        for records in polled.values():
+            if not out:
+                deadline = now + seconds
+            out.extend(now - r.timestamp / 1000.0 for r in records)
+    c.close()
+    return out
 
 
 def consume_only(bootstrap: str, topic: str, total: int) -> float:
@@ -180,23 +224,8 @@ def main() -> None:
         half = args.latency_monitors or max(1, int(rate_b / 2))
         topic_l = "bench-latency"
         ensure_topics(bootstrap, [topic_l], 4)
-        pub = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--model",
-                str(model),
-                "--source",
-                args.source,
-                "--inference-depth",
-                str(args.inference_depth),
-                "--publish",
-                bootstrap,
-                topic_l,
-                str(half),
-                str(args.latency_seconds),
-            ]
-        )
+        pub = start_publisher(args, model, bootstrap, topic_l, half)
+        cpu0, t0 = (cpu_seconds(broker.pid), cpu_seconds(pub.pid)), time.perf_counter()
         _, worker = run_worker(
             bootstrap,
             topic_l,
@@ -206,6 +235,9 @@ def main() -> None:
             seconds=args.latency_seconds + 5,
             latency=True,
         )
+        span = time.perf_counter() - t0
+        broker_cores = (cpu_seconds(broker.pid) - cpu0[0]) / span
+        publisher_cores = (cpu_seconds(pub.pid) - cpu0[1]) / span
         pub.wait(120)
         twelfths = [
             round(float(np.percentile(part, 99)) * 1e3, 1)
@@ -228,6 +260,32 @@ def main() -> None:
             f"over {len(lat)} chunks; p99 after the first windows {p99_steady * 1e3:.0f} ms; "
             f"p99 per twelfth of the run {[round(t) for t in twelfths]} ms",
             flush=True,
+        )
+        # the reference: the same load read by a bare consumer, on a topic of its own
+        topic_r = "bench-latency-reference"
+        ensure_topics(bootstrap, [topic_r], 4)
+        pub = start_publisher(args, model, bootstrap, topic_r, half)
+        cpu0_r, t0 = cpu_seconds(broker.pid), time.perf_counter()
+        ref_all = consume_latency(bootstrap, topic_r, args.latency_seconds + 5)
+        broker_cores_ref = (cpu_seconds(broker.pid) - cpu0_r) / (time.perf_counter() - t0)
+        pub.wait(120)
+        ref = np.array(ref_all[len(ref_all) // 6 :])  # skip the group join, as for the worker
+        ref_p50, ref_p99 = (
+            (float(np.percentile(ref, q)) for q in (50, 99)) if len(ref) else (float("nan"),) * 2
+        )
+        print(
+            f"(c) reference, a bare consumer at the same load: p50 {ref_p50 * 1e3:.0f} ms, "
+            f"p99 {ref_p99 * 1e3:.0f} ms over {len(ref)} records; broker CPU "
+            f"{broker_cores_ref:.2f} cores (with the worker: {broker_cores:.2f}; publisher "
+            f"{publisher_cores:.2f})",
+            flush=True,
+        )
+        result.update(
+            latency_reference_p50_ms=ref_p50 * 1e3,
+            latency_reference_p99_ms=ref_p99 * 1e3,
+            broker_cores_worker_run=broker_cores,
+            broker_cores_reference_run=broker_cores_ref,
+            publisher_cores_worker_run=publisher_cores,
         )
         result.update(
             latency_monitors=half,
