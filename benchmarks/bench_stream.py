@@ -225,7 +225,8 @@ def main() -> None:
         topic_l = "bench-latency"
         ensure_topics(bootstrap, [topic_l], 4)
         pub = start_publisher(args, model, bootstrap, topic_l, half)
-        cpu0, t0 = (cpu_seconds(broker.pid), cpu_seconds(pub.pid)), time.perf_counter()
+        cpu0 = (cpu_seconds(broker.pid), cpu_seconds(pub.pid), time.process_time())
+        t0 = time.perf_counter()
         _, worker = run_worker(
             bootstrap,
             topic_l,
@@ -238,6 +239,7 @@ def main() -> None:
         span = time.perf_counter() - t0
         broker_cores = (cpu_seconds(broker.pid) - cpu0[0]) / span
         publisher_cores = (cpu_seconds(pub.pid) - cpu0[1]) / span
+        worker_cores = (time.process_time() - cpu0[2]) / span  # this process: the worker
         pub.wait(120)
         twelfths = [
             round(float(np.percentile(part, 99)) * 1e3, 1)
@@ -276,8 +278,8 @@ def main() -> None:
         print(
             f"(c) reference, a bare consumer at the same load: p50 {ref_p50 * 1e3:.0f} ms, "
             f"p99 {ref_p99 * 1e3:.0f} ms over {len(ref)} records; broker CPU "
-            f"{broker_cores_ref:.2f} cores (with the worker: {broker_cores:.2f}; publisher "
-            f"{publisher_cores:.2f})",
+            f"{broker_cores_ref:.2f} cores; during the worker's run: worker {worker_cores:.2f}, "
+            f"broker {broker_cores:.2f}, publisher {publisher_cores:.2f} cores",
             flush=True,
         )
         result.update(
@@ -286,6 +288,7 @@ def main() -> None:
             broker_cores_worker_run=broker_cores,
             broker_cores_reference_run=broker_cores_ref,
             publisher_cores_worker_run=publisher_cores,
+            worker_cores=worker_cores,
         )
         result.update(
             latency_monitors=half,
