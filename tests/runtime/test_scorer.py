@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import synthetic_ecg
+from conftest import SHIPPED_MODEL, synthetic_ecg
 
 from ecgstream.runtime.model_file import ModelFileError, ModelSpec, read_spec, write_spec
 from ecgstream.runtime.scorer import RecordScores, Scorer
@@ -109,3 +109,30 @@ def test_record_scores_npz_types(tmp_path):
     with np.load(tmp_path / "r.npz") as d:
         assert d["fs"].dtype == np.float64 and d["fs"].shape == ()
         assert d["point_score"].dtype == np.float64 and d["window_start"].dtype == np.int64
+
+
+def test_a_stream_step_of_another_format_is_left_out_with_a_warning(tmp_path, caplog):
+    """A model file whose stream step has inputs of an older format (the graph sorted its
+    segments itself) is scored with its main graph alone, and the log says to re-export it."""
+    import json
+    import shutil
+
+    import onnx
+
+    from ecgstream.runtime.model_file import STREAM_KEY
+
+    path = tmp_path / "older.onnx"
+    shutil.copy(SHIPPED_MODEL, path)
+    model = onnx.load(str(path))
+    entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
+    doc = json.loads(entry.value)
+    assert Scorer(path).stream_layout is not None  # as shipped: the current format
+    del doc["format"]  # the first format had no version
+    entry.value = json.dumps(doc)
+    onnx.save(model, str(path))
+    with caplog.at_level("WARNING"):
+        scorer = Scorer(path)
+    assert scorer.stream_layout is None and scorer.stream_session is None
+    assert "re-export the model" in caplog.text
+    window = frame(synthetic_ecg(12, 100)[:, :1], np.array([0]), 1000)
+    assert np.isfinite(scorer.score_windows(window)[1]).all()
