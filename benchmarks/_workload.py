@@ -9,6 +9,7 @@ binary frames, 4 partitions, consumed by one in-process :class:`~ecgstream.strea
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,41 @@ def start_broker() -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("broker did not start")
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of a process (this one by default), MB."""
+    with open(f"/proc/{pid or os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, s) a process has used so far (this one by default)."""
+    with open(f"/proc/{pid or os.getpid()}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def split_cpus(spec: str) -> tuple[set[int], set[int]]:
+    """The worker's CPUs from ``spec`` ('0', '0,1' or 'all') and the CPUs left for the broker
+    and the publisher; ``(set(), all)`` for no pinning."""
+    available = os.sched_getaffinity(0)
+    if spec == "all":
+        return set(), available
+    try:
+        chosen = {int(c) for c in spec.split(",") if c.strip()}
+    except ValueError:
+        raise SystemExit(
+            f"--worker-cpus must be 'all' or CPU numbers like '0,1', not {spec!r}"
+        ) from None
+    if not chosen or not chosen < available:
+        raise SystemExit(
+            f"--worker-cpus {spec!r}: choose some, not all, of the CPUs {sorted(available)}"
+        )
+    return chosen, available - chosen
 
 
 def model_path(arg: str | None) -> Path:

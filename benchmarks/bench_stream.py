@@ -20,6 +20,7 @@ Both are reported as monitor-seconds per second per worker process (1 s chunks: 
     nice -n 5 python benchmarks/bench_stream.py --source 12-lead --inference-depth 2 --streams 2000
     nice -n 5 python benchmarks/bench_stream.py --model models/mmae-mitdb-mlii.onnx --streams 2000
     nice -n 5 python benchmarks/bench_stream.py --model tiny --streams 2000 --seconds 15 --out r.json
+    nice -n 5 python benchmarks/bench_stream.py --source 12-lead --worker-cpus 0   # broker apart
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from pathlib import Path
 import numpy as np
 from _workload import (  # benchmarks/ is on sys.path when run as a script
     LoadProducer,
+    cpu_seconds,
     encoded_steps,
     parse_args,
     publish_backlog,
     run_worker,
+    split_cpus,
     start_broker,
     warmup_seconds,
 )
@@ -66,21 +69,19 @@ def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seco
     producer.close()
 
 
-def start_publisher(args, model: Path, bootstrap: str, topic: str, monitors: int):
-    """This script in ``--publish`` mode: ``monitors`` monitors in real time, in its own process."""
+def start_publisher(
+    args, model: Path, bootstrap: str, topic: str, monitors: int, cpus: set[int] | None = None
+):
+    """This script in ``--publish`` mode: ``monitors`` monitors in real time, in its own
+    process (on ``cpus`` if given)."""
     return subprocess.Popen(
         [
             sys.executable, __file__, "--model", str(model), "--source", args.source,
             "--inference-depth", str(args.inference_depth), "--publish", bootstrap, topic,
             str(monitors), str(args.latency_seconds),
-        ]
+        ],
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def consume_latency(bootstrap: str, topic: str, seconds: float) -> list[float]:
@@ -148,6 +149,12 @@ def main() -> None:
     p.add_argument(
         "--repeats", type=int, default=3, help="(a) and (b) runs, alternating; medians reported"
     )
+    p.add_argument(
+        "--worker-cpus",
+        default="all",
+        help="CPUs of (a), (b) and the worker of (c), e.g. '0': the broker and the publisher then "
+        "run on the others, as on their own machines (default 'all': everything shares them)",
+    )
     args, model = parse_args(p, publish_realtime)
 
     from ecgstream.runtime.model_file import read_spec
@@ -160,6 +167,10 @@ def main() -> None:
         flush=True,
     )
     broker, bootstrap = start_broker()
+    worker_cpus, other_cpus = split_cpus(args.worker_cpus)
+    if worker_cpus:  # (a), (b) and the worker of (c) run here; threads inherit it
+        os.sched_setaffinity(broker.pid, other_cpus)
+        os.sched_setaffinity(0, worker_cpus)
     tmp = Path(tempfile.mkdtemp())
     result: dict = {
         "model": spec.name,
@@ -171,6 +182,7 @@ def main() -> None:
         "seconds": args.seconds,
         "source": args.source,
         "threads": args.threads,
+        "worker_cpus": sorted(worker_cpus) or "all",
         "inference_depth": args.inference_depth,
         "cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg()[0],
@@ -224,7 +236,7 @@ def main() -> None:
         half = args.latency_monitors or max(1, int(rate_b / 2))
         topic_l = "bench-latency"
         ensure_topics(bootstrap, [topic_l], 4)
-        pub = start_publisher(args, model, bootstrap, topic_l, half)
+        pub = start_publisher(args, model, bootstrap, topic_l, half, other_cpus)
         cpu0 = (cpu_seconds(broker.pid), cpu_seconds(pub.pid), time.process_time())
         t0 = time.perf_counter()
         _, worker = run_worker(
@@ -266,7 +278,7 @@ def main() -> None:
         # the reference: the same load read by a bare consumer, on a topic of its own
         topic_r = "bench-latency-reference"
         ensure_topics(bootstrap, [topic_r], 4)
-        pub = start_publisher(args, model, bootstrap, topic_r, half)
+        pub = start_publisher(args, model, bootstrap, topic_r, half, other_cpus)
         cpu0_r, t0 = cpu_seconds(broker.pid), time.perf_counter()
         ref_all = consume_latency(bootstrap, topic_r, args.latency_seconds + 5)
         broker_cores_ref = (cpu_seconds(broker.pid) - cpu0_r) / (time.perf_counter() - t0)

@@ -45,35 +45,22 @@ import _workload  # noqa: E402
 from _workload import (  # noqa: E402
     FrameMaker,
     LoadProducer,
+    cpu_seconds,
     encoded_steps,
     make_worker,
     monitor_phase,
     monitor_start,
     parse_args,
     publish_backlog,
+    rss_mb,
     run_worker,
     source_signal,
+    split_cpus,
     start_broker,
     warmup_seconds,
 )
 
 TARGET_S = 0.5
-
-
-def rss_mb(pid: int | None = None) -> float:
-    """Resident set size of a process (this one by default), MB."""
-    with open(f"/proc/{pid or os.getpid()}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time (user + system, s) a process has used so far (this one by default)."""
-    with open(f"/proc/{pid or os.getpid()}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def publish_live(bootstrap: str, topic: str, model: Path, streams: int, seconds: int) -> None:
@@ -145,25 +132,6 @@ def measure_capacity(
         skip=streams * warm,
     )
     return rate
-
-
-def split_cpus(spec: str) -> tuple[set[int], set[int]]:
-    """The worker's CPUs from ``spec`` ('0', '0,1' or 'all') and the CPUs left for the broker
-    and the publisher; ``(set(), all)`` for no pinning."""
-    available = os.sched_getaffinity(0)
-    if spec == "all":
-        return set(), available
-    try:
-        chosen = {int(c) for c in spec.split(",") if c.strip()}
-    except ValueError:
-        raise SystemExit(
-            f"--worker-cpus must be 'all' or CPU numbers like '0,1', not {spec!r}"
-        ) from None
-    if not chosen or not chosen < available:
-        raise SystemExit(
-            f"--worker-cpus {spec!r}: choose some, not all, of the CPUs {sorted(available)}"
-        )
-    return chosen, available - chosen
 
 
 def main() -> None:

@@ -207,7 +207,7 @@ def test_offline_and_streaming_scores_agree(broker, tmp_path, records, energy_mo
 def test_a_live_stream_is_scored_with_the_stream_step_from_its_first_window(
     broker, tmp_path, records
 ):
-    """Chunks published one by one (20x real time) reach the worker in separate polls: one
+    """Chunks published one by one (10x real time) reach the worker in separate polls: one
     primer is computed a hop before the stream's first window, every window then goes through
     the shipped model's stream step, and the scores equal the whole graph's offline."""
     scorer = Scorer(SHIPPED_MODEL)
@@ -226,7 +226,7 @@ def test_a_live_stream_is_scored_with_the_stream_step_from_its_first_window(
             c = Chunk("p", i, T0 + i, rec.fs, rec.leads, rec.signal[i * 360 : (i + 1) * 360])
             producer.send(cfg.topic, key=b"p", value=encode_binary(c, sample_type="float32"))
             producer.flush()
-            time.sleep(0.05)
+            time.sleep(0.1)  # a primer needs its hop's chunks in before the window's
         assert wait_until(lambda: worker.summary.messages == int(rec.duration_s), 40, step=0.05)
     finally:
         worker.stop()
