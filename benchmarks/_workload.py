@@ -103,6 +103,22 @@ def split_cpus(spec: str) -> tuple[set[int], set[int]]:
     return chosen, available - chosen
 
 
+def pin_apart(spec: str, broker_pid: int) -> tuple[set[int], set[int]]:
+    """Pin this process (and the threads it starts from now on) to the worker's CPUs of
+    ``spec`` (see :func:`split_cpus`) and the broker to the others, as if each had its own
+    machine; returns (worker CPUs, other CPUs), ``(set(), all)`` for no pinning."""
+    worker_cpus, other_cpus = split_cpus(spec)
+    if worker_cpus:
+        os.sched_setaffinity(broker_pid, other_cpus)
+        os.sched_setaffinity(0, worker_cpus)
+    return worker_cpus, other_cpus
+
+
+def on_cpus(cpus: set[int]):
+    """A ``preexec_fn`` that starts a subprocess (a publisher) on ``cpus`` (None: no pinning)."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+
+
 def model_path(arg: str | None) -> Path:
     """``arg`` as a path; ``tiny`` for a one-node test model (pipeline cost without inference);
     by default the shipped model, else the tiny one."""

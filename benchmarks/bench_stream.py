@@ -40,10 +40,11 @@ from _workload import (  # benchmarks/ is on sys.path when run as a script
     LoadProducer,
     cpu_seconds,
     encoded_steps,
+    on_cpus,
     parse_args,
+    pin_apart,
     publish_backlog,
     run_worker,
-    split_cpus,
     start_broker,
     warmup_seconds,
 )
@@ -69,9 +70,7 @@ def publish_realtime(bootstrap: str, topic: str, model: Path, streams: int, seco
     producer.close()
 
 
-def start_publisher(
-    args, model: Path, bootstrap: str, topic: str, monitors: int, cpus: set[int] | None = None
-):
+def start_publisher(args, model: Path, bootstrap: str, topic: str, monitors: int, cpus: set[int]):
     """This script in ``--publish`` mode: ``monitors`` monitors in real time, in its own
     process (on ``cpus`` if given)."""
     return subprocess.Popen(
@@ -80,7 +79,7 @@ def start_publisher(
             "--inference-depth", str(args.inference_depth), "--publish", bootstrap, topic,
             str(monitors), str(args.latency_seconds),
         ],
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        preexec_fn=on_cpus(cpus),
     )  # fmt: skip
 
 
@@ -106,6 +105,13 @@ def consume_latency(bootstrap: str, topic: str, seconds: float) -> list[float]:
             out.extend(now - r.timestamp / 1000.0 for r in records)
     c.close()
     return out
+
+
+def _p50_p99(seconds: np.ndarray) -> tuple[float, float]:
+    """Median and 99th percentile of latencies (s); NaN without any."""
+    if not len(seconds):
+        return float("nan"), float("nan")
+    return float(np.percentile(seconds, 50)), float(np.percentile(seconds, 99))
 
 
 def consume_only(bootstrap: str, topic: str, total: int) -> float:
@@ -167,10 +173,7 @@ def main() -> None:
         flush=True,
     )
     broker, bootstrap = start_broker()
-    worker_cpus, other_cpus = split_cpus(args.worker_cpus)
-    if worker_cpus:  # (a), (b) and the worker of (c) run here; threads inherit it
-        os.sched_setaffinity(broker.pid, other_cpus)
-        os.sched_setaffinity(0, worker_cpus)
+    worker_cpus, other_cpus = pin_apart(args.worker_cpus, broker.pid)  # (a), (b), (c)'s worker
     tmp = Path(tempfile.mkdtemp())
     result: dict = {
         "model": spec.name,
@@ -259,9 +262,7 @@ def main() -> None:
             if len(part)
         ]  # in completion order: where in the run the tail was
         lat = np.array(worker.latencies[len(worker.latencies) // 6 :])  # skip the group join
-        p50, p99 = (
-            (float(np.percentile(lat, q)) for q in (50, 99)) if len(lat) else (float("nan"),) * 2
-        )
+        p50, p99 = _p50_p99(lat)
         # every monitor starts at once, so every first window (which has no previous window's
         # sorts to take over) comes within one hop: also the tail after them, chunks in
         # completion order from (window + hop + 2 s) x monitors on
@@ -284,9 +285,7 @@ def main() -> None:
         broker_cores_ref = (cpu_seconds(broker.pid) - cpu0_r) / (time.perf_counter() - t0)
         pub.wait(120)
         ref = np.array(ref_all[len(ref_all) // 6 :])  # skip the group join, as for the worker
-        ref_p50, ref_p99 = (
-            (float(np.percentile(ref, q)) for q in (50, 99)) if len(ref) else (float("nan"),) * 2
-        )
+        ref_p50, ref_p99 = _p50_p99(ref)
         print(
             f"(c) reference, a bare consumer at the same load: p50 {ref_p50 * 1e3:.0f} ms, "
             f"p99 {ref_p99 * 1e3:.0f} ms over {len(ref)} records; broker CPU "

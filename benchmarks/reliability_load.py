@@ -50,12 +50,13 @@ from _workload import (  # noqa: E402
     make_worker,
     monitor_phase,
     monitor_start,
+    on_cpus,
     parse_args,
+    pin_apart,
     publish_backlog,
     rss_mb,
     run_worker,
     source_signal,
-    split_cpus,
     start_broker,
     warmup_seconds,
 )
@@ -179,12 +180,9 @@ def main() -> None:
 
     spec = read_spec(model)
     broker, bootstrap = start_broker()
-    worker_cpus, other_cpus = split_cpus(args.worker_cpus)
+    worker_cpus, other_cpus = pin_apart(args.worker_cpus, broker.pid)
     if args.inline:
         _workload.WORKER_OPTIONS["overlap_inference"] = False
-    if worker_cpus:
-        os.sched_setaffinity(broker.pid, other_cpus)
-        os.sched_setaffinity(0, worker_cpus)  # threads started from here on inherit it
     tmp = Path(tempfile.mkdtemp())
     result: dict = {
         "model": spec.name,
@@ -223,7 +221,7 @@ def main() -> None:
             + (["--model", str(model)] if args.model else []),
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, other_cpus)) if worker_cpus else None,
+            preexec_fn=on_cpus(other_cpus),
         )
         samples = []
         t0 = time.time()

@@ -361,6 +361,11 @@ class StreamBuffer:
         """Absolute index one past the last preprocessed sample."""
         return self.buf_a0 + len(self._buf) + self._n_parts
 
+    @property
+    def next_start(self) -> int:
+        """Absolute model-rate start sample of the next window to emit."""
+        return (self.anchor or 0) + self.next_k * self.hop
+
     def take_windows(self) -> tuple[Windows, np.ndarray]:
         """Complete windows not yet emitted, and the start samples of suppressed ones (bad spans).
 
@@ -375,7 +380,7 @@ class StreamBuffer:
             # samples no window needs are dropped when the next window is cut (the buffer
             # holds at most a window and a hop until then); only bad spans are pruned here
             if self.bad:
-                self._drop_before(base + self.next_k * h)
+                self._drop_before(self.next_start)
             if self._no_windows is None:
                 self._no_windows = Windows(
                     self.stream, _NO_STARTS, _EMPTY.get(len(self.spec.leads), w)
@@ -396,7 +401,7 @@ class StreamBuffer:
         else:
             data = _EMPTY.get(buf.shape[1], w)
         self.next_k = k_last + 1
-        self._drop_before(base + self.next_k * h)
+        self._drop_before(self.next_start)
         return Windows(self.stream, np.array(starts, np.int64), data), np.array(
             suppressed, np.int64
         )
@@ -434,7 +439,7 @@ class StreamBuffer:
         Committing this offset (not the last one processed) means a worker that takes over the
         partition re-reads enough samples to rebuild every window not yet scored.
         """
-        need = (self.anchor or 0) + self.next_k * self.hop
+        need = self.next_start
         while len(self.chunks) >= 2 and self.chunks[1][0] <= need:
             self.chunks.popleft()
         return self.chunks[0][1] if self.chunks else None

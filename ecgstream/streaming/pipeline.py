@@ -321,7 +321,7 @@ class Pipeline:
         """Whether ``st``'s next window needs a primer now: its previous window's samples are
         all in and that window was not scored (nor primed) since the buffer's last restart."""
         buf, hop = st.buffer, self.spec.hop
-        start = (buf.anchor or 0) + buf.next_k * hop  # the next window's start
+        start = buf.next_start
         if buf.a_end < start + self.spec.window - hop:
             return False
         c = st.carry
@@ -377,6 +377,7 @@ class Pipeline:
     def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
         """Feed a prepared batch's scores to the alert state machines; returns its result."""
         if inference is not None:
+            prep.res.inference_s = inference.seconds
             if inference.window_raw is not None:
                 self._score(prep.parts, inference, prep.res)
             if prep.carry is not None:
@@ -384,7 +385,6 @@ class Pipeline:
             if prep.primers is not None and inference.primed is not None:
                 primers, (sorts, floors) = prep.primers, inference.primed
                 prep.res.primed = len(primers.states)
-                prep.res.inference_s = inference.seconds
                 for i, st in enumerate(primers.states):
                     _keep_carry(st, primers.generations[i], primers.starts[i], sorts[i], floors[i])
         return prep.res
@@ -464,7 +464,6 @@ class Pipeline:
     ) -> None:
         point_raw, window_raw = inf.point_raw, inf.window_raw
         assert point_raw is not None and window_raw is not None
-        res.inference_s = inf.seconds
         res.windows = len(window_raw)
         scores = self.spec.normalise(window_raw.astype(np.float64))
         norm = self.spec.score_norm
