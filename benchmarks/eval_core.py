@@ -139,7 +139,7 @@ def evaluate_with_pca(
     plot_dir = out_dir / name
     plot_dir.mkdir(parents=True, exist_ok=True)
     report["plots"] = [
-        str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources)
+        str(plot_dir / p) for p in write_plots(plot_dir, collected, example, sources, report)
     ]
     report["training"] = {
         **summary,

@@ -22,8 +22,9 @@ Metrics (pooled over records, at each record's own sampling rate):
   localisation  with --localisation N (models only): N excerpts per record each get one
               Perlin-noise anomaly with an exact mask; point-level AUROC against the mask
 
-Writes OUT/report.json, OUT/roc.png and OUT/example.png (a record with its score trace and the
-annotated abnormal beats marked).
+Writes OUT/report.json, OUT/roc.png, OUT/example.png (a record with its score trace and the
+annotated abnormal beats marked) and, with --localisation, OUT/localisation.png (one excerpt of
+each kind of synthetic anomaly with its mask and every model's point score).
 
 examples:
   ecgstream evaluate --model models/consensus-mitdb-mlii.onnx --out eval/ ../shared/data/mitdb-ds1/101
@@ -102,9 +103,11 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def write_plots(out: Path, collected: dict, example, sources: list) -> list[str]:
-    """ROC curves and the example record; returns the written file names."""
-    from ecgstream.evaluation.plots import plot_example, plot_roc
+def write_plots(
+    out: Path, collected: dict, example, sources: list, report: dict | None = None
+) -> list[str]:
+    """ROC curves, the example record and the localisation examples; returns the file names."""
+    from ecgstream.evaluation.plots import plot_example, plot_localisation, plot_roc
 
     written = []
     if plot_roc(collected, out / "roc.png") is not None:
@@ -131,6 +134,17 @@ def write_plots(out: Path, collected: dict, example, sources: list) -> list[str]
             title=f"record {record.name} ({record.leads[0]})",
         )
         written.append("example.png")
+    examples = {n: c.localisation_examples for n, c in collected.items() if c.localisation_examples}
+    if examples:
+        per_kind = {
+            name: {
+                kind: block.get("auroc")
+                for kind, block in entry.get("localisation", {}).get("per_kind", {}).items()
+            }
+            for name, entry in (report or {}).get("sources", {}).items()
+        }
+        if plot_localisation(examples, per_kind, out / "localisation.png") is not None:
+            written.append("localisation.png")
     return written
 
 
@@ -186,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no record could be evaluated: {next(iter(report['skipped'].values()))}")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
-        report["plots"] = write_plots(args.out, collected, example, sources)
+        report["plots"] = write_plots(args.out, collected, example, sources, report)
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     print("\n".join(summary_lines(report)))
     print(f"report: {args.out / 'report.json'}")

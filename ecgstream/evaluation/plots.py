@@ -1,4 +1,5 @@
-"""PNG figures of an evaluation: ROC curves per metric and an example record with its score trace.
+"""PNG figures of an evaluation: ROC curves per metric, an example record with its score trace,
+and one example of each kind of synthetic anomaly with its mask and point scores.
 
 Matplotlib with the non-interactive ``Agg`` backend, so plots render on servers without a display.
 """
@@ -11,7 +12,7 @@ import numpy as np
 
 from ecgstream.evaluation.metrics import MetricError, auroc, roc_curve
 
-__all__ = ["plot_roc", "plot_example", "pick_example_span"]
+__all__ = ["plot_roc", "plot_example", "plot_localisation", "pick_example_span"]
 
 _TITLES = {
     "beat": "Beats (+-150 ms), AAMI abnormal vs normal",
@@ -176,5 +177,55 @@ def plot_example(
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_localisation(
+    examples: dict[str, dict], per_kind: dict[str, dict[str, float | None]], path: str | Path
+) -> Path | None:
+    """One panel per kind of synthetic anomaly: its example excerpt, the mask, every source's score.
+
+    ``examples`` maps a source name to its ``{kind: LocalisationExample}`` (every source sees the
+    same excerpts, so the signal and mask are taken from the first); ``per_kind`` maps a source
+    name to its ``{kind: point AUROC}`` over all excerpts, shown in the panel titles. The signal
+    (first lead) is drawn on the left axis, the point scores on the right one. None if no source
+    has an example.
+    """
+    kinds = sorted({k for by_kind in examples.values() for k in by_kind})
+    if not kinds:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(12, 1.9 * len(kinds) + 0.6), squeeze=False)
+    for ax, kind in zip(axes[:, 0], kinds, strict=True):
+        shown = [(name, by_kind[kind]) for name, by_kind in examples.items() if kind in by_kind]
+        ex = shown[0][1]
+        t = (ex.start + np.arange(len(ex.signal))) / ex.fs
+        ax.plot(t, ex.signal, lw=0.7, color="k")
+        ax.fill_between(
+            t, 0, 1, where=ex.mask, transform=ax.get_xaxis_transform(), color="tab:orange",
+            alpha=0.3, label="synthetic anomaly (mask)",
+        )  # fmt: skip
+        ax.set_ylabel("signal", fontsize=8)
+        scores = ax.twinx()
+        for i, (name, other) in enumerate(shown):
+            scores.plot(t, other.score, lw=1.1, color=f"C{i}", label=f"{name} point score")
+        scores.set_ylabel("point score", fontsize=8)
+        aurocs = ", ".join(
+            f"{name} {auc:.3f}" if auc is not None else f"{name} -"
+            for name, auc in ((n, per_kind.get(n, {}).get(kind)) for n, _ in shown)
+        )
+        ax.set_title(
+            f"{kind}: record {ex.record} at {t[0]:.0f} s; point AUROC over all {kind} excerpts: "
+            f"{aurocs}",
+            fontsize=9,
+        )
+        if kind == kinds[0]:
+            handles = ax.get_legend_handles_labels()[0] + scores.get_legend_handles_labels()[0]
+            ax.legend(handles=handles, fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time in the record (s)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

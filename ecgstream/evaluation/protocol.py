@@ -52,6 +52,8 @@ __all__ = [
     "Collected",
     "collect_record",
     "localisation_excerpts",
+    "LocalisationExample",
+    "LOCALISATION_CONTEXT_S",
     "summarise",
     "record_labels",
     "beats_of",
@@ -68,6 +70,8 @@ BEAT_HALF_WIDTH_S = 0.15
 WINDOW_S = 10.0
 #: How a record's score is made from its window scores (record-level metric).
 RECORD_SCORE = "max of window_score"
+#: Seconds kept before and after a synthetic anomaly in a localisation example (for plots).
+LOCALISATION_CONTEXT_S = 4.0
 
 
 def load_npz(path: str | Path) -> RecordScores:
@@ -141,6 +145,24 @@ class NpzSource(ScoreSource):
 
 
 @dataclass
+class LocalisationExample:
+    """One synthetic anomaly as scored, kept for plots: the part of its excerpt around the anomaly.
+
+    ``signal`` is the first model lead after injection (record units), ``mask`` the exact
+    anomaly mask and ``score`` the point score (NaN where unscored), all ``(n,)`` at ``fs`` Hz;
+    ``start`` is the first kept sample's index in the record.
+    """
+
+    record: str
+    kind: str
+    fs: float
+    start: int
+    signal: np.ndarray
+    mask: np.ndarray
+    score: np.ndarray
+
+
+@dataclass
 class Collected:
     """Pooled (label, score) pairs of one score source over many records, per metric."""
 
@@ -154,6 +176,8 @@ class Collected:
     point_labels: list[np.ndarray] = field(default_factory=list)
     point_scores: list[np.ndarray] = field(default_factory=list)
     point_kinds: list[str] = field(default_factory=list)
+    #: the first scored excerpt of each kind of synthetic anomaly
+    localisation_examples: dict[str, LocalisationExample] = field(default_factory=dict)
     per_record: dict = field(default_factory=dict)
 
     def arrays(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -247,10 +271,27 @@ def localisation_excerpts(
             out.point_labels.append(mask[keep].astype(np.int8))
             out.point_scores.append(scores.point_score[keep])
             out.point_kinds.append(str(info.get("kind", "")))
+            if out.point_kinds[-1] not in out.localisation_examples:
+                out.localisation_examples[out.point_kinds[-1]] = _example_of(
+                    record, start, seg_out, mask, scores.point_score, out.point_kinds[-1]
+                )
             out.per_record.setdefault(record.name, {}).setdefault("excerpts", []).append(
                 {"start": start, "n": n, "anomalous": int(mask.sum()), "kind": out.point_kinds[-1]}
             )
     return out
+
+
+def _example_of(
+    record: Record, start: int, signal: np.ndarray, mask: np.ndarray, score: np.ndarray, kind: str
+) -> LocalisationExample:
+    """The part of an excerpt within :data:`LOCALISATION_CONTEXT_S` of its anomaly."""
+    where = np.flatnonzero(mask)
+    pad = int(round(LOCALISATION_CONTEXT_S * record.fs))
+    a, b = max(int(where[0]) - pad, 0), min(int(where[-1]) + 1 + pad, len(mask))
+    lead = np.asarray(signal).reshape(len(mask), -1)[a:b, 0]
+    return LocalisationExample(
+        record.name, kind, record.fs, start + a, lead.copy(), mask[a:b].copy(), score[a:b].copy()
+    )
 
 
 def _metric_block(labels: np.ndarray, scores: np.ndarray, with_ap: bool = True) -> dict:

@@ -87,6 +87,7 @@ class ConsensusConfig:
     level_reach: int = 8
     erode: int = 0
     erode_share: float = 1.0
+    neighbours: int = 0
     population_components: int = 0
     population_weight: float = 1.0
     population_covariance: str = "pca"
@@ -135,6 +136,8 @@ class ConsensusConfig:
                 f"erode must be >= 0 segments and erode_share in [0, 1], got {self.erode} and "
                 f"{self.erode_share}"
             )
+        if self.neighbours < 0:
+            raise ValueError(f"neighbours must be >= 0 segments, got {self.neighbours}")
         if self.level_weight < 0 or self.level_reach < 1:
             raise ValueError(
                 f"level_weight must be >= 0 and level_reach >= 1 segment, got "
@@ -205,6 +208,11 @@ class SegmentConsensus(nn.Module):
         if cfg.level_every > 1:
             sub = torch.arange(0, cfg.n_segments, cfg.level_every)
             self.register_buffer("level_sub", sub, persistent=False)
+        if cfg.neighbours > 0:
+            # segments that share samples are never each other's neighbours
+            i = torch.arange(cfg.n_segments)
+            overlap = (i[:, None] - i[None, :]).abs() * cfg.stride < cfg.segment
+            self.register_buffer("overlap_penalty", overlap.float() * 1e6, persistent=False)
         k, dims = cfg.population_components, cfg.n_leads * cfg.segment
         self.register_buffer("pop_mean", torch.zeros(dims))
         self.register_buffer("pop_basis", torch.zeros(k, dims))
@@ -359,11 +367,7 @@ class SegmentConsensus(nn.Module):
         carry = cfg.n_segments - shift
         k = cfg.noise_every
         other_terms = (
-            cfg.slope_weight > 0
-            or cfg.level_weight > 0
-            or cfg.reference_size > 0
-            or cfg.population_components > 0
-            or (cfg.erode > 0 and cfg.erode_share > 0)
+            cfg.slope_weight > 0 or cfg.reference_size > 0 or cfg.population_components > 0
         )
         if carry <= 0 or shift % k or other_terms:
             return None
@@ -402,6 +406,67 @@ class SegmentConsensus(nn.Module):
         if self.cfg.level_every == 1:
             return self.consensus(level)
         return self.consensus(level.index_select(2, self.level_sub), len(self.level_sub))
+
+    def neighbour_score(self, level: torch.Tensor) -> torch.Tensor:
+        """Each segment's mean squared distance ``(B, n_segments)`` to its ``neighbours`` nearest
+        segments of the window, leaving out the segments it overlaps."""
+        cfg = self.cfg
+        b, leads, n, width = level.shape
+        x = level.permute(0, 2, 1, 3).reshape(b, n, leads * width)
+        sq = (x * x).sum(-1)
+        d = (sq[:, :, None] + sq[:, None, :] - 2 * x @ x.transpose(1, 2)) / (leads * width)
+        d = d.clamp_min(0) + self.overlap_penalty
+        if cfg.neighbours == 1:
+            return d.amin(dim=2)
+        k = min(cfg.neighbours, n)
+        return torch.topk(d, k, dim=2, largest=False, sorted=False).values.mean(2)
+
+    def in_window_score(self, level: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
+        """Each segment's descriptor ``level`` against the window's ``consensus``, ``(B, n_segments)``.
+
+        The mean squared difference. With ``neighbours`` > 0 it has two parts. Where the segment
+        holds more than the consensus (sorted values further from its median: a taller, wider or
+        inverted complex, noise) it counts in full. Where it holds less (a missing or smaller
+        QRS) it counts only as far as no other segment of the window looks like this one
+        (:meth:`neighbour_score`). When the beats are further apart than a segment, the segments
+        between them hold no QRS. The median (which holds one) scores all of them high, although
+        every gap between beats looks the same.
+        """
+        dev = (level - consensus) ** 2
+        if self.cfg.neighbours <= 0:
+            return dev.mean(dim=(1, 3))
+        excess = torch.where(level.abs() > consensus.abs(), dev, torch.zeros(())).mean(dim=(1, 3))
+        deficit = dev.mean(dim=(1, 3)) - excess
+        return excess + torch.minimum(deficit, self.neighbour_score(level))
+
+    def sorted_terms(
+        self, ordered: torch.Tensor, floors: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The segment scores ``(B, n_segments)`` of the terms that need only the sorted segments
+        ``ordered`` and the noise floors ``floors`` (what :class:`StreamStep` has), before erosion;
+        also the level descriptors and the consensus."""
+        cfg = self.cfg
+        level = self.centred(ordered)
+        consensus = self.level_consensus(level)
+        seg_score = self.in_window_score(level, consensus)
+        if cfg.consensus_weight != 1.0:
+            seg_score = cfg.consensus_weight * seg_score
+        if cfg.noise_weight > 0:
+            seg_score = seg_score + cfg.noise_weight * self.noise_term(floors)
+        if cfg.level_weight > 0:
+            bump = self.level_bump(ordered[..., cfg.segment // 2])
+            seg_score = seg_score + cfg.level_weight * (bump**2).mean(dim=1)
+        return seg_score, level, consensus
+
+    def eroded(self, seg_score: torch.Tensor) -> torch.Tensor:
+        """``seg_score`` with ``erode_share`` of :meth:`erode_scores` (unchanged without erosion)."""
+        cfg = self.cfg
+        if cfg.erode <= 0 or cfg.erode_share <= 0:
+            return seg_score
+        eroded = self.erode_scores(seg_score)
+        if cfg.erode_share == 1.0:
+            return eroded
+        return seg_score + cfg.erode_share * (eroded - seg_score)
 
     @staticmethod
     def _deviation(desc: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
@@ -563,28 +628,16 @@ class SegmentConsensus(nn.Module):
         cfg = self.cfg
         seg = self.segments(windows)
         ordered = torch.sort(seg, dim=-1).values
-        level, slope = self._describe(seg, ordered)
-        consensus = self.level_consensus(level)
-        seg_score = self._deviation(level, consensus)
-        if cfg.consensus_weight != 1.0:
-            seg_score = cfg.consensus_weight * seg_score
-        if cfg.slope_weight > 0:
-            seg_score = seg_score + cfg.slope_weight * self._deviation(slope, self.consensus(slope))
-        floors = None
-        if cfg.noise_weight > 0:
-            floors = self.noise_floors(seg)
-            seg_score = seg_score + cfg.noise_weight * self.noise_term(floors)
-        if cfg.level_weight > 0:
-            bump = self.level_bump(ordered[..., cfg.segment // 2])
-            seg_score = seg_score + cfg.level_weight * (bump**2).mean(dim=1)
-        if cfg.reference_size > 0:
-            seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
-        if cfg.erode > 0 and cfg.erode_share > 0:
-            eroded = self.erode_scores(seg_score)
-            if cfg.erode_share == 1.0:
-                seg_score = eroded
-            else:
-                seg_score = seg_score + cfg.erode_share * (eroded - seg_score)
+        floors = self.noise_floors(seg) if cfg.noise_weight > 0 else None
+        seg_score, level, consensus = self.sorted_terms(ordered, floors)
+        if cfg.slope_weight > 0 or cfg.reference_size > 0:
+            slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
+            if cfg.slope_weight > 0:
+                slope_dev = self._deviation(slope, self.consensus(slope))
+                seg_score = seg_score + cfg.slope_weight * slope_dev
+            if cfg.reference_size > 0:
+                seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
+        seg_score = self.eroded(seg_score)
         point = self._spread(seg_score)
         if cfg.population_components > 0:
             pop = self.population_score(consensus, windows)
@@ -623,14 +676,10 @@ class StreamStep(nn.Module):
         carried: torch.Tensor,
         carried_floors: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        m, cfg = self.model, self.model.cfg
+        m = self.model
         ordered = torch.cat([carried, sorted_new], dim=2)
         floors = torch.cat([carried_floors, floors_new], dim=2)
-        level = m.centred(ordered)
-        seg_score = m._deviation(level, m.level_consensus(level))
-        if cfg.consensus_weight != 1.0:
-            seg_score = cfg.consensus_weight * seg_score
-        seg_score = seg_score + cfg.noise_weight * m.noise_term(floors)
+        seg_score = m.eroded(m.sorted_terms(ordered, floors)[0])
         point = m._spread(seg_score)
         return point, m.window_score(point)
 

@@ -73,6 +73,9 @@ class TrainConfig:
     consensus_level_reach_s: float = 0.8  # distance to the neighbouring segments of the level term
     consensus_erode_s: float = 0.0  # >0: segment scores also take their minimum within this reach
     consensus_erode_share: float = 1.0  # share of the eroded segment score in the point score
+    consensus_neighbours: int = (
+        0  # >0: a segment holding less than the consensus is compared with its k nearest
+    )
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
     consensus_population_covariance: str = "pca"  # "shrunk": Ledoit-Wolf Mahalanobis

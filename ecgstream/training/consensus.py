@@ -48,6 +48,7 @@ def consensus_config(cfg: TrainConfig):
         level_reach=max(1, int(round(cfg.consensus_level_reach_s / cfg.consensus_stride_s))),
         erode=int(round(cfg.consensus_erode_s / cfg.consensus_stride_s)),
         erode_share=cfg.consensus_erode_share,
+        neighbours=cfg.consensus_neighbours,
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,
         population_covariance=cfg.consensus_population_covariance,

@@ -17,7 +17,13 @@ from conftest import synthetic_ecg, write_record
 
 from ecgstream.cli import main
 from ecgstream.evaluation.baselines import PCABaseline, export_pca, fit_pca, fit_pca_on_records
-from ecgstream.evaluation.protocol import ModelSource, NpzSource, evaluate, load_npz
+from ecgstream.evaluation.protocol import (
+    LOCALISATION_CONTEXT_S,
+    ModelSource,
+    NpzSource,
+    evaluate,
+    load_npz,
+)
 from ecgstream.runtime.model_file import ModelSpec, read_spec
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.signals.records import RecordError, read_record
@@ -156,11 +162,24 @@ def test_npz_source_checks_length_and_rate(data, tmp_path):
 def test_localisation_on_synthetic_anomalies(data):
     root, test, model = data
     noise = partial(inject_1d, kinds=["noise"], strength=3.0)
-    report, _, _ = evaluate(
+    report, collected, _ = evaluate(
         [ModelSource(model)], test, localisation=3, excerpt_s=20, inject=noise, progress=False
     )
     loc = report["sources"]["pca-baseline"]["localisation"]
     assert loc["n_excerpts"] == 6 and loc["auroc"] > 0.7 and list(loc["per_kind"]) == ["noise"]
+    # the first excerpt is kept for the plot: its anomaly and 4 s either side, as scored
+    example = collected["pca-baseline"].localisation_examples["noise"]
+    first = collected["pca-baseline"].per_record[example.record]["excerpts"][0]
+    assert example.kind == "noise" and example.mask.sum() == first["anomalous"]
+    inside = np.flatnonzero(example.mask)
+    pad = int(LOCALISATION_CONTEXT_S * example.fs)
+    assert inside[0] == min(pad, inside[0] + example.start - first["start"])
+    assert len(example.signal) == len(example.mask) == len(example.score)
+    record = read_record(next(p for p in test if Path(p).name == example.record))
+    clean = record.signal[example.start : example.start + len(example.signal), 0]
+    np.testing.assert_array_equal(example.signal[~example.mask], clean[~example.mask])
+    assert not np.allclose(example.signal[example.mask], clean[example.mask])
+    assert np.nanmean(example.score[example.mask]) > np.nanmedian(example.score[~example.mask])
     # all kinds by default, seeded: the same anomalies again
     runs = [
         evaluate([ModelSource(model)], test, localisation=3, excerpt_s=20, seed=3, progress=False)[
@@ -206,7 +225,7 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
     assert "beat AUROC" in text and "pca-baseline#2" in text
     report = json.loads((out / "report.json").read_text())
     assert set(report["sources"]) == {"pca-baseline#1", "pca-baseline#2"}
-    assert report["plots"] == ["roc.png", "example.png"]
+    assert report["plots"] == ["roc.png", "example.png", "localisation.png"]
     for name in report["plots"]:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 

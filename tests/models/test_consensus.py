@@ -57,6 +57,38 @@ def test_a_wide_ectopic_beat_scores_above_every_normal_beat():
     assert beat[peaks == victim][0] > 2.0 * others.max()
 
 
+def _ectopic(x: np.ndarray, at: int) -> None:
+    """Replace the QRS-T at sample ``at`` by a wide, tall, opposite-polarity complex, in place."""
+    t = np.arange(-15, 45)
+    x[at + t] = -1.6 * np.exp(-((t - 5) ** 2) / (2 * 6.0**2)) + 0.6 * np.exp(
+        -((t - 30) ** 2) / (2 * 8.0**2)
+    )
+
+
+def test_neighbours_keep_the_gaps_of_a_slow_rhythm_low_and_still_see_repeated_ectopic_beats():
+    slow = synthetic_ecg(10.0, FS, heart_rate=45, seed=3)[:, 0]
+    # every gap between beats (1.3 s) holds segments without a QRS, unlike the median segment
+    _, plain = _scores(slow)
+    _, near = _scores(slow, neighbours=5)
+    assert near < 0.4 * plain
+    # two ectopic beats that look alike are each other's nearest segments; what they hold
+    # beyond the consensus still counts in full
+    x = _ecg(10.0)
+    peaks = _r_peaks(x)
+    victims = peaks[[3, 7]]
+    for at in victims:
+        _ectopic(x, at)
+    beat = beat_scores(_scores(x, neighbours=1)[0], peaks, FS)
+    assert beat[[3, 7]].min() > 2.0 * np.delete(beat, [3, 7]).max()
+    # a flat line has no look-alike among the gaps of a regular rhythm
+    flat = _ecg(10.0, seed=2)
+    flat[400:520] = flat[399]
+    point_flat, _ = _scores(flat, neighbours=5)
+    assert point_flat[420:500].min() > 3.0 * np.median(point_flat)
+    with pytest.raises(ValueError, match="neighbours"):
+        ConsensusConfig(neighbours=-1).validate()
+
+
 def test_scores_are_in_squared_input_units_and_ignore_an_offset():
     x = _ecg(10.0, seed=1)
     point, window = _scores(x)
@@ -311,6 +343,22 @@ def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
     assert (params["level_reach"], params["erode"], params["level_weight"]) == (8, 1, 1.0)
 
 
+@pytest.mark.parametrize("k", [1, 4])
+def test_neighbours_export_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, k):
+    x = synthetic_ecg(25.0, 100, heart_rate=45)[:, 0]
+    x[1600:1630] = x[1599]  # a 0.3 s flat line
+    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
+    scorer = _fit_with_onnx_parity(
+        ecg_folder, tmp_path, windows, consensus_noise_weight=100.0, consensus_neighbours=k
+    )
+    assert scorer.spec.params["neighbours"] == k
+    # the stream step scores each window from its previous window's carry, as the main graph
+    point, window, carried, floors = scorer.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("every", [2, 3])
 def test_noise_floor_of_every_nth_segment_keeps_the_burst_and_exports(ecg_folder, tmp_path, every):
     x, noisy = _ecg(10.0, seed=4), _noise_burst(_ecg(10.0, seed=4))
@@ -389,6 +437,8 @@ def test_level_consensus_of_every_nth_segment_scores_every_segment_and_exports(
         dict(noise_weight=100.0, noise_every=2, level_every=2),  # the shipped configuration
         dict(noise_weight=100.0),
         dict(noise_weight=50.0, noise_summary="mean", consensus_weight=0.5),
+        dict(noise_weight=100.0, noise_every=2, level_every=2, neighbours=5),
+        dict(noise_weight=150.0, neighbours=1, level_weight=1.0, erode=1, erode_share=0.6),
     ],
 )
 def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
@@ -428,5 +478,6 @@ def test_stream_step_only_where_the_carried_sorts_are_the_whole_story():
     assert layout() is None  # no noise floor: nothing to save but the sort, not built
     assert layout(noise_weight=100.0, noise_every=3) is None  # 50 segments: off the grid
     assert layout(noise_weight=100.0, hop=505) is None  # not a whole number of strides
-    assert layout(noise_weight=100.0, level_weight=1.0) is None
-    assert layout(noise_weight=100.0, erode=2) is None
+    assert layout(noise_weight=100.0, slope_weight=1.0) is None  # sorted steps: not carried
+    # terms computed from the sorted segments, floors and segment scores alone are stepped too
+    assert layout(noise_weight=100.0, level_weight=1.0, erode=2, neighbours=3) is not None
