@@ -7,6 +7,10 @@ scored in one ONNX Runtime call per repeat (one thread). The models run interlea
 repeat, so machine load affects them alike; the first model is the reference of the ratios.
 
     python benchmarks/bench_graph.py models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 7
+
+With ``--stream-step`` the models' stream steps are timed instead, as the worker runs them:
+``Scorer.score_carried`` (numpy sorts of the new segments, then the stream step graph) in calls
+of ``--batch`` windows (default 48), each window with a carry of the right shape.
 """
 
 from __future__ import annotations
@@ -34,6 +38,33 @@ def windows_for(model: Path, n: int) -> np.ndarray:
     return frame(x, np.arange(n) * step, spec.window)
 
 
+def _graph_run(model: Path, n: int, batch: int):
+    """A call of the main graph on ``n`` windows, in one ONNX Runtime call."""
+    from ecgstream.runtime.model_file import INPUT_NAME
+    from ecgstream.runtime.scorer import make_session
+
+    session, feed = make_session(model, threads=1), {INPUT_NAME: windows_for(model, n)}
+    return lambda: session.run(None, feed)
+
+
+def _stream_step_run(model: Path, n: int, batch: int):
+    """Calls of ``Scorer.score_carried`` on ``n`` windows, ``batch`` at a time."""
+    from ecgstream.runtime.scorer import Scorer
+
+    scorer = Scorer(model, threads=1, batch_size=batch)
+    if scorer.stream_session is None:
+        raise SystemExit(f"{model}: the model has no stream step")
+    windows = windows_for(model, n)
+    _, _, carried, floors = scorer.score_windows_carry(windows)
+    parts = [slice(a, a + batch) for a in range(0, n, batch)]
+
+    def run() -> None:
+        for part in parts:
+            scorer.score_carried(windows[part], carried[part], floors[part])
+
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,20 +73,19 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=1024, help="windows per call")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--stream-step", action="store_true", help="time the stream steps instead")
+    p.add_argument("--batch", type=int, default=48, help="windows per stream step call")
     args = p.parse_args()
 
-    from ecgstream.runtime.model_file import INPUT_NAME
-    from ecgstream.runtime.scorer import make_session
-
-    sessions = [make_session(m, threads=1) for m in args.models]
-    feeds = [{INPUT_NAME: windows_for(m, args.windows)} for m in args.models]
-    for s, f in zip(sessions, feeds, strict=True):
-        s.run(None, f)  # warm-up
-    times: list[list[float]] = [[] for _ in sessions]
+    runs = [_stream_step_run if args.stream_step else _graph_run]
+    run_of = [runs[0](m, args.windows, args.batch) for m in args.models]
+    for run in run_of:
+        run()  # warm-up
+    times: list[list[float]] = [[] for _ in run_of]
     for _ in range(args.repeats):
-        for i, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
+        for i, run in enumerate(run_of):
             t = time.perf_counter()
-            s.run(None, f)
+            run()
             times[i].append(time.perf_counter() - t)
     ref = float(np.median(times[0]))
     rows = []
@@ -75,6 +105,7 @@ def main() -> None:
         )
     if args.out:
         args.out.write_text(json.dumps({"windows": args.windows, "repeats": args.repeats,
+                                        "stream_step": args.stream_step, "batch": args.batch,
                                         "models": rows}, indent=1))  # fmt: skip
 
 

@@ -12,7 +12,12 @@ chunks as int16 binary frames, in polls of ``--poll`` messages; the first window
 every monitor are a warm-up, not timed. Reported: microseconds per message, median of repeats,
 and the windows cut (a check that the work is the same from one version to the next).
 
+With ``--infer`` every poll also goes through inference and the alert state machines
+(``Pipeline.process``, in this thread, one ONNX Runtime thread): the worker's whole CPU cost per
+message without Kafka, and how many windows the stream step scored.
+
     python benchmarks/bench_staging.py --source 12-lead --repeats 5
+    python benchmarks/bench_staging.py --source 12-lead --repeats 5 --infer
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=30, help="timed seconds of signal per monitor")
     p.add_argument("--poll", type=int, default=2000, help="messages per batch")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--infer", action="store_true", help="also run inference (Pipeline.process)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
     W.SOURCE = args.source
@@ -52,8 +58,14 @@ def main() -> None:
     split = warm * args.streams
     scorer = Scorer(model)
 
+    stepped: list[int] = []
+
     def stage(pipeline: Pipeline, batch: list) -> int:
         items = [Incoming(decode(v, k), 0, i) for i, (k, v) in enumerate(batch)]
+        if args.infer:
+            res = pipeline.process(items)
+            stepped.append(res.carried)
+            return res.windows
         prep = pipeline.prepare(items)
         return 0 if prep.batch is None else len(prep.batch)
 
@@ -62,6 +74,7 @@ def main() -> None:
         pipeline = Pipeline(scorer)
         for i in range(0, split, args.poll):
             stage(pipeline, messages[i : min(i + args.poll, split)])
+        stepped.clear()
         timed = messages[split:]
         gc.collect()
         gc.freeze()  # as the worker does once it runs (docs/reliability.md)
@@ -73,12 +86,16 @@ def main() -> None:
         gc.unfreeze()
         per_message.append(us)
         windows.append(n_windows)
-        print(f"repeat {r + 1}: {us:.1f} us per message, {n_windows} windows", flush=True)
+        n_stepped = sum(stepped)
+        stepped.clear()
+        note = f" ({n_stepped} by the stream step)" if args.infer else ""
+        print(f"repeat {r + 1}: {us:.1f} us per message, {n_windows} windows{note}", flush=True)
     median = float(np.median(per_message))
     print(f"median {median:.1f} us per message ({len(messages) - split} messages per repeat)")
     if args.out:
         result = {"source": args.source, "streams": args.streams, "seconds": args.seconds,
-                  "poll": args.poll, "us_per_message": per_message, "median": median,
+                  "poll": args.poll, "infer": args.infer, "model": str(model),
+                  "us_per_message": per_message, "median": median,
                   "windows": windows}  # fmt: skip
         args.out.write_text(json.dumps(result, indent=1))
 

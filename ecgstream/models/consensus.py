@@ -211,7 +211,8 @@ class SegmentConsensus(nn.Module):
         if cfg.neighbours > 0:
             # segments that share samples are never each other's neighbours
             i = torch.arange(cfg.n_segments)
-            overlap = (i[:, None] - i[None, :]).abs() * cfg.stride < cfg.segment
+            j = i[:: cfg.level_every]  # the candidates: the segments the consensus is taken over
+            overlap = (i[:, None] - j[None, :]).abs() * cfg.stride < cfg.segment
             self.register_buffer("overlap_penalty", overlap.float() * 1e6, persistent=False)
         k, dims = cfg.population_components, cfg.n_leads * cfg.segment
         self.register_buffer("pop_mean", torch.zeros(dims))
@@ -344,11 +345,14 @@ class SegmentConsensus(nn.Module):
             return self.noise_floor(seg)
         return self.noise_floor(seg.index_select(2, self.noise_sub))
 
-    def noise_term(self, floor: torch.Tensor) -> torch.Tensor:
-        """:meth:`noise_score` from the floors of every ``noise_every``-th segment."""
+    def noise_term(self, floor: torch.Tensor, median: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`noise_score` from the floors of every ``noise_every``-th segment (and their
+        ``median`` over the segments, when it is computed outside the graph)."""
+        if median is None:
+            median = self.consensus(floor, floor.shape[2])
+        dev = self._deviation(floor, median)
         if self.cfg.noise_every == 1:
-            return self._deviation(floor, self.consensus(floor))
-        dev = self._deviation(floor, self.consensus(floor, len(self.noise_sub)))
+            return dev
         left, right = dev.index_select(1, self.noise_left), dev.index_select(1, self.noise_right)
         return left + self.noise_frac * (right - left)
 
@@ -386,6 +390,7 @@ class SegmentConsensus(nn.Module):
             "floor_every": k,
             "noise_keep": self.noise_keep,
             "floor_mean": int(cfg.noise_summary == "mean"),
+            "level_every": cfg.level_every,
         }
 
     def consensus(self, desc: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
@@ -409,16 +414,19 @@ class SegmentConsensus(nn.Module):
 
     def neighbour_score(self, level: torch.Tensor) -> torch.Tensor:
         """Each segment's mean squared distance ``(B, n_segments)`` to its ``neighbours`` nearest
-        segments of the window, leaving out the segments it overlaps."""
+        segments of the window, leaving out the segments it overlaps. The candidates are the
+        segments the consensus is taken over (every ``level_every``-th)."""
         cfg = self.cfg
         b, leads, n, width = level.shape
         x = level.permute(0, 2, 1, 3).reshape(b, n, leads * width)
+        c = x if cfg.level_every == 1 else x.index_select(1, self.level_sub)
         sq = (x * x).sum(-1)
-        d = (sq[:, :, None] + sq[:, None, :] - 2 * x @ x.transpose(1, 2)) / (leads * width)
+        sq_c = sq if cfg.level_every == 1 else sq.index_select(1, self.level_sub)
+        d = (sq[:, :, None] + sq_c[:, None, :] - 2 * x @ c.transpose(1, 2)) / (leads * width)
         d = d.clamp_min(0) + self.overlap_penalty
         if cfg.neighbours == 1:
             return d.amin(dim=2)
-        k = min(cfg.neighbours, n)
+        k = min(cfg.neighbours, d.shape[2])
         return torch.topk(d, k, dim=2, largest=False, sorted=False).values.mean(2)
 
     def in_window_score(self, level: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
@@ -440,19 +448,25 @@ class SegmentConsensus(nn.Module):
         return excess + torch.minimum(deficit, self.neighbour_score(level))
 
     def sorted_terms(
-        self, ordered: torch.Tensor, floors: torch.Tensor | None
+        self,
+        ordered: torch.Tensor,
+        floors: torch.Tensor | None,
+        consensus: torch.Tensor | None = None,
+        floor_consensus: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The segment scores ``(B, n_segments)`` of the terms that need only the sorted segments
         ``ordered`` and the noise floors ``floors`` (what :class:`StreamStep` has), before erosion;
-        also the level descriptors and the consensus."""
+        also the level descriptors and the consensus. The two medians over the segments are
+        selected here unless given."""
         cfg = self.cfg
         level = self.centred(ordered)
-        consensus = self.level_consensus(level)
+        if consensus is None:
+            consensus = self.level_consensus(level)
         seg_score = self.in_window_score(level, consensus)
         if cfg.consensus_weight != 1.0:
             seg_score = cfg.consensus_weight * seg_score
         if cfg.noise_weight > 0:
-            seg_score = seg_score + cfg.noise_weight * self.noise_term(floors)
+            seg_score = seg_score + cfg.noise_weight * self.noise_term(floors, floor_consensus)
         if cfg.level_weight > 0:
             bump = self.level_bump(ordered[..., cfg.segment // 2])
             seg_score = seg_score + cfg.level_weight * (bump**2).mean(dim=1)
@@ -656,10 +670,12 @@ class StreamStep(nn.Module):
     previous window (:meth:`SegmentConsensus.stream_layout`).
 
     Inputs: the sorted values ``(B, L, new, segment)`` and noise floors
-    ``(B, L, new_floors, floor_width)`` of the window's ``new`` last segments, computed outside
-    the graph (:func:`ecgstream.runtime.stream_sorts.segment_sorts`: numpy sorts them about 20
-    times faster than ONNX Runtime's TopK), and the previous window's last ``carry`` sorted
-    segments ``(B, L, carry, segment)`` and floors ``(B, L, carry_floors, floor_width)``.
+    ``(B, L, new_floors, floor_width)`` of the window's ``new`` last segments, the previous
+    window's last ``carry`` sorted segments ``(B, L, carry, segment)`` and floors
+    ``(B, L, carry_floors, floor_width)``, and the window's two medians over its segments: the
+    consensus ``(B, L, 1, segment)`` and the consensus floor ``(B, L, 1, floor_width)``. The
+    sorts and medians are computed outside the graph (:mod:`ecgstream.runtime.stream_sorts`:
+    numpy sorts and selects several times faster than ONNX Runtime's ``TopK``).
     Outputs: point and window scores, equal to :class:`SegmentConsensus` on the whole window.
     What the next window takes over is the tail of the new sorts.
     """
@@ -675,11 +691,13 @@ class StreamStep(nn.Module):
         floors_new: torch.Tensor,
         carried: torch.Tensor,
         carried_floors: torch.Tensor,
+        consensus: torch.Tensor,
+        floor_consensus: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         ordered = torch.cat([carried, sorted_new], dim=2)
         floors = torch.cat([carried_floors, floors_new], dim=2)
-        seg_score = m.eroded(m.sorted_terms(ordered, floors)[0])
+        seg_score = m.eroded(m.sorted_terms(ordered, floors, consensus, floor_consensus)[0])
         point = m._spread(seg_score)
         return point, m.window_score(point)
 

@@ -48,12 +48,14 @@ OUTPUT_NAMES = ("point_score", "window_score")
 STREAM_KEY = "ecgstream.stream_step"
 #: version of the stream step's inputs and layout; a model file with another one is scored
 #: with its main graph alone
-STREAM_FORMAT = 2
+STREAM_FORMAT = 3
 STREAM_LAYOUT_KEYS = (
     "carry", "carry_floors", "span", "floor_offset", "segment", "floor_width", "stride", "new",
-    "new_floors", "floor_every", "noise_keep", "floor_mean",
+    "new_floors", "floor_every", "noise_keep", "floor_mean", "level_every",
 )  # fmt: skip
-STREAM_INPUTS = ("sorted_new", "floors_new", "carried", "carried_floors")
+STREAM_INPUTS = (
+    "sorted_new", "floors_new", "carried", "carried_floors", "consensus", "floor_consensus",
+)  # fmt: skip
 STREAM_OUTPUTS = OUTPUT_NAMES
 #: outputs of a model with a stream step after its two scores: each window's carry
 CARRY_OUTPUTS = ("next_carried", "next_carried_floors")

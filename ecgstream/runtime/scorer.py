@@ -24,7 +24,7 @@ from ecgstream.runtime.model_file import (
     read_spec,
     read_stream_step,
 )
-from ecgstream.runtime.stream_sorts import next_carry, segment_sorts
+from ecgstream.runtime.stream_sorts import next_carry, segment_sorts, window_medians
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
@@ -155,14 +155,15 @@ class Scorer:
 
         ``carried`` ``(n, n_leads, carry, segment)`` and ``carried_floors`` are the carry of
         each window's previous window; the scores equal :meth:`score_windows`' to float32
-        rounding. The new segments are sorted with numpy
-        (:func:`~ecgstream.runtime.stream_sorts.segment_sorts`), the rest runs in the graph.
+        rounding. The new segments are sorted and the window's medians selected with numpy
+        (:mod:`ecgstream.runtime.stream_sorts`), the rest runs in the graph.
         """
         lay = self.stream_layout
         if self.stream_session is None or lay is None:
             raise ModelFileError(f"{self.model_path}: the model has no stream step")
         ordered, floors = segment_sorts(windows[:, :, -lay["span"] :], lay)
-        inputs = (ordered, floors, carried, carried_floors)
+        medians = window_medians(carried, ordered, carried_floors, floors, lay)
+        inputs = (ordered, floors, carried, carried_floors, *medians)
         feed = dict(zip(STREAM_INPUTS, inputs, strict=True))
         point, window = self._run(self.stream_session, STREAM_OUTPUTS, feed)
         return point, window, *next_carry(ordered, floors, lay)

@@ -132,9 +132,10 @@ def _stream_step_lines(onnx_path: Path) -> list[str]:
     return [
         f"- Stream step: `{STREAM_KEY}` in the metadata_props, a second graph with which "
         f"`ecgstream run` scores a window from the sorts of its {lay['new']} new segments "
-        f"(numpy sorts them from its last {lay['span']} samples) and the {lay['carry']} sorted "
-        "segments it shares with its stream's previous window: the same scores, to float32 "
-        "rounding, for about a third of the main graph's inference time",
+        f"(numpy sorts them from its last {lay['span']} samples and selects the window's "
+        f"medians) and the {lay['carry']} sorted segments it shares with its stream's previous "
+        "window: the same scores, to float32 rounding, for about a quarter of the main graph's "
+        "inference time",
     ]
 
 
@@ -172,6 +173,8 @@ def _export_stream_step(model, spec: ModelSpec, path: Path, layout: dict) -> Non
         torch.zeros(2, leads, layout["new_floors"], layout["floor_width"]),
         torch.zeros(2, leads, layout["carry"], layout["segment"]),
         torch.zeros(2, leads, layout["carry_floors"], layout["floor_width"]),
+        torch.zeros(2, leads, 1, layout["segment"]),
+        torch.zeros(2, leads, 1, layout["floor_width"]),
     )
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -231,7 +234,13 @@ def _model_lines(spec: ModelSpec) -> list[str]:
                 if p.get("slope_weight")
                 else ""
             )
-            + "; score = squared distance to the window's median descriptor",
+            + "; score = squared distance to the window's median descriptor"
+            + (
+                f"; where a segment holds less than the median, at most its mean squared "
+                f"distance to its {p.get('neighbours')} nearest segments of the window"
+                if p.get("neighbours")
+                else ""
+            ),
             "",
             "## Data and splits",
             f"- records read ({len(tr.get('records', []))}, counted only): {records}",

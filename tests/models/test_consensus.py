@@ -14,7 +14,7 @@ from conftest import REPO, SHIPPED_MODEL, synthetic_ecg  # noqa: E402
 from ecgstream.evaluation.metrics import auroc, beat_scores  # noqa: E402
 from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
-from ecgstream.runtime.stream_sorts import next_carry, segment_sorts  # noqa: E402
+from ecgstream.runtime.stream_sorts import next_carry, segment_sorts, window_medians  # noqa: E402
 from ecgstream.signals.labels import read_beats  # noqa: E402
 from ecgstream.signals.records import read_record  # noqa: E402
 from ecgstream.training import TrainConfig  # noqa: E402
@@ -458,8 +458,17 @@ def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
         point, window = model(windows.float())
         model.carry_outputs = layout
         _, _, carried, floors = model(windows.float())
+        consensus, floor_consensus = window_medians(
+            carried[:-1].numpy(), ordered, floors[:-1].numpy(), new_floors, layout
+        )
+        # the medians numpy selects are the graph's
+        level = model.centred(torch.cat([carried[:-1], torch.from_numpy(ordered)], dim=2))
+        np.testing.assert_array_equal(consensus, model.level_consensus(level).numpy())
         got_point, got_window = step(
-            torch.from_numpy(ordered), torch.from_numpy(new_floors), carried[:-1], floors[:-1]
+            *(torch.from_numpy(a) for a in (ordered, new_floors)),
+            carried[:-1],
+            floors[:-1],
+            *(torch.from_numpy(a) for a in (consensus, floor_consensus)),
         )
     np.testing.assert_allclose(got_point.numpy(), point[1:].numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got_window.numpy(), window[1:].numpy(), rtol=1e-5, atol=1e-7)
