@@ -1,0 +1,77 @@
+"""What a model's alert threshold does on annotated records: the share of windows over it.
+
+Each model window (10 s every 5 s for the shipped model, the windows `ecgstream run` scores) is
+labelled from the beat annotations: abnormal if it holds an AAMI abnormal beat, normal if it
+holds only normal beats (windows without beats are left out). Reported per model, pooled over
+the records: the share of normal windows whose ``window_score`` reaches the model's default
+threshold (the false alarms a monitor would raise per window) and the share of abnormal windows
+that do (the windows it would flag). Thresholds are calibrated on DEV normals, so run it on the
+TEST records (the default) to see how they carry over.
+
+    python benchmarks/window_alert_rates.py BEFORE.onnx models/consensus-mitdb-mlii.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def alert_rates(model: Path, folder: Path, records: list[str]) -> dict:
+    """Windows per label and the share of each at or over the default threshold."""
+    from ecgstream.evaluation.protocol import beats_of
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.signals.labels import window_labels
+    from ecgstream.signals.records import read_record
+
+    scorer = Scorer(model)
+    threshold = scorer.spec.threshold
+    labels, scores = [], []
+    for name in records:
+        record = read_record(folder / name)
+        scores_of = scorer.score_record(record)
+        label = window_labels(beats_of(folder / name), scores_of.window_start, scores_of.window_end)
+        keep = (label >= 0) & np.isfinite(scores_of.window_score)
+        labels.append(label[keep])
+        scores.append(scores_of.window_score[keep])
+    label, score = np.concatenate(labels), np.concatenate(scores)
+    over = score >= threshold
+    return {
+        "model": str(model),
+        "threshold": threshold,
+        "normal_windows": int((label == 0).sum()),
+        "abnormal_windows": int((label == 1).sum()),
+        "normal_over": float(over[label == 0].mean()),
+        "abnormal_over": float(over[label == 1].mean()),
+    }
+
+
+def main() -> None:
+    from ecgstream.evaluation.splits import MITDB_TEST
+
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("models", nargs="+", type=Path, help="exported models")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mitdb-ds1")
+    p.add_argument("--records", nargs="+", default=list(MITDB_TEST), help="default: TEST")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+    rows = [alert_rates(m, args.data, args.records) for m in args.models]
+    for r in rows:
+        print(
+            f"{r['model']}: threshold {r['threshold']:.2f}; normal windows over it "
+            f"{100 * r['normal_over']:.1f} % of {r['normal_windows']}, abnormal windows "
+            f"{100 * r['abnormal_over']:.1f} % of {r['abnormal_windows']}"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"records": args.records, "models": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
