@@ -100,6 +100,20 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(entry.get('window_10s'), 'auroc'):>10} {_fmt(entry.get('record'), 'auroc'):>10} "
             f"{_fmt(entry.get('localisation'), 'auroc'):>10}"
         )
+    kinds = sorted(
+        {
+            k
+            for e in report["sources"].values()
+            for k in e.get("localisation", {}).get("per_kind", {})
+        }
+    )
+    if kinds:
+        lines.append("localisation AUROC per kind of synthetic anomaly:")
+        lines.append(f"{'source':<28} " + " ".join(f"{k[:10]:>10}" for k in kinds))
+        for name, entry in report["sources"].items():
+            per_kind = entry.get("localisation", {}).get("per_kind", {})
+            cells = " ".join(f"{_fmt(per_kind.get(k), 'auroc'):>10}" for k in kinds)
+            lines.append(f"{name[:28]:<28} {cells}")
     return lines
 
 

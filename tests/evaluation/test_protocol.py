@@ -223,7 +223,16 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "beat AUROC" in text and "pca-baseline#2" in text
+    # the per-kind localisation table: one column per kind drawn, one row per source
     report = json.loads((out / "report.json").read_text())
+    kinds = sorted(report["sources"]["pca-baseline#1"]["localisation"]["per_kind"])
+    lines = text.splitlines()
+    at = lines.index("localisation AUROC per kind of synthetic anomaly:")
+    assert lines[at + 1].split()[1:] == [k[:10] for k in kinds]
+    assert [line.split()[0] for line in lines[at + 2 : at + 4]] == [
+        "pca-baseline#1",
+        "pca-baseline#2",
+    ]
     assert set(report["sources"]) == {"pca-baseline#1", "pca-baseline#2"}
     assert report["plots"] == ["roc.png", "example.png", "localisation.png"]
     for name in report["plots"]:
