@@ -240,15 +240,13 @@ class SegmentConsensus(nn.Module):
 
     def descriptors(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted, median-centred segments and sorted sample-to-sample steps, ``(B, L, n_segments, .)``."""
-        return self._describe(self.segments(windows))
+        seg = self.segments(windows)
+        return self.centred(torch.sort(seg, dim=-1).values), self.sorted_steps(seg)
 
-    def _describe(
-        self, seg: torch.Tensor, ordered: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if ordered is None:
-            ordered = torch.sort(seg, dim=-1).values
-        slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
-        return self.centred(ordered), slope
+    @staticmethod
+    def sorted_steps(seg: torch.Tensor) -> torch.Tensor:
+        """Each segment's sample-to-sample steps, sorted: the slope descriptor."""
+        return torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
 
     def centred(self, ordered: torch.Tensor) -> torch.Tensor:
         """Sorted segments ``ordered`` minus their medians: the level descriptor."""
@@ -645,7 +643,7 @@ class SegmentConsensus(nn.Module):
         floors = self.noise_floors(seg) if cfg.noise_weight > 0 else None
         seg_score, level, consensus = self.sorted_terms(ordered, floors)
         if cfg.slope_weight > 0 or cfg.reference_size > 0:
-            slope = torch.sort(seg[..., 1:] - seg[..., :-1], dim=-1).values
+            slope = self.sorted_steps(seg)
             if cfg.slope_weight > 0:
                 slope_dev = self._deviation(slope, self.consensus(slope))
                 seg_score = seg_score + cfg.slope_weight * slope_dev
