@@ -89,6 +89,18 @@ def _fmt(block: dict | None, key: str) -> str:
     return f"{block[key]:.3f}"
 
 
+def localisation_per_kind(report: dict) -> dict[str, dict[str, float | None]]:
+    """``{source: {kind of synthetic anomaly: point AUROC}}`` of a report (empty without
+    localisation)."""
+    return {
+        name: {
+            kind: block.get("auroc")
+            for kind, block in entry.get("localisation", {}).get("per_kind", {}).items()
+        }
+        for name, entry in report.get("sources", {}).items()
+    }
+
+
 def summary_lines(report: dict) -> list[str]:
     """A small text table of the headline figures of a report."""
     lines = [
@@ -100,19 +112,13 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(entry.get('window_10s'), 'auroc'):>10} {_fmt(entry.get('record'), 'auroc'):>10} "
             f"{_fmt(entry.get('localisation'), 'auroc'):>10}"
         )
-    kinds = sorted(
-        {
-            k
-            for e in report["sources"].values()
-            for k in e.get("localisation", {}).get("per_kind", {})
-        }
-    )
+    per_kind = localisation_per_kind(report)
+    kinds = sorted({k for aurocs in per_kind.values() for k in aurocs})
     if kinds:
         lines.append("localisation AUROC per kind of synthetic anomaly:")
         lines.append(f"{'source':<28} " + " ".join(f"{k[:10]:>10}" for k in kinds))
-        for name, entry in report["sources"].items():
-            per_kind = entry.get("localisation", {}).get("per_kind", {})
-            cells = " ".join(f"{_fmt(per_kind.get(k), 'auroc'):>10}" for k in kinds)
+        for name, aurocs in per_kind.items():
+            cells = " ".join(f"{_fmt(aurocs, k):>10}" for k in kinds)
             lines.append(f"{name[:28]:<28} {cells}")
     return lines
 
@@ -150,13 +156,7 @@ def write_plots(
         written.append("example.png")
     examples = {n: c.localisation_examples for n, c in collected.items() if c.localisation_examples}
     if examples:
-        per_kind = {
-            name: {
-                kind: block.get("auroc")
-                for kind, block in entry.get("localisation", {}).get("per_kind", {}).items()
-            }
-            for name, entry in (report or {}).get("sources", {}).items()
-        }
+        per_kind = localisation_per_kind(report or {})
         if plot_localisation(examples, per_kind, out / "localisation.png") is not None:
             written.append("localisation.png")
     return written

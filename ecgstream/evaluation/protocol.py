@@ -270,13 +270,14 @@ def localisation_excerpts(
         if mask[keep].any() and not mask[keep].all():
             out.point_labels.append(mask[keep].astype(np.int8))
             out.point_scores.append(scores.point_score[keep])
-            out.point_kinds.append(str(info.get("kind", "")))
-            if out.point_kinds[-1] not in out.localisation_examples:
-                out.localisation_examples[out.point_kinds[-1]] = _example_of(
-                    record, start, seg_out, mask, scores.point_score, out.point_kinds[-1]
+            kind = str(info.get("kind", ""))
+            out.point_kinds.append(kind)
+            if kind not in out.localisation_examples:
+                out.localisation_examples[kind] = _example_of(
+                    record, start, seg_out, mask, scores.point_score, kind
                 )
             out.per_record.setdefault(record.name, {}).setdefault("excerpts", []).append(
-                {"start": start, "n": n, "anomalous": int(mask.sum()), "kind": out.point_kinds[-1]}
+                {"start": start, "n": n, "anomalous": int(mask.sum()), "kind": kind}
             )
     return out
 
