@@ -9,8 +9,9 @@ repeat, so machine load affects them alike; the first model is the reference of 
     python benchmarks/bench_graph.py models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 7
 
 With ``--stream-step`` the models' stream steps are timed instead, as the worker runs them:
-``Scorer.score_carried`` (numpy sorts of the new segments, then the stream step graph) in calls
-of ``--batch`` windows (default 48), each window with a carry of the right shape.
+``Scorer.score_carried`` (numpy sorts of the new segments and the window's medians, then the
+stream step graph) in calls of ``--batch`` windows (default 48), each window with a carry of the
+right shape.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def windows_for(model: Path, n: int) -> np.ndarray:
 
 
 def _graph_run(model: Path, n: int, batch: int):
-    """A call of the main graph on ``n`` windows, in one ONNX Runtime call."""
+    """A call of the main graph on ``n`` windows, in one ONNX Runtime call (``batch`` unused)."""
     from ecgstream.runtime.model_file import INPUT_NAME
     from ecgstream.runtime.scorer import make_session
 
@@ -77,8 +78,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=48, help="windows per stream step call")
     args = p.parse_args()
 
-    runs = [_stream_step_run if args.stream_step else _graph_run]
-    run_of = [runs[0](m, args.windows, args.batch) for m in args.models]
+    make_run = _stream_step_run if args.stream_step else _graph_run
+    run_of = [make_run(m, args.windows, args.batch) for m in args.models]
     for run in run_of:
         run()  # warm-up
     times: list[list[float]] = [[] for _ in run_of]
