@@ -233,6 +233,8 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
         "pca-baseline#1",
         "pca-baseline#2",
     ]
+    per_kind = report["sources"]["pca-baseline#1"]["localisation"]["per_kind"]
+    assert lines[at + 2].split()[1:] == [f"{per_kind[k]['auroc']:.3f}" for k in kinds]
     assert set(report["sources"]) == {"pca-baseline#1", "pca-baseline#2"}
     assert report["plots"] == ["roc.png", "example.png", "localisation.png"]
     for name in report["plots"]:
