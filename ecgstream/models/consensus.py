@@ -19,9 +19,12 @@ detection:
    linearly to every sample: ``point_score`` ``(B, window)``. ``window_score`` ``(B,)`` is the
    mean of the top ``topk_frac`` point scores. Optional terms, off by default: the noise floor
    (``noise_weight``), a level term (``level_weight``: a segment's median above or below both
-   segments one beat away, which sees a short baseline shift) and erosion (``erode``: each
+   segments one beat away, which sees a short baseline shift), erosion (``erode``: each
    segment score partly lowered to the minimum of its neighbours, so a short anomaly is not
-   spread over a whole segment length around it).
+   spread over a whole segment length around it), the neighbours of a segment that holds less
+   than the consensus (``neighbours``) and the rhythm term (``rhythm_weight``: a segment's
+   middle against the signal one beat period before and after it, which sees a beat out of
+   step with the window's rhythm).
 
 5. **Population reference** (optional, ``population_components > 0``). The window's consensus
    is compared with the consensus of normal training windows of other people (PCA, fitted by
@@ -60,6 +63,7 @@ the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -88,6 +92,14 @@ class ConsensusConfig:
     erode: int = 0
     erode_share: float = 1.0
     neighbours: int = 0
+    rhythm_weight: float = 0.0
+    rhythm_span: int = 80
+    rhythm_min_lag: int = 30
+    rhythm_max_period: int = 150
+    rhythm_tolerance: float = 0.1
+    rhythm_excess: float = 2.0
+    rhythm_decimate: int = 5
+    rhythm_every: int = 2
     population_components: int = 0
     population_weight: float = 1.0
     population_covariance: str = "pca"
@@ -138,6 +150,30 @@ class ConsensusConfig:
             )
         if self.neighbours < 0:
             raise ValueError(f"neighbours must be >= 0 segments, got {self.neighbours}")
+        if self.rhythm_weight < 0:
+            raise ValueError(f"rhythm_weight must be >= 0, got {self.rhythm_weight}")
+        if self.rhythm_weight > 0 and not (
+            1 <= self.rhythm_span <= self.segment
+            and 1 <= self.rhythm_min_lag < self.rhythm_max_period
+            and 0 <= self.rhythm_tolerance < 1
+            and self.rhythm_excess >= 0
+            and self.rhythm_decimate >= 1
+            and self.rhythm_every >= 1
+            and self.stride % self.rhythm_decimate == 0
+            and self.window % self.rhythm_decimate == 0
+            and self.rhythm_span % self.stride == 0
+            and self.rhythm_max_lag + self.rhythm_span < self.window // 2
+        ):
+            raise ValueError(
+                f"the rhythm term needs a span in [1, segment={self.segment}] samples, "
+                f"a multiple of the stride ({self.stride}), 1 <= min_lag < max_period, a "
+                f"tolerance in [0, 1), excess >= 0, the longest "
+                f"lag plus span under half the window ({self.window // 2} samples) and a "
+                f"decimation that divides the stride and the window; got span "
+                f"{self.rhythm_span}, lags {self.rhythm_min_lag}..{self.rhythm_max_period}, "
+                f"tolerance {self.rhythm_tolerance}, excess {self.rhythm_excess}, decimation "
+                f"{self.rhythm_decimate}"
+            )
         if self.level_weight < 0 or self.level_reach < 1:
             raise ValueError(
                 f"level_weight must be >= 0 and level_reach >= 1 segment, got "
@@ -180,6 +216,11 @@ class ConsensusConfig:
             )
 
     @property
+    def rhythm_max_lag(self) -> int:
+        """The longest lag (samples) the rhythm term compares: the longest period plus tolerance."""
+        return int(math.ceil(self.rhythm_max_period * (1 + self.rhythm_tolerance)))
+
+    @property
     def reference_dims(self) -> int:
         """Descriptor entries per lead kept for the nearest-neighbour reference."""
         q = self.reference_quantiles or self.segment
@@ -214,6 +255,8 @@ class SegmentConsensus(nn.Module):
             j = i[:: cfg.level_every]  # the candidates: the segments the consensus is taken over
             overlap = (i[:, None] - j[None, :]).abs() * cfg.stride < cfg.segment
             self.register_buffer("overlap_penalty", overlap.float() * 1e6, persistent=False)
+        if cfg.rhythm_weight > 0:
+            self._init_rhythm()
         k, dims = cfg.population_components, cfg.n_leads * cfg.segment
         self.register_buffer("pop_mean", torch.zeros(dims))
         self.register_buffer("pop_basis", torch.zeros(k, dims))
@@ -318,16 +361,12 @@ class SegmentConsensus(nn.Module):
 
     def _init_noise_grid(self) -> None:
         """Every ``noise_every``-th segment, and linear interpolation weights back to all of them."""
-        k, n = self.cfg.noise_every, self.cfg.n_segments
-        sub = torch.arange(0, n, k)
-        pos = torch.arange(n, dtype=torch.float32) / k
-        left = pos.floor().long().clamp(max=len(sub) - 1)
-        right = (left + 1).clamp(max=len(sub) - 1)
-        frac = torch.where(right > left, pos - left, torch.zeros(()))
-        self.register_buffer("noise_sub", sub, persistent=False)
-        self.register_buffer("noise_left", left, persistent=False)
-        self.register_buffer("noise_right", right, persistent=False)
-        self.register_buffer("noise_frac", frac, persistent=False)
+        for name, value in zip(
+            ("sub", "left", "right", "frac"),
+            _grid(self.cfg.n_segments, self.cfg.noise_every),
+            strict=True,
+        ):
+            self.register_buffer(f"noise_{name}", value, persistent=False)
 
     def noise_score(self, seg: torch.Tensor) -> torch.Tensor:
         """The noise-floor term ``(B, n_segments)``: each segment's floor against the window's.
@@ -389,6 +428,7 @@ class SegmentConsensus(nn.Module):
             "noise_keep": self.noise_keep,
             "floor_mean": int(cfg.noise_summary == "mean"),
             "level_every": cfg.level_every,
+            "rhythm": int(cfg.rhythm_weight > 0),
         }
 
     def consensus(self, desc: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
@@ -426,6 +466,111 @@ class SegmentConsensus(nn.Module):
             return d.amin(dim=2)
         k = min(cfg.neighbours, d.shape[2])
         return torch.topk(d, k, dim=2, largest=False, sorted=False).values.mean(2)
+
+    def _init_rhythm(self) -> None:
+        """The lags and the valid comparisons of :meth:`rhythm_score`, at its rate."""
+        cfg = self.cfg
+        d = cfg.rhythm_decimate
+        lags = torch.arange(-(-cfg.rhythm_min_lag // d), cfg.rhythm_max_lag // d + 1)
+        sub, left, right, frac = _grid(cfg.n_segments, cfg.rhythm_every)
+        lo = self.rhythm_first + sub * (cfg.stride // d)
+        hi = lo + cfg.rhythm_span // d
+        back_ok = (lo[None] - lags[:, None]) >= 0
+        fwd_ok = (hi[None] + lags[:, None]) <= cfg.window // d
+        self.rhythm_lag_list = lags.tolist()
+        buffers = {
+            "rhythm_lags": lags.float(),
+            "rhythm_back_ok": back_ok.float(),
+            "rhythm_back_off": (~back_ok).float() * 1e6,
+            "rhythm_fwd_off": (~fwd_ok).float() * 1e6,
+            "rhythm_not_period": (lags * d > cfg.rhythm_max_period).float() * 1e6,
+            "rhythm_left": left,
+            "rhythm_right": right,
+            "rhythm_frac": frac,
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    @property
+    def rhythm_first(self) -> int:
+        """Where the first segment's middle ``rhythm_span`` samples start, at the term's rate."""
+        cfg = self.cfg
+        return (cfg.segment - cfg.rhythm_span) // 2 // cfg.rhythm_decimate
+
+    def rhythm_score(self, windows: torch.Tensor) -> torch.Tensor:
+        """How far each segment's middle is from the signal one beat before or after it,
+        ``(B, n_segments)``, beyond ``rhythm_excess`` times the window's median.
+
+        The window's beat period is the lag (``rhythm_min_lag``..``rhythm_max_period`` samples)
+        at which the signal best matches itself, on average over the segments: the first
+        minimum of that profile within 1.3 times its lowest value, so not a multiple of it.
+        Each segment's middle ``rhythm_span`` samples are then compared with the samples one
+        period (within ``rhythm_tolerance``) before and after; the squared difference is divided
+        by the two spans' energy, and the better of the two directions counts. A beat out of
+        step with the rhythm (premature, a pause, the junction of a pasted stretch, a time warp)
+        matches neither; a regular beat matches at least one.
+
+        The signal compared is the rectified window averaged over ``rhythm_decimate`` samples
+        (an envelope at 20 Hz for 5 samples at 100 Hz; lags at that resolution): where the
+        waves are, not their sign, which is what timing needs, at a twenty-fifth of the cost
+        of every lag at the full rate.
+        """
+        cfg = self.cfg
+        d = cfg.rhythm_decimate
+        x = F.avg_pool1d(windows.abs(), d) if d > 1 else windows.abs()  # (B, L, T / d)
+        span, step = cfg.rhythm_span // d, cfg.stride // d * cfg.rhythm_every
+        t, top, first = x.shape[2], self.rhythm_lag_list[-1], self.rhythm_first
+        n = len(range(0, cfg.n_segments, cfg.rhythm_every))  # segments compared
+        lags = self.rhythm_lag_list
+        before, after = F.pad(x, (top, 0)), F.pad(x, (0, top))
+        width = (n - 1) * step + span
+
+        def energy(v: torch.Tensor) -> torch.Tensor:
+            """The sum of squares over the leads of every ``span`` samples of ``v``, ``(B, 1, .)``."""
+            return F.avg_pool1d((v * v).sum(1, keepdim=True), span, 1) * span
+
+        def at(e: torch.Tensor, offsets: list[int]) -> torch.Tensor:
+            """``e`` at each segment's span start plus each offset, ``(B, len(offsets), n)``."""
+            return torch.cat([e[..., o : o + (n - 1) * step + 1 : step] for o in offsets], 1)
+
+        def cross(other: torch.Tensor) -> torch.Tensor:
+            """Each segment's span of the window times ``other`` ``(B, L, n_lags, t)``, summed."""
+            v = (x[:, :, None] * other).sum(1)[..., first : first + width]
+            return F.avg_pool1d(v, span, step) * span
+
+        # every lagged copy of the window, samples u - lag and u + lag: (B, L, n_lags, t)
+        past = torch.stack([before[..., top - lag : top - lag + t] for lag in lags], 2)
+        future = torch.stack([after[..., lag : lag + t] for lag in lags], 2)
+        e_before, e_after = energy(before), energy(after)
+        own = at(e_before, [top + first])  # (B, 1, n)
+        floor = 1e-3 * span  # flat lines are not divided by ~0
+        total = own + at(e_before, [top + first - lag for lag in lags])
+        back = (total - 2 * cross(past)).clamp_min(0) / (total + floor)
+        total = own + at(e_after, [first + lag for lag in lags])
+        fwd = (total - 2 * cross(future)).clamp_min(0) / (total + floor)
+        n_lags = back.shape[1]
+        ok = self.rhythm_back_ok
+        profile = (back * ok).sum(2) / ok.sum(1) + self.rhythm_not_period
+        first_low = profile <= 1.3 * profile.amin(1, keepdim=True)
+        start = first_low.float().argmax(1, keepdim=True)
+        last = torch.ones_like(profile[:, :1], dtype=torch.bool)
+        rising = torch.cat([profile[:, 1:] >= profile[:, :-1], last], dim=1)
+        after_start = torch.arange(n_lags, device=windows.device)[None] >= start
+        period = self.rhythm_lags[(rising & after_start).float().argmax(1)][:, None]
+        off = ((self.rhythm_lags[None] - period).abs() > cfg.rhythm_tolerance * period).float()
+        off = off[:, :, None] * 1e6
+        score = torch.minimum(
+            (back + self.rhythm_back_off + off).amin(1), (fwd + self.rhythm_fwd_off + off).amin(1)
+        )
+        median = torch.topk(score, n // 2 + 1, dim=1, largest=False, sorted=False).values
+        score = F.relu(score - cfg.rhythm_excess * median.amax(1, keepdim=True))
+        if cfg.rhythm_every == 1:
+            return score
+        left, right = (
+            score.index_select(1, self.rhythm_left),
+            score.index_select(1, self.rhythm_right),
+        )
+        return left + self.rhythm_frac * (right - left)
 
     def in_window_score(self, level: torch.Tensor, consensus: torch.Tensor) -> torch.Tensor:
         """Each segment's descriptor ``level`` against the window's ``consensus``, ``(B, n_segments)``.
@@ -642,6 +787,8 @@ class SegmentConsensus(nn.Module):
         ordered = torch.sort(seg, dim=-1).values
         floors = self.noise_floors(seg) if cfg.noise_weight > 0 else None
         seg_score, level, consensus = self.sorted_terms(ordered, floors)
+        if cfg.rhythm_weight > 0:
+            seg_score = seg_score + cfg.rhythm_weight * self.rhythm_score(windows)
         if cfg.slope_weight > 0 or cfg.reference_size > 0:
             slope = self.sorted_steps(seg)
             if cfg.slope_weight > 0:
@@ -671,8 +818,9 @@ class StreamStep(nn.Module):
     ``(B, L, new_floors, floor_width)`` of the window's ``new`` last segments, the previous
     window's last ``carry`` sorted segments ``(B, L, carry, segment)`` and floors
     ``(B, L, carry_floors, floor_width)``, and the window's two medians over its segments: the
-    consensus ``(B, L, 1, segment)`` and the consensus floor ``(B, L, 1, floor_width)``. The
-    sorts and medians are computed outside the graph (:mod:`ecgstream.runtime.stream_sorts`:
+    consensus ``(B, L, 1, segment)`` and the consensus floor ``(B, L, 1, floor_width)``; with
+    the rhythm term also the whole window ``(B, L, window)``, which that term compares with
+    itself (it needs no sort, so nothing of it is carried). The sorts and medians are computed outside the graph (:mod:`ecgstream.runtime.stream_sorts`:
     numpy sorts and selects several times faster than ONNX Runtime's ``TopK``).
     Outputs: point and window scores, equal to :class:`SegmentConsensus` on the whole window.
     What the next window takes over is the tail of the new sorts.
@@ -691,13 +839,28 @@ class StreamStep(nn.Module):
         carried_floors: torch.Tensor,
         consensus: torch.Tensor,
         floor_consensus: torch.Tensor,
+        windows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         ordered = torch.cat([carried, sorted_new], dim=2)
         floors = torch.cat([carried_floors, floors_new], dim=2)
-        seg_score = m.eroded(m.sorted_terms(ordered, floors, consensus, floor_consensus)[0])
+        seg_score = m.sorted_terms(ordered, floors, consensus, floor_consensus)[0]
+        if m.cfg.rhythm_weight > 0:
+            seg_score = seg_score + m.cfg.rhythm_weight * m.rhythm_score(windows)
+        seg_score = m.eroded(seg_score)
         point = m._spread(seg_score)
         return point, m.window_score(point)
+
+
+def _grid(n: int, k: int) -> tuple[torch.Tensor, ...]:
+    """Every ``k``-th of ``n`` segments, and for each segment its two neighbours on that grid and
+    its linear interpolation weight between them: ``(sub, left, right, frac)``."""
+    sub = torch.arange(0, n, k)
+    pos = torch.arange(n, dtype=torch.float32) / k
+    left = pos.floor().long().clamp(max=len(sub) - 1)
+    right = (left + 1).clamp(max=len(sub) - 1)
+    frac = torch.where(right > left, pos - left, torch.zeros(()))
+    return sub, left, right, frac
 
 
 def _frames(x: torch.Tensor, size: int, step: int, count: int) -> torch.Tensor:

@@ -48,14 +48,19 @@ OUTPUT_NAMES = ("point_score", "window_score")
 STREAM_KEY = "ecgstream.stream_step"
 #: version of the stream step's inputs and layout; a model file with another one is scored
 #: with its main graph alone
-STREAM_FORMAT = 3
+STREAM_FORMAT = 4
+#: older formats this ecgstream still reads (format 3 had no rhythm term)
+STREAM_FORMATS_READ = (3, STREAM_FORMAT)
 STREAM_LAYOUT_KEYS = (
     "carry", "carry_floors", "span", "floor_offset", "segment", "floor_width", "stride", "new",
-    "new_floors", "floor_every", "noise_keep", "floor_mean", "level_every",
+    "new_floors", "floor_every", "noise_keep", "floor_mean", "level_every", "rhythm",
 )  # fmt: skip
 STREAM_INPUTS = (
     "sorted_new", "floors_new", "carried", "carried_floors", "consensus", "floor_consensus",
 )  # fmt: skip
+#: the stream step's input after :data:`STREAM_INPUTS` when its layout has ``rhythm``: the
+#: whole preprocessed window, which the rhythm term compares with itself
+STREAM_RHYTHM_INPUT = INPUT_NAME
 STREAM_OUTPUTS = OUTPUT_NAMES
 #: outputs of a model with a stream step after its two scores: each window's carry
 CARRY_OUTPUTS = ("next_carried", "next_carried_floors")
@@ -172,7 +177,7 @@ def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
         return None
     try:
         doc = json.loads(text)
-        if doc.get("format") != STREAM_FORMAT:
+        if doc.get("format") not in STREAM_FORMATS_READ:
             log.warning(
                 "the model's stream step has format %s, this ecgstream reads %s: windows are "
                 "scored with the main graph alone (re-export the model to use the stream step)",
@@ -181,6 +186,7 @@ def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
             )
             return None
         graph = base64.b64decode(doc.pop("onnx_base64"), validate=True)
+        doc.setdefault("rhythm", 0)  # format 3
         layout = {k: int(doc[k]) for k in STREAM_LAYOUT_KEYS}
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelFileError(f"model's '{STREAM_KEY}' metadata is malformed: {exc}") from None

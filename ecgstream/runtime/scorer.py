@@ -19,6 +19,7 @@ from ecgstream.runtime.model_file import (
     OUTPUT_NAMES,
     STREAM_INPUTS,
     STREAM_OUTPUTS,
+    STREAM_RHYTHM_INPUT,
     ModelFileError,
     ModelSpec,
     read_spec,
@@ -165,6 +166,8 @@ class Scorer:
         medians = window_medians(carried, ordered, carried_floors, floors, lay)
         inputs = (ordered, floors, carried, carried_floors, *medians)
         feed = dict(zip(STREAM_INPUTS, inputs, strict=True))
+        if lay["rhythm"]:
+            feed[STREAM_RHYTHM_INPUT] = windows
         point, window = self._run(self.stream_session, STREAM_OUTPUTS, feed)
         return point, window, *next_carry(ordered, floors, lay)
 

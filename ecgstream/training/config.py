@@ -76,6 +76,14 @@ class TrainConfig:
     consensus_neighbours: int = (
         0  # >0: a segment holding less than the consensus is compared with its k nearest
     )
+    consensus_rhythm_weight: float = 0.0  # >0: a segment against the signal one beat before/after
+    consensus_rhythm_span_s: float = 0.8  # the part of each segment the rhythm term compares
+    consensus_rhythm_min_s: float = 0.3  # shortest beat period (s) looked for (200 per minute)
+    consensus_rhythm_max_s: float = 1.5  # longest beat period (s) looked for (40 per minute)
+    consensus_rhythm_tolerance: float = 0.1  # share of the period a beat may come early or late
+    consensus_rhythm_excess: float = 2.0  # the term counts above this times the window's median
+    consensus_rhythm_resolution_s: float = 0.05  # the rhythm term's envelope: |x| averaged
+    consensus_rhythm_every: int = 2  # the rhythm term of every n-th segment, interpolated between
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
     consensus_population_covariance: str = "pca"  # "shrunk": Ledoit-Wolf Mahalanobis
@@ -100,9 +108,27 @@ class TrainConfig:
     false_alarm: float = (
         0.01  # default threshold: this fraction of normal validation windows alerts
     )
+    # "all": thresholds from the normal windows of every record read, not only the validation
+    # records; only for a detector that fits nothing on its training records (see __post_init__)
+    calibrate_on: str = "validation"
     # outputs
     checkpoint_dir: Path | None = None
     model_out: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.calibrate_on not in ("validation", "all"):
+            raise ValueError(
+                f"calibrate_on must be 'validation' or 'all', got {self.calibrate_on!r}"
+            )
+        if self.calibrate_on == "all" and (
+            self.model != "consensus" or self.consensus_population_components > 0
+        ):
+            raise ValueError(
+                "calibrate_on = 'all' calibrates the thresholds on the training records too, "
+                "which only a detector that fits nothing on them allows: model = 'consensus' "
+                f"without a population reference (got model = {self.model!r}, "
+                f"consensus_population_components = {self.consensus_population_components})"
+            )
 
     @property
     def window(self) -> int:

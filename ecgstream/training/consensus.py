@@ -49,6 +49,14 @@ def consensus_config(cfg: TrainConfig):
         erode=int(round(cfg.consensus_erode_s / cfg.consensus_stride_s)),
         erode_share=cfg.consensus_erode_share,
         neighbours=cfg.consensus_neighbours,
+        rhythm_weight=cfg.consensus_rhythm_weight,
+        rhythm_span=max(1, int(round(cfg.consensus_rhythm_span_s * cfg.fs))),
+        rhythm_min_lag=max(1, int(round(cfg.consensus_rhythm_min_s * cfg.fs))),
+        rhythm_max_period=int(round(cfg.consensus_rhythm_max_s * cfg.fs)),
+        rhythm_tolerance=cfg.consensus_rhythm_tolerance,
+        rhythm_excess=cfg.consensus_rhythm_excess,
+        rhythm_every=cfg.consensus_rhythm_every,
+        rhythm_decimate=max(1, int(round(cfg.consensus_rhythm_resolution_s * cfg.fs))),
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,
         population_covariance=cfg.consensus_population_covariance,
@@ -110,6 +118,13 @@ def fit_consensus(
     figures = validate(model, cfg, val_recs or train_recs, empty)
     figures.pop("val_loss", None)
     normal_scores = figures.pop("normal_scores")
+    calibration = [r.name for r in (val_recs or train_recs)]
+    if cfg.calibrate_on == "all" and val_recs and train_recs:
+        # nothing was fitted on the training records: their normal windows are unseen too, and
+        # more patients estimate the population's false-alarm quantile better
+        more = validate(model, cfg, train_recs, empty)["normal_scores"]
+        normal_scores = np.concatenate([normal_scores, more])
+        calibration += [r.name for r in train_recs]
     score_norm, thresholds = calibrate(normal_scores, cfg.false_alarm)
     spec = record_spec(
         cfg,
@@ -123,6 +138,7 @@ def fit_consensus(
             "epochs": 0,
             "seed": cfg.seed,
             "validation": {k: round(float(v), 4) for k, v in figures.items()},
+            "calibration_records": calibration,
             "train_seconds": round(time.perf_counter() - t0, 1),
         },
         params={**model.cfg.to_dict(), "parameters": 0},

@@ -19,6 +19,7 @@ from ecgstream.runtime.model_file import (
     STREAM_INPUTS,
     STREAM_KEY,
     STREAM_OUTPUTS,
+    STREAM_RHYTHM_INPUT,
     ModelSpec,
     sha256_of,
     write_spec,
@@ -75,6 +76,13 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     tr = spec.training
     cfg = tr.get("config", {})
     val = tr.get("validation", {})
+    calibrated = tr.get("calibration_records")
+    where = (
+        f"the normal windows of {len(calibrated)} records (validation and training records: the "
+        "model fits nothing on the training records)"
+        if calibrated and len(calibrated) > len(tr.get("val_records", []))
+        else "normal validation windows"
+    )
     lines = [
         f"# Model card: {spec.name} (version {spec.version})",
         "",
@@ -95,8 +103,8 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         "",
         "## Score calibration and thresholds",
         f"Calibrated score = (raw - {spec.score_norm.get('center', 0):.6g}) / {spec.score_norm.get('scale', 1):.6g} "
-        "(median and 1.4826 x MAD of raw window scores of normal validation windows). Thresholds, in "
-        "calibrated units, are quantiles of normal validation windows:",
+        f"(median and 1.4826 x MAD of the raw window scores of {where}). Thresholds, in "
+        f"calibrated units, are quantiles of the same {spec.score_norm.get('n', '?')} windows:",
         *[f"- {k}: {v:.3f}" for k, v in spec.thresholds.items()],
         "",
         "## Limits",
@@ -176,6 +184,10 @@ def _export_stream_step(model, spec: ModelSpec, path: Path, layout: dict) -> Non
         torch.zeros(2, leads, 1, layout["segment"]),
         torch.zeros(2, leads, 1, layout["floor_width"]),
     )
+    names = list(STREAM_INPUTS)
+    if layout["rhythm"]:  # the rhythm term compares the whole window with itself
+        example = (*example, torch.zeros(2, leads, spec.window))
+        names.append(STREAM_RHYTHM_INPUT)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -185,9 +197,9 @@ def _export_stream_step(model, spec: ModelSpec, path: Path, layout: dict) -> Non
             buf,
             dynamo=False,
             opset_version=OPSET,
-            input_names=list(STREAM_INPUTS),
+            input_names=names,
             output_names=list(STREAM_OUTPUTS),
-            dynamic_axes={name: {0: "batch"} for name in STREAM_INPUTS + STREAM_OUTPUTS},
+            dynamic_axes={name: {0: "batch"} for name in (*names, *STREAM_OUTPUTS)},
         )
     write_stream_step(path, layout, buf.getvalue())
 
@@ -222,6 +234,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
     )
     records = f"{' '.join(map(str, tr.get('records', [])))}"
     val_records = f"{' '.join(map(str, tr.get('val_records', [])))}"
+    calibration = tr.get("calibration_records", tr.get("val_records", []))
     if spec.kind == "consensus":
         return [
             "- kind: `consensus` (in-window consensus of shift-invariant segment descriptors; "
@@ -240,12 +253,21 @@ def _model_lines(spec: ModelSpec) -> list[str]:
                 f"distance to its {p.get('neighbours')} nearest segments of the window"
                 if p.get("neighbours")
                 else ""
+            )
+            + (
+                f"; plus a rhythm term (weight {p.get('rhythm_weight')}): each segment's middle "
+                f"{p.get('rhythm_span')} samples against the signal one beat period before and "
+                "after it"
+                if p.get("rhythm_weight")
+                else ""
             ),
             "",
             "## Data and splits",
             f"- records read ({len(tr.get('records', []))}, counted only): {records}",
-            f"- calibration records ({len(tr.get('val_records', []))}; thresholds from their normal "
-            f"windows): {val_records}",
+            f"- validation records ({len(tr.get('val_records', []))}; the figures below): "
+            f"{val_records}",
+            f"- calibration records ({len(calibration)}; thresholds from their normal windows): "
+            f"{' '.join(map(str, calibration))}",
             f"- calibration time {tr.get('train_seconds', '?')} s",
         ]
     return [

@@ -490,3 +490,195 @@ def test_stream_step_only_where_the_carried_sorts_are_the_whole_story():
     assert layout(noise_weight=100.0, slope_weight=1.0) is None  # sorted steps: not carried
     # terms computed from the sorted segments, floors and segment scores alone are stepped too
     assert layout(noise_weight=100.0, level_weight=1.0, erode=2, neighbours=3) is not None
+
+
+def _premature(x: np.ndarray, peaks: np.ndarray, which: int, early: int) -> np.ndarray:
+    """``x`` with beat ``which`` (its whole cycle up to the next beat) moved ``early`` samples
+    earlier: a premature beat of normal shape followed by a longer pause."""
+    y = x.copy()
+    a, b = peaks[which] - 30, peaks[which + 1] - 30
+    y[a - early : b - early] = x[a:b]
+    y[b - early : b] = x[b - early - 1]  # the pause holds the level before it
+    return y
+
+
+def test_rhythm_term_sees_a_premature_beat_of_normal_shape():
+    x = _ecg(10.0, seed=3)
+    peaks = _r_peaks(x)
+    which = len(peaks) // 2
+    y = _premature(x, peaks, which, early=22)  # 0.22 s early at 70 per minute (26 % of a beat)
+    beats = peaks.copy()
+    beats[which] -= 22
+    model = SegmentConsensus(ConsensusConfig(window=len(x), rhythm_weight=1.0, rhythm_every=1))
+    with torch.no_grad():
+        rhythm = model.rhythm_score(torch.tensor(y, dtype=torch.float32)[None, None])[0].numpy()
+        regular = model.rhythm_score(torch.tensor(x, dtype=torch.float32)[None, None])[0].numpy()
+    # segment scores at segment centres (stride 10, segment 80: centre 40 + 10 i)
+    centres = 40 + 10 * np.arange(len(rhythm))
+    near = np.abs(centres - beats[which]) <= 20
+    far = np.min(np.abs(centres[:, None] - np.delete(beats, [which, which + 1])[None]), 1) <= 20
+    assert rhythm[near].max() > 0 and rhythm[near].max() > 3 * rhythm[far].max()
+    assert regular.max() < 0.5 * rhythm[near].max()  # a regular rhythm leaves the term near 0
+
+    # in the point score the premature beat stands out much further above the regular beats
+    def contrast(point: np.ndarray) -> float:
+        score = beat_scores(point, beats, FS)
+        return score[which] / np.delete(score, [which, which + 1]).max()
+
+    plain = contrast(_scores(y)[0])
+    assert contrast(_scores(y, rhythm_weight=0.1, rhythm_every=1)[0]) > 5.0 > 2.5 > plain
+    # compared at every 2nd segment (the shipped model) the beat still stands further out
+    assert contrast(_scores(y, rhythm_weight=0.1)[0]) > 1.5 * plain
+
+
+def test_rhythm_term_settings_are_checked():
+    with pytest.raises(ValueError, match="rhythm_weight"):
+        ConsensusConfig(rhythm_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="the rhythm term needs"):
+        ConsensusConfig(window=400, rhythm_weight=1.0).validate()  # 1.65 s lags in a 4 s window
+    with pytest.raises(ValueError, match="the rhythm term needs"):
+        ConsensusConfig(rhythm_weight=1.0, rhythm_span=100).validate()  # longer than a segment
+
+
+def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
+    x = _ecg(25.0, seed=5)
+    peaks = _r_peaks(x)
+    x = _premature(x, peaks, 12, early=20)
+    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
+    scorer = _fit_with_onnx_parity(
+        ecg_folder,
+        tmp_path,
+        windows,
+        consensus_noise_weight=100.0,
+        consensus_neighbours=5,
+        consensus_rhythm_weight=0.1,
+    )
+    params = scorer.spec.params
+    rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
+    assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
+    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
+    point, window, carried, floors = scorer.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
+
+
+def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
+    """Model files exported before the rhythm term (stream step format 3, no ``rhythm`` in its
+    layout) keep their stream step."""
+    import json
+
+    import onnx
+
+    from ecgstream.runtime.model_file import STREAM_KEY
+
+    x = _ecg(20.0, seed=6)
+    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000)])[:, None]
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, consensus_noise_weight=100.0)
+    model = onnx.load(str(scorer.model_path))
+    entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
+    doc = json.loads(entry.value)
+    assert doc["format"] == 4 and doc["rhythm"] == 0
+    doc["format"] = 3
+    del doc["rhythm"]
+    entry.value = json.dumps(doc)
+    older = tmp_path / "format3.onnx"
+    onnx.save(model, str(older))
+    scorer = Scorer(older)
+    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 0
+    point, window, carried, floors = scorer.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
+
+
+def _rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarray:
+    """:meth:`SegmentConsensus.rhythm_score` before its excess, written out sample by sample."""
+    cfg = model.cfg
+    d, lags = cfg.rhythm_decimate, np.array(model.rhythm_lag_list)
+    span, step, first, n = cfg.rhythm_span // d, cfg.stride // d, model.rhythm_first, cfg.n_segments
+    out = []
+    for w in windows:
+        x = np.abs(w[0].astype(np.float64)).reshape(-1, d).mean(1)
+        dist = np.full((2, len(lags), n), np.inf)
+        for i, lag in enumerate(lags):
+            for c in range(n):
+                a = first + c * step
+                box = x[a : a + span]
+                for k, b in enumerate((a - lag, a + lag)):
+                    if b >= 0 and b + span <= len(x):
+                        other = x[b : b + span]
+                        energy = (box**2).sum() + (other**2).sum() + 1e-3 * span
+                        dist[k, i, c] = ((box - other) ** 2).sum() / energy
+        back = np.isfinite(dist[0])
+        profile = np.where(back, dist[0], 0).sum(1) / back.sum(1)
+        profile[lags * d > cfg.rhythm_max_period] = np.inf
+        k = int(np.argmax(profile <= 1.3 * profile.min()))
+        while k + 1 < len(lags) and profile[k + 1] < profile[k]:
+            k += 1
+        band = np.abs(lags - lags[k]) <= cfg.rhythm_tolerance * lags[k]
+        out.append(dist[:, band].min(axis=(0, 1)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("decimate", [1, 5])
+def test_rhythm_term_equals_its_direct_computation(decimate):
+    x = np.stack(
+        [_ecg(10.0, seed=7), _premature(_ecg(10.0, seed=8), _r_peaks(_ecg(10.0, seed=8)), 5, 20)]
+    )
+    cfg = ConsensusConfig(
+        window=1000, rhythm_weight=1.0, rhythm_decimate=decimate, rhythm_excess=0, rhythm_every=1
+    )
+    model = SegmentConsensus(cfg).eval()
+    with torch.no_grad():
+        got = model.rhythm_score(torch.tensor(x[:, None], dtype=torch.float32)).numpy()
+    want = _rhythm_reference(model, x[:, None])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # the excess: above rhythm_excess times the window's median, never below zero
+    excess = dataclasses.replace(cfg, rhythm_excess=2.0)
+    with torch.no_grad():
+        over = SegmentConsensus(excess).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+    median = np.median(want, axis=1, keepdims=True)  # an odd count: the middle value
+    np.testing.assert_allclose(over.numpy(), np.maximum(want - 2 * median, 0), atol=2e-6)
+    # every 2nd segment compared, the ones between interpolated (93 segments: the last is on it)
+    every = dataclasses.replace(cfg, rhythm_every=2)
+    with torch.no_grad():
+        sparse = SegmentConsensus(every).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+    sparse = sparse.numpy()
+    np.testing.assert_allclose(sparse[:, ::2], want[:, ::2], atol=2e-6)
+    np.testing.assert_allclose(sparse[:, 1::2], (want[:, :-1:2] + want[:, 2::2]) / 2, atol=2e-6)
+
+
+def test_thresholds_can_be_calibrated_on_every_record_read(ecg_folder, tmp_path):
+    """The consensus detector fits nothing on its training records, so their normal windows can
+    calibrate the thresholds too (``calibrate_on = "all"``); the validation figures stay on the
+    validation records."""
+    cfg = TrainConfig(
+        model="consensus",
+        name="consensus-test",
+        leads=["MLII"],
+        val_records=["syn2"],
+        calibrate_on="all",
+        model_out=tmp_path / "all.onnx",
+    )
+    every = fit_consensus(cfg, [ecg_folder], progress=False)
+    only = fit_consensus(
+        dataclasses.replace(cfg, calibrate_on="validation", model_out=tmp_path / "val.onnx"),
+        [ecg_folder],
+        progress=False,
+    )
+    assert sorted(every.spec.training["calibration_records"]) == ["syn0", "syn1", "syn2"]
+    assert only.spec.training["calibration_records"] == ["syn2"]
+    # three records of the same length: three times the windows
+    assert every.spec.score_norm["n"] == 3 * only.spec.score_norm["n"]
+    assert every.spec.training["validation"] == only.spec.training["validation"]
+    card = (tmp_path / "all.md").read_text()
+    assert "calibration records (3;" in card and "validation records (1;" in card
+
+
+def test_calibrating_on_training_records_is_refused_where_they_are_fitted():
+    with pytest.raises(ValueError, match="calibrate_on must be"):
+        TrainConfig(model="consensus", calibrate_on="everything")
+    with pytest.raises(ValueError, match="model = 'mmae'"):
+        TrainConfig(model="mmae", calibrate_on="all")
+    with pytest.raises(ValueError, match="population reference"):
+        TrainConfig(model="consensus", calibrate_on="all", consensus_population_components=4)
