@@ -15,7 +15,8 @@ or every .hea). Only normal material is trained on: windows without abnormal bea
 (.atr, AAMI classes), or NORM-only ECGs of PTB-XL (train folds 1-5, validation fold 6).
 Validation uses records (or PTB-XL patients) never trained on: --val-records, else a seeded
 fraction of the records. The best epoch on validation is kept, scores are calibrated on
-validation normals, and a checkpoint is written every epoch (--resume continues from it).
+validation normals (--set calibrate_on=all: every record's, for a detector that fits nothing
+on its training records), and a checkpoint is written every epoch (--resume continues from it).
 
 Settings come from defaults < the [train] table of --config < ECGSTREAM_TRAIN__<KEY> environment
 variables < flags. Every key of the [train] table can also be set with --set KEY=VALUE.
