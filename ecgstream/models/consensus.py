@@ -513,7 +513,8 @@ class SegmentConsensus(nn.Module):
         The signal compared is the rectified window averaged over ``rhythm_decimate`` samples
         (an envelope at 20 Hz for 5 samples at 100 Hz; lags at that resolution): where the
         waves are, not their sign, which is what timing needs, at a twenty-fifth of the cost
-        of every lag at the full rate.
+        of every lag at the full rate. With ``rhythm_every`` k > 1 every k-th segment is
+        compared and the segments between are interpolated linearly.
         """
         cfg = self.cfg
         d = cfg.rhythm_decimate
