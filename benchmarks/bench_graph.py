@@ -48,7 +48,7 @@ def _graph_run(model: Path, n: int, batch: int):
     return lambda: session.run(None, feed)
 
 
-def _stream_step_run(model: Path, n: int, batch: int):
+def stream_step_run(model: Path, n: int, batch: int):
     """Calls of ``Scorer.score_carried`` on ``n`` windows, ``batch`` at a time."""
     from ecgstream.runtime.scorer import Scorer
 
@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=48, help="windows per stream step call")
     args = p.parse_args()
 
-    make_run = _stream_step_run if args.stream_step else _graph_run
+    make_run = stream_step_run if args.stream_step else _graph_run
     run_of = [make_run(m, args.windows, args.batch) for m in args.models]
     for run in run_of:
         run()  # warm-up
