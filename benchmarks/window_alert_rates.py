@@ -17,38 +17,18 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def alert_rates(model: Path, folder: Path, records: list[str]) -> dict:
-    """Windows per label and the share of each at or over the default threshold."""
-    from ecgstream.evaluation.protocol import beats_of
-    from ecgstream.runtime.scorer import Scorer
-    from ecgstream.signals.labels import window_labels
-    from ecgstream.signals.records import read_record
+    """Windows per label and the share of each at or over the default threshold (the ``alerts``
+    block of ``ecgstream evaluate``'s report)."""
+    from ecgstream.evaluation.protocol import ModelSource, evaluate
+    from ecgstream.evaluation.splits import mitdb_paths
 
-    scorer = Scorer(model)
-    threshold = scorer.spec.threshold
-    labels, scores = [], []
-    for name in records:
-        record = read_record(folder / name)
-        scores_of = scorer.score_record(record)
-        label = window_labels(beats_of(folder / name), scores_of.window_start, scores_of.window_end)
-        keep = (label >= 0) & np.isfinite(scores_of.window_score)
-        labels.append(label[keep])
-        scores.append(scores_of.window_score[keep])
-    label, score = np.concatenate(labels), np.concatenate(scores)
-    over = score >= threshold
-    return {
-        "model": str(model),
-        "threshold": threshold,
-        "normal_windows": int((label == 0).sum()),
-        "abnormal_windows": int((label == 1).sum()),
-        "normal_over": float(over[label == 0].mean()),
-        "abnormal_over": float(over[label == 1].mean()),
-    }
+    report, _, _ = evaluate([ModelSource(model)], mitdb_paths(folder, records), progress=False)
+    alerts = next(iter(report["sources"].values()))["alerts"]
+    return {"model": str(model), **{k: v for k, v in alerts.items() if k != "window_score"}}
 
 
 def main() -> None:

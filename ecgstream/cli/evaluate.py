@@ -21,6 +21,9 @@ Metrics (pooled over records, at each record's own sampling rate):
               superclass): record score = max window_score; AUROC, AP
   localisation  with --localisation N (models only): N excerpts per record each get one
               Perlin-noise anomaly with an exact mask; point-level AUROC against the mask
+  alerts      models only: the share of the model's own windows (window_score; normal: only
+              normal beats, abnormal: any abnormal beat) at or over its default alert threshold,
+              the false alarms and detections `ecgstream run` would give on these records
 
 Writes OUT/report.json, OUT/roc.png, OUT/example.png (a record with its score trace and the
 annotated abnormal beats marked) and, with --localisation, OUT/localisation.png (one excerpt of
@@ -101,6 +104,10 @@ def localisation_per_kind(report: dict) -> dict[str, dict[str, float | None]]:
     }
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
 def summary_lines(report: dict) -> list[str]:
     """A small text table of the headline figures of a report."""
     lines = [
@@ -112,6 +119,15 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(entry.get('window_10s'), 'auroc'):>10} {_fmt(entry.get('record'), 'auroc'):>10} "
             f"{_fmt(entry.get('localisation'), 'auroc'):>10}"
         )
+    alerts = {n: e["alerts"] for n, e in report["sources"].items() if e.get("alerts")}
+    if alerts:
+        lines.append("model windows at or over the default alert threshold:")
+        for name, a in alerts.items():
+            lines.append(
+                f"{name[:28]:<28} threshold {a['threshold']:.2f}: {_share(a['normal_over'])} of "
+                f"{a['normal_windows']} normal windows (false alarms), {_share(a['abnormal_over'])} "
+                f"of {a['abnormal_windows']} abnormal ones"
+            )
     per_kind = localisation_per_kind(report)
     kinds = sorted({k for aurocs in per_kind.values() for k in aurocs})
     if kinds:

@@ -176,12 +176,17 @@ class Collected:
     point_labels: list[np.ndarray] = field(default_factory=list)
     point_scores: list[np.ndarray] = field(default_factory=list)
     point_kinds: list[str] = field(default_factory=list)
+    #: the windows the model scores (``window_score``), labelled from the beats, for the share
+    #: of them over ``threshold`` (the model's default alert threshold; None: not known)
+    alert_labels: list[np.ndarray] = field(default_factory=list)
+    alert_scores: list[np.ndarray] = field(default_factory=list)
+    threshold: float | None = None
     #: the first scored excerpt of each kind of synthetic anomaly
     localisation_examples: dict[str, LocalisationExample] = field(default_factory=dict)
     per_record: dict = field(default_factory=dict)
 
     def arrays(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated labels and scores of ``kind`` (beat, window, record, point)."""
+        """Concatenated labels and scores of ``kind`` (beat, window, record, point, alert)."""
         if kind == "record":
             return np.asarray(self.record_label, dtype=np.int8), np.asarray(
                 self.record_score, dtype=np.float64
@@ -218,6 +223,10 @@ def collect_record(
         keep = (wl >= 0) & np.isfinite(ws)
         out.window_labels.append(wl[keep])
         out.window_scores.append(ws[keep])
+        ml = window_labels(beats, scores.window_start, scores.window_end)
+        usable = (ml >= 0) & np.isfinite(scores.window_score)
+        out.alert_labels.append(ml[usable])
+        out.alert_scores.append(scores.window_score[usable])
         info.update(
             n_beats=int(ok.sum()),
             n_abnormal_beats=int(beats.abnormal[ok].sum()),
@@ -324,6 +333,17 @@ def summarise(collected: Collected) -> dict:
     labels, scores = collected.arrays("record")
     if labels.size:
         report["record"] = {**_metric_block(labels, scores), "record_score": RECORD_SCORE}
+    labels, scores = collected.arrays("alert")
+    if labels.size and collected.threshold is not None:
+        over = scores >= collected.threshold
+        report["alerts"] = {
+            "threshold": collected.threshold,
+            "window_score": "the model's own windows",
+            "normal_windows": int((labels == 0).sum()),
+            "abnormal_windows": int((labels == 1).sum()),
+            "normal_over": float(over[labels == 0].mean()) if (labels == 0).any() else None,
+            "abnormal_over": float(over[labels == 1].mean()) if (labels == 1).any() else None,
+        }
     labels, scores = collected.arrays("point")
     if labels.size:
         block = {**_metric_block(labels, scores), "n_excerpts": len(collected.point_labels)}
@@ -410,6 +430,10 @@ def evaluate(
     from tqdm import tqdm
 
     collected = {s.name: Collected() for s in sources}
+    for source in sources:
+        spec = getattr(source, "spec", None)
+        if spec is not None:  # the threshold ecgstream run alerts at
+            collected[source.name].threshold = spec.threshold
     if len(collected) != len(sources):
         raise ValueError(f"score sources need distinct names, got {[s.name for s in sources]}")
     labels = record_labels(paths)

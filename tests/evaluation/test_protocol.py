@@ -236,6 +236,31 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
     per_kind = report["sources"]["pca-baseline#1"]["localisation"]["per_kind"]
     assert lines[at + 2].split()[1:] == [f"{per_kind[k]['auroc']:.3f}" for k in kinds]
     assert set(report["sources"]) == {"pca-baseline#1", "pca-baseline#2"}
+    # the share of the model's own windows over its default threshold, recomputed here
+    from ecgstream.evaluation.protocol import beats_of
+    from ecgstream.signals.labels import window_labels
+
+    scorer = Scorer(model)
+    labels, scores = [], []
+    for name in ("e0", "e1"):
+        rs = scorer.score_record(read_record(root / "test" / name))
+        label = window_labels(beats_of(root / "test" / name), rs.window_start, rs.window_end)
+        keep = (label >= 0) & np.isfinite(rs.window_score)
+        labels.append(label[keep])
+        scores.append(rs.window_score[keep])
+    label, score = np.concatenate(labels), np.concatenate(scores)
+    alerts = report["sources"]["pca-baseline#1"]["alerts"]
+    assert alerts["threshold"] == scorer.spec.threshold
+    assert (alerts["normal_windows"], alerts["abnormal_windows"]) == (
+        int((label == 0).sum()),
+        int((label == 1).sum()),
+    )
+    assert alerts["normal_windows"] > 0 and alerts["abnormal_windows"] > 0
+    over = score >= scorer.spec.threshold
+    assert alerts["normal_over"] == pytest.approx(over[label == 0].mean())
+    assert alerts["abnormal_over"] == pytest.approx(over[label == 1].mean())
+    line = next(x for x in lines if x.startswith("pca-baseline#1") and "threshold" in x)
+    assert f"{100 * alerts['normal_over']:.1f} % of {alerts['normal_windows']} normal" in line
     assert report["plots"] == ["roc.png", "example.png", "localisation.png"]
     for name in report["plots"]:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
