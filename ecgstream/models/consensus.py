@@ -100,6 +100,7 @@ class ConsensusConfig:
     rhythm_excess: float = 2.0
     rhythm_decimate: int = 5
     rhythm_every: int = 2
+    rhythm_gate: float = 0.0
     population_components: int = 0
     population_weight: float = 1.0
     population_covariance: str = "pca"
@@ -159,6 +160,7 @@ class ConsensusConfig:
             and self.rhythm_excess >= 0
             and self.rhythm_decimate >= 1
             and self.rhythm_every >= 1
+            and self.rhythm_gate >= 0
             and self.stride % self.rhythm_decimate == 0
             and self.window % self.rhythm_decimate == 0
             and self.rhythm_span % self.stride == 0
@@ -514,7 +516,10 @@ class SegmentConsensus(nn.Module):
         (an envelope at 20 Hz for 5 samples at 100 Hz; lags at that resolution): where the
         waves are, not their sign, which is what timing needs, at a twenty-fifth of the cost
         of every lag at the full rate. With ``rhythm_every`` k > 1 every k-th segment is
-        compared and the segments between are interpolated linearly.
+        compared and the segments between are interpolated linearly. With ``rhythm_gate`` g > 0
+        the term is multiplied by ``max(0, 1 - median / g)``: it fades out in a window whose
+        typical segment matches the signal one period away no better than g (an irregular
+        rhythm such as atrial fibrillation, whose normal beats are all out of step).
         """
         cfg = self.cfg
         d = cfg.rhythm_decimate
@@ -564,7 +569,10 @@ class SegmentConsensus(nn.Module):
             (back + self.rhythm_back_off + off).amin(1), (fwd + self.rhythm_fwd_off + off).amin(1)
         )
         median = torch.topk(score, n // 2 + 1, dim=1, largest=False, sorted=False).values
-        score = F.relu(score - cfg.rhythm_excess * median.amax(1, keepdim=True))
+        median = median.amax(1, keepdim=True)
+        score = F.relu(score - cfg.rhythm_excess * median)
+        if cfg.rhythm_gate > 0:  # fades out as the window's rhythm loses its period
+            score = score * F.relu(1 - median / cfg.rhythm_gate)
         if cfg.rhythm_every == 1:
             return score
         left, right = (

@@ -56,6 +56,7 @@ def consensus_config(cfg: TrainConfig):
         rhythm_tolerance=cfg.consensus_rhythm_tolerance,
         rhythm_excess=cfg.consensus_rhythm_excess,
         rhythm_every=cfg.consensus_rhythm_every,
+        rhythm_gate=cfg.consensus_rhythm_gate,
         rhythm_decimate=max(1, int(round(cfg.consensus_rhythm_resolution_s * cfg.fs))),
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,

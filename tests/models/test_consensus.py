@@ -639,6 +639,21 @@ def test_rhythm_term_equals_its_direct_computation(decimate):
         over = SegmentConsensus(excess).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
     median = np.median(want, axis=1, keepdims=True)  # an odd count: the middle value
     np.testing.assert_allclose(over.numpy(), np.maximum(want - 2 * median, 0), atol=2e-6)
+    # the gate: the excess fades out linearly as the window's median reaches rhythm_gate
+    assert ((median > 0) & (median < 0.1)).all()
+    gated = dataclasses.replace(cfg, rhythm_excess=2.0, rhythm_gate=0.1)
+    with torch.no_grad():
+        faded = SegmentConsensus(gated).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+    np.testing.assert_allclose(
+        faded.numpy(), np.maximum(want - 2 * median, 0) * (1 - median / 0.1), atol=2e-6
+    )
+    shut = dataclasses.replace(gated, rhythm_gate=0.5 * float(median.min()))
+    with torch.no_grad():
+        assert (
+            not SegmentConsensus(shut)
+            .rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+            .any()
+        )
     # every 2nd segment compared, the ones between interpolated (93 segments: the last is on it)
     every = dataclasses.replace(cfg, rhythm_every=2)
     with torch.no_grad():
