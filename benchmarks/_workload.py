@@ -4,6 +4,9 @@ Used by ``bench_stream.py`` (throughput and latency) and ``reliability_load.py``
 load), so both measure the same thing: S monitors of the model's lead set (MIT-BIH MLII at
 360 Hz from ../shared/data when present, else neurokit2 synthetic ECG), 1 s chunks as int16
 binary frames, 4 partitions, consumed by one in-process :class:`~ecgstream.streaming.worker.Worker`.
+
+Also the command line of the scripts that measure exported models on MIT-BIH records
+(:func:`model_records_parser`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MITDB = REPO.parent / "shared" / "data" / "mitdb-ds1"
 PTBXL = REPO.parent / "shared" / "data" / "ptbxl-dev"
+
+
+def model_records_parser(
+    description: str, default_records: list[str], records_help: str
+) -> argparse.ArgumentParser:
+    """The command line of a script that measures exported models on MIT-BIH records:
+    ``models``, ``--data`` (default :data:`MITDB`), ``--records`` and ``--out`` (JSON)."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("models", nargs="+", type=Path, help="exported ONNX models")
+    p.add_argument("--data", type=Path, default=MITDB)
+    p.add_argument("--records", nargs="+", default=default_records, help=records_help)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    return p
+
 
 #: what the monitors send: ``model`` (the model's lead set: MIT-BIH MLII at 360 Hz for the
 #: shipped model) or ``12-lead`` (12-lead 500 Hz PTB-XL ECGs; the worker reads the leads its

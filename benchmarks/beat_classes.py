@@ -12,13 +12,12 @@ on them; pass ``--records`` for others).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+from _workload import model_records_parser  # benchmarks/ is on sys.path when run as a script
 
-REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"S": "AaJS", "V": "VE", "F": "F"}
 
 
@@ -54,14 +53,7 @@ def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
 def main() -> None:
     from ecgstream.evaluation.splits import MITDB_DEV
 
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("models", nargs="+", type=Path, help="exported ONNX models")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mitdb-ds1")
-    p.add_argument("--records", nargs="+", default=list(MITDB_DEV), help="default: DEV records")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = p.parse_args()
+    args = model_records_parser(__doc__, list(MITDB_DEV), "default: DEV records").parse_args()
     results = {}
     for model in args.models:
         res = class_aurocs(model, args.data, args.records)

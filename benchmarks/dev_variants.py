@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from beat_classes import class_aurocs  # benchmarks/ is on sys.path when run as a script
+from _workload import MITDB, REPO  # benchmarks/ is on sys.path when run as a script
+from beat_classes import class_aurocs
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "consensus-mitdb-mlii.toml"
 KINDS = ("amplitude", "flat", "invert", "noise", "paste", "wander", "warp")
 
@@ -116,7 +116,7 @@ def main() -> None:
         help="a name and the [train] keys it changes; repeat for more variants",
     )
     p.add_argument("--config", type=Path, default=SHIPPED, help="the reference configuration")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mitdb-ds1")
+    p.add_argument("--data", type=Path, default=MITDB)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()

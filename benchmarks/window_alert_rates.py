@@ -13,11 +13,10 @@ TEST records (the default) to see how they carry over.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _workload import model_records_parser  # benchmarks/ is on sys.path when run as a script
 
 
 def alert_rates(model: Path, folder: Path, records: list[str]) -> dict:
@@ -34,14 +33,7 @@ def alert_rates(model: Path, folder: Path, records: list[str]) -> dict:
 def main() -> None:
     from ecgstream.evaluation.splits import MITDB_TEST
 
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("models", nargs="+", type=Path, help="exported models")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mitdb-ds1")
-    p.add_argument("--records", nargs="+", default=list(MITDB_TEST), help="default: TEST")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = p.parse_args()
+    args = model_records_parser(__doc__, list(MITDB_TEST), "default: TEST records").parse_args()
     rows = [alert_rates(m, args.data, args.records) for m in args.models]
     for r in rows:
         print(
