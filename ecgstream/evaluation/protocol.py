@@ -429,11 +429,11 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    collected = {s.name: Collected() for s in sources}
-    for source in sources:
-        spec = getattr(source, "spec", None)
-        if spec is not None:  # the threshold ecgstream run alerts at
-            collected[source.name].threshold = spec.threshold
+    # a model's default threshold is the one ecgstream run alerts at; score folders have none
+    collected = {
+        s.name: Collected(threshold=s.spec.threshold if getattr(s, "spec", None) else None)
+        for s in sources
+    }
     if len(collected) != len(sources):
         raise ValueError(f"score sources need distinct names, got {[s.name for s in sources]}")
     labels = record_labels(paths)

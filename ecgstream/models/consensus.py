@@ -829,8 +829,9 @@ class StreamStep(nn.Module):
     ``(B, L, carry_floors, floor_width)``, and the window's two medians over its segments: the
     consensus ``(B, L, 1, segment)`` and the consensus floor ``(B, L, 1, floor_width)``; with
     the rhythm term also the whole window ``(B, L, window)``, which that term compares with
-    itself (it needs no sort, so nothing of it is carried). The sorts and medians are computed outside the graph (:mod:`ecgstream.runtime.stream_sorts`:
-    numpy sorts and selects several times faster than ONNX Runtime's ``TopK``).
+    itself (it needs no sort, so nothing of it is carried). The sorts and medians are computed
+    outside the graph (:mod:`ecgstream.runtime.stream_sorts`: numpy sorts and selects several
+    times faster than ONNX Runtime's ``TopK``).
     Outputs: point and window scores, equal to :class:`SegmentConsensus` on the whole window.
     What the next window takes over is the tail of the new sorts.
     """

@@ -76,11 +76,11 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     tr = spec.training
     cfg = tr.get("config", {})
     val = tr.get("validation", {})
-    calibrated = tr.get("calibration_records")
+    calibrated = _calibration_records(tr)
     where = (
         f"the normal windows of {len(calibrated)} records (validation and training records: the "
         "model fits nothing on the training records)"
-        if calibrated and len(calibrated) > len(tr.get("val_records", []))
+        if len(calibrated) > len(tr.get("val_records", []))
         else "normal validation windows"
     )
     lines = [
@@ -223,6 +223,12 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path, name: str | None
     return export_model(model, spec, path)
 
 
+def _calibration_records(training: dict) -> list:
+    """The records whose normal windows calibrated the thresholds (the validation records for
+    models exported before ``calibrate_on``)."""
+    return training.get("calibration_records", training.get("val_records", []))
+
+
 def _model_lines(spec: ModelSpec) -> list[str]:
     """The card's model and training-data bullets, which depend on the model kind."""
     tr, p = spec.training, spec.params
@@ -234,7 +240,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
     )
     records = f"{' '.join(map(str, tr.get('records', [])))}"
     val_records = f"{' '.join(map(str, tr.get('val_records', [])))}"
-    calibration = tr.get("calibration_records", tr.get("val_records", []))
+    calibration = _calibration_records(tr)
     if spec.kind == "consensus":
         return [
             "- kind: `consensus` (in-window consensus of shift-invariant segment descriptors; "
