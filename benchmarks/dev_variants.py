@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,6 @@ def stream_step_ratio(reference: Path, model: Path) -> float | None:
 
     if Scorer(reference).stream_session is None or Scorer(model).stream_session is None:
         return None
-    import time
-
     runs = [stream_step_run(m, 256, 48) for m in (reference, model)]
     best = [np.inf, np.inf]
     for _ in range(3):

@@ -326,6 +326,15 @@ def _fit_with_onnx_parity(ecg_folder, tmp_path, windows: np.ndarray, **train) ->
     return scorer
 
 
+def _assert_stream_step_matches_main_graph(scorer: Scorer, windows: np.ndarray) -> None:
+    """The stream step scores each window from its previous window's carry as the main graph
+    scores the whole window."""
+    point, window, carried, floors = scorer.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
+
+
 def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
     windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
     windows[1, 0, 300:360] += 0.4
@@ -352,11 +361,7 @@ def test_neighbours_export_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_pa
         ecg_folder, tmp_path, windows, consensus_noise_weight=100.0, consensus_neighbours=k
     )
     assert scorer.spec.params["neighbours"] == k
-    # the stream step scores each window from its previous window's carry, as the main graph
-    point, window, carried, floors = scorer.score_windows_carry(windows)
-    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
-    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
+    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 @pytest.mark.parametrize("every", [2, 3])
@@ -557,10 +562,7 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
-    point, window, carried, floors = scorer.score_windows_carry(windows)
-    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
-    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
+    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
@@ -586,9 +588,7 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
     onnx.save(model, str(older))
     scorer = Scorer(older)
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 0
-    point, window, carried, floors = scorer.score_windows_carry(windows)
-    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
-    np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
+    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 def _rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarray:
