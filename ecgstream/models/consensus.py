@@ -70,6 +70,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ecgstream.models.refiner import ScoreRefiner
+
 __all__ = ["ConsensusConfig", "SegmentConsensus"]
 
 
@@ -114,6 +116,13 @@ class ConsensusConfig:
     reference_quantiles: int = 0
     reference_weight: float = 1.0
     reference_slope_scale: float = 0.0
+    #: the score refiner (:mod:`ecgstream.models.refiner`): 0 channels = none
+    refiner_channels: int = 0
+    refiner_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    refiner_kernel: int = 3
+    refiner_weight: float = 0.5
+    refiner_floor: float = -6.0
+    refiner_level_scale: float = 5.0
 
     @property
     def n_segments(self) -> int:
@@ -211,6 +220,14 @@ class ConsensusConfig:
             raise ValueError(
                 "consensus_weight, reference_weight and reference_slope_scale must be >= 0"
             )
+        if self.refiner_channels < 0 or (
+            self.refiner_channels > 0 and self.population_components > 0
+        ):
+            raise ValueError(
+                f"refiner_channels must be >= 0 and the refiner cannot be combined with a "
+                f"population reference; got {self.refiner_channels} channels and "
+                f"{self.population_components} population components"
+            )
         if self.reference_size < 0 or not 0 <= self.reference_quantiles <= self.segment:
             raise ValueError(
                 f"reference_size must be >= 0 and reference_quantiles in [0, segment="
@@ -233,7 +250,10 @@ class ConsensusConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ConsensusConfig:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        kept = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "refiner_dilations" in kept:  # a list once stored as JSON
+            kept["refiner_dilations"] = tuple(int(v) for v in kept["refiner_dilations"])
+        return cls(**kept)
 
 
 class SegmentConsensus(nn.Module):
@@ -268,6 +288,17 @@ class SegmentConsensus(nn.Module):
             self.register_buffer("pop_scale", torch.ones(dims))
         if cfg.population_spectrum_frame:
             self._init_spectrum()
+        self.refiner: ScoreRefiner | None = None
+        if cfg.refiner_channels > 0:
+            self.refiner = ScoreRefiner(
+                cfg.n_leads,
+                cfg.refiner_channels,
+                tuple(cfg.refiner_dilations),
+                cfg.refiner_kernel,
+                cfg.refiner_weight,
+                cfg.refiner_floor,
+                cfg.refiner_level_scale,
+            )
         if cfg.reference_size > 0:
             n_q = cfg.reference_quantiles or cfg.segment
             q = torch.linspace(0, cfg.segment - 1, n_q).round().long()
@@ -789,8 +820,12 @@ class SegmentConsensus(nn.Module):
         self.ref_norm.copy_((chosen**2).sum(1))
         return len(rows)
 
-    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
+    def scored_segments(
+        self, windows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Segment scores ``(B, n_segments)`` of windows ``(B, L, T)`` after erosion (before the
+        refiner), the sorted segments, their noise floors (None without the noise term) and the
+        consensus."""
         cfg = self.cfg
         seg = self.segments(windows)
         ordered = torch.sort(seg, dim=-1).values
@@ -805,12 +840,31 @@ class SegmentConsensus(nn.Module):
                 seg_score = seg_score + cfg.slope_weight * slope_dev
             if cfg.reference_size > 0:
                 seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
-        seg_score = self.eroded(seg_score)
+        return self.eroded(seg_score), ordered, floors, consensus
+
+    def segment_levels(self, ordered: torch.Tensor) -> torch.Tensor:
+        """Each segment's median (mV) ``(B, L, n_segments)`` from its sorted values."""
+        return ordered[..., self.cfg.segment // 2]
+
+    def refined_point(self, seg_score: torch.Tensor, ordered: torch.Tensor) -> torch.Tensor:
+        """Point scores ``(B, T)`` of segment scores raised by the refiner."""
+        assert self.refiner is not None
+        return self._spread(self.refiner(seg_score, self.segment_levels(ordered)))
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``.
+
+        With the refiner, the window score is the detector's and the point scores are refined.
+        """
+        cfg = self.cfg
+        seg_score, ordered, floors, consensus = self.scored_segments(windows)
         point = self._spread(seg_score)
         if cfg.population_components > 0:
             pop = self.population_score(consensus, windows)
             point = point + cfg.population_weight * pop[:, None]
         window = self.window_score(point)
+        if self.refiner is not None:
+            point = self.refined_point(seg_score, ordered)
         lay = self.carry_outputs
         if lay is not None and floors is not None:  # also the carry for the stream step
             new = cfg.n_segments - lay["carry"]
@@ -859,7 +913,10 @@ class StreamStep(nn.Module):
             seg_score = seg_score + m.cfg.rhythm_weight * m.rhythm_score(windows)
         seg_score = m.eroded(seg_score)
         point = m._spread(seg_score)
-        return point, m.window_score(point)
+        window = m.window_score(point)
+        if m.refiner is not None:
+            point = m.refined_point(seg_score, ordered)
+        return point, window
 
 
 def _grid(n: int, k: int) -> tuple[torch.Tensor, ...]:

@@ -91,6 +91,20 @@ class TrainConfig:
     consensus_population_lead_scale: bool = False  # divide each lead by its training spread
     consensus_population_spectrum_s: float = 0.0  # >0: add the 1 Hz band spectrum (Welch frame, s)
     consensus_population_spectrum_hz: float = 30.0  # upper edge of the spectrum's bands
+    # score refiner (ecgstream/models/refiner.py): learns where in a window an anomaly lies from
+    # synthetic anomalies injected into the training records; 0 channels: none
+    consensus_refiner_channels: int = 0
+    consensus_refiner_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    consensus_refiner_weight: float = (
+        0.5  # point score x exp(weight x (logit - floor)), logit >= floor
+    )
+    consensus_refiner_floor: float = -6.0
+    # >0: the floor is this quantile of the trained refiner's logits on the normal segments of its
+    # material instead, so most normal segments keep their score (boost 1)
+    consensus_refiner_floor_quantile: float = 0.0
+    consensus_refiner_excerpts: int = 150  # synthetic 60 s excerpts per training record
+    consensus_refiner_many: float = 0.5  # share of excerpts with 2-12 anomalies instead of one
+    consensus_refiner_epochs: int = 20
     # optimisation
     epochs: int = 4
     steps_per_epoch: int = 150
@@ -110,13 +124,19 @@ class TrainConfig:
         0.01  # default threshold: this fraction of normal validation windows alerts
     )
     # "all": thresholds from the normal windows of every record read, not only the validation
-    # records; only for a detector that fits nothing on its training records (see __post_init__)
+    # records; only for a detector whose window scores depend on nothing fitted on its training
+    # records (see __post_init__; the score refiner changes point scores only)
     calibrate_on: str = "validation"
     # outputs
     checkpoint_dir: Path | None = None
     model_out: Path | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.consensus_refiner_floor_quantile < 1:
+            raise ValueError(
+                "consensus_refiner_floor_quantile must be in [0, 1) (0: the fixed "
+                f"consensus_refiner_floor), got {self.consensus_refiner_floor_quantile}"
+            )
         if self.calibrate_on not in ("validation", "all"):
             raise ValueError(
                 f"calibrate_on must be 'validation' or 'all', got {self.calibrate_on!r}"

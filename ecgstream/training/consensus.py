@@ -3,7 +3,10 @@
 The detector (:mod:`ecgstream.models.consensus`) has no trained weights, so "training" reads the
 records like MMAE-ECG does, scores the validation records, calibrates the score on their normal
 windows (the same false-alarm thresholds as every model) and exports the graph with its spec and
-card. The training records are only counted, never fitted.
+card. The training records are only counted, except by the optional population reference
+(fitted on their normal windows) and the optional score refiner (trained on synthetic anomalies
+injected into them, :mod:`ecgstream.training.refiner`; it changes point scores only, never the
+window scores the thresholds are calibrated on).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def consensus_config(cfg: TrainConfig):
         population_covariance=cfg.consensus_population_covariance,
         population_lead_scale=cfg.consensus_population_lead_scale,
         **_spectrum_sizes(cfg),
+        refiner_channels=cfg.consensus_refiner_channels,
+        refiner_dilations=tuple(cfg.consensus_refiner_dilations),
+        refiner_weight=cfg.consensus_refiner_weight,
+        refiner_floor=cfg.consensus_refiner_floor,
         topk_frac=cfg.topk_frac,
     )
 
@@ -115,6 +122,11 @@ def fit_consensus(
         windows = normal_windows(train_recs, cfg.window, cfg.hop, max_windows=20000)
         n_windows = len(windows)
         model.fit_population(torch.from_numpy(windows))
+    refiner_summary = None
+    if model.refiner is not None:
+        from ecgstream.training.refiner import fit_refiner
+
+        refiner_summary = fit_refiner(model, cfg, train_recs, progress)
     empty = np.zeros((0, len(cfg.leads), cfg.window), np.float32)
     figures = validate(model, cfg, val_recs or train_recs, empty)
     figures.pop("val_loss", None)
@@ -140,9 +152,10 @@ def fit_consensus(
             "seed": cfg.seed,
             "validation": {k: round(float(v), 4) for k, v in figures.items()},
             "calibration_records": calibration,
+            **({"refiner": refiner_summary} if refiner_summary else {}),
             "train_seconds": round(time.perf_counter() - t0, 1),
         },
-        params={**model.cfg.to_dict(), "parameters": 0},
+        params={**model.cfg.to_dict(), "parameters": sum(p.numel() for p in model.parameters())},
     )
     if cfg.checkpoint_dir:
         Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)

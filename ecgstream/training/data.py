@@ -27,6 +27,7 @@ __all__ = [
     "collect_records",
     "load_record",
     "normal_starts",
+    "read_leads",
     "split_records",
 ]
 
@@ -55,6 +56,11 @@ class TrainingRecord:
     group: str = ""  # patient (PTB-XL) or record name, for splitting
     fs_model: float = 100.0  # rate of ``x`` (Hz)
     meta: dict = field(default_factory=dict)
+
+
+def read_leads(path: str | Path, leads: list[str]) -> Record:
+    """Read a record and keep ``leads`` by name (raw samples at the record rate)."""
+    return _strict_leads(read_record(path), leads)
 
 
 def _strict_leads(record: Record, leads: list[str]) -> Record:
@@ -92,7 +98,7 @@ def load_record(
     """Read, preprocess and label one record; raises :class:`RecordError` if shorter than a window."""
     from ecgstream.signals.labels import normal_mask, read_beats
 
-    record = _strict_leads(read_record(path), leads)
+    record = read_leads(path, leads)
     x, delay_s = preprocess(record.signal, record.fs, pre)
     if len(x) < window:
         raise RecordError(

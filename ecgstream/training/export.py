@@ -242,9 +242,17 @@ def _model_lines(spec: ModelSpec) -> list[str]:
     val_records = f"{' '.join(map(str, tr.get('val_records', [])))}"
     calibration = _calibration_records(tr)
     if spec.kind == "consensus":
+        refiner = tr.get("refiner")
+        weights = (
+            f"a score refiner of {p.get('parameters', '?')} trained weights "
+            f"({p.get('refiner_channels')} channels, dilations {p.get('refiner_dilations')}) "
+            "places the point scores; the window scores are the detector's own"
+            if refiner
+            else "no trained weights"
+        )
         return [
             "- kind: `consensus` (in-window consensus of shift-invariant segment descriptors; "
-            "see docs/model-consensus.md); no trained weights",
+            f"see docs/model-consensus.md); {weights}",
             io,
             f"- segments of {p.get('segment')} samples every {p.get('stride')} samples, each "
             "described by its sorted median-centred values"
@@ -269,7 +277,11 @@ def _model_lines(spec: ModelSpec) -> list[str]:
             ),
             "",
             "## Data and splits",
-            f"- records read ({len(tr.get('records', []))}, counted only): {records}",
+            f"- records read ({len(tr.get('records', []))}, counted only): {records}"
+            if not refiner
+            else f"- training records ({len(tr.get('records', []))}; the refiner learned from "
+            f"{refiner.get('windows')} windows of synthetic anomalies injected into them, final "
+            f"loss {refiner.get('loss')}): {records}",
             f"- validation records ({len(tr.get('val_records', []))}; the figures below): "
             f"{val_records}",
             f"- calibration records ({len(calibration)}; thresholds from their normal windows): "

@@ -565,6 +565,27 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
     _assert_stream_step_matches_main_graph(scorer, windows)
 
 
+def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
+    x = _ecg(25.0, seed=6)
+    x[1230:1300] = -x[1230:1300]  # an inverted stretch
+    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
+    scorer = _fit_with_onnx_parity(
+        ecg_folder,
+        tmp_path,
+        windows,
+        consensus_noise_weight=100.0,
+        consensus_neighbours=1,
+        consensus_rhythm_weight=0.1,
+        consensus_refiner_channels=4,
+        consensus_refiner_excerpts=3,
+        consensus_refiner_epochs=1,
+    )
+    assert scorer.spec.params["refiner_channels"] == 4
+    assert scorer.spec.params["parameters"] > 0
+    assert scorer.stream_layout is not None
+    _assert_stream_step_matches_main_graph(scorer, windows)
+
+
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
     """Model files exported before the rhythm term (stream step format 3, no ``rhythm`` in its
     layout) keep their stream step."""
