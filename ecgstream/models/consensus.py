@@ -50,9 +50,12 @@ ventricular beat a wider and taller one, a flat line none: all move the descript
 consensus. What it cannot see is an abnormality present in every beat of the window (the
 consensus then is abnormal too); that needs a population reference.
 
-Without the population reference the graph has no fitted values at all: segment indices and the
-median are fixed buffers and sorts, so it exports to ONNX like the learned models and streams
-the same way.
+Without the population reference and the score refiner the graph has no fitted values at all:
+segment indices and the median are fixed buffers and sorts, so it exports to ONNX like the
+learned models and streams the same way. The optional score refiner
+(:mod:`ecgstream.models.refiner`, ``refiner_channels > 0``) is a small convolution over the
+segment scores, trained on synthetic anomalies; it raises point scores where it sees an anomaly
+and leaves the window score alone.
 
 >>> import torch
 >>> model = SegmentConsensus(ConsensusConfig(n_leads=1, window=400, segment=40, stride=5))
@@ -257,7 +260,8 @@ class ConsensusConfig:
 
 
 class SegmentConsensus(nn.Module):
-    """``forward(windows (B, L, T)) -> (point_score (B, T), window_score (B,))``; no trained weights."""
+    """``forward(windows (B, L, T)) -> (point_score (B, T), window_score (B,))``; no trained
+    weights except the optional score refiner's."""
 
     def __init__(self, cfg: ConsensusConfig):
         super().__init__()

@@ -184,6 +184,7 @@ register(
         "consensus",
         fit_consensus,
         _load,
-        "in-window consensus of shift-invariant segment descriptors (1-D, WFDB records; no weights)",
+        "in-window consensus of shift-invariant segment descriptors (1-D, WFDB records; no weights "
+        "but an optional score refiner)",
     )
 )

@@ -79,7 +79,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     calibrated = _calibration_records(tr)
     where = (
         f"the normal windows of {len(calibrated)} records (validation and training records: the "
-        "model fits nothing on the training records)"
+        "window scores depend on nothing fitted on the training records)"
         if len(calibrated) > len(tr.get("val_records", []))
         else "normal validation windows"
     )
