@@ -100,11 +100,11 @@ def row(name: str, m: dict, ratio: float | None) -> str:
             f"{cost} |")  # fmt: skip
 
 
-def main() -> None:
-    from ecgstream.evaluation.splits import MITDB_DEV
-
+def variants_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of the variant scripts: ``--variant NAME KEY=VALUE ...`` (repeatable),
+    the configuration they vary, the data folder, the localisation seeds and ``--out``."""
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "--variant",
@@ -114,17 +114,29 @@ def main() -> None:
         metavar=("NAME", "KEY=VALUE"),
         help="a name and the [train] keys it changes; repeat for more variants",
     )
-    p.add_argument("--config", type=Path, default=SHIPPED, help="the reference configuration")
+    p.add_argument("--config", type=Path, default=SHIPPED, help="the configuration to vary")
     p.add_argument("--data", type=Path, default=MITDB)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     p.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = p.parse_args()
-    variants: list[tuple[str, dict[str, str]]] = [("shipped", {})]
+    return p
+
+
+def parse_variants(p: argparse.ArgumentParser, args) -> list[tuple[str, dict[str, str]]]:
+    """``(name, changes)`` of every ``--variant``; a usage error for a malformed one."""
+    variants = []
     for name, *pairs in args.variant:
-        bad = [x for x in pairs if "=" not in x]
-        if bad or not pairs:
+        if not pairs or any("=" not in x for x in pairs):
             p.error(f"--variant {name}: give KEY=VALUE pairs after the name (got {pairs})")
         variants.append((name, dict(x.split("=", 1) for x in pairs)))
+    return variants
+
+
+def main() -> None:
+    from ecgstream.evaluation.splits import MITDB_DEV
+
+    p = variants_parser(__doc__)
+    args = p.parse_args()
+    variants: list[tuple[str, dict[str, str]]] = [("shipped", {}), *parse_variants(p, args)]
     print("| variant | beat | S / V / F | 10 s window | localisation, seeds | per kind "
           f"({' / '.join(KINDS)}) | stream step |", flush=True)  # fmt: skip
     print("|---|---|---|---|---|---|---|", flush=True)

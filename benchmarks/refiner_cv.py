@@ -18,16 +18,18 @@ About 2 minutes per fold and variant.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-from _workload import MITDB, REPO  # benchmarks/ is on sys.path when run as a script
-from dev_variants import KINDS, export_variant
+from dev_variants import (  # benchmarks/ on sys.path
+    KINDS,
+    export_variant,
+    parse_variants,
+    variants_parser,
+)
 
-SHIPPED = REPO / "models" / "consensus-mitdb-mlii.toml"
 #: the validation records of the shipped configuration first, then the other 10 in two folds
 FOLDS = (
     ("114", "118", "124", "205", "220"),
@@ -53,27 +55,9 @@ def main() -> None:
     from ecgstream.evaluation.protocol import ModelSource, evaluate, summarise
     from ecgstream.evaluation.splits import mitdb_paths
 
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar=("NAME", "KEY=VALUE"),
-        help="a name and the [train] keys it changes; repeat for more variants",
-    )
-    p.add_argument("--config", type=Path, default=SHIPPED, help="the configuration to vary")
-    p.add_argument("--data", type=Path, default=MITDB)
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p = variants_parser(__doc__)
     args = p.parse_args()
-    variants = [("no refiner", {"consensus_refiner_channels": "0"})]
-    for name, *pairs in args.variant:
-        if not pairs or any("=" not in x for x in pairs):
-            p.error(f"--variant {name}: give KEY=VALUE pairs after the name (got {pairs})")
-        variants.append((name, dict(x.split("=", 1) for x in pairs)))
+    variants = [("no refiner", {"consensus_refiner_channels": "0"}), *parse_variants(p, args)]
     collected: dict[tuple[str, int], list] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

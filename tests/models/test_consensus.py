@@ -335,6 +335,15 @@ def _assert_stream_step_matches_main_graph(scorer: Scorer, windows: np.ndarray) 
     np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
 
 
+def _fit_streamed(ecg_folder, tmp_path, x: np.ndarray, **train) -> Scorer:
+    """:func:`_fit_with_onnx_parity` on four 10 s windows of ``x`` every 5 s (100 Hz), whose
+    stream step then scores each window as the main graph does."""
+    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, **train)
+    _assert_stream_step_matches_main_graph(scorer, windows)
+    return scorer
+
+
 def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
     windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
     windows[1, 0, 300:360] += 0.4
@@ -356,12 +365,10 @@ def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
 def test_neighbours_export_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, k):
     x = synthetic_ecg(25.0, 100, heart_rate=45)[:, 0]
     x[1600:1630] = x[1599]  # a 0.3 s flat line
-    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
-    scorer = _fit_with_onnx_parity(
-        ecg_folder, tmp_path, windows, consensus_noise_weight=100.0, consensus_neighbours=k
+    scorer = _fit_streamed(
+        ecg_folder, tmp_path, x, consensus_noise_weight=100.0, consensus_neighbours=k
     )
     assert scorer.spec.params["neighbours"] == k
-    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 @pytest.mark.parametrize("every", [2, 3])
@@ -549,11 +556,10 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
     x = _ecg(25.0, seed=5)
     peaks = _r_peaks(x)
     x = _premature(x, peaks, 12, early=20)
-    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
-    scorer = _fit_with_onnx_parity(
+    scorer = _fit_streamed(
         ecg_folder,
         tmp_path,
-        windows,
+        x,
         consensus_noise_weight=100.0,
         consensus_neighbours=5,
         consensus_rhythm_weight=0.1,
@@ -562,17 +568,15 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
-    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
     x = _ecg(25.0, seed=6)
     x[1230:1300] = -x[1230:1300]  # an inverted stretch
-    windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
-    scorer = _fit_with_onnx_parity(
+    scorer = _fit_streamed(
         ecg_folder,
         tmp_path,
-        windows,
+        x,
         consensus_noise_weight=100.0,
         consensus_neighbours=1,
         consensus_rhythm_weight=0.1,
@@ -583,7 +587,6 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path
     assert scorer.spec.params["refiner_channels"] == 4
     assert scorer.spec.params["parameters"] > 0
     assert scorer.stream_layout is not None
-    _assert_stream_step_matches_main_graph(scorer, windows)
 
 
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
