@@ -146,8 +146,9 @@ class TrainConfig:
         ):
             raise ValueError(
                 "calibrate_on = 'all' calibrates the thresholds on the training records too, "
-                "which only a detector that fits nothing on them allows: model = 'consensus' "
-                f"without a population reference (got model = {self.model!r}, "
+                "which only a detector whose window scores depend on nothing fitted on them "
+                "allows: model = 'consensus' without a population reference (its score refiner "
+                f"changes point scores only; got model = {self.model!r}, "
                 f"consensus_population_components = {self.consensus_population_components})"
             )
 

@@ -53,6 +53,8 @@ def test_refiner_settings_are_checked():
         ConsensusConfig(refiner_channels=4, population_components=2).validate()
     with pytest.raises(ValueError, match="odd kernel"):
         ScoreRefiner(1, channels=4, kernel=2)
+    with pytest.raises(ValueError, match="floor_quantile"):
+        TrainConfig(model="consensus", consensus_refiner_floor_quantile=1.5)
     cfg = ConsensusConfig.from_dict({**BASE.to_dict(), "refiner_dilations": [1, 3]})
     assert cfg.refiner_dilations == (1, 3)
 
@@ -68,6 +70,7 @@ def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ec
         consensus_refiner_channels=8,
         consensus_refiner_excerpts=30,
         consensus_refiner_epochs=15,
+        consensus_refiner_floor_quantile=0.9,
         calibrate_on="all",  # the window scores do not depend on the refiner
         checkpoint_dir=tmp_path / "ckpt",
     )
@@ -87,6 +90,12 @@ def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ec
     base = labels.mean()
     constant = -(base * np.log(base) + (1 - base) * np.log(1 - base))
     assert learned < 0.9 * constant
+    # the floor is the 90th percentile of the logits on normal training segments: on the unseen
+    # record's normal segments, most logits are at or below it too (boost 1)
+    floor = model.refiner.floor
+    assert floor == result.spec.params["refiner_floor"] == summary["floor"] != -6.0
+    normal_logits = logit.numpy()[keep][labels == 0]
+    assert 0.7 < float(np.mean(normal_logits <= floor)) < 1.0
     # the checkpoint gives the same refiner back
     again = _load(load_checkpoint(tmp_path / "ckpt"))
     with torch.no_grad():
