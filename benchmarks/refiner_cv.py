@@ -38,7 +38,7 @@ FOLDS = (
 )
 
 
-def pooled(parts: list) -> object:
+def pooled(parts: list):
     """One :class:`Collected` of several (the pairs of every fold)."""
     from ecgstream.evaluation.protocol import Collected
 
@@ -65,9 +65,10 @@ def main() -> None:
         for k, fold in enumerate(FOLDS):
             sources = [ModelSource(base)]
             sources[0].name = variants[0][0]
-            for name, changes in variants[1:]:
+            for i, (name, changes) in enumerate(variants[1:]):
                 changes = {**changes, "val_records": ",".join(fold)}
-                model = export_variant(args.config, changes, args.data, Path(tmp) / f"{k}.onnx")
+                out = Path(tmp) / f"fold{k}-variant{i}.onnx"  # one file per model
+                model = export_variant(args.config, changes, args.data, out)
                 sources.append(ModelSource(model))
                 sources[-1].name = name
             for seed in args.seeds:

@@ -850,10 +850,16 @@ class SegmentConsensus(nn.Module):
         """Each segment's median (mV) ``(B, L, n_segments)`` from its sorted values."""
         return ordered[..., self.cfg.segment // 2]
 
-    def refined_point(self, seg_score: torch.Tensor, ordered: torch.Tensor) -> torch.Tensor:
-        """Point scores ``(B, T)`` of segment scores raised by the refiner."""
-        assert self.refiner is not None
-        return self._spread(self.refiner(seg_score, self.segment_levels(ordered)))
+    def outputs(
+        self, point: torch.Tensor, seg_score: torch.Tensor, ordered: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph's point and window scores from its point scores ``point`` ``(B, T)``: the
+        window score is always the detector's; with the refiner, the point scores are its
+        refined segment scores (``seg_score``, levels from the sorted segments ``ordered``)."""
+        window = self.window_score(point)
+        if self.refiner is not None:
+            point = self._spread(self.refiner(seg_score, self.segment_levels(ordered)))
+        return point, window
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``.
@@ -866,9 +872,7 @@ class SegmentConsensus(nn.Module):
         if cfg.population_components > 0:
             pop = self.population_score(consensus, windows)
             point = point + cfg.population_weight * pop[:, None]
-        window = self.window_score(point)
-        if self.refiner is not None:
-            point = self.refined_point(seg_score, ordered)
+        point, window = self.outputs(point, seg_score, ordered)
         lay = self.carry_outputs
         if lay is not None and floors is not None:  # also the carry for the stream step
             new = cfg.n_segments - lay["carry"]
@@ -916,11 +920,7 @@ class StreamStep(nn.Module):
         if m.cfg.rhythm_weight > 0:
             seg_score = seg_score + m.cfg.rhythm_weight * m.rhythm_score(windows)
         seg_score = m.eroded(seg_score)
-        point = m._spread(seg_score)
-        window = m.window_score(point)
-        if m.refiner is not None:
-            point = m.refined_point(seg_score, ordered)
-        return point, window
+        return m.outputs(m._spread(seg_score), seg_score, ordered)
 
 
 def _grid(n: int, k: int) -> tuple[torch.Tensor, ...]:

@@ -28,6 +28,7 @@ __all__ = [
     "load_record",
     "normal_starts",
     "read_leads",
+    "to_model_rate",
     "split_records",
 ]
 
@@ -77,7 +78,7 @@ def _strict_leads(record: Record, leads: list[str]) -> Record:
                   record.path)  # fmt: skip
 
 
-def _to_model_rate(
+def to_model_rate(
     mask: np.ndarray, fs_record: float, fs_model: float, n_model: int, delay_s: float
 ) -> np.ndarray:
     """A per-sample bool mask at the record rate, sampled at the model rate (delay-aligned)."""
@@ -115,7 +116,7 @@ def load_record(
         normal_rec = np.ones(record.n_samples, bool)
     if record_label is not None and record_label != 0:
         normal_rec = np.zeros(record.n_samples, bool)
-    normal = _to_model_rate(normal_rec, record.fs, pre.fs, len(x), delay_s)
+    normal = to_model_rate(normal_rec, record.fs, pre.fs, len(x), delay_s)
     settle = int(SETTLE_S * pre.fs)
     if len(x) - settle >= window:  # short records (PTB-XL's 10 s) keep their only window
         normal[:settle] = False

@@ -5,8 +5,9 @@ Perlin synthesiser (:mod:`ecgstream.signals.synth`) injects one anomaly, or with
 ``consensus_refiner_many`` 2-12 of them (so several anomalies in one window are not taught to be
 unusual). The excerpt is preprocessed and scored by the detector like any record, and each
 segment is labelled by whether the anomaly covers its centre. The refiner learns those labels
-(weighted binary cross-entropy). Segments within 0.5 s of a real abnormal beat have no weight:
-only the records' normal material and the synthetic anomalies teach it, never their labels.
+(weighted binary cross-entropy). Segments within ``normal_margin_s`` (0.5 s; the margin that
+keeps training windows clear of abnormal beats) of a real abnormal beat have no weight: only the
+records' normal material and the synthetic anomalies teach it, never their labels.
 """
 
 from __future__ import annotations
@@ -15,26 +16,27 @@ import time
 
 import numpy as np
 
-from ecgstream.signals.labels import normal_mask, read_beats
+from ecgstream.signals.labels import BeatAnnotations, normal_mask
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.synth import inject_1d, inject_many
 from ecgstream.signals.windows import frame, window_starts
 from ecgstream.training.config import TrainConfig
-from ecgstream.training.data import TrainingRecord, read_leads
+from ecgstream.training.data import TrainingRecord, read_leads, to_model_rate
 
 __all__ = ["EXCERPT_S", "fit_refiner", "synthetic_material"]
 
 #: length of each synthetic excerpt (s), as in the localisation protocol
 EXCERPT_S = 60.0
-#: real abnormal beats closer than this (s) leave a segment out of the loss
-REAL_MARGIN_S = 0.5
 
 
-def _usable(path, n_samples: int) -> np.ndarray:
-    """Samples of a record at least :data:`REAL_MARGIN_S` from any real abnormal beat."""
-    if not path.with_suffix(".atr").exists():
-        return np.ones(n_samples, bool)
-    return normal_mask(read_beats(path), n_samples, REAL_MARGIN_S)
+def _usable(rec: TrainingRecord, margin_s: float) -> np.ndarray:
+    """Samples of ``rec`` at the record rate at least ``margin_s`` seconds from any real
+    abnormal beat (its annotations as :func:`~ecgstream.training.data.load_record` read them)."""
+    if rec.beat_samples is None or rec.beat_abnormal is None:
+        return np.ones(rec.n_record, bool)
+    symbols = np.full(len(rec.beat_samples), "", dtype=object)  # normal_mask does not read them
+    beats = BeatAnnotations(rec.beat_samples, symbols, rec.beat_abnormal, rec.fs_record)
+    return normal_mask(beats, rec.n_record, margin_s)
 
 
 def synthetic_material(
@@ -55,7 +57,7 @@ def synthetic_material(
     feats, labels, weights = [], [], []
     for rec in records:
         raw = read_leads(rec.path, cfg.leads)
-        usable = _usable(rec.path, raw.n_samples)
+        usable = _usable(rec, cfg.normal_margin_s)
         n = min(int(round(EXCERPT_S * raw.fs)), raw.n_samples)
         for _ in range(cfg.consensus_refiner_excerpts):
             start = int(rng.integers(0, raw.n_samples - n + 1))
@@ -68,11 +70,12 @@ def synthetic_material(
             starts = window_starts(len(x), mcfg.window, cfg.hop)
             if len(starts) == 0:
                 continue
-            # the record sample each segment centre shows (model sample k: k / fs - delay s)
-            t = (starts[:, None] + centres[None, :]) / pre.fs - delay_s
-            idx = np.clip(np.rint(t * raw.fs).astype(np.int64), 0, n - 1)
-            labels.append(mask[idx].astype(np.float32))
-            keep = (usable[start : start + n] | mask)[idx] & (t >= 0)
+            at = starts[:, None] + centres[None, :]  # the segment centres (model samples)
+            label = to_model_rate(mask, raw.fs, pre.fs, len(x), delay_s)[at]
+            ok = to_model_rate(usable[start : start + n] | mask, raw.fs, pre.fs, len(x), delay_s)
+            # a centre before the excerpt's first sample (the filter delay) shows nothing of it
+            keep = ok[at] & (at / pre.fs >= delay_s)
+            labels.append(label.astype(np.float32))
             weights.append(keep.astype(np.float32))
             with torch.no_grad():
                 seg_score, ordered, _, _ = model.scored_segments(
