@@ -100,6 +100,11 @@ def fit_refiner(
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    # the refiner's first weights come from the seed too, not from whatever the global torch
+    # generator held when the model was built
+    for layer in model.refiner.modules():
+        if isinstance(layer, torch.nn.Conv1d):
+            layer.reset_parameters()
     rng = np.random.default_rng([cfg.seed, 7])
     with tqdm(total=len(records), desc="refiner material", unit="record",
               disable=not progress) as bar:  # fmt: skip

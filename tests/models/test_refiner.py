@@ -100,3 +100,21 @@ def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ec
     again = _load(load_checkpoint(tmp_path / "ckpt"))
     with torch.no_grad():
         torch.testing.assert_close(again.refiner.logits(torch.from_numpy(x)), logit)
+
+
+def test_the_refiner_trains_the_same_twice_with_one_seed(ecg_folder):
+    cfg = TrainConfig(
+        model="consensus",
+        name="refined",
+        leads=["MLII"],
+        val_records=["syn2"],
+        consensus_noise_weight=100.0,
+        consensus_refiner_channels=4,
+        consensus_refiner_excerpts=3,
+        consensus_refiner_epochs=2,
+    )
+    first = fit_consensus(cfg, [ecg_folder], progress=False).model.refiner.state_dict()
+    torch.manual_seed(12345)  # a different global generator state when the second model is built
+    second = fit_consensus(cfg, [ecg_folder], progress=False).model.refiner.state_dict()
+    for name, value in first.items():
+        torch.testing.assert_close(second[name], value, rtol=0, atol=0)
