@@ -249,6 +249,9 @@ def markdown(results: dict) -> str:
             if k == "ap":
                 n += f", chance AP {model[block]['ap_chance']:.3f}"
             cells = " | ".join(_f(src.get(block), k) for src in [model, *others])
+            if model[block].get("auroc_interval_95"):
+                low, high = model[block]["auroc_interval_95"]
+                cells = cells.replace(" |", f" (95 % interval {low:.3f}-{high:.3f}) |", 1)
             rows.append(f"| {label} | {metric} | {cells} | {n} |")
     return "\n".join(rows)
 

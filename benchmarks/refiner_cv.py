@@ -90,6 +90,7 @@ def main() -> None:
             "beat": first["beat"]["auroc"],
             "window": first["window_10s"]["auroc"],
             "localisation": [r["localisation"]["auroc"] for r in reports],
+            "localisation_interval_95": [r["localisation"]["auroc_interval_95"] for r in reports],
             "per_kind": kinds,
         }
         results.append(row)

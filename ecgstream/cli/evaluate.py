@@ -20,7 +20,8 @@ Metrics (pooled over records, at each record's own sampling rate):
   record      PTB-XL records (label from ptbxl_database.csv: NORM only vs other diagnostic
               superclass): record score = max window_score; AUROC, AP
   localisation  with --localisation N (models only): N excerpts per record each get one
-              Perlin-noise anomaly with an exact mask; point-level AUROC against the mask
+              Perlin-noise anomaly with an exact mask; point-level AUROC against the mask,
+              with a 95 % bootstrap interval over the excerpts
   alerts      models only: the share of the model's own windows (window_score; normal: only
               normal beats, abnormal: any abnormal beat) at or over its default alert threshold,
               the false alarms and detections `ecgstream run` would give on these records
@@ -127,6 +128,14 @@ def summary_lines(report: dict) -> list[str]:
                 f"{name[:28]:<28} threshold {a['threshold']:.2f}: {_share(a['normal_over'])} of "
                 f"{a['normal_windows']} normal windows (false alarms), {_share(a['abnormal_over'])} "
                 f"of {a['abnormal_windows']} abnormal ones"
+            )
+    for name, entry in report["sources"].items():
+        loc = entry.get("localisation", {})
+        if loc.get("auroc_interval_95"):
+            low, high = loc["auroc_interval_95"]
+            lines.append(
+                f"{name[:28]:<28} localisation AUROC {loc['auroc']:.3f}, 95 % interval "
+                f"{low:.3f}-{high:.3f} (bootstrap over its {loc['n_excerpts']} excerpts)"
             )
     per_kind = localisation_per_kind(report)
     kinds = sorted({k for aurocs in per_kind.values() for k in aurocs})

@@ -32,6 +32,7 @@ import numpy as np
 from ecgstream.evaluation.metrics import (
     MetricError,
     auroc,
+    auroc_interval,
     average_precision,
     beat_scores,
     fixed_windows,
@@ -347,6 +348,10 @@ def summarise(collected: Collected) -> dict:
     labels, scores = collected.arrays("point")
     if labels.size:
         block = {**_metric_block(labels, scores), "n_excerpts": len(collected.point_labels)}
+        if block["auroc"] is not None:  # the excerpts, not the samples, are the unit of chance
+            block["auroc_interval_95"] = list(
+                auroc_interval(collected.point_labels, collected.point_scores)
+            )
         per_kind = {}
         for kind in sorted(set(collected.point_kinds)):
             sel = [i for i, k in enumerate(collected.point_kinds) if k == kind]

@@ -126,6 +126,7 @@ class ConsensusConfig:
     refiner_weight: float = 0.5
     refiner_floor: float = -6.0
     refiner_level_scale: float = 5.0
+    refiner_min_gain: float = 1.0
 
     @property
     def n_segments(self) -> int:
@@ -302,6 +303,7 @@ class SegmentConsensus(nn.Module):
                 cfg.refiner_weight,
                 cfg.refiner_floor,
                 cfg.refiner_level_scale,
+                cfg.refiner_min_gain,
             )
         if cfg.reference_size > 0:
             n_q = cfg.reference_quantiles or cfg.segment

@@ -8,8 +8,8 @@ and gives a logit per segment that an anomaly covers it. It is trained on synthe
 (:mod:`ecgstream.signals.synth`) injected into the training records
 (:mod:`ecgstream.training.refiner`), the positives for a refiner head that the design names.
 
-The refined segment score is the segment score times ``exp(weight * (max(logit, floor) - floor))``:
-it only raises scores where the refiner sees an anomaly, and never lowers one. The window score
+The refined segment score is the segment score times ``max(exp(weight * (logit - floor)), min_gain)``:
+raised where the refiner sees an anomaly; with the default ``min_gain = 1`` never lowered. The window score
 (detection, thresholds) stays the detector's own; only where the score lies within a window
 (localisation, the point scores) changes.
 
@@ -49,6 +49,7 @@ class ScoreRefiner(nn.Module):
         weight: float = 0.5,
         floor: float = -6.0,
         level_scale: float = 5.0,
+        min_gain: float = 1.0,
     ):
         super().__init__()
         if channels < 1 or not dilations or min(dilations) < 1 or kernel < 1 or kernel % 2 == 0:
@@ -56,7 +57,10 @@ class ScoreRefiner(nn.Module):
                 f"the refiner needs channels >= 1, dilations >= 1 and an odd kernel; got "
                 f"{channels}, {dilations}, {kernel}"
             )
+        if not 0 < min_gain <= 1:
+            raise ValueError(f"the refiner's min_gain must be in (0, 1], got {min_gain}")
         self.weight, self.floor, self.level_scale = float(weight), float(floor), float(level_scale)
+        self.min_gain = float(min_gain)
         self.inp = nn.Conv1d(1 + n_leads, channels, 1)
         self.blocks = nn.ModuleList(
             nn.Conv1d(channels, channels, kernel, padding=d * (kernel // 2), dilation=d)
@@ -77,7 +81,8 @@ class ScoreRefiner(nn.Module):
         return self.out(h)[:, 0]
 
     def forward(self, seg_score: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """Refined segment scores ``(B, S)``: ``seg_score`` raised where the logits are high."""
+        """Refined segment scores ``(B, S)``: ``seg_score`` raised where the logits are high
+        (and lowered, to at most ``min_gain`` times, where they are below the floor)."""
         logit = self.logits(self.features(seg_score, level))
-        boost = torch.exp(self.weight * (logit.clamp_min(self.floor) - self.floor))
-        return seg_score.clamp_min(0) * boost
+        gain = torch.exp(self.weight * (logit - self.floor))
+        return seg_score.clamp_min(0) * gain.clamp_min(self.min_gain)

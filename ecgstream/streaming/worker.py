@@ -272,8 +272,7 @@ class Worker:
             try:
                 await self.consumer.commit_async(offsets)
             except KafkaError as exc:  # the next owner re-reads from the last commit
-                self.metrics.commits.labels("failed").inc()
-                log.warning("offset commit on revocation failed (records will be re-read): %s", exc)
+                self._commit_failed(exc, " on revocation")
             else:
                 self._committed_to(offsets)
         dropped = self.pipeline.drop_partitions(partitions)
@@ -531,10 +530,13 @@ class Worker:
         try:
             self.consumer.commit(offsets)
         except KafkaError as exc:  # e.g. a rebalance in progress: the next owner re-reads
-            self.metrics.commits.labels("failed").inc()
-            log.warning("offset commit failed (records will be re-read): %s", exc)
+            self._commit_failed(exc)
             return
         self._committed_to(offsets)
+
+    def _commit_failed(self, exc: Exception, when: str = "") -> None:
+        self.metrics.commits.labels("failed").inc()
+        log.warning("offset commit%s failed (records will be re-read): %s", when, exc)
 
     def _commit_offsets(self, targets: dict[int, int]) -> dict:
         """The commit request for ``targets``: the partitions whose committed offset moves on."""

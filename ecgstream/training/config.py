@@ -102,6 +102,8 @@ class TrainConfig:
     # >0: the floor is this quantile of the trained refiner's logits on the normal segments of its
     # material instead, so most normal segments keep their score (boost 1)
     consensus_refiner_floor_quantile: float = 0.0
+    # <1: where the logit is below the floor the score is lowered too, to at most this share
+    consensus_refiner_min_gain: float = 1.0
     consensus_refiner_excerpts: int = 150  # synthetic 60 s excerpts per training record
     consensus_refiner_many: float = 0.5  # share of excerpts with 2-12 anomalies instead of one
     consensus_refiner_epochs: int = 20
@@ -136,6 +138,11 @@ class TrainConfig:
             raise ValueError(
                 "consensus_refiner_floor_quantile must be in [0, 1) (0: the fixed "
                 f"consensus_refiner_floor), got {self.consensus_refiner_floor_quantile}"
+            )
+        if not 0 < self.consensus_refiner_min_gain <= 1:
+            raise ValueError(
+                "consensus_refiner_min_gain must be in (0, 1] (1: scores are never lowered), "
+                f"got {self.consensus_refiner_min_gain}"
             )
         if self.calibrate_on not in ("validation", "all"):
             raise ValueError(

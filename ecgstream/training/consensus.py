@@ -70,6 +70,7 @@ def consensus_config(cfg: TrainConfig):
         refiner_dilations=tuple(cfg.consensus_refiner_dilations),
         refiner_weight=cfg.consensus_refiner_weight,
         refiner_floor=cfg.consensus_refiner_floor,
+        refiner_min_gain=cfg.consensus_refiner_min_gain,
         topk_frac=cfg.topk_frac,
     )
 

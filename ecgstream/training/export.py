@@ -105,7 +105,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         f"Calibrated score = (raw - {spec.score_norm.get('center', 0):.6g}) / {spec.score_norm.get('scale', 1):.6g} "
         f"(median and 1.4826 x MAD of the raw window scores of {where}). Thresholds, in "
         f"calibrated units, are quantiles of the same {spec.score_norm.get('n', '?')} windows:",
-        *[f"- {k}: {v:.3f}" for k, v in spec.thresholds.items()],
+        *[f"- {k}: {v:.3f}" for k, v in sorted(spec.thresholds.items())],
         "",
         "## Limits",
         *_limit_lines(spec),
@@ -245,7 +245,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         refiner = tr.get("refiner")
         weights = (
             f"a score refiner of {p.get('parameters', '?')} trained weights "
-            f"({p.get('refiner_channels')} channels, dilations {p.get('refiner_dilations')}) "
+            f"({p.get('refiner_channels')} channels, dilations {list(p.get('refiner_dilations', ()))}) "
             "places the point scores; the window scores are the detector's own"
             if refiner
             else "no trained weights"

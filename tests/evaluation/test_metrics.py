@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 from ecgstream.evaluation.metrics import (
     MetricError,
     auroc,
+    auroc_interval,
     average_precision,
     beat_scores,
     fixed_windows,
@@ -40,6 +41,33 @@ def test_auroc_and_ap_match_sklearn(data):
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
     assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(y, s), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 10_000))
+def test_auroc_interval_matches_resampling_whole_groups(n_groups, seed):
+    rng = np.random.default_rng(seed)
+    labels = [rng.random(int(rng.integers(1, 40))) < 0.3 for _ in range(n_groups)]
+    labels[0][0], labels[-1][-1] = True, False  # both classes somewhere
+    scores = [rng.integers(0, 5, g.size).astype(float) + g for g in labels]  # ties across groups
+    # brute force with the same draws: pool each draw's groups and rank them again
+    draws = np.random.default_rng(7).multinomial(n_groups, np.full(n_groups, 1 / n_groups), 50)
+    values = []
+    for counts in draws:
+        pick = np.repeat(np.arange(n_groups), counts)
+        y = np.concatenate([labels[i] for i in pick])
+        if 0 < y.sum() < y.size:
+            values.append(auroc(y, np.concatenate([scores[i] for i in pick])))
+    low, high = auroc_interval(labels, scores, level=0.9, n_boot=50, seed=7)
+    assert (low, high) == pytest.approx(tuple(np.quantile(values, [0.05, 0.95])), abs=1e-12)
+
+
+def test_auroc_interval_of_identical_groups_is_the_pooled_auroc():
+    y, s = np.array([0, 1, 0, 1, 1, 0]), np.array([0.1, 0.5, 0.5, 0.9, 0.2, 0.3])
+    low, high = auroc_interval([y] * 5, [s] * 5)
+    assert low == pytest.approx(auroc(y, s)) and high == pytest.approx(auroc(y, s))
+    with pytest.raises(MetricError, match="groups"):
+        auroc_interval([y], [s, s])
 
 
 def test_perfect_inverted_and_tied():

@@ -167,6 +167,8 @@ def test_localisation_on_synthetic_anomalies(data):
     )
     loc = report["sources"]["pca-baseline"]["localisation"]
     assert loc["n_excerpts"] == 6 and loc["auroc"] > 0.7 and list(loc["per_kind"]) == ["noise"]
+    low, high = loc["auroc_interval_95"]  # over the 6 excerpts
+    assert low <= loc["auroc"] <= high and high - low > 0
     # the first excerpt is kept for the plot: its anomaly and 4 s either side, as scored
     example = collected["pca-baseline"].localisation_examples["noise"]
     first = collected["pca-baseline"].per_record[example.record]["excerpts"][0]

@@ -48,6 +48,27 @@ def test_the_refiner_only_raises_point_scores_and_keeps_the_window_score():
     torch.testing.assert_close(r_point[:, centres], seg_score.clamp_min(0) * boost)
 
 
+def test_a_min_gain_below_one_lets_the_refiner_lower_scores_down_to_it():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(BASE, refiner_channels=8, refiner_min_gain=0.25)
+    refined = SegmentConsensus(cfg).eval()
+    with torch.no_grad():
+        seg_score, ordered, _, _ = refined.scored_segments(_windows())
+        logit = refined.refiner.logits(
+            refined.refiner.features(seg_score, refined.segment_levels(ordered))
+        )
+        refined.refiner.floor = float(logit.median())  # half the segments below the floor
+        r_point, r_window = refined(_windows())
+        _, window = SegmentConsensus(BASE).eval()(_windows())
+    torch.testing.assert_close(r_window, window)
+    centres = 40 + 10 * torch.arange(BASE.n_segments)
+    gain = torch.exp(0.5 * (logit - refined.refiner.floor)).clamp_min(0.25)
+    torch.testing.assert_close(r_point[:, centres], seg_score.clamp_min(0) * gain)
+    ratio = r_point[:, centres] / seg_score.clamp_min(1e-9)
+    assert float(ratio.min()) < 0.99 and float(ratio.max()) > 1.01  # lowered and raised
+    assert float(ratio.min()) >= 0.25 - 1e-6
+
+
 def test_refiner_settings_are_checked():
     with pytest.raises(ValueError, match="refiner"):
         ConsensusConfig(refiner_channels=4, population_components=2).validate()
@@ -55,6 +76,10 @@ def test_refiner_settings_are_checked():
         ScoreRefiner(1, channels=4, kernel=2)
     with pytest.raises(ValueError, match="floor_quantile"):
         TrainConfig(model="consensus", consensus_refiner_floor_quantile=1.5)
+    with pytest.raises(ValueError, match="min_gain"):
+        TrainConfig(model="consensus", consensus_refiner_min_gain=0.0)
+    with pytest.raises(ValueError, match="min_gain"):
+        ScoreRefiner(1, channels=4, min_gain=1.5)
     cfg = ConsensusConfig.from_dict({**BASE.to_dict(), "refiner_dilations": [1, 3]})
     assert cfg.refiner_dilations == (1, 3)
 
