@@ -95,17 +95,17 @@ def auroc_interval(
     _check(np.concatenate(labels), np.concatenate(scores))
     groups = [(np.asarray(g).ravel().astype(bool), np.asarray(s, np.float64).ravel())
               for g, s in zip(labels, scores, strict=True)]  # fmt: skip
-    positives = [s[g] for g, s in groups]
-    n_pos = np.array([len(p) for p in positives], dtype=np.float64)
+    positives = np.concatenate([s[g] for g, s in groups])
+    n_pos = np.array([g.sum() for g, _ in groups], dtype=np.float64)
     n_neg = np.array([g.size - g.sum() for g, _ in groups], dtype=np.float64)
+    owner = np.repeat(np.arange(len(groups)), n_pos.astype(int))  # each positive's group
     # pairs[i, j]: pairs (positive of group i, negative of group j) ranked right, ties 1/2
     pairs = np.zeros((len(groups), len(groups)))
     for j, (g, s) in enumerate(groups):
         neg = np.sort(s[~g])
-        for i, pos in enumerate(positives):
-            if pos.size:
-                below = np.searchsorted(neg, pos, "left")
-                pairs[i, j] = below.sum() + 0.5 * (np.searchsorted(neg, pos, "right") - below).sum()
+        below = np.searchsorted(neg, positives, "left")
+        right = below + 0.5 * (np.searchsorted(neg, positives, "right") - below)
+        pairs[:, j] = np.bincount(owner, right, minlength=len(groups))
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(len(groups), np.full(len(groups), 1.0 / len(groups)), size=n_boot)
     right = np.einsum("bi,ij,bj->b", draws, pairs, draws)

@@ -8,10 +8,11 @@ and gives a logit per segment that an anomaly covers it. It is trained on synthe
 (:mod:`ecgstream.signals.synth`) injected into the training records
 (:mod:`ecgstream.training.refiner`), the positives for a refiner head that the design names.
 
-The refined segment score is the segment score times ``max(exp(weight * (logit - floor)), min_gain)``:
-raised where the refiner sees an anomaly; with the default ``min_gain = 1`` never lowered. The window score
-(detection, thresholds) stays the detector's own; only where the score lies within a window
-(localisation, the point scores) changes.
+The refined segment score is the segment score times
+``max(exp(weight * (logit - floor)), min_gain)``: raised where the refiner sees an anomaly, and
+with the default ``min_gain = 1`` never lowered. The window score (detection, thresholds) stays
+the detector's own; only where the score lies within a window (localisation, the point scores)
+changes.
 
 >>> import torch
 >>> r = ScoreRefiner(n_leads=1, channels=4, dilations=(1, 2))
