@@ -96,7 +96,7 @@ class TrainConfig:
     consensus_refiner_channels: int = 0
     consensus_refiner_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     consensus_refiner_weight: float = (
-        0.5  # point score x exp(weight x (logit - floor)), logit >= floor
+        0.5  # point score x max(exp(weight x (logit - floor)), min_gain)
     )
     consensus_refiner_floor: float = -6.0
     # >0: the floor is this quantile of the trained refiner's logits on the normal segments of its

@@ -84,13 +84,21 @@ def test_refiner_settings_are_checked():
     assert cfg.refiner_dilations == (1, 3)
 
 
-def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ecg_folder, tmp_path):
-    cfg = TrainConfig(
+def _refined(**changes) -> TrainConfig:
+    """A consensus detector with a score refiner for the synthetic WFDB folder (``syn2``
+    validates), with ``changes``."""
+    return TrainConfig(
         model="consensus",
         name="refined",
         leads=["MLII"],
         val_records=["syn2"],
         consensus_noise_weight=100.0,
+        **changes,
+    )
+
+
+def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ecg_folder, tmp_path):
+    cfg = _refined(
         consensus_neighbours=1,
         consensus_refiner_channels=8,
         consensus_refiner_excerpts=30,
@@ -128,15 +136,8 @@ def test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record(ec
 
 
 def test_the_refiner_trains_the_same_twice_with_one_seed(ecg_folder):
-    cfg = TrainConfig(
-        model="consensus",
-        name="refined",
-        leads=["MLII"],
-        val_records=["syn2"],
-        consensus_noise_weight=100.0,
-        consensus_refiner_channels=4,
-        consensus_refiner_excerpts=3,
-        consensus_refiner_epochs=2,
+    cfg = _refined(
+        consensus_refiner_channels=4, consensus_refiner_excerpts=3, consensus_refiner_epochs=2
     )
     first = fit_consensus(cfg, [ecg_folder], progress=False).model.refiner.state_dict()
     torch.manual_seed(12345)  # a different global generator state when the second model is built
