@@ -103,14 +103,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ecgstream.signals.records import RecordError, list_records, read_record
     from ecgstream.signals.series import is_series_path, read_series, write_series
-    from ecgstream.signals.synth import KINDS_1D, inject_many
+    from ecgstream.signals.synth import inject_many, parse_kinds
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS_1D]
-    if unknown or not kinds:
-        raise ValueError(
-            f"--kinds {args.kinds!r}: unknown {unknown}; choose from {', '.join(KINDS_1D)}"
-        )
+    kinds = parse_kinds(args.kinds)
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
     inputs: list[Path] = []

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from ecgstream.evaluation.metrics import (
 from ecgstream.runtime.scorer import RecordScores, Scorer
 from ecgstream.signals.labels import BeatAnnotations, normal_mask, read_beats, window_labels
 from ecgstream.signals.records import Record, RecordError, read_record, select_leads
+from ecgstream.signals.synth import KINDS_1D
 
 __all__ = [
     "BEAT_HALF_WIDTH_S",
@@ -410,11 +411,21 @@ class Example:
     scores: dict[str, RecordScores]
 
 
-def default_injector() -> Callable:
-    """``inject(signal, fs, rng) -> (signal_out, mask, info)``: the Perlin synthesiser, all kinds."""
+def default_injector(kinds: Sequence[str] | None = None, strength: float = 1.0) -> Callable:
+    """``inject(signal, fs, rng) -> (signal_out, mask, info)``: the Perlin synthesiser.
+
+    ``kinds`` limits the kinds drawn (default all of ``KINDS_1D``); ``strength`` multiplies the
+    size of the additive kinds (wander, noise), 1 being the protocol the reported figures use.
+    """
+    from functools import partial
+
     from ecgstream.signals.synth import inject_1d
 
-    return inject_1d
+    if not strength > 0:
+        raise ValueError(f"anomaly strength must be > 0, got {strength}")
+    if kinds is None and strength == 1.0:
+        return inject_1d
+    return partial(inject_1d, kinds=list(kinds) if kinds else None, strength=strength)
 
 
 def evaluate(
@@ -425,11 +436,15 @@ def evaluate(
     seed: int = 0,
     inject: Callable | None = None,
     progress: bool = True,
+    kinds: Sequence[str] | None = None,
+    strength: float = 1.0,
 ) -> tuple[dict, dict[str, Collected], Example | None]:
     """Evaluate every source on the same records; returns (report, collected pairs, example record).
 
     ``localisation`` is the number of excerpts (``excerpt_s`` seconds) per record into which one
     synthetic anomaly each is injected; every model source sees the same excerpts and anomalies.
+    They come from ``inject``, or else from the Perlin synthesiser with ``kinds`` (default all)
+    and ``strength`` (:func:`default_injector`).
     Records that cannot be read or scored are skipped and listed under ``skipped``.
     """
     from tqdm import tqdm
@@ -444,8 +459,9 @@ def evaluate(
     labels = record_labels(paths)
     skipped: dict[str, str] = {}
     example: Example | None = None
+    injector = "custom" if inject is not None else "perlin"
     if localisation and inject is None:
-        inject = default_injector()
+        inject = default_injector(kinds, strength)
     for index, path in enumerate(
         tqdm(paths, desc="evaluating", unit="record", disable=not progress)
     ):
@@ -490,6 +506,11 @@ def evaluate(
             "record_score": RECORD_SCORE,
             "localisation_excerpts_per_record": localisation,
             "localisation_excerpt_s": excerpt_s,
+            "localisation_anomalies": (
+                {"injector": "perlin", "kinds": list(kinds or KINDS_1D), "strength": strength}
+                if injector == "perlin"
+                else {"injector": "custom"}
+            ),
             "seed": seed,
             "pooling": "pooled over records",
         },

@@ -37,12 +37,28 @@ __all__ = [
     "inject_2d",
     "inject_many",
     "components",
+    "parse_kinds",
 ]
 
 #: displacement kinds for 1-D signals
 KINDS_1D = ("amplitude", "wander", "noise", "flat", "invert", "warp", "paste")
 #: displacement kinds for 2-D (log-energy) images
 KINDS_2D = ("raise", "lower")
+
+
+def parse_kinds(text: str, known: Sequence[str] = KINDS_1D) -> list[str]:
+    """The kinds named in a comma-separated ``text`` (e.g. ``"wander,noise"``), checked.
+
+    >>> parse_kinds("noise, flat")
+    ['noise', 'flat']
+    """
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in known]
+    if unknown or not kinds:
+        raise ValueError(
+            f"anomaly kinds {text!r}: unknown {unknown or 'none given'}; choose from {', '.join(known)}"
+        )
+    return kinds
 
 
 def _fade(t: np.ndarray) -> np.ndarray:

@@ -268,6 +268,27 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_cli_kinds_and_strength(data, tmp_path, capsys):
+    """--kinds limits the synthetic anomalies, --strength scales the additive ones; the same seed
+    draws the same excerpts and regions, so only the size of the burst differs."""
+    root, _, model = data
+    aurocs = {}
+    for strength in ("0.1", "3"):
+        out = tmp_path / strength
+        argv = ["evaluate", "--model", str(model), "--localisation", "3", "--excerpt-s", "20"]
+        argv += ["--kinds", "noise", "--strength", strength, "--no-plots", "--no-progress"]
+        assert main(argv + ["--out", str(out), str(root / "test")]) == 0
+        report = json.loads((out / "report.json").read_text())
+        anomalies = report["protocol"]["localisation_anomalies"]
+        assert anomalies == {"injector": "perlin", "kinds": ["noise"], "strength": float(strength)}
+        loc = report["sources"]["pca-baseline"]["localisation"]
+        assert list(loc["per_kind"]) == ["noise"] and loc["n_excerpts"] == 6
+        aurocs[strength] = (loc["n_positive"], loc["auroc"])
+    (n_weak, weak), (n_strong, strong) = aurocs["0.1"], aurocs["3"]
+    assert n_weak == n_strong and strong > weak + 0.1
+    capsys.readouterr()
+
+
 def test_evaluate_cli_errors(tmp_path, capsys):
     assert main(["evaluate", "--out", str(tmp_path), str(tmp_path)]) == 2
     assert "--model or --scores" in capsys.readouterr().err
@@ -287,6 +308,13 @@ def test_evaluate_cli_errors(tmp_path, capsys):
         == 2
     )
     assert "needs a --model" in capsys.readouterr().err
+    model = ["evaluate", "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path)]
+    assert main(model + ["--kinds", "noise", str(tmp_path)]) == 2
+    assert "of --localisation N" in capsys.readouterr().err
+    assert main(model + ["--localisation", "2", "--kinds", "noise,boom", str(tmp_path)]) == 2
+    assert "unknown ['boom']" in capsys.readouterr().err
+    assert main(model + ["--localisation", "2", "--strength", "0", str(tmp_path)]) == 2
+    assert "--strength must be > 0" in capsys.readouterr().err
 
 
 def test_evaluate_cli_ptbxl_folds_record_auroc(tmp_path, capsys):
