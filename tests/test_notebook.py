@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("ECGSTREAM_NOTEBOOK_QUICK", "1")  # synthetic data, a few training steps
     monkeypatch.setenv("ECGSTREAM_NOTEBOOK_DIR", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    with warnings.catch_warnings():  # a cell without an id is to become an error in nbformat
+        warnings.filterwarnings("error", message="Cell is missing an id field")
+        nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
