@@ -54,9 +54,11 @@ def parse_kinds(text: str, known: Sequence[str] = KINDS_1D) -> list[str]:
     """
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in known]
-    if unknown or not kinds:
+    if not kinds:
+        raise ValueError(f"no anomaly kind named in {text!r}; choose from {', '.join(known)}")
+    if unknown:
         raise ValueError(
-            f"anomaly kinds {text!r}: unknown {unknown or 'none given'}; choose from {', '.join(known)}"
+            f"anomaly kinds {text!r}: unknown {unknown}; choose from {', '.join(known)}"
         )
     return kinds
 

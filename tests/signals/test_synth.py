@@ -154,3 +154,5 @@ def test_synth_cli_rejects_unknown_kinds(tmp_path, capsys):
 
     assert main(["synth", "--out", str(tmp_path), "--kinds", "boom", str(tmp_path / "x.txt")]) == 2
     assert "unknown ['boom']" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--kinds", " , ", str(tmp_path / "x.txt")]) == 2
+    assert "no anomaly kind named in ' , '" in capsys.readouterr().err
