@@ -25,6 +25,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from ecgstream.evaluation.metrics import (
 from ecgstream.runtime.scorer import RecordScores, Scorer
 from ecgstream.signals.labels import BeatAnnotations, normal_mask, read_beats, window_labels
 from ecgstream.signals.records import Record, RecordError, read_record, select_leads
-from ecgstream.signals.synth import KINDS_1D
+from ecgstream.signals.synth import KINDS_1D, inject_1d
 
 __all__ = [
     "BEAT_HALF_WIDTH_S",
@@ -417,10 +418,6 @@ def default_injector(kinds: Sequence[str] | None = None, strength: float = 1.0) 
     ``kinds`` limits the kinds drawn (default all of ``KINDS_1D``); ``strength`` multiplies the
     size of the additive kinds (wander, noise), 1 being the protocol the reported figures use.
     """
-    from functools import partial
-
-    from ecgstream.signals.synth import inject_1d
-
     if not strength > 0:
         raise ValueError(f"anomaly strength must be > 0, got {strength}")
     if kinds is None and strength == 1.0:
