@@ -88,6 +88,39 @@ def _series_spec(
     )
 
 
+def _split_prefix(prefix: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fitting and validation parts of the anomaly-free ``prefix`` ``(n, channels)``.
+
+    The last fifth validates (from half a window before it); when either part would be too short
+    for its windows, both are the whole prefix.
+    """
+    n = len(prefix)
+    if n < 2 * window:
+        raise SeriesError(
+            f"the anomaly-free prefix ({n} samples) must hold at least two {window}-sample "
+            "windows; give a shorter --window or a later --train-end"
+        )
+    n_val = n // 5
+    fit_part, val_part = prefix[: n - n_val], prefix[n - n_val - window // 2 :]
+    if len(val_part) < window + 9 * max(1, window // 8) or len(fit_part) < 2 * window:
+        return prefix, prefix
+    return fit_part, val_part
+
+
+def _calibrate_on(model, val_part: np.ndarray, window: int) -> tuple[dict, dict]:
+    """Score normalisation and thresholds from ``model``'s window scores on ``val_part``
+    (windows every eighth of a window, or closer so that there are at least 16)."""
+    import torch
+
+    from ecgstream.training.calibration import calibrate
+
+    val_hop = max(1, min(window // 8, (len(val_part) - window) // 16))
+    val_windows = frame(val_part, window_starts(len(val_part), window, val_hop), window)
+    with torch.no_grad():
+        _, val_scores = model(torch.from_numpy(val_windows))
+    return calibrate(val_scores.numpy())
+
+
 def _train_windows(x: np.ndarray, window: int, max_windows: int) -> np.ndarray:
     stride = max(1, (len(x) - window) // max_windows)
     return frame(x, window_starts(len(x), window, stride), window)
@@ -143,9 +176,7 @@ def _train_series_array(
     model_out,
     max_windows,
 ) -> SeriesResult:
-    import torch
 
-    from ecgstream.training.calibration import calibrate
     from ecgstream.training.image import ImageConfig, export_detector, fit_image_detector
 
     t0 = time.perf_counter()
@@ -160,25 +191,13 @@ def _train_series_array(
                                 window=window, hop=hop, model_out=model_out, seed=seed)  # fmt: skip
     window = int(window or auto_window(prefix))
     hop = int(hop or max(1, window // 4))
-    if train_end < 2 * window:
-        raise SeriesError(
-            f"the anomaly-free prefix ({train_end} samples) must hold at least two {window}-sample "
-            "windows; give a shorter --window or a later --train-end"
-        )
-    n_val = train_end // 5
-    fit_part, val_part = (prefix[: train_end - n_val], prefix[train_end - n_val - window // 2 :])
-    if len(val_part) < window + 9 * max(1, window // 8) or len(fit_part) < 2 * window:
-        fit_part, val_part = prefix, prefix
+    fit_part, val_part = _split_prefix(prefix, window)
     train_windows = _train_windows(fit_part, window, max_windows)
     cfg = ImageConfig(
         kind=kind, frontend="channel_time", seed=seed, time_budget_s=time_budget_s, **overrides
     )
     model = fit_image_detector(train_windows, cfg)
-    val_hop = max(1, min(window // 8, (len(val_part) - window) // 16))
-    val_windows = frame(val_part, window_starts(len(val_part), window, val_hop), window)
-    with torch.no_grad():
-        _, val_scores = model(torch.from_numpy(val_windows))
-    score_norm, thresholds = calibrate(val_scores.numpy())
+    score_norm, thresholds = _calibrate_on(model, val_part, window)
     seconds = time.perf_counter() - t0
     spec = _series_spec(
         kind,
@@ -255,7 +274,6 @@ def _train_consensus(
     import torch
 
     from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
-    from ecgstream.training.calibration import calibrate
     from ecgstream.training.export import export_model
 
     opts = {**CONSENSUS_SERIES, **overrides}
@@ -264,11 +282,7 @@ def _train_consensus(
         prefix, window, opts.pop("periods"), opts.pop("max_window"), opts.pop("segment_periods")
     )
     hop = int(hop or max(1, window // 4))
-    if train_end < 2 * window:
-        raise SeriesError(
-            f"the anomaly-free prefix ({train_end} samples) must hold at least two {window}-sample "
-            "windows; give a shorter --window or a later --train-end"
-        )
+    fit_part, val_part = _split_prefix(prefix, window)
     unknown = set(opts) - set(ConsensusConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown consensus setting(s) {sorted(unknown)}")
@@ -278,10 +292,6 @@ def _train_consensus(
         opts["reference_slope_scale"] = float(opts["reference_slope_scale"] * ratio)
     cfg = ConsensusConfig(n_leads=x.shape[1], window=window, segment=segment, stride=stride, **opts)
     model = SegmentConsensus(cfg).eval()
-    n_val = train_end // 5
-    fit_part, val_part = prefix[: train_end - n_val], prefix[train_end - n_val - window // 2 :]
-    if len(val_part) < window + 9 * max(1, window // 8) or len(fit_part) < 2 * window:
-        fit_part, val_part = prefix, prefix
     # windows every segment overlap by all but one segment, so every prefix segment is described
     fit_windows = frame(
         fit_part, window_starts(len(fit_part), window, max(1, window - segment)), window
@@ -289,11 +299,7 @@ def _train_consensus(
     distinct = model.fit_reference(torch.from_numpy(fit_windows), seed=seed)
     if cfg.population_components:
         model.fit_population(torch.from_numpy(fit_windows))
-    val_hop = max(1, min(window // 8, (len(val_part) - window) // 16))
-    val_windows = frame(val_part, window_starts(len(val_part), window, val_hop), window)
-    with torch.no_grad():
-        _, val_scores = model(torch.from_numpy(val_windows))
-    score_norm, thresholds = calibrate(val_scores.numpy())
+    score_norm, thresholds = _calibrate_on(model, val_part, window)
     seconds = time.perf_counter() - t0
     spec = _series_spec(
         "consensus",
