@@ -85,6 +85,9 @@ class TrainConfig:
     consensus_rhythm_resolution_s: float = 0.05  # the rhythm term's envelope: |x| averaged
     consensus_rhythm_every: int = 2  # the rhythm term of every n-th segment, interpolated between
     consensus_rhythm_gate: float = 0.0  # >0: fade the term out as the window's median nears this
+    # compare the signed window at lags near the period found, not the envelope at every lag
+    consensus_rhythm_signed: bool = False
+    consensus_rhythm_signed_resolution_s: float = 0.01  # the signed signal averaged over this
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
     consensus_population_covariance: str = "pca"  # "shrunk": Ledoit-Wolf Mahalanobis

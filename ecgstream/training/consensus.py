@@ -60,6 +60,10 @@ def consensus_config(cfg: TrainConfig):
         rhythm_excess=cfg.consensus_rhythm_excess,
         rhythm_every=cfg.consensus_rhythm_every,
         rhythm_gate=cfg.consensus_rhythm_gate,
+        rhythm_signed=cfg.consensus_rhythm_signed,
+        rhythm_signed_decimate=max(
+            1, int(round(cfg.consensus_rhythm_signed_resolution_s * cfg.fs))
+        ),
         rhythm_decimate=max(1, int(round(cfg.consensus_rhythm_resolution_s * cfg.fs))),
         population_components=cfg.consensus_population_components,
         population_weight=cfg.consensus_population_weight,

@@ -550,9 +550,13 @@ def test_rhythm_term_settings_are_checked():
         ConsensusConfig(window=400, rhythm_weight=1.0).validate()  # 1.65 s lags in a 4 s window
     with pytest.raises(ValueError, match="the rhythm term needs"):
         ConsensusConfig(rhythm_weight=1.0, rhythm_span=100).validate()  # longer than a segment
+    with pytest.raises(ValueError, match="signed rhythm term's decimation"):
+        ConsensusConfig(rhythm_weight=1.0, rhythm_signed=True, rhythm_signed_decimate=3).validate()
+    ConsensusConfig(rhythm_weight=1.0, rhythm_signed=True, rhythm_signed_decimate=2).validate()
 
 
-def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
+@pytest.mark.parametrize("signed", [False, True])
+def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, signed):
     x = _ecg(25.0, seed=5)
     peaks = _r_peaks(x)
     x = _premature(x, peaks, 12, early=20)
@@ -563,10 +567,12 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
         consensus_noise_weight=100.0,
         consensus_neighbours=5,
         consensus_rhythm_weight=0.1,
+        consensus_rhythm_signed=signed,
     )
     params = scorer.spec.params
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
+    assert params["rhythm_signed"] is signed
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
 
 
@@ -615,8 +621,41 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
     _assert_stream_step_matches_main_graph(scorer, windows)
 
 
-def _rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarray:
-    """:meth:`SegmentConsensus.rhythm_score` before its excess, written out sample by sample."""
+def _signed_rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarray:
+    """:meth:`SegmentConsensus.signed_rhythm` (every segment), written out span by span, at the
+    period the envelope gives (:func:`_rhythm_reference`)."""
+    cfg = model.cfg
+    sd = cfg.rhythm_signed_decimate
+    span, reach = (
+        cfg.rhythm_span // sd,
+        int(np.ceil(cfg.rhythm_tolerance * cfg.rhythm_max_period / sd)),
+    )
+    out = []
+    for w in windows:
+        period = _rhythm_reference(model, w[None], period_only=True)[0] * cfg.rhythm_decimate
+        period = int(np.round(period / sd))
+        x, row = w.astype(np.float64).reshape(w.shape[0], -1, sd).mean(2), []
+        for c in range(cfg.n_segments):
+            a = ((cfg.segment - cfg.rhythm_span) // 2 + c * cfg.stride) // sd
+            box, best = x[:, a : a + span], np.inf
+            for lag in range(period - reach, period + reach + 1):
+                if abs(lag - period) > cfg.rhythm_tolerance * period:
+                    continue
+                for b in (a - lag, a + lag):
+                    if b >= 0 and b + span <= x.shape[1]:
+                        other = x[:, b : b + span]
+                        energy = (box**2).sum() + (other**2).sum() + 1e-3 * span
+                        best = min(best, ((box - other) ** 2).sum() / energy)
+            row.append(best)
+        out.append(row)
+    return np.array(out)
+
+
+def _rhythm_reference(
+    model: SegmentConsensus, windows: np.ndarray, period_only: bool = False
+) -> np.ndarray:
+    """:meth:`SegmentConsensus.rhythm_score` before its excess, written out sample by sample
+    (``period_only``: the period found in each window, in samples of the envelope)."""
     cfg = model.cfg
     d, lags = cfg.rhythm_decimate, np.array(model.rhythm_lag_list)
     span, step, first, n = cfg.rhythm_span // d, cfg.stride // d, model.rhythm_first, cfg.n_segments
@@ -639,6 +678,9 @@ def _rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarra
         k = int(np.argmax(profile <= 1.3 * profile.min()))
         while k + 1 < len(lags) and profile[k + 1] < profile[k]:
             k += 1
+        if period_only:
+            out.append(int(lags[k]))
+            continue
         band = np.abs(lags - lags[k]) <= cfg.rhythm_tolerance * lags[k]
         out.append(dist[:, band].min(axis=(0, 1)))
     return np.array(out)
@@ -685,6 +727,36 @@ def test_rhythm_term_equals_its_direct_computation(decimate):
     sparse = sparse.numpy()
     np.testing.assert_allclose(sparse[:, ::2], want[:, ::2], atol=2e-6)
     np.testing.assert_allclose(sparse[:, 1::2], (want[:, :-1:2] + want[:, 2::2]) / 2, atol=2e-6)
+
+
+@pytest.mark.parametrize("decimate", [1, 2])
+def test_signed_rhythm_term_equals_its_direct_computation(decimate):
+    """The signed variant compares the window itself (averaged over ``decimate`` samples), at the
+    lags near the period found in its envelope; it sees an inverted beat, which the envelope
+    cannot."""
+    clean = _ecg(10.0, seed=7)
+    inverted = clean.copy()
+    peak = _r_peaks(clean)[5]
+    inverted[peak - 20 : peak + 20] *= -1
+    x = np.stack([clean, _premature(_ecg(10.0, seed=8), _r_peaks(_ecg(10.0, seed=8)), 5, 20)])
+    x = np.concatenate([x, inverted[None]])
+    cfg = ConsensusConfig(
+        window=1000, rhythm_weight=1.0, rhythm_signed=True, rhythm_span=60, rhythm_excess=0,
+        rhythm_every=1, rhythm_signed_decimate=decimate,
+    )  # fmt: skip
+    model = SegmentConsensus(cfg).eval()
+    with torch.no_grad():
+        got = model.rhythm_score(torch.tensor(x[:, None], dtype=torch.float32)).numpy()
+    want = _signed_rhythm_reference(model, x[:, None])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    near = slice(peak // 10 - 6, peak // 10 - 1)  # segments whose middle holds the inverted beat
+    assert got[2, near].max() > 5 * got[0, near].max()
+    envelope = dataclasses.replace(cfg, rhythm_signed=False)
+    with torch.no_grad():
+        blind = SegmentConsensus(envelope).rhythm_score(
+            torch.tensor(x[:, None], dtype=torch.float32)
+        )
+    np.testing.assert_allclose(blind[2].numpy(), blind[0].numpy(), atol=1e-6)
 
 
 def test_thresholds_can_be_calibrated_on_every_record_read(ecg_folder, tmp_path):
