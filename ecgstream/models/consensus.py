@@ -111,6 +111,9 @@ class ConsensusConfig:
     rhythm_signed: bool = False
     #: samples averaged before the signed comparison (2: 50 Hz at 100 Hz, a quarter of the cost)
     rhythm_signed_decimate: int = 1
+    #: add the rhythm term to the point scores only, after the refiner: neither the refiner nor
+    #: the window score sees it
+    rhythm_after_refiner: bool = False
     population_components: int = 0
     population_weight: float = 1.0
     population_covariance: str = "pca"
@@ -930,7 +933,7 @@ class SegmentConsensus(nn.Module):
         ordered = torch.sort(seg, dim=-1).values
         floors = self.noise_floors(seg) if cfg.noise_weight > 0 else None
         seg_score, level, consensus = self.sorted_terms(ordered, floors)
-        if cfg.rhythm_weight > 0:
+        if cfg.rhythm_weight > 0 and not cfg.rhythm_after_refiner:
             seg_score = seg_score + cfg.rhythm_weight * self.rhythm_score(windows)
         if cfg.slope_weight > 0 or cfg.reference_size > 0:
             slope = self.sorted_steps(seg)
@@ -946,14 +949,27 @@ class SegmentConsensus(nn.Module):
         return ordered[..., self.cfg.segment // 2]
 
     def outputs(
-        self, point: torch.Tensor, seg_score: torch.Tensor, ordered: torch.Tensor
+        self,
+        point: torch.Tensor,
+        seg_score: torch.Tensor,
+        ordered: torch.Tensor,
+        windows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph's point and window scores from its point scores ``point`` ``(B, T)``: the
         window score is always the detector's; with the refiner, the point scores are its
-        refined segment scores (``seg_score``, levels from the sorted segments ``ordered``)."""
+        refined segment scores (``seg_score``, levels from the sorted segments ``ordered``).
+        With ``rhythm_after_refiner`` the rhythm term of ``windows`` is added to the point
+        scores last."""
+        cfg = self.cfg
         window = self.window_score(point)
+        late = cfg.rhythm_weight > 0 and cfg.rhythm_after_refiner
         if self.refiner is not None:
-            point = self._spread(self.refiner(seg_score, self.segment_levels(ordered)))
+            refined = self.refiner(seg_score, self.segment_levels(ordered))
+            if late:
+                refined = refined + cfg.rhythm_weight * self.rhythm_score(windows)
+            point = self._spread(refined)
+        elif late:
+            point = point + self._spread(cfg.rhythm_weight * self.rhythm_score(windows))
         return point, window
 
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -967,7 +983,7 @@ class SegmentConsensus(nn.Module):
         if cfg.population_components > 0:
             pop = self.population_score(consensus, windows)
             point = point + cfg.population_weight * pop[:, None]
-        point, window = self.outputs(point, seg_score, ordered)
+        point, window = self.outputs(point, seg_score, ordered, windows)
         lay = self.carry_outputs
         if lay is not None and floors is not None:  # also the carry for the stream step
             new = cfg.n_segments - lay["carry"]
@@ -1012,10 +1028,10 @@ class StreamStep(nn.Module):
         ordered = torch.cat([carried, sorted_new], dim=2)
         floors = torch.cat([carried_floors, floors_new], dim=2)
         seg_score = m.sorted_terms(ordered, floors, consensus, floor_consensus)[0]
-        if m.cfg.rhythm_weight > 0:
+        if m.cfg.rhythm_weight > 0 and not m.cfg.rhythm_after_refiner:
             seg_score = seg_score + m.cfg.rhythm_weight * m.rhythm_score(windows)
         seg_score = m.eroded(seg_score)
-        return m.outputs(m._spread(seg_score), seg_score, ordered)
+        return m.outputs(m._spread(seg_score), seg_score, ordered, windows)
 
 
 def _grid(n: int, k: int) -> tuple[torch.Tensor, ...]:

@@ -88,6 +88,8 @@ class TrainConfig:
     # compare the signed window at lags near the period found, not the envelope at every lag
     consensus_rhythm_signed: bool = False
     consensus_rhythm_signed_resolution_s: float = 0.01  # the signed signal averaged over this
+    # add the rhythm term to the point scores after the refiner (neither it nor windows see it)
+    consensus_rhythm_after_refiner: bool = False
     consensus_population_components: int = 0  # >0: add a PCA population reference (12-lead ECGs)
     consensus_population_weight: float = 1.0
     consensus_population_covariance: str = "pca"  # "shrunk": Ledoit-Wolf Mahalanobis

@@ -61,6 +61,7 @@ def consensus_config(cfg: TrainConfig):
         rhythm_every=cfg.consensus_rhythm_every,
         rhythm_gate=cfg.consensus_rhythm_gate,
         rhythm_signed=cfg.consensus_rhythm_signed,
+        rhythm_after_refiner=cfg.consensus_rhythm_after_refiner,
         rhythm_signed_decimate=max(
             1, int(round(cfg.consensus_rhythm_signed_resolution_s * cfg.fs))
         ),

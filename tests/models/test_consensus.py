@@ -555,8 +555,10 @@ def test_rhythm_term_settings_are_checked():
     ConsensusConfig(rhythm_weight=1.0, rhythm_signed=True, rhythm_signed_decimate=2).validate()
 
 
-@pytest.mark.parametrize("signed", [False, True])
-def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, signed):
+@pytest.mark.parametrize("signed, after", [(False, False), (True, False), (True, True)])
+def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(
+    ecg_folder, tmp_path, signed, after
+):
     x = _ecg(25.0, seed=5)
     peaks = _r_peaks(x)
     x = _premature(x, peaks, 12, early=20)
@@ -568,15 +570,18 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
         consensus_neighbours=5,
         consensus_rhythm_weight=0.1,
         consensus_rhythm_signed=signed,
+        consensus_rhythm_after_refiner=after,
     )
     params = scorer.spec.params
+    assert params["rhythm_after_refiner"] is after
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
     assert params["rhythm_signed"] is signed
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
 
 
-def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
+@pytest.mark.parametrize("after", [False, True])
+def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, after):
     x = _ecg(25.0, seed=6)
     x[1230:1300] = -x[1230:1300]  # an inverted stretch
     scorer = _fit_streamed(
@@ -589,6 +594,7 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path
         consensus_refiner_channels=4,
         consensus_refiner_excerpts=3,
         consensus_refiner_epochs=1,
+        consensus_rhythm_after_refiner=after,
     )
     assert scorer.spec.params["refiner_channels"] == 4
     assert scorer.spec.params["parameters"] > 0
@@ -757,6 +763,29 @@ def test_signed_rhythm_term_equals_its_direct_computation(decimate):
             torch.tensor(x[:, None], dtype=torch.float32)
         )
     np.testing.assert_allclose(blind[2].numpy(), blind[0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("refiner", [0, 4])
+def test_rhythm_term_after_the_refiner_moves_point_scores_only(refiner):
+    """With ``rhythm_after_refiner`` the term is added to the (refined) point scores last: the
+    window scores, and what the refiner reads, are those of the detector without the term."""
+    x = np.stack([_premature(_ecg(10.0, seed=8), _r_peaks(_ecg(10.0, seed=8)), 5, 20)])
+    windows = torch.tensor(x[:, None], dtype=torch.float32)
+    base = ConsensusConfig(window=1000, noise_weight=100.0, refiner_channels=refiner)
+    late = dataclasses.replace(base, rhythm_weight=0.5, rhythm_after_refiner=True)
+    without, with_term = SegmentConsensus(base).eval(), SegmentConsensus(late).eval()
+    if refiner:
+        torch.manual_seed(0)
+        for w in without.refiner.parameters():
+            torch.nn.init.normal_(w, std=0.3)
+        with_term.refiner.load_state_dict(without.refiner.state_dict())
+    with torch.no_grad():
+        point0, window0 = without(windows)[:2]
+        point1, window1 = with_term(windows)[:2]
+        term = with_term._spread(0.5 * with_term.rhythm_score(windows))
+    assert term.abs().max() > 0.01  # the premature beat is out of step
+    np.testing.assert_allclose(window1.numpy(), window0.numpy(), atol=1e-6)
+    np.testing.assert_allclose((point1 - point0).numpy(), term.numpy(), atol=1e-5)
 
 
 def test_thresholds_can_be_calibrated_on_every_record_read(ecg_folder, tmp_path):
