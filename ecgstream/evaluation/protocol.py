@@ -456,7 +456,11 @@ def evaluate(
     labels = record_labels(paths)
     skipped: dict[str, str] = {}
     example: Example | None = None
-    injector = "custom" if inject is not None else "perlin"
+    anomalies: dict = (
+        {"injector": "custom"}
+        if inject is not None
+        else {"injector": "perlin", "kinds": list(kinds or KINDS_1D), "strength": strength}
+    )
     if localisation and inject is None:
         inject = default_injector(kinds, strength)
     for index, path in enumerate(
@@ -503,11 +507,7 @@ def evaluate(
             "record_score": RECORD_SCORE,
             "localisation_excerpts_per_record": localisation,
             "localisation_excerpt_s": excerpt_s,
-            "localisation_anomalies": (
-                {"injector": "perlin", "kinds": list(kinds or KINDS_1D), "strength": strength}
-                if injector == "perlin"
-                else {"injector": "custom"}
-            ),
+            "localisation_anomalies": anomalies,
             "seed": seed,
             "pooling": "pooled over records",
         },

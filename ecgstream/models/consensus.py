@@ -198,26 +198,14 @@ class ConsensusConfig:
                 f"{self.rhythm_decimate}"
             )
         sd = self.rhythm_signed_decimate
-        if (
-            self.rhythm_weight > 0
-            and self.rhythm_signed
-            and not (
-                sd >= 1
-                and all(
-                    v % sd == 0
-                    for v in (
-                        self.stride,
-                        self.window,
-                        self.rhythm_span,
-                        (self.segment - self.rhythm_span) // 2,
-                    )
-                )
-            )
-        ):
+        span_start = (self.segment - self.rhythm_span) // 2
+        lengths = (self.stride, self.window, self.rhythm_span, span_start)
+        signed = self.rhythm_weight > 0 and self.rhythm_signed
+        if signed and (sd < 1 or any(v % sd for v in lengths)):
             raise ValueError(
                 f"the signed rhythm term's decimation ({sd} samples) must divide the stride "
-                f"({self.stride}), the window ({self.window}), the span ({self.rhythm_span}) and "
-                f"where the span starts in its segment ({(self.segment - self.rhythm_span) // 2})"
+                f"({self.stride}), the window ({self.window}), the span ({self.rhythm_span}) "
+                f"and where the span starts in its segment ({span_start})"
             )
         if self.level_weight < 0 or self.level_reach < 1:
             raise ValueError(
@@ -547,15 +535,7 @@ class SegmentConsensus(nn.Module):
         back_ok = (lo[None] - lags[:, None]) >= 0
         fwd_ok = (hi[None] + lags[:, None]) <= cfg.window // d
         self.rhythm_lag_list = lags.tolist()
-        sd = cfg.rhythm_signed_decimate
-        reach = int(math.ceil(cfg.rhythm_tolerance * cfg.rhythm_max_period / sd))
         buffers = {
-            "rhythm_offsets": torch.arange(-reach, reach + 1).float(),
-            "rhythm_span_starts": (
-                (cfg.segment - cfg.rhythm_span) // 2
-                + torch.arange(0, cfg.n_segments, cfg.rhythm_every) * cfg.stride
-            ).float()
-            / sd,
             "rhythm_lags": lags.float(),
             "rhythm_back_ok": back_ok.float(),
             "rhythm_back_off": (~back_ok).float() * 1e6,
@@ -565,6 +545,12 @@ class SegmentConsensus(nn.Module):
             "rhythm_right": right,
             "rhythm_frac": frac,
         }
+        if cfg.rhythm_signed:  # the lag offsets and span starts at the signed signal's rate
+            sd = cfg.rhythm_signed_decimate
+            reach = int(math.ceil(cfg.rhythm_tolerance * cfg.rhythm_max_period / sd))
+            starts = (cfg.segment - cfg.rhythm_span) // 2 + sub * cfg.stride
+            buffers["rhythm_offsets"] = torch.arange(-reach, reach + 1).float()
+            buffers["rhythm_span_starts"] = starts.float() / sd
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
 
@@ -933,8 +919,7 @@ class SegmentConsensus(nn.Module):
         ordered = torch.sort(seg, dim=-1).values
         floors = self.noise_floors(seg) if cfg.noise_weight > 0 else None
         seg_score, level, consensus = self.sorted_terms(ordered, floors)
-        if cfg.rhythm_weight > 0 and not cfg.rhythm_after_refiner:
-            seg_score = seg_score + cfg.rhythm_weight * self.rhythm_score(windows)
+        seg_score = self.with_rhythm(seg_score, windows)
         if cfg.slope_weight > 0 or cfg.reference_size > 0:
             slope = self.sorted_steps(seg)
             if cfg.slope_weight > 0:
@@ -943,6 +928,14 @@ class SegmentConsensus(nn.Module):
             if cfg.reference_size > 0:
                 seg_score = seg_score + cfg.reference_weight * self.reference_score(level, slope)
         return self.eroded(seg_score), ordered, floors, consensus
+
+    def with_rhythm(self, seg_score: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Segment scores plus the weighted rhythm term of ``windows``, where the term goes
+        before the refiner (otherwise :meth:`outputs` adds it last)."""
+        cfg = self.cfg
+        if cfg.rhythm_weight > 0 and not cfg.rhythm_after_refiner:
+            return seg_score + cfg.rhythm_weight * self.rhythm_score(windows)
+        return seg_score
 
     def segment_levels(self, ordered: torch.Tensor) -> torch.Tensor:
         """Each segment's median (mV) ``(B, L, n_segments)`` from its sorted values."""
@@ -1028,9 +1021,7 @@ class StreamStep(nn.Module):
         ordered = torch.cat([carried, sorted_new], dim=2)
         floors = torch.cat([carried_floors, floors_new], dim=2)
         seg_score = m.sorted_terms(ordered, floors, consensus, floor_consensus)[0]
-        if m.cfg.rhythm_weight > 0 and not m.cfg.rhythm_after_refiner:
-            seg_score = seg_score + m.cfg.rhythm_weight * m.rhythm_score(windows)
-        seg_score = m.eroded(seg_score)
+        seg_score = m.eroded(m.with_rhythm(seg_score, windows))
         return m.outputs(m._spread(seg_score), seg_score, ordered, windows)
 
 

@@ -176,7 +176,6 @@ def _train_series_array(
     model_out,
     max_windows,
 ) -> SeriesResult:
-
     from ecgstream.training.image import ImageConfig, export_detector, fit_image_detector
 
     t0 = time.perf_counter()
