@@ -10,7 +10,7 @@ learns nothing, so one export serves every fold). TEST records are never read.
 - localisation AUROC for two draws of synthetic anomalies (20 excerpts of 60 s per record,
   seeds 1 and 2), and per kind for the first.
 
-About 2 minutes per fold and variant.
+About 2 minutes per fold and variant; ``--folds 0`` runs the first fold only, for a first look.
 
     python benchmarks/refiner_cv.py --variant refiner consensus_refiner_channels=16 \\
         --out benchmarks/results/refiner_cv.json
@@ -56,13 +56,16 @@ def main() -> None:
     from ecgstream.evaluation.splits import mitdb_paths
 
     p = variants_parser(__doc__)
+    p.add_argument("--folds", nargs="+", type=int, default=list(range(len(FOLDS))),
+                   help="which folds to run (0-2; default all), for a first look")  # fmt: skip
     args = p.parse_args()
+    folds = [FOLDS[k] for k in args.folds]
     variants = [("no refiner", {"consensus_refiner_channels": "0"}), *parse_variants(p, args)]
     collected: dict[tuple[str, int], list] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         base = export_variant(args.config, variants[0][1], args.data, Path(tmp) / "base.onnx")
-        for k, fold in enumerate(FOLDS):
+        for k, fold in enumerate(folds):
             sources = [ModelSource(base)]
             sources[0].name = variants[0][0]
             for i, (name, changes) in enumerate(variants[1:]):
@@ -99,7 +102,7 @@ def main() -> None:
         print(f"| {name} | {row['beat']:.4f} | {row['window']:.3f} | {loc} | {per_kind} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"folds": FOLDS, "seeds": args.seeds, "config": str(args.config),
+        payload = {"folds": folds, "seeds": args.seeds, "config": str(args.config),
                    "results": results}  # fmt: skip
         args.out.write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.out}")

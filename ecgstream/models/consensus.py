@@ -135,6 +135,10 @@ class ConsensusConfig:
     refiner_floor: float = -6.0
     refiner_level_scale: float = 5.0
     refiner_min_gain: float = 1.0
+    #: >0: the refiner also reads the window's waveform through convolutions this wide
+    refiner_waveform_channels: int = 0
+    #: the waveform the refiner reads is averaged over this many samples first
+    refiner_waveform_decimate: int = 1
 
     @property
     def n_segments(self) -> int:
@@ -322,6 +326,10 @@ class SegmentConsensus(nn.Module):
                 cfg.refiner_floor,
                 cfg.refiner_level_scale,
                 cfg.refiner_min_gain,
+                cfg.refiner_waveform_channels,
+                cfg.segment,
+                cfg.stride,
+                cfg.refiner_waveform_decimate,
             )
         if cfg.reference_size > 0:
             n_q = cfg.reference_quantiles or cfg.segment
@@ -485,7 +493,8 @@ class SegmentConsensus(nn.Module):
             "noise_keep": self.noise_keep,
             "floor_mean": int(cfg.noise_summary == "mean"),
             "level_every": cfg.level_every,
-            "rhythm": int(cfg.rhythm_weight > 0),
+            # the step takes the whole window (the rhythm term, a refiner reading the waveform)
+            "rhythm": int(cfg.rhythm_weight > 0 or cfg.refiner_waveform_channels > 0),
         }
 
     def consensus(self, desc: torch.Tensor, n_segments: int | None = None) -> torch.Tensor:
@@ -957,7 +966,7 @@ class SegmentConsensus(nn.Module):
         window = self.window_score(point)
         late = cfg.rhythm_weight > 0 and cfg.rhythm_after_refiner
         if self.refiner is not None:
-            refined = self.refiner(seg_score, self.segment_levels(ordered))
+            refined = self.refiner(seg_score, self.segment_levels(ordered), windows)
             if late:
                 refined = refined + cfg.rhythm_weight * self.rhythm_score(windows)
             point = self._spread(refined)

@@ -109,6 +109,9 @@ class TrainConfig:
     consensus_refiner_floor_quantile: float = 0.0
     # <1: where the logit is below the floor the score is lowered too, to at most this share
     consensus_refiner_min_gain: float = 1.0
+    # >0: the refiner also reads each window's waveform through small convolutions this wide
+    consensus_refiner_waveform_channels: int = 0
+    consensus_refiner_waveform_resolution_s: float = 0.01  # the waveform averaged over this (s)
     consensus_refiner_excerpts: int = 150  # synthetic 60 s excerpts per training record
     consensus_refiner_many: float = 0.5  # share of excerpts with 2-12 anomalies instead of one
     consensus_refiner_epochs: int = 20

@@ -76,6 +76,10 @@ def consensus_config(cfg: TrainConfig):
         refiner_weight=cfg.consensus_refiner_weight,
         refiner_floor=cfg.consensus_refiner_floor,
         refiner_min_gain=cfg.consensus_refiner_min_gain,
+        refiner_waveform_channels=cfg.consensus_refiner_waveform_channels,
+        refiner_waveform_decimate=max(
+            1, int(round(cfg.consensus_refiner_waveform_resolution_s * cfg.fs))
+        ),
         topk_frac=cfg.topk_frac,
     )
 

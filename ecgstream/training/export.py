@@ -245,8 +245,13 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         refiner = tr.get("refiner")
         weights = (
             f"a score refiner of {p.get('parameters', '?')} trained weights "
-            f"({p.get('refiner_channels')} channels, dilations {list(p.get('refiner_dilations', ()))}) "
-            "places the point scores; the window scores are the detector's own"
+            f"({p.get('refiner_channels')} channels, dilations {list(p.get('refiner_dilations', ()))}"
+            + (
+                f"; it also reads the waveform, {p['refiner_waveform_channels']} channels"
+                if p.get("refiner_waveform_channels")
+                else ""
+            )
+            + ") places the point scores; the window scores are the detector's own"
             if refiner
             else "no trained weights"
         )

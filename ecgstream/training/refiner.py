@@ -23,10 +23,12 @@ from ecgstream.signals.windows import frame, window_starts
 from ecgstream.training.config import TrainConfig
 from ecgstream.training.data import TrainingRecord, read_leads, to_model_rate
 
-__all__ = ["EXCERPT_S", "fit_refiner", "synthetic_material"]
+__all__ = ["EXCERPT_S", "fit_refiner", "other_amplitudes", "synthetic_material"]
 
 #: length of each synthetic excerpt (s), as in the localisation protocol
 EXCERPT_S = 60.0
+#: a refiner reading the waveform trains on it at gains of exp(+-0.7) (x0.5-2) and either sign
+AUGMENT_LOG_GAIN = 0.7
 
 
 def _usable(rec: TrainingRecord, margin_s: float) -> np.ndarray:
@@ -41,8 +43,9 @@ def _usable(rec: TrainingRecord, margin_s: float) -> np.ndarray:
 
 def synthetic_material(
     model, cfg: TrainConfig, records: list[TrainingRecord], rng: np.random.Generator, progress=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Refiner features ``(N, 1 + leads, segments)``, labels and weights ``(N, segments)``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Refiner features ``(N, 1 + leads, segments)``, labels and weights ``(N, segments)``, and
+    the windows ``(N, leads, window)`` for a refiner that reads the waveform (else None).
 
     ``model`` is the :class:`~ecgstream.models.consensus.SegmentConsensus` the refiner belongs
     to; its segment scores and levels of the synthetic windows are the features.
@@ -54,7 +57,8 @@ def synthetic_material(
     pre = preprocess_config(cfg)
     mcfg = model.cfg
     centres = mcfg.segment // 2 + mcfg.stride * np.arange(mcfg.n_segments)
-    feats, labels, weights = [], [], []
+    feats, labels, weights, windows = [], [], [], []
+    keep_windows = model.refiner.wave is not None
     for rec in records:
         raw = read_leads(rec.path, cfg.leads)
         usable = _usable(rec, cfg.normal_margin_s)
@@ -77,17 +81,35 @@ def synthetic_material(
             keep = ok[at] & (at / pre.fs >= delay_s)
             labels.append(label.astype(np.float32))
             weights.append(keep.astype(np.float32))
+            cut = frame(x, starts, mcfg.window)
+            if keep_windows:
+                windows.append(cut)
             with torch.no_grad():
-                seg_score, ordered, _, _ = model.scored_segments(
-                    torch.from_numpy(frame(x, starts, mcfg.window))
-                )
+                seg_score, ordered, _, _ = model.scored_segments(torch.from_numpy(cut))
                 f = model.refiner.features(seg_score, model.segment_levels(ordered))
             feats.append(f.numpy())
         if progress is not None:
             progress.update(1)
     if not feats:
         raise ValueError("no synthetic window could be cut from the training records")
-    return np.concatenate(feats), np.concatenate(labels), np.concatenate(weights)
+    out = (np.concatenate(feats), np.concatenate(labels), np.concatenate(weights))
+    return (*out, np.concatenate(windows) if keep_windows else None)
+
+
+def other_amplitudes(windows, max_log_gain: float = AUGMENT_LOG_GAIN):
+    """Windows ``(B, L, T)`` (torch) each scaled by a random gain of ``exp(+-max_log_gain)`` and
+    a random sign (the global torch generator draws both).
+
+    A refiner that reads the waveform of 10 training records learns their patients' normal
+    beats, and then boosts normal beats of new patients. Seeing each window at other
+    amplitudes and polarities leaves it the shapes that make an anomaly within a window.
+    """
+    import torch
+
+    n = windows.shape[0]
+    gain = torch.exp(torch.empty(n, 1, 1).uniform_(-max_log_gain, max_log_gain))
+    sign = torch.where(torch.rand(n, 1, 1) < 0.5, -1.0, 1.0)
+    return windows * gain * sign
 
 
 def fit_refiner(
@@ -108,11 +130,18 @@ def fit_refiner(
     rng = np.random.default_rng([cfg.seed, 7])
     with tqdm(total=len(records), desc="refiner material", unit="record",
               disable=not progress) as bar:  # fmt: skip
-        x, y, w = synthetic_material(model, cfg, records, rng, bar)
+        x, y, w, win = synthetic_material(model, cfg, records, rng, bar)
     refiner = model.refiner
     refiner.train()
     opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+    wint = torch.from_numpy(win) if win is not None else None
+
+    def logits(rows: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        if wint is None:
+            return refiner.logits(xt[rows])
+        return refiner.logits(xt[rows], other_amplitudes(wint[rows]) if augment else wint[rows])
+
     loss_value = float("nan")
     bar = tqdm(range(cfg.consensus_refiner_epochs), desc="refiner", unit="epoch",
                disable=not progress)  # fmt: skip
@@ -121,7 +150,7 @@ def fit_refiner(
         total, count = 0.0, 0.0
         for i in range(0, len(order), cfg.batch_size):
             j = order[i : i + cfg.batch_size]
-            bce = F.binary_cross_entropy_with_logits(refiner.logits(xt[j]), yt[j], reduction="none")
+            bce = F.binary_cross_entropy_with_logits(logits(j, True), yt[j], reduction="none")
             loss = (bce * wt[j]).sum() / wt[j].sum().clamp_min(1.0)
             opt.zero_grad()
             loss.backward()
@@ -133,7 +162,8 @@ def fit_refiner(
     refiner.eval()
     if cfg.consensus_refiner_floor_quantile > 0:
         with torch.no_grad():
-            logit = torch.cat([refiner.logits(xt[i : i + 1024]) for i in range(0, len(xt), 1024)])
+            logit = torch.cat([logits(torch.arange(i, min(i + 1024, len(xt))))
+                               for i in range(0, len(xt), 1024)])  # fmt: skip
         normal = (wt > 0) & (yt < 0.5)
         floor = float(torch.quantile(logit[normal], cfg.consensus_refiner_floor_quantile))
         refiner.floor = model.cfg.refiner_floor = round(floor, 4)

@@ -580,8 +580,12 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
 
 
-@pytest.mark.parametrize("after", [False, True])
-def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, after):
+@pytest.mark.parametrize(
+    "after, waveform, rhythm", [(False, 0, 0.1), (True, 0, 0.1), (False, 4, 0.1), (False, 4, 0.0)]
+)
+def test_refiner_exports_with_onnx_parity_and_a_stream_step(
+    ecg_folder, tmp_path, after, waveform, rhythm
+):
     x = _ecg(25.0, seed=6)
     x[1230:1300] = -x[1230:1300]  # an inverted stretch
     scorer = _fit_streamed(
@@ -590,15 +594,20 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path
         x,
         consensus_noise_weight=100.0,
         consensus_neighbours=1,
-        consensus_rhythm_weight=0.1,
+        consensus_rhythm_weight=rhythm,
         consensus_refiner_channels=4,
         consensus_refiner_excerpts=3,
         consensus_refiner_epochs=1,
         consensus_rhythm_after_refiner=after,
+        consensus_refiner_waveform_channels=waveform,
+        consensus_refiner_waveform_resolution_s=0.02,
     )
-    assert scorer.spec.params["refiner_channels"] == 4
-    assert scorer.spec.params["parameters"] > 0
+    params = scorer.spec.params
+    assert params["refiner_channels"] == 4 and params["refiner_waveform_channels"] == waveform
+    assert params["parameters"] > 0
     assert scorer.stream_layout is not None
+    # the step takes the whole window where the rhythm term or the refiner reads it
+    assert scorer.stream_layout["rhythm"] == int(rhythm > 0 or waveform > 0)
 
 
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
