@@ -126,6 +126,8 @@ class ScoreRefiner(nn.Module):
         """Per-segment logits ``(B, S)`` that a synthetic-style anomaly covers the segment;
         ``windows`` ``(B, L, T)`` only for a refiner that reads the waveform."""
         if self.wave is not None:
+            if windows is None:
+                raise ValueError("this refiner reads the waveform: pass the windows too")
             features = torch.cat([features, self.waveform(windows, features.shape[-1])], dim=1)
         h = torch.relu(self.inp(features))
         for block in self.blocks:

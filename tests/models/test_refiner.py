@@ -86,6 +86,8 @@ def test_refiner_settings_are_checked():
         ScoreRefiner(1, channels=4, waveform_channels=4, segment=10, stride=10)
     with pytest.raises(ValueError, match="waveform_channels"):
         ScoreRefiner(1, channels=4, waveform_channels=-1)
+    with pytest.raises(ValueError, match="pass the windows"):
+        ScoreRefiner(1, channels=4, waveform_channels=4)(torch.rand(1, 93), torch.rand(1, 1, 93))
     cfg = ConsensusConfig.from_dict({**BASE.to_dict(), "refiner_dilations": [1, 3]})
     assert cfg.refiner_dilations == (1, 3)
 
