@@ -307,10 +307,7 @@ class Worker:
                     break
                 # with a batch in flight, only take what is already fetched: its alerts wait
                 waited = not self._inflight
-                polled = self.consumer.poll(
-                    timeout_ms=0 if self._inflight else self.cfg.poll_timeout_ms,
-                    max_records=self.cfg.max_poll_records,
-                )
+                polled = self._poll(0 if self._inflight else self.cfg.poll_timeout_ms)
                 if self._to_rewind:
                     polled = self._rewind(polled)
                 if polled:
@@ -341,6 +338,25 @@ class Worker:
             self.close()
             self.summary.seconds = time.time() - t_start
         return self.summary
+
+    def _poll(self, timeout_ms: int) -> dict:
+        """One poll of the consumer; ``{}`` when the broker cannot be reached.
+
+        The consumer reconnects by itself, but while the broker is down some of its retriable
+        errors (a refused connection while it looks for the group's coordinator) come out of
+        ``poll``. They are an outage, which :meth:`_check_broker` reports, not a reason to stop:
+        the worker waits a moment and polls again.
+        """
+        from kafka.errors import KafkaError
+
+        try:
+            return self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
+            log.debug("poll failed while the broker is unreachable: %s", exc)
+            self._stop.wait(min(0.5, self.cfg.poll_timeout_ms / 1000))
+            return {}
 
     def _rewind(self, polled: dict) -> dict:
         """Seek newly assigned partitions to their committed offsets; drop their polled records."""
