@@ -352,7 +352,7 @@ class Worker:
         try:
             return self.consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
         except KafkaError as exc:
-            if not getattr(exc, "retriable", False):
+            if not exc.retriable:
                 raise
             log.debug("poll failed while the broker is unreachable: %s", exc)
             self._stop.wait(min(0.5, self.cfg.poll_timeout_ms / 1000))

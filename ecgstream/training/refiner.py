@@ -137,7 +137,7 @@ def fit_refiner(
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
     wint = torch.from_numpy(win) if win is not None else None
 
-    def logits(rows: torch.Tensor, augment: bool = False) -> torch.Tensor:
+    def logits(rows: torch.Tensor | slice, augment: bool = False) -> torch.Tensor:
         if wint is None:
             return refiner.logits(xt[rows])
         return refiner.logits(xt[rows], other_amplitudes(wint[rows]) if augment else wint[rows])
@@ -162,8 +162,7 @@ def fit_refiner(
     refiner.eval()
     if cfg.consensus_refiner_floor_quantile > 0:
         with torch.no_grad():
-            logit = torch.cat([logits(torch.arange(i, min(i + 1024, len(xt))))
-                               for i in range(0, len(xt), 1024)])  # fmt: skip
+            logit = torch.cat([logits(slice(i, i + 1024)) for i in range(0, len(xt), 1024)])
         normal = (wt > 0) & (yt < 0.5)
         floor = float(torch.quantile(logit[normal], cfg.consensus_refiner_floor_quantile))
         refiner.floor = model.cfg.refiner_floor = round(floor, 4)
