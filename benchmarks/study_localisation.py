@@ -34,7 +34,7 @@ def main() -> None:
     from scipy.ndimage import median_filter
 
     from ecgstream.evaluation.metrics import auroc, beat_scores
-    from ecgstream.evaluation.protocol import beats_of
+    from ecgstream.evaluation.protocol import beats_of, synthetic_excerpts
     from ecgstream.evaluation.splits import MITDB_DEV
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.signals.labels import normal_mask
@@ -82,12 +82,12 @@ def main() -> None:
         fs = record.fs
         raw = raw_points(signal, fs)
         records.append((beats, fs, raw, plateau_terms(signal, fs), np.nanmedian(raw)))
-        n = int(60 * fs)
         ok = normal_mask(beats, record.n_samples, 0.5)
         rng = np.random.default_rng([args.seed, index])
-        for _ in range(args.excerpts):
-            start = int(rng.integers(0, record.n_samples - n + 1))
-            y, mask, info = inject_1d(signal[start : start + n], fs, rng)
+        for start, y, mask, info in synthetic_excerpts(
+            signal, fs, rng, args.excerpts, 60.0, inject_1d
+        ):
+            n = len(mask)
             score = raw_points(y, fs)
             terms = plateau_terms(y, fs)
             keep = np.isfinite(score) & (ok[start : start + n] | mask)

@@ -29,6 +29,7 @@ what holds it below 0.90" (the removed band, learned):
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def main() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from ecgstream.evaluation.metrics import auroc, beat_scores
-    from ecgstream.evaluation.protocol import beats_of
+    from ecgstream.evaluation.protocol import beats_of, synthetic_excerpts
     from ecgstream.evaluation.splits import MITDB_DEV, MITDB_LEAD, mitdb_paths
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.signals.labels import normal_mask
@@ -92,13 +93,14 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         out = {}
         for name, record in records.items():
-            fs, n = record.fs, int(EXCERPT_S * record.fs)
-            block = int(round(fs / 10))
+            fs, block = record.fs, int(round(record.fs / 10))
             ok = normal_mask(beats[name], record.n_samples, 0.5)
             parts: dict[str, list] = {"x": [], "y": [], "kind": [], "score": []}
-            for _ in range(args.excerpts):
-                start = int(rng.integers(0, record.n_samples - n + 1))
-                excerpt, mask, info = inject_1d(record.signal[start : start + n, 0], fs, rng, kinds)
+            inject = partial(inject_1d, kinds=kinds)
+            cuts = synthetic_excerpts(
+                record.signal[:, 0], fs, rng, args.excerpts, EXCERPT_S, inject
+            )
+            for start, excerpt, mask, info in cuts:
                 x = band_features(excerpt, fs, block)
                 m = len(x) * block
                 y = mask[:m].reshape(len(x), block).mean(axis=1) > 0.5

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +55,7 @@ __all__ = [
     "Collected",
     "collect_record",
     "localisation_excerpts",
+    "synthetic_excerpts",
     "LocalisationExample",
     "LOCALISATION_CONTEXT_S",
     "summarise",
@@ -246,6 +247,24 @@ def collect_record(
     out.per_record[record.name] = info
 
 
+def synthetic_excerpts(
+    signal: np.ndarray, fs: float, rng: np.random.Generator, n_excerpts: int, excerpt_s: float,
+    inject: Callable,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, dict]]:  # fmt: skip
+    """``n_excerpts`` random excerpts of ``excerpt_s`` seconds of ``signal`` (at ``fs`` Hz; the
+    whole signal when shorter), each with one anomaly from ``inject(excerpt, fs, rng) ->
+    (excerpt_out, mask, info)``: yields ``(start sample, excerpt_out, mask (bool), info)``.
+
+    The draws of the localisation protocol, in its order (the start, then the anomaly), so a
+    study that cuts its excerpts here sees the same ones as ``ecgstream evaluate`` for one seed.
+    """
+    n = min(int(round(excerpt_s * fs)), len(signal))
+    for _ in range(n_excerpts):
+        start = int(rng.integers(0, len(signal) - n + 1))
+        out, mask, info = inject(signal[start : start + n], fs, rng)
+        yield start, out, np.asarray(mask, dtype=bool), info
+
+
 def localisation_excerpts(
     source: ModelSource,
     record: Record,
@@ -264,18 +283,13 @@ def localisation_excerpts(
     """
     out = out if out is not None else Collected()
     picked = select_leads(record, source.spec.leads) if source.spec.leads else record
-    n = int(round(excerpt_s * record.fs))
-    if n > record.n_samples:
-        n = record.n_samples
     real_ok = (
         normal_mask(beats, record.n_samples, 0.5) if beats is not None and len(beats) else None
     )
-    for _i in range(n_excerpts):
-        start = int(rng.integers(0, record.n_samples - n + 1))
-        seg = picked.signal[start : start + n]
-        seg_out, mask, info = inject(seg, record.fs, rng)
+    excerpts = synthetic_excerpts(picked.signal, record.fs, rng, n_excerpts, excerpt_s, inject)
+    for start, seg_out, mask, info in excerpts:
+        n = len(mask)
         scores = source.score_signal(seg_out, record.fs, f"{record.name}+{start}")
-        mask = np.asarray(mask, dtype=bool)
         keep = np.isfinite(scores.point_score)
         if real_ok is not None:
             keep &= real_ok[start : start + n] | mask
