@@ -23,6 +23,7 @@ from ecgstream.evaluation.protocol import (
     NpzSource,
     evaluate,
     load_npz,
+    synthetic_excerpts,
 )
 from ecgstream.runtime.model_file import ModelSpec, read_spec
 from ecgstream.runtime.scorer import Scorer
@@ -157,6 +158,29 @@ def test_npz_source_checks_length_and_rate(data, tmp_path):
     with pytest.raises(RecordError, match="lacks"):
         np.savez(tmp_path / "bad.npz", fs=1.0)
         load_npz(tmp_path / "bad.npz")
+
+
+def test_synthetic_excerpts_cut_inject_and_repeat_with_the_seed():
+    signal = np.random.default_rng(0).normal(size=(3000, 2)).astype(np.float32)
+    inject = partial(inject_1d, kinds=["invert"], min_len_s=1, max_len_s=2)
+
+    def draw(seed: int, excerpt_s: float = 10.0) -> list:
+        rng = np.random.default_rng(seed)
+        return list(synthetic_excerpts(signal, 100.0, rng, 4, excerpt_s, inject))
+
+    cuts = draw(1)
+    assert len(cuts) == 4 and len({start for start, *_ in cuts}) == 4
+    for start, out, mask, info in cuts:
+        assert out.shape == (1000, 2) and mask.dtype == bool and 0 <= start <= 2000
+        clean = signal[start : start + 1000]
+        np.testing.assert_array_equal(out[~mask], clean[~mask])  # only the mask changed
+        assert mask.sum() == info["n_masked"] >= 100 and not np.allclose(out[mask], clean[mask])
+    again = draw(1)
+    assert [c[0] for c in again] == [c[0] for c in cuts]
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(again, cuts, strict=True))
+    assert [c[0] for c in draw(2)] != [c[0] for c in cuts]
+    # an excerpt longer than the signal is the whole signal
+    assert all(start == 0 and len(mask) == 3000 for start, _, mask, _ in draw(1, excerpt_s=60.0))
 
 
 def test_localisation_on_synthetic_anomalies(data):
