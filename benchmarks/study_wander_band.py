@@ -33,15 +33,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from refiner_cv import FOLDS  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 #: lags compared, in 0.1 s blocks (up to 3 s before and after)
 LAGS = np.array([k for k in range(-30, 31) if k != 0])
-FOLDS = (
-    ("114", "118", "124", "205", "220"),
-    ("108", "109", "112", "115", "116"),
-    ("122", "203", "207", "208", "230"),
-)
+#: the study's unit of time (s): features, labels and scores are taken per block of this length
+BLOCK_S = 0.1
 WEIGHTS = (0.0, 0.3, 1.0, 3.0, 10.0)
 EXCERPT_S = 60.0
 
@@ -93,7 +91,7 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         out = {}
         for name, record in records.items():
-            fs, block = record.fs, int(round(record.fs / 10))
+            fs, block = record.fs, int(round(record.fs * BLOCK_S))
             ok = normal_mask(beats[name], record.n_samples, 0.5)
             parts: dict[str, list] = {"x": [], "y": [], "kind": [], "score": []}
             inject = partial(inject_1d, kinds=kinds)
@@ -144,7 +142,7 @@ def main() -> None:
     traces = []  # per record: point scores, wander probability per sample, beats
     for name, record in records.items():
         fs, n = record.fs, int(EXCERPT_S * record.fs)
-        block = int(round(fs / 10))
+        block = int(round(fs * BLOCK_S))
         point = scorer.score_signal(record.signal, fs).point_score
         p_wander = np.zeros(record.n_samples)
         for a in range(0, record.n_samples - n + 1, n):
