@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
-from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
+from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_streams
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.runtime.stepping import Cut, Primer, Stepped, StreamStepper, WholeWindows
 from ecgstream.streaming.buffers import (
@@ -301,23 +301,19 @@ class Pipeline:
         clipped: np.ndarray | None,
         res: BatchResult,
     ) -> None:
-        """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``."""
-        flags = check_chunks(x, self.tech_cfg, clipped)  # name -> (chunks, leads) bool
-        any_flag = np.zeros(len(checks), bool)
-        for mask in flags.values():
-            any_flag |= mask.any(axis=1)
-        flagged = any_flag.tolist()
-        for j, (st, chunk, _) in enumerate(checks):
-            if not flagged[j] and not st.technical.any_active:
-                continue
-            conds = {
-                name: (np.flatnonzero(mask[j]).tolist(), self.tech_cfg.describe(name))
-                for name, mask in flags.items()
-            }
-            t1 = chunk.t0 + chunk.duration_s
+        """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``; windows
+        overlapping a chunk that shows one are not scored."""
+
+        def span(j: int) -> tuple[float, float]:
+            chunk = checks[j][1]
+            return chunk.t0, chunk.t0 + chunk.duration_s
+
+        machines = [st.technical for st, _, _ in checks]
+        alerts, flagged = check_streams(machines, x, span, self.tech_cfg, clipped)
+        res.alerts.extend(alerts)
+        for j, (st, _, _) in enumerate(checks):
             if flagged[j]:
-                st.buffer.mark_bad(chunk.t0, t1)
-            res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
+                st.buffer.mark_bad(*span(j))
 
     def _score(
         self, parts: list[tuple[StreamState, Windows]], inf: Stepped, res: BatchResult
