@@ -2,10 +2,13 @@
 
 :class:`Pipeline` is what ``ecgstream run`` executes for every poll, and what
 ``ecgstream run --replay`` executes in one process without a broker. For a batch of chunks it
-updates each stream's :class:`~ecgstream.streaming.buffers.StreamBuffer` (sequence checks,
-lead mapping, causal preprocessing), checks technical conditions, cuts the complete windows of
-*all* streams, scores them in one :meth:`~ecgstream.runtime.scorer.Scorer.score_windows` call
-and feeds the calibrated scores to each stream's alert state machine.
+checks each chunk's place in its stream (:class:`~ecgstream.streaming.buffers.StreamBuffer`:
+sequence, time, lead mapping), gathers the model's leads and feeds them to the technical checks
+(:func:`~ecgstream.alerts.technical.check_streams`) and to the streams' filters, run side by
+side (:mod:`ecgstream.signals.bank`), cuts the complete windows of *all* streams, scores them in
+one call of the model's stream stepper (:mod:`ecgstream.runtime.stepping`: its stream step, or
+its main graph window by window) and feeds the calibrated scores to each stream's alert state
+machine. The stepper's per-stream state rides along in :class:`StreamState`, unopened.
 """
 
 from __future__ import annotations
