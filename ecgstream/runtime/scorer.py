@@ -1,9 +1,11 @@
 """Batched ONNX Runtime scoring of windows and whole records (no torch).
 
 :class:`Scorer` is the one place where model input is prepared and model output is mapped back
-to time. ``ecgstream score`` uses :meth:`Scorer.score_record`; the streaming worker calls
-:meth:`Scorer.score_windows` on windows cut by its per-stream buffers, which are fed by the same
-:class:`~ecgstream.signals.preprocess.Preprocessor`.
+to time. ``ecgstream score`` uses :meth:`Scorer.score_record`; the streaming worker scores the
+windows cut by its per-stream buffers (fed by the same
+:class:`~ecgstream.signals.preprocess.Preprocessor`) through :attr:`Scorer.stepper`, the model
+kind's stream step when its file carries one (:mod:`ecgstream.runtime.stepping`), else
+:meth:`Scorer.score_windows`. The scorer itself knows no model's layout.
 """
 
 from __future__ import annotations

@@ -110,12 +110,13 @@ class StreamStepper(ABC):
 
     def check_states(self, states: list) -> None:
         """Refuse states this stepper did not make, naming both."""
+        key = self.key
         for state in states:
             owner = getattr(state, "stepper", None)
-            if owner != self.key:
+            if owner != key:
                 raise StepStateError(
                     f"a stream's state was made by stream step {owner or type(state).__name__}, "
-                    f"this model's is {self.key}: start the stream's state afresh (new_state)"
+                    f"this model's is {key}: start the stream's state afresh (new_state)"
                 )
 
     @property
