@@ -144,3 +144,40 @@ def test_windows_of_a_stream_step_equal_the_main_graph_and_take_over_their_carry
     main = scorer.score_windows(windows[1:])
     np.testing.assert_allclose(stepped.window_raw, main[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stepped.point_raw, main[0], rtol=1e-5, atol=1e-6)
+
+
+def _with_stream_step(tmp_path, edit) -> Path:
+    """A copy of the shipped model whose stream step metadata (a dict) went through ``edit``."""
+    import json
+    import shutil
+
+    import onnx
+
+    from ecgstream.runtime.stepping.consensus import STREAM_KEY
+
+    path = tmp_path / "edited.onnx"
+    shutil.copy(SHIPPED_MODEL, path)
+    model = onnx.load(str(path))
+    entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
+    doc = json.loads(entry.value)
+    edit(doc)
+    entry.value = json.dumps(doc)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.pop("carry"), "'ecgstream.stream_step' metadata is malformed: 'carry'"),
+        (lambda d: d.update(onnx_base64="not base64!"), "metadata is malformed"),
+        (lambda d: d.update(onnx_base64="AAAA"), "its stream step does not load"),
+    ],
+)
+def test_a_broken_stream_step_in_a_model_file_is_a_clear_error(tmp_path, edit, message):
+    """A stream step of a format this ecgstream reads but with a missing layout key, a graph
+    that is not base64 or not ONNX: loading the model says which, naming the file or key."""
+    from ecgstream.runtime.model_file import ModelFileError
+
+    with pytest.raises(ModelFileError, match=message):
+        Scorer(_with_stream_step(tmp_path, edit))
