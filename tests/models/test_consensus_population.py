@@ -206,3 +206,26 @@ def test_shrunk_spectral_reference_exports_with_onnx_parity(ecg_folder, tmp_path
     np.testing.assert_allclose(onnx_point, point.numpy(), rtol=1e-4)
     again = Scorer(export_checkpoint(tmp_path / "ck", tmp_path / "b.onnx")).score_windows(windows)
     np.testing.assert_allclose(again[1], onnx_window, rtol=1e-6)
+
+
+def test_a_checkpoint_written_before_the_terms_were_modules_still_loads():
+    """Checkpoints hold the population buffers as ``pop_*`` / ``spec_*`` (and every model the
+    empty ``pop_*`` ones); they load into the reference's modules."""
+    from ecgstream.models.consensus.model import LEGACY_KEYS
+
+    kw = {"population_components": 3, "population_covariance": "shrunk",
+          "population_lead_scale": True, "population_spectrum_frame": 200,
+          "population_spectrum_bands": 29, "population_spectrum_band_bins": 2}  # fmt: skip
+    fitted = _fitted(_normals(6), **kw)
+    old_names = {new: old for old, new in LEGACY_KEYS.items()}
+    state = {old_names[k]: v for k, v in fitted.state_dict().items()}
+    assert "pop_basis" in state and "spec_scale" in state
+    again = SegmentConsensus(fitted.cfg).eval()
+    again.load_state_dict(state)
+    x = _normals(2, seconds=10.0)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[1], fitted(x)[1], rtol=0, atol=0)
+    # a model without a population reference drops the empty buffers such files hold
+    plain = SegmentConsensus(ConsensusConfig(n_leads=2))
+    plain.load_state_dict({"pop_mean": torch.zeros(160), "pop_basis": torch.zeros(0, 160),
+                           "pop_sd": torch.ones(0), "pop_residual": torch.ones(())})  # fmt: skip
