@@ -508,8 +508,10 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_
     assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
 
 
-@pytest.mark.parametrize("rhythm", [0.1, 0.0])
-def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, rhythm):
+@pytest.mark.parametrize("rhythm, kernel, level_scale", [(0.1, 3, 5.0), (0.0, 5, 2.0)])
+def test_refiner_exports_with_onnx_parity_and_a_stream_step(
+    ecg_folder, tmp_path, rhythm, kernel, level_scale
+):
     x = _ecg(25.0, seed=6)
     x[1230:1300] = -x[1230:1300]  # an inverted stretch
     scorer = _fit_streamed(
@@ -521,9 +523,12 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path
         neighbours=1,
         rhythm_weight=rhythm,
         refiner_channels=4,
+        refiner_kernel=kernel,
+        refiner_level_scale=level_scale,
     )
     params = scorer.spec.params
-    assert params["refiner_channels"] == 4 and params["refiner_kernel"] == 3
+    assert params["refiner_channels"] == 4 and params["refiner_kernel"] == kernel
+    assert params["refiner_level_scale"] == level_scale
     assert params["parameters"] > 0
     assert scorer.stream_layout is not None
     # the step takes the whole window where the rhythm term reads it
