@@ -3,8 +3,8 @@
 Lengths are in samples at the model rate (``fs`` of ``[train]``; 100 Hz in the shipped models),
 so 80 samples are 0.8 s there. The ``[model]`` table of a training TOML is parsed straight into
 this class (:func:`ecgstream.training.config.model_config`); ``n_leads`` and ``window`` come
-from ``[train]`` (``leads``, ``window_s``). A bad value raises :class:`ValueError` naming the
-field. No torch here: the CLI validates a config before it imports the model.
+from ``[train]`` (``leads``, ``window_s``). A bad value raises :class:`ValueError` whose message
+starts with the field's name.
 
 >>> ConsensusConfig(window=400, segment=40, stride=5).n_segments
 73

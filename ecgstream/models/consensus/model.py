@@ -62,17 +62,7 @@ class SegmentConsensus(nn.Module):
                 cfg.refiner_floor,
                 cfg.refiner_level_scale,
             )
-        self._register_load_state_dict_pre_hook(self._legacy_keys)
-
-    def _legacy_keys(self, state: dict, prefix: str, *args) -> None:
-        """Rename the keys of a checkpoint written before the terms were modules; drop the ones
-        this model has no buffer for (the empty population buffers every such checkpoint held)."""
-        own = set(self.state_dict())
-        for old, new in LEGACY_KEYS.items():
-            if prefix + old in state:
-                value = state.pop(prefix + old)
-                if new in own:
-                    state[prefix + new] = value
+        self.register_load_state_dict_pre_hook(_legacy_keys)
 
     def segments(self, windows: torch.Tensor) -> torch.Tensor:
         """The sliding segments of windows ``(B, L, T)`` as ``(B, L, n_segments, segment)``."""
@@ -209,3 +199,14 @@ class SegmentConsensus(nn.Module):
             rows = torch.cat([ref.rows(*self.descriptors(w)).reshape(-1, ref.desc.shape[1])
                               for w in torch.split(windows, 256)])  # fmt: skip
         return ref.fit(rows, seed)
+
+
+def _legacy_keys(module: SegmentConsensus, state: dict, prefix: str, *args) -> None:
+    """Rename the keys of a checkpoint written before the terms were modules; drop the ones
+    ``module`` has no buffer for (the empty population buffers every such checkpoint held)."""
+    own = set(module.state_dict())
+    for old, new in LEGACY_KEYS.items():
+        if prefix + old in state:
+            value = state.pop(prefix + old)
+            if new in own:
+                state[prefix + new] = value
