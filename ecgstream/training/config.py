@@ -217,15 +217,17 @@ def load_train_config(
     train_flags = dict(flags or {})
     for key, value in (sets or {}).items():
         section, dot, name = key.partition(".")
-        if dot and section == "model":
-            table[name] = value
-        elif dot and section == "train" and name in train_fields:
+        if dot and section not in ("train", "model"):
+            raise ConfigError(f"--set {key}: expected KEY, train.KEY or model.KEY")
+        if section == "train" or (not dot and key in train_fields):
+            name = name if dot else key
+            if name not in train_fields:
+                raise ConfigError(f"--set {key}: unknown key; [train] keys: {sorted(train_fields)}")
             train_flags[name] = value
-        elif not dot and key in train_fields:
-            train_flags[key] = value
         else:
-            table[name if dot else key] = value
-            _check_set_key(key, train_fields, train_flags, toml_path, environ)
+            table[name if dot else key] = value  # model.KEY is checked with the [model] table
+            if not dot:
+                _check_set_key(key, train_fields, train_flags, toml_path, environ)
     train_flags["model_settings"] = table
     return load(TrainConfig, "train", toml_path, train_flags, environ)
 
@@ -235,8 +237,7 @@ def _check_set_key(key, train_fields, flags, toml_path, environ) -> None:
     key of the run's model kind."""
     kind = flags.get("model") or load(TrainConfig, "train", toml_path, {}, environ).model
     cls = model_config_class(kind)
-    name = key.partition(".")[2] or key
-    if cls is not None and name in model_keys(cls):
+    if cls is not None and key in model_keys(cls):
         return
     model_part = f"[model] keys of kind {kind!r}: {sorted(model_keys(cls))}" if cls else (
         f"kind {kind!r} has no [model] keys")  # fmt: skip
@@ -248,7 +249,9 @@ def _check_set_key(key, train_fields, flags, toml_path, environ) -> None:
 def _moved_keys(path, train: dict, kind: str) -> None:
     """Point a ``[train]`` key of the earlier layout to its place in ``[model]``."""
     cls = model_config_class(kind)
-    known = model_keys(cls) if cls else set()
+    if cls is None:
+        return  # load() reports the unknown keys
+    known = model_keys(cls)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in train:
         name = key.removeprefix("consensus_")

@@ -113,6 +113,10 @@ def test_set_and_environment_reach_both_tables(tmp_path):
     assert (model.window, cfg.seed, cfg.refiner_epochs) == (400, 4, 2)
     with pytest.raises(ConfigError, match=r"--set nosie_weight: unknown key; \[train\] keys"):
         load_train_config(path, sets={"nosie_weight": "1"}, environ={})
+    with pytest.raises(ConfigError, match=r"--set train.noise_weight: unknown key; \[train\]"):
+        load_train_config(path, sets={"train.noise_weight": "1"}, environ={})
+    with pytest.raises(ConfigError, match=r"^\[model\] nosie: unknown key"):
+        load_train_config(path, sets={"model.nosie": "1"}, environ={})
     with pytest.raises(ConfigError, match=r"\[model\] neighbours: .*'few' is not a valid"):
         load_train_config(path, sets={"neighbours": "few"}, environ={})
 
