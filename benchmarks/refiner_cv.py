@@ -12,7 +12,7 @@ learns nothing, so one export serves every fold). TEST records are never read.
 
 About 2 minutes per fold and variant; ``--folds 0`` runs the first fold only, for a first look.
 
-    python benchmarks/refiner_cv.py --variant refiner consensus_refiner_channels=16 \\
+    python benchmarks/refiner_cv.py --variant refiner refiner_channels=16 \\
         --out benchmarks/results/refiner_cv.json
 """
 
@@ -60,7 +60,7 @@ def main() -> None:
                    help="which folds to run (0-2; default all), for a first look")  # fmt: skip
     args = p.parse_args()
     folds = [FOLDS[k] for k in args.folds]
-    variants = [("no refiner", {"consensus_refiner_channels": "0"}), *parse_variants(p, args)]
+    variants = [("no refiner", {"refiner_channels": "0"}), *parse_variants(p, args)]
     collected: dict[tuple[str, int], list] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -242,12 +242,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         weights = (
             f"a score refiner of {p.get('parameters', '?')} trained weights "
             f"({p.get('refiner_channels')} channels, dilations {list(p.get('refiner_dilations', ()))}"
-            + (
-                f"; it also reads the waveform, {p['refiner_waveform_channels']} channels"
-                if p.get("refiner_waveform_channels")
-                else ""
-            )
-            + ") places the point scores; the window scores are the detector's own"
+            ") places the point scores; the window scores are the detector's own"
             if refiner
             else "no trained weights"
         )
@@ -257,12 +252,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
             io,
             f"- segments of {p.get('segment')} samples every {p.get('stride')} samples, each "
             "described by its sorted median-centred values"
-            + (
-                f" and sorted steps (weight {p.get('slope_weight')})"
-                if p.get("slope_weight")
-                else ""
-            )
-            + "; score = squared distance to the window's median descriptor"
+            "; score = squared distance to the window's median descriptor"
             + (
                 f"; where a segment holds less than the median, at most its mean squared "
                 f"distance to its {p.get('neighbours')} nearest segments of the window"
