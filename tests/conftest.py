@@ -1,13 +1,68 @@
-"""Shared fixtures: synthetic but realistic ECG written as real WFDB records."""
+"""Shared fixtures: synthetic but realistic ECG written as real WFDB records; the test lanes.
+
+Lanes (markers declared in pyproject.toml, applied here so a test file needs no edits):
+- ``integration``: the test talks to a real broker, a webhook receiver or a subprocess (it uses
+  one of ``INTEGRATION_FIXTURES``, lives in one of ``INTEGRATION_MODULES``, or its body starts a
+  subprocess);
+- ``slow``: it takes more than a few seconds on the reference machine (``SLOW``, measured with
+  ``pytest --durations=0``).
+
+``pytest -m "not integration and not slow"`` is the fast lane (under 2 minutes).
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: fixtures that start a real broker (Tansu) or a local S3 server
+INTEGRATION_FIXTURES = {"broker", "s3_store"}
+#: test modules (relative to tests/) that run the worker against a broker, post to receivers or
+#: run subprocesses throughout
+INTEGRATION_MODULES = (
+    "reliability/",
+    "streaming/test_cli.py",
+    "streaming/test_failover.py",
+    "streaming/test_worker.py",
+    "sinks/test_webhook.py",
+    "test_notebook.py",
+)
+#: tests (``module::name`` prefixes, relative to tests/) over a few seconds that are not
+#: integration tests
+SLOW: tuple[str, ...] = ()
+
+
+def _starts_a_subprocess(item) -> bool:
+    try:
+        return "subprocess." in inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the integration and slow tests (module docstring)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(tests).as_posix()
+        except ValueError:
+            continue  # doctests in ecgstream/: fast
+        name = f"{rel}::{item.name}"
+        if (
+            INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or rel.startswith(INTEGRATION_MODULES)
+            or _starts_a_subprocess(item)
+        ):
+            item.add_marker(pytest.mark.integration)
+        if name.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 SHIPPED_MODEL = REPO / "models" / "consensus-mitdb-mlii.onnx"  # the default of `ecgstream run`
 MMAE_MODEL = REPO / "models" / "mmae-mitdb-mlii.onnx"
 
