@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: fixtures that start a real broker (Tansu) or a local S3 server
 INTEGRATION_FIXTURES = {"broker", "s3_store"}
-#: test modules (relative to tests/) that run the worker against a broker, post to receivers or
-#: run subprocesses throughout
+#: test modules or tests (``module::name`` prefixes, relative to tests/) that run the worker
+#: against a broker, post to receivers or run subprocesses
 INTEGRATION_MODULES = (
     "reliability/",
     "streaming/test_cli.py",
     "streaming/test_failover.py",
     "streaming/test_worker.py",
     "sinks/test_webhook.py",
-    "test_notebook.py",
+    "test_notebook.py::test_quickstart_notebook_runs",  # a Jupyter kernel
 )
 #: tests (``module::name`` prefixes, relative to tests/) over a few seconds that are not
 #: integration tests
@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         name = f"{rel}::{item.name}"
         if (
             INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
-            or rel.startswith(INTEGRATION_MODULES)
+            or name.startswith(INTEGRATION_MODULES)
             or _starts_a_subprocess(item)
         ):
             item.add_marker(pytest.mark.integration)
