@@ -33,8 +33,32 @@ INTEGRATION_MODULES = (
     "test_notebook.py::test_quickstart_notebook_runs",  # a Jupyter kernel
 )
 #: tests (``module::name`` prefixes, relative to tests/) over a few seconds that are not
-#: integration tests
-SLOW: tuple[str, ...] = ()
+#: integration tests: 3 s or more in a run of the whole suite (``--durations=0``)
+SLOW = (
+    "cli/test_score.py::test_ptbxl_layout_uses_100hz_files_and_lead_by_name",
+    "evaluation/test_metrics.py::test_auroc_and_ap_match_sklearn",
+    "evaluation/test_protocol.py::test_evaluate_cli_ptbxl_folds_record_auroc",
+    "models/test_consensus.py::test_neighbours_export_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus.py::test_population_reference_sees_what_is_in_every_beat",
+    "models/test_consensus.py::test_population_reference_survives_checkpoint_and_export",
+    "models/test_consensus.py::test_refiner_exports_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus.py::test_rhythm_term_exports_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus_population.py::test_defaults_keep_the_pca_reference_and_its_buffers",
+    "models/test_consensus_population.py::test_lead_scale_makes_the_score_independent_of_one_lead_gain",
+    "models/test_image_methods.py::test_every_kind_trains_exports_and_scores_identically",
+    "models/test_image_methods.py::test_uniad_localises_a_flat_line_after_training",
+    "models/test_mmae.py::test_training_steps_lower_the_loss",
+    "models/test_refiner.py::test_material_keeps_the_windows_for_a_refiner_reading_the_waveform",
+    "models/test_refiner.py::test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record",
+    "models/test_refiner.py::test_the_refiner_trains_the_same_twice_with_one_seed",
+    "models/test_token_core.py::test_core_and_query_decoder_export_to_onnx",
+    "signals/test_records.py::test_numpy_reader_equals_wfdb_on_real_records",
+    "streaming/test_pipeline.py::test_windows_take_over_the_sorts_of_their_previous_window",
+    "streaming/test_twelve_lead.py::test_a_twelve_lead_500_hz_monitor_is_scored_on_lead_ii_as_offline",
+    "training/test_train_series.py::test_image_kind_trains_on_wfdb_records_through_the_registry",
+    "training/test_train_series.py::test_train_cli_with_series_flag",
+    "training/test_train_series.py::test_train_series_then_score_cli_writes_the_contract",
+)
 
 
 def _starts_a_subprocess(item) -> bool:
