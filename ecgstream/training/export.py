@@ -351,7 +351,7 @@ def _series_card_lines(onnx_path: Path, spec: ModelSpec) -> list[str]:
         "candidates for review.",
         "",
         "## Model",
-        f"- kind: `{spec.kind}` (see docs/model-image.md, \"Generic series\")",
+        f'- kind: `{spec.kind}` (see docs/model-image.md, "Generic series")',
         f"- input: {len(spec.leads)} channel(s), values as given (no resampling, no filter), "
         f"window {spec.window} samples, hop {spec.hop} samples",
         *(
@@ -360,7 +360,9 @@ def _series_card_lines(onnx_path: Path, spec: ModelSpec) -> list[str]:
             else []
         ),
         *(
-            [f"- reference: {tr['reference_descriptors']} distinct segment descriptors of the prefix"]
+            [
+                f"- reference: {tr['reference_descriptors']} distinct segment descriptors of the prefix"
+            ]
             if "reference_descriptors" in tr
             else []
         ),
