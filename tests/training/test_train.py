@@ -157,3 +157,23 @@ def test_unknown_model_kind(ecg_folder, capsys):
     assert main(["train", "--model", "nonesuch", str(ecg_folder)]) == 2
     assert "unknown model kind" in capsys.readouterr().err
     assert Path(ecg_folder).exists()
+
+
+def test_the_ptbxl_card_counts_the_fitted_population_values():
+    """The shipped PTB-XL model fits a population reference: its card says how many values."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ecgstream.training.export import _fitted_population_values
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "consensus-ptbxl.onnx"
+    spec = read_spec(shipped)
+
+    fitted = sum(
+        numpy_helper.to_array(t).size
+        for t in onnx.load(str(shipped)).graph.initializer
+        if t.name.startswith(("pop_", "spec_"))
+    )
+    assert _fitted_population_values(spec) == fitted == 212218
+    card = shipped.with_suffix(".md").read_text()
+    assert "no trained weights" not in card and "212,218 values" in card

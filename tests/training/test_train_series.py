@@ -146,6 +146,9 @@ def test_consensus_series_trains_exports_and_finds_the_anomaly(tmp_path):
     assert spec.kind == "consensus" and spec.fs == 1.0
     assert spec.params["segment"] == 50 and spec.window == 600  # one period, twelve periods
     assert spec.params["reference_size"] > 0 and spec.training["train_end"] == 3000
+    card = model.with_suffix(".md").read_text()  # the series card, not the ECG template
+    assert "the first 3000 samples of `cons`" in card and "window 600 samples" in card
+    assert "Hz" not in card and "bundle branch" not in card and '"segment": 50' in card
     out = tmp_path / "scores"
     assert main(["score", "--model", str(model), "--out", str(out), str(path)]) == 0
     point = np.load(out / "cons.npz")["point_score"]

@@ -17,7 +17,7 @@ The shipped configuration is always the first row, the reference of the rules in
 ``docs/model-consensus.md`` (each figure at most 0.005 below it; the cheapest within 0.002 of the
 best localisation). About 2 minutes per variant.
 
-    python benchmarks/dev_variants.py --variant k1 neighbours=1 \\
+    python research/dev_variants.py --variant k1 neighbours=1 \\
         --variant rhythm rhythm_weight=0.1 neighbours=1
 """
 
@@ -29,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path)
 import numpy as np
-from _workload import MITDB, REPO  # benchmarks/ is on sys.path when run as a script
+from _workload import MITDB, REPO  # benchmarks/ is on sys.path (_bench_path)
 from beat_classes import class_aurocs
 
 SHIPPED = REPO / "models" / "consensus-mitdb-mlii.toml"
@@ -75,7 +76,7 @@ def measure(model: Path, data: Path, records: list[str], seeds: tuple[int, ...])
 
 def stream_step_ratio(reference: Path, model: Path) -> float | None:
     """Stream step time per window of ``model`` over ``reference``'s (None without both)."""
-    from bench_graph import stream_step_run  # benchmarks/ is on sys.path
+    from bench_graph import stream_step_run  # benchmarks/ is on sys.path (_bench_path)
 
     from ecgstream.runtime.scorer import Scorer
 

@@ -7,7 +7,7 @@ other five folds and scores the held-out fold. The figure is the record AUROC (N
 other diagnostic superclass). A PTB-XL ECG is 10 s, one model window, so the record score is that
 window's score whatever the hop.
 
-    python benchmarks/tune_ptbxl_population.py [--data ../shared/data/ptbxl-dev] [--out FILE.json]
+    python research/tune_ptbxl_population.py [--data ../shared/data/ptbxl-dev] [--out FILE.json]
 """
 
 from __future__ import annotations

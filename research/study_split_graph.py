@@ -13,7 +13,7 @@ Not used by ecgstream: it measures what the split would save before the model fo
 Needs the ``train`` extra (torch). Consensus models with a noise floor of every 2nd segment,
 no population or level term and no erosion (the shipped MIT-BIH model) only.
 
-    python benchmarks/study_split_graph.py --repeats 7
+    python research/study_split_graph.py --repeats 7
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path)
 import numpy as np
-from bench_graph import windows_for  # benchmarks/ is on sys.path when run as a script
+from bench_graph import windows_for  # benchmarks/ is on sys.path (_bench_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
