@@ -117,7 +117,7 @@ def test_masked_r2_rejects_zero_and_visible_mean_models():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known (issue 22): MMAE-ECG stays on the predict-zero plateau, masked R2 about 0.0-0.07 "
+    reason="known (issue 22): MMAE-ECG stays on the predict-zero plateau, masked R2 -0.01 to 0.09 "
     "after 300 steps on neurokit2 ECG; see docs/model-mmae.md",
 )
 def test_training_explains_the_hidden_signal(one_thread):
