@@ -66,6 +66,17 @@ class SinCosMMAE(MMAE):
             self.pos_local.copy_(sincos(torch.arange(cfg.n_local) * loc + loc / 2, cfg.dim))
 
 
+class ZeroHeadMMAE(MMAE):
+    """Output heads initialised at zero: training starts from the zero predictor."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        with torch.no_grad():
+            for head in (self.head_global, self.head_local):
+                head.weight.zero_()
+                head.bias.zero_()
+
+
 VARIANTS = {
     # name: (model class, config overrides, lr)
     "segnorm-seg40": (SegNormMMAE, {"segment": 40}, 2e-3),
@@ -77,6 +88,20 @@ VARIANTS = {
     # one segment in four hidden, in training and at inference (where beat copies stay visible)
     "raw-seg20-mask0.25": (
         MMAE,
+        {
+            "segment": 20,
+            "local_region": 10,
+            "mask_global": 0.25,
+            "mask_local": 0.25,
+            "infer_global_masks": 4,
+            "infer_local_masks": 4,
+        },
+        2e-3,
+    ),
+    "zerohead-overfit64": (ZeroHeadMMAE, {"segment": 40}, 1e-3),
+    "zerohead-seg40": (ZeroHeadMMAE, {"segment": 40}, 2e-3),
+    "zerohead-seg20-mask0.25": (
+        ZeroHeadMMAE,
         {
             "segment": 20,
             "local_region": 10,
