@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,7 +269,7 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train_mmae(
@@ -307,10 +308,10 @@ def train_mmae(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     warm = max(1, cfg.steps_per_epoch // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(
+    sched = torch.optim.lr_scheduler.LambdaLR(  # plain floats: checkpoints load weights_only
         opt,
         lambda s: (
-            min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, total))))
+            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
         ),
     )
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
