@@ -19,11 +19,18 @@ __all__ = [
     "dlq_headers",
     "check_crc32c",
     "wait_for_broker",
+    "MAX_PARTITION_FETCH_BYTES",
+    "MAX_REQUEST_BYTES",
 ]
 
 log = logging.getLogger(__name__)
 #: longest wait between reconnection attempts to a broker that went away, ms
 RECONNECT_BACKOFF_MAX_MS = 4000
+#: most bytes the consumer fetches per partition and request (a larger record still comes, alone)
+MAX_PARTITION_FETCH_BYTES = 16 * 1024 * 1024
+#: largest record the producer sends: any record the consumer fetches within
+#: :data:`MAX_PARTITION_FETCH_BYTES`, plus room for the dead-letter headers
+MAX_REQUEST_BYTES = MAX_PARTITION_FETCH_BYTES + 64 * 1024
 
 
 def check_crc32c() -> bool:
@@ -63,13 +70,18 @@ def make_consumer(
         heartbeat_interval_ms=heartbeat_interval_ms,
         max_poll_interval_ms=max(300000, session_timeout_ms * 10),
         fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         **extra,
     )
 
 
 def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int = 5, **extra):
-    """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged)."""
+    """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged).
+
+    Its records may be as large as any the consumer fetches (:data:`MAX_REQUEST_BYTES`), so a
+    message the worker read can always be copied to the dead-letter topic as far as the client
+    is concerned (the broker or topic may still refuse it, see ``Worker._dead_letter``).
+    """
     from kafka import KafkaProducer
 
     # Not idempotent: an idempotent producer cannot recover when the broker loses its producer
@@ -84,7 +96,7 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
         acks="all",
         linger_ms=linger_ms,
         batch_size=256 * 1024,
-        max_request_size=8 * 1024 * 1024,
+        max_request_size=MAX_REQUEST_BYTES,
         **extra,
     )
 

@@ -26,6 +26,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dlq_failed = Counter(
+            "ecgstream_dlq_failed",
+            "Rejected messages the dead-letter topic refused (too large, ...): logged with their "
+            "offset and skipped, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.catchup_batches = Counter(
             "ecgstream_catchup_batches",
             "Batches whose oldest record was older than catchup_after_s (scored with "

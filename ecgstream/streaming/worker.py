@@ -93,6 +93,7 @@ class Summary:
 
     messages: int = 0
     dlq: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # reason -> records not even dead-lettered
     windows: int = 0
     suppressed: int = 0
     alerts: Counter = field(default_factory=Counter)
@@ -127,6 +128,11 @@ class Summary:
         if self.dlq:
             lines.append(
                 "dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dlq.items()))
+            )
+        if self.skipped:
+            lines.append(
+                "skipped (dead-letter topic refused them): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
             )
         if self.events:
             lines.append(
@@ -462,8 +468,7 @@ class Worker:
         dead = staged.dead
         for item, reason, detail in res.rejected:
             dead.append((self._record_of(staged.polled, item), reason, detail))
-        if dead:
-            self._dead_letter(dead)
+        skipped = self._dead_letter(dead) if dead else 0
         alerts = [a.to_dict() for a in res.alerts]
         self.router.write(alerts)
         if self.scores_sink is not None:
@@ -477,7 +482,9 @@ class Worker:
         self.summary.streams.update(i.chunk.stream for i in staged.items)
         m.messages.labels("ok").inc(len(staged.items) - len(res.rejected))
         if dead:
-            m.messages.labels("dead_letter").inc(len(dead))
+            m.messages.labels("dead_letter").inc(len(dead) - skipped)
+        if skipped:
+            m.messages.labels("skipped").inc(skipped)
         m.windows.labels("scored").inc(res.windows)
         m.windows.labels("suppressed").inc(res.suppressed)
         if res.carried or res.primed:
@@ -504,23 +511,64 @@ class Worker:
                         return r
         raise KeyError(item.offset)
 
-    def _dead_letter(self, dead: list[tuple]) -> None:
-        futures = []
+    def _dead_letter(self, dead: list[tuple]) -> int:
+        """Copy rejected records to the dead-letter topic, with why and where from; returns how
+        many could not be copied.
+
+        A record the dead-letter topic refuses for good (larger than the producer or the broker
+        accepts, or another error retrying cannot fix) is logged with its topic, partition and
+        offset, counted in ``ecgstream_dlq_failed`` and skipped: no single message stops the
+        worker. A retriable error (the broker is down) still raises, before anything is
+        committed, so the records are read again.
+        """
+        from kafka.errors import KafkaError
+
+        sent = []
+        failed = 0
         for r, reason, detail in dead:
-            self.summary.dlq[reason] += 1
-            self.metrics.dlq.labels(reason).inc()
             log.warning(
                 "dead-letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, reason, detail
             )
             headers = dlq_headers(reason, detail, r.topic, r.partition, r.offset, r.timestamp)
-            futures.append(
-                self.producer.send(
+            try:
+                future = self.producer.send(
                     self.cfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers
                 )
-            )
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                failed += self._dead_letter_failed(r, reason, exc)
+                continue
+            sent.append((r, reason, future))
         self.producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=30)
+        for r, reason, future in sent:
+            try:
+                future.get(timeout=30)
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                failed += self._dead_letter_failed(r, reason, exc)
+                continue
+            self.summary.dlq[reason] += 1
+            self.metrics.dlq.labels(reason).inc()
+        return failed
+
+    def _dead_letter_failed(self, r, reason: str, exc: Exception) -> int:
+        """Log and count a record that could not be dead-lettered (it is skipped); returns 1."""
+        size = len(r.value or b"")
+        self.summary.skipped[reason] += 1
+        self.metrics.dlq_failed.labels(reason).inc()
+        log.error(
+            "skipped %s[%d]@%d (%d bytes, %s): the dead-letter topic %s refused it: %s",
+            r.topic,
+            r.partition,
+            r.offset,
+            size,
+            reason,
+            self.cfg.dlq_topic,
+            exc,
+        )
+        return 1
 
     def _commit_due(self) -> bool:
         """Whether ``commit_interval_ms`` has passed since the last commit; restarts it if so."""
