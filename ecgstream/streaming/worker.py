@@ -334,6 +334,7 @@ class Worker:
                 if time.time() - self._broker_checked >= 1.0:
                     self._check_broker()
                     self._update_lag()
+                    self._update_outbox()
                 if time.time() - last_lag > 5.0:
                     self._finish_inflight()
                     # streams that ended no longer hold their partition's committed offset back
@@ -652,6 +653,16 @@ class Worker:
                 self.cfg.bootstrap,
                 now - self._no_conn_since,
             )
+
+    def _update_outbox(self) -> None:
+        """Export how many webhook deliveries wait in the outbox (``ecgstream_outbox_pending``)."""
+        outbox = self.router.outbox if self.router is not None else None
+        if outbox is None:
+            return
+        try:
+            self.metrics.outbox_pending.set(outbox.pending())
+        except Exception:  # metrics must never stop the worker
+            log.debug("outbox count failed", exc_info=True)
 
     def _update_lag(self) -> None:
         """Export the consumer lag, and re-read partitions whose log now ends before our position.
