@@ -172,6 +172,9 @@ class RunConfig(KafkaSecurityConfig):
     alerts_out: str = "-"
     scores_out: str = ""
     metrics_port: int = 0
+    # address the metrics and health listener binds to: loopback by default; "0.0.0.0" (all
+    # interfaces) where a scraper elsewhere (another container) must reach it
+    metrics_addr: str = "127.0.0.1"
     max_poll_records: int = 2000
     poll_timeout_ms: int = 200
     # longest the broker may hold a fetch open waiting for new data; some brokers (Tansu) answer

@@ -45,6 +45,8 @@ __all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "consensus-mitdb-mlii.onnx"
+#: a worker whose loop has not come round for this long (s) is not consuming (``/healthz``)
+HEALTH_STALL_S = 30.0
 
 
 def find_model(path: str | Path | None = None) -> Path:
@@ -198,6 +200,9 @@ class Worker:
         self._no_conn_since: float | None = None
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
+        self._broker_up = False  # the consumer has a broker connection (see _check_broker)
+        self._loop_t: float | None = None  # monotonic time the run loop last came round
+        self._n_assigned = 0
         for name in ("inference_depth", "catchup_inference_depth"):
             if getattr(cfg, name) < 1:
                 raise ConfigError(f"run.{name} must be at least 1, got {getattr(cfg, name)}")
@@ -216,6 +221,27 @@ class Worker:
     def stop(self, *_args) -> None:
         """Ask the loop to finish the batch in flight, commit and close (signal-safe)."""
         self._stop.set()
+
+    def health(self) -> tuple[bool, dict]:
+        """Whether the worker is consuming (its loop came round in the last
+        :data:`HEALTH_STALL_S` seconds, not stopping) with a broker connection, and details
+        (``GET /healthz``; called from the metrics thread)."""
+        loop_t = self._loop_t
+        age = None if loop_t is None else time.monotonic() - loop_t
+        consuming = (
+            self.consumer is not None
+            and not self._stop.is_set()
+            and age is not None
+            and age < HEALTH_STALL_S
+        )
+        ok = consuming and self._broker_up
+        return ok, {
+            "status": "ok" if ok else "unavailable",
+            "consuming": consuming,
+            "broker_up": self._broker_up,
+            "assigned_partitions": self._n_assigned,
+            "last_loop_s": None if age is None else round(age, 3),
+        }
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -264,7 +290,7 @@ class Worker:
         )
         self.consumer.subscribe([cfg.topic], listener=Listener())
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr, health=self.health)
 
     async def _on_revoked(self, partitions: set[int]) -> None:
         # Offsets are committed once the batch in flight is durable; what follows the commit is
@@ -294,6 +320,7 @@ class Worker:
         # (the consumer cannot be used inside its own callback).
         self._finish_inflight()
         self._to_rewind.update(assigned)
+        self._n_assigned = len(assigned)
         self.metrics.partitions.set(len(assigned))
         log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
 
@@ -308,6 +335,7 @@ class Worker:
         last_lag = 0.0
         try:
             while not self._stop.is_set():
+                self._loop_t = time.monotonic()
                 now = time.time()
                 if max_s is not None and now - t_start > max_s:
                     break
@@ -401,6 +429,7 @@ class Worker:
         if self._infer_pool is not None:
             self._infer_pool.shutdown()
             self._infer_pool = None
+        self.metrics.close()
 
     # ---------------------------------------------------------------- one poll
 
@@ -632,6 +661,7 @@ class Worker:
         if n is None:
             return
         if n > 0:
+            self._broker_up = True
             self._no_conn_since = None
             if self._outage_since is not None:
                 log.warning(
@@ -646,6 +676,7 @@ class Worker:
             self._no_conn_since = now
         if self._outage_since is None and now - self._no_conn_since >= grace_s:
             self._outage_since = self._no_conn_since
+            self._broker_up = False
             self.metrics.broker_up.set(0)
             self.metrics.broker_outages.inc()
             log.warning(
