@@ -79,7 +79,7 @@ def stream_step_ratio(reference: Path, model: Path) -> float | None:
 
     from ecgstream.runtime.scorer import Scorer
 
-    if Scorer(reference).stream_session is None or Scorer(model).stream_session is None:
+    if Scorer(reference).stepper is None or Scorer(model).stepper is None:
         return None
     runs = [stream_step_run(m, 256, 48) for m in (reference, model)]
     best = [np.inf, np.inf]

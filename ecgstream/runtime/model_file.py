@@ -11,15 +11,14 @@ need to know which kind they serve:
 
 Raw scores are turned into calibrated scores with ``score_norm`` (``(raw - center) / scale``);
 ``thresholds`` are in calibrated units. Serving reads this with onnxruntime alone: no torch, no
-pickles.
+pickles. A model kind that scores a stream step by step stores what it needs under its own
+metadata key (see :mod:`ecgstream.runtime.stepping`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,8 +26,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ecgstream.signals.preprocess import PreprocessConfig
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ModelSpec",
@@ -45,28 +42,6 @@ __all__ = [
 SPEC_KEY = "ecgstream.spec"
 INPUT_NAME = "windows"
 OUTPUT_NAMES = ("point_score", "window_score")
-#: metadata key of the optional stream step: a graph scoring a window from the sorts of its new
-#: segments and the sorts it shares with the previous window (streaming only; same scores as
-#: the main graph)
-STREAM_KEY = "ecgstream.stream_step"
-#: version of the stream step's inputs and layout; a model file with another one is scored
-#: with its main graph alone
-STREAM_FORMAT = 4
-#: older formats this ecgstream still reads (format 3 had no rhythm term)
-STREAM_FORMATS_READ = (3, STREAM_FORMAT)
-STREAM_LAYOUT_KEYS = (
-    "carry", "carry_floors", "span", "floor_offset", "segment", "floor_width", "stride", "new",
-    "new_floors", "floor_every", "noise_keep", "floor_mean", "level_every", "rhythm",
-)  # fmt: skip
-STREAM_INPUTS = (
-    "sorted_new", "floors_new", "carried", "carried_floors", "consensus", "floor_consensus",
-)  # fmt: skip
-#: the stream step's input after :data:`STREAM_INPUTS` when its layout has ``rhythm``: the
-#: whole preprocessed window, which the rhythm term compares with itself
-STREAM_RHYTHM_INPUT = INPUT_NAME
-STREAM_OUTPUTS = OUTPUT_NAMES
-#: outputs of a model with a stream step after its two scores: each window's carry
-CARRY_OUTPUTS = ("next_carried", "next_carried_floors")
 
 
 class ModelFileError(ValueError):
@@ -245,49 +220,6 @@ def write_spec(onnx_path: str | Path, spec: ModelSpec) -> None:
         entry.key, entry.value = key, value
     model.producer_name = "ecgstream"
     onnx.save(model, str(onnx_path))
-
-
-def write_stream_step(onnx_path: str | Path, layout: dict, graph: bytes) -> None:
-    """Store a model's stream step (a second ONNX graph, see ``StreamStep`` in
-    :mod:`ecgstream.models.consensus`) and its layout in the model file's ``metadata_props``."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    for entry in list(model.metadata_props):
-        if entry.key == STREAM_KEY:
-            model.metadata_props.remove(entry)
-    entry = model.metadata_props.add()
-    doc = {
-        **layout,
-        "format": STREAM_FORMAT,
-        "onnx_base64": base64.b64encode(graph).decode("ascii"),
-    }
-    entry.key, entry.value = STREAM_KEY, json.dumps(doc)
-    onnx.save(model, str(onnx_path))
-
-
-def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
-    """The layout and ONNX graph of a model's stream step, None if it has none (or one of
-    another :data:`STREAM_FORMAT`, which is logged: re-export the model to use it)."""
-    text = session.get_modelmeta().custom_metadata_map.get(STREAM_KEY)
-    if text is None:
-        return None
-    try:
-        doc = json.loads(text)
-        if doc.get("format") not in STREAM_FORMATS_READ:
-            log.warning(
-                "the model's stream step has format %s, this ecgstream reads %s: windows are "
-                "scored with the main graph alone (re-export the model to use the stream step)",
-                doc.get("format", 1),
-                STREAM_FORMAT,
-            )
-            return None
-        graph = base64.b64decode(doc.pop("onnx_base64"), validate=True)
-        doc.setdefault("rhythm", 0)  # format 3
-        layout = {k: int(doc[k]) for k in STREAM_LAYOUT_KEYS}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"model's '{STREAM_KEY}' metadata is malformed: {exc}") from None
-    return layout, graph
 
 
 def read_spec(session_or_path: Any) -> ModelSpec:

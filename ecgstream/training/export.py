@@ -12,17 +12,13 @@ import json
 import warnings
 from pathlib import Path
 
-from ecgstream.runtime.model_file import (
+from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, sha256_of, write_spec
+from ecgstream.runtime.stepping.consensus import (
     CARRY_OUTPUTS,
-    INPUT_NAME,
-    OUTPUT_NAMES,
     STREAM_INPUTS,
     STREAM_KEY,
     STREAM_OUTPUTS,
     STREAM_RHYTHM_INPUT,
-    ModelSpec,
-    sha256_of,
-    write_spec,
     write_stream_step,
 )
 

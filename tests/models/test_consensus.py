@@ -14,7 +14,7 @@ from conftest import REPO, SHIPPED_MODEL, synthetic_ecg  # noqa: E402
 from ecgstream.evaluation.metrics import auroc, beat_scores  # noqa: E402
 from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
-from ecgstream.runtime.stream_sorts import next_carry, segment_sorts, window_medians  # noqa: E402
+from ecgstream.runtime.stepping.sorts import next_carry, segment_sorts, window_medians  # noqa: E402
 from ecgstream.signals.labels import read_beats  # noqa: E402
 from ecgstream.signals.records import read_record  # noqa: E402
 from ecgstream.training import TrainConfig  # noqa: E402
@@ -329,8 +329,10 @@ def _fit_with_onnx_parity(ecg_folder, tmp_path, windows: np.ndarray, **train) ->
 def _assert_stream_step_matches_main_graph(scorer: Scorer, windows: np.ndarray) -> None:
     """The stream step scores each window from its previous window's carry as the main graph
     scores the whole window."""
-    point, window, carried, floors = scorer.score_windows_carry(windows)
-    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    point, window, carried, floors = scorer.stepper.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.stepper.score_carried(
+        windows[1:], carried[:-1], floors[:-1]
+    )
     np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
 
@@ -577,7 +579,7 @@ def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
     assert params["rhythm_signed"] is signed
-    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
+    assert scorer.stepper is not None and scorer.stepper.layout["rhythm"] == 1
 
 
 @pytest.mark.parametrize(
@@ -605,9 +607,9 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(
     params = scorer.spec.params
     assert params["refiner_channels"] == 4 and params["refiner_waveform_channels"] == waveform
     assert params["parameters"] > 0
-    assert scorer.stream_layout is not None
+    assert scorer.stepper is not None
     # the step takes the whole window where the rhythm term or the refiner reads it
-    assert scorer.stream_layout["rhythm"] == int(rhythm > 0 or waveform > 0)
+    assert scorer.stepper.layout["rhythm"] == int(rhythm > 0 or waveform > 0)
 
 
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
@@ -617,7 +619,7 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
 
     import onnx
 
-    from ecgstream.runtime.model_file import STREAM_KEY
+    from ecgstream.runtime.stepping.consensus import STREAM_KEY
 
     x = _ecg(20.0, seed=6)
     windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000)])[:, None]
@@ -632,7 +634,7 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
     older = tmp_path / "format3.onnx"
     onnx.save(model, str(older))
     scorer = Scorer(older)
-    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 0
+    assert scorer.stepper is not None and scorer.stepper.layout["rhythm"] == 0
     _assert_stream_step_matches_main_graph(scorer, windows)
 
 

@@ -262,7 +262,7 @@ def test_a_live_stream_is_scored_with_the_stream_step_from_its_first_window(
     primer is computed a hop before the stream's first window, every window then goes through
     the shipped model's stream step, and the scores equal the whole graph's offline."""
     scorer = Scorer(SHIPPED_MODEL)
-    assert scorer.stream_layout is not None
+    assert scorer.stepper is not None
     rec = read_record(records / "burst0")
     offline = scorer.score_record(rec)
     cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"),
