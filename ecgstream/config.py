@@ -157,6 +157,9 @@ class RunConfig(KafkaSecurityConfig):
     """
 
     bootstrap: str = "localhost:9092"
+    # how long ``run`` tries to reach a bootstrap server at start before it gives up (exit 1);
+    # once running, the worker rides out broker outages of any length
+    connect_timeout_s: float = 3.0
     topic: str = "ecg.raw"
     group: str = "ecgstream"
     dlq_topic: str = "ecg.raw.dlq"

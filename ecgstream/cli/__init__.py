@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
 
 __all__ = ["main", "COMMANDS"]
 
@@ -60,6 +63,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: seconds a command has to unwind after Ctrl-C before the process exits regardless (a long
+#: native call, e.g. one training step, does not see the interrupt until it returns)
+INTERRUPT_GRACE_S = 3.0
+
+
+class _Interrupt:
+    """SIGINT handler of a command: one line at once, then ``KeyboardInterrupt``; the process
+    exits within :data:`INTERRUPT_GRACE_S` seconds, or at once on a second Ctrl-C."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.timer: threading.Timer | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.timer is not None:  # a second Ctrl-C
+            os._exit(130)
+        print(f"ecgstream {self.command}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        self.timer = threading.Timer(INTERRUPT_GRACE_S, os._exit, args=(130,))
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 def _command_of(argv: list[str]) -> str | None:
     """The sub-command named in ``argv`` (its first word that is not an option), if any."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -76,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    interrupt = _Interrupt(args.command)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, interrupt)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        if interrupt.timer is None:  # not from our handler: say it here
+            print(f"ecgstream {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:
         # user-facing errors (RecordError, ModelFileError, ConfigError, ...) without a traceback
@@ -86,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ecgstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # an unreachable broker (BrokerUnavailable) or another Kafka client error: one line
+        if args.verbose or not (
+            isinstance(exc, ConnectionError) or type(exc).__module__.startswith("kafka.")
+        ):
+            raise
+        print(f"ecgstream {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        interrupt.cancel()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = worker.run(max_idle_s=args.max_idle_s)
     print(summary.text(), file=sys.stderr)
-    return 0
+    return 130 if worker.interrupted else 0
 
 
 def _describe(alert: dict) -> None:

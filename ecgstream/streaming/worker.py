@@ -34,7 +34,13 @@ from ecgstream.sinks.jsonl import JsonLinesSink
 from ecgstream.sinks.kafka_topic import AlertsTopicSink
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.router import AlertRouter
-from ecgstream.streaming.kafka import dlq_headers, ensure_topics, make_consumer, make_producer
+from ecgstream.streaming.kafka import (
+    check_reachable,
+    dlq_headers,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from ecgstream.streaming.metrics import Metrics
 from ecgstream.streaming.pipeline import Incoming, Pipeline, Prepared
 from ecgstream.streaming.security import kafka_options, webhook_secret
@@ -47,6 +53,11 @@ log = logging.getLogger(__name__)
 SHIPPED_MODEL = "consensus-mitdb-mlii.onnx"
 #: a worker whose loop has not come round for this long (s) is not consuming (``/healthz``)
 HEALTH_STALL_S = 30.0
+#: webhook drain at close (s): SIGTERM (an orchestrator's stop) and Ctrl-C (someone waiting)
+DRAIN_S = 5.0
+INTERRUPT_DRAIN_S = 0.5
+#: after Ctrl-C the process exits within this many seconds (s), closed or not
+INTERRUPT_EXIT_S = 4.0
 
 
 def find_model(path: str | Path | None = None) -> Path:
@@ -201,6 +212,8 @@ class Worker:
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
         self._broker_up = False  # the consumer has a broker connection (see _check_broker)
+        self.interrupted = False  # stopped by Ctrl-C (see interrupt)
+        self._drain_s = DRAIN_S
         self._loop_t: float | None = None  # monotonic time the run loop last came round
         self._n_assigned = 0
         for name in ("inference_depth", "catchup_inference_depth"):
@@ -220,6 +233,27 @@ class Worker:
 
     def stop(self, *_args) -> None:
         """Ask the loop to finish the batch in flight, commit and close (signal-safe)."""
+        self._stop.set()
+
+    def interrupt(self, *_args) -> None:
+        """Ctrl-C: stop as :meth:`stop` does, with a short webhook drain (what is not sent
+        stays in the outbox); a second Ctrl-C exits at once (at-least-once covers it)."""
+        import os
+        import sys
+
+        if self._stop.is_set():
+            os._exit(130)
+        # whatever the close waits for (a broker gone quiet), the process ends promptly
+        watchdog = threading.Timer(INTERRUPT_EXIT_S, os._exit, args=(130,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.interrupted = True
+        self._drain_s = INTERRUPT_DRAIN_S
+        print(
+            "ecgstream run: interrupted: finishing the batch in flight, committing, closing "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
         self._stop.set()
 
     def health(self) -> tuple[bool, dict]:
@@ -245,12 +279,14 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGINT, self.interrupt)
 
     def _open(self) -> None:
         cfg = self.cfg
         security = kafka_options(cfg)  # TLS / SASL settings, {} for PLAINTEXT
         secret = webhook_secret(cfg).reveal()
+        # one clear error for a wrong address, instead of kafka-python's retries and tracebacks
+        check_reachable(cfg.bootstrap, cfg.connect_timeout_s, self._stop)
         if cfg.create_topics:
             topics = [cfg.topic, cfg.dlq_topic, cfg.alerts_topic]
             ensure_topics(cfg.bootstrap, topics, cfg.partitions, **security)
@@ -419,12 +455,12 @@ class Worker:
             self.consumer.close(autocommit=False)
             self.consumer = None
         if self.router is not None:
-            self.router.close()
+            self.router.close(self._drain_s)
             self.router = None
         if self.scores_sink is not None:
             self.scores_sink.close()
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.close(timeout=10 if not self.interrupted else 2)
             self.producer = None
         if self._infer_pool is not None:
             self._infer_pool.shutdown()
