@@ -5,7 +5,6 @@ prompt non-zero exit; Ctrl-C (SIGINT) stops ``ecgstream run`` and ``ecgstream tr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
