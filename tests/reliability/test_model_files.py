@@ -112,6 +112,7 @@ def test_run_and_score_refuse_a_crafted_model_before_any_broker_or_record(
         assert code == 2 and len(lines) == 1, err
         assert CRAFTED[case][1] in lines[0] and "Traceback" not in err
         assert seconds < 15
+        print(f"{args[0]} with {case}: exit {code} after {seconds:.1f} s: {lines[0]}")
     # the worker never joined its group
     from kafka.admin import KafkaAdminClient
 
