@@ -200,3 +200,21 @@ def test_an_http_to_https_redirect_never_marks_an_alert_delivered(tmp_path, code
     assert rx.requests == [("POST", "/alerts")]
     error = box._db.execute("SELECT last_error FROM deliveries").fetchone()[0]
     assert ("not followed" in error) if code == 301 else error.startswith("connection:")
+
+
+def test_failed_attempts_are_logged_at_info_and_the_next_delay_at_debug(tmp_path, caplog):
+    """``ecgstream -v`` shows each failed attempt and why, ``-vv`` when the next one comes."""
+    import logging
+
+    secret = new_secret()
+    rx = Receiver(secret, script=[(503, {})])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ecgstream.sinks.webhook"):
+            box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "retry"
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert info == [f"webhook alert_0 to {rx.url}: attempt 1 of 12 failed: HTTP 503"]
+    assert any(m.startswith(f"webhook alert_0 to {rx.url}: next attempt in ") for m in debug), debug
