@@ -69,25 +69,78 @@ INTERRUPT_GRACE_S = 3.0
 
 
 class _Interrupt:
-    """SIGINT handler of a command: one line at once, then ``KeyboardInterrupt``; the process
-    exits within :data:`INTERRUPT_GRACE_S` seconds, or at once on a second Ctrl-C."""
+    """SIGINT handling of a command: one line at once, then ``KeyboardInterrupt``; the process
+    exits within :data:`INTERRUPT_GRACE_S` seconds of the signal, or at once on a second Ctrl-C.
+
+    Python runs signal handlers in the main thread between bytecodes, so not during a long
+    native call (a training step); the signal is also watched from a thread (through the
+    interpreter's wake-up fd), which starts the exit timer as the signal arrives. A command
+    that installs its own SIGINT handler (the worker) is left to it.
+    """
 
     def __init__(self, command: str):
         self.command = command
         self.timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._socks: tuple | None = None
+        self._previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        import socket
+
+        self._previous = signal.signal(signal.SIGINT, self)
+        read, write = socket.socketpair()
+        write.setblocking(False)
+        signal.set_wakeup_fd(write.fileno(), warn_on_full_buffer=False)
+        self._socks = (read, write)
+        threading.Thread(target=self._watch, args=(read,), name="sigint", daemon=True).start()
+
+    def _watch(self, sock) -> None:
+        seen = 0
+        while True:
+            try:
+                data = sock.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            n = data.count(bytes([signal.SIGINT]))
+            if n and signal.getsignal(signal.SIGINT) is self:
+                seen += n
+                if seen >= 2:  # a second Ctrl-C
+                    os._exit(130)
+                self._announce()
+
+    def _announce(self) -> None:
+        """Say it once and start the exit timer."""
+        with self._lock:
+            if self.timer is not None:
+                return
+            print(f"ecgstream {self.command}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            self.timer = threading.Timer(INTERRUPT_GRACE_S, os._exit, args=(130,))
+            self.timer.daemon = True
+            self.timer.start()
 
     def __call__(self, signum, frame) -> None:
-        if self.timer is not None:  # a second Ctrl-C
+        if self._socks is None and self.timer is not None:  # a second Ctrl-C, no watcher
             os._exit(130)
-        print(f"ecgstream {self.command}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        self.timer = threading.Timer(INTERRUPT_GRACE_S, os._exit, args=(130,))
-        self.timer.daemon = True
-        self.timer.start()
+        self._announce()
         raise KeyboardInterrupt
 
     def cancel(self) -> None:
+        """Stop the timer, and restore the SIGINT handler and the wake-up fd."""
         if self.timer is not None:
             self.timer.cancel()
+        if self._socks is not None:
+            signal.set_wakeup_fd(-1)
+            for sock in self._socks:
+                sock.close()
+            self._socks = None
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -107,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     interrupt = _Interrupt(args.command)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, interrupt)
+    interrupt.install()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -132,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         interrupt.cancel()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":
