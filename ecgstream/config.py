@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 __all__ = ["ConfigError", "load", "coerce", "KafkaSecurityConfig", "RunConfig", "ReplayConfig"]
 

@@ -26,16 +26,10 @@ COMMANDS = {
 DESCRIPTION = """\
 Streaming anomaly detection for ECG and other time series.
 
-  ecgstream train     train a model on WFDB records or a plain series (needs the [train] extra)
-  ecgstream export    export a trained checkpoint to a self-describing ONNX file + model card
-  ecgstream score     score WFDB records / series into per-sample and per-window scores (.npz)
-  ecgstream evaluate  AUROC/AP against annotations, localisation on synthetic anomalies, plots
-  ecgstream synth     inject Perlin-noise anomalies with exact masks into records or series
-  ecgstream replay    publish WFDB records to Kafka as live streams
-  ecgstream run       the streaming worker: Kafka (or --replay PATH, no broker) -> alerts
-
 Not a certified medical device: decision support for research and engineering only.
 """
+
+EPILOG = "Each command's --help gives its inputs, outputs, defaults and an example."
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -47,10 +41,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecgstream",
         description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     names = [COMMANDS[only]] if only in COMMANDS else COMMANDS.values()
     for module_name in names:
         try:

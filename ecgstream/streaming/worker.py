@@ -70,15 +70,13 @@ def find_model(path: str | Path | None = None) -> Path:
     import ecgstream
 
     here = Path(ecgstream.__file__).resolve().parent
-    for candidate in (
-        here.parent / "models" / SHIPPED_MODEL,
-        here / "data" / SHIPPED_MODEL,
-        Path("models") / SHIPPED_MODEL,
-    ):
+    # ecgstream/_models: the repository's models/ (a link in a checkout, a copy in a wheel)
+    for candidate in (here / "_models" / SHIPPED_MODEL, here.parent / "models" / SHIPPED_MODEL):
         if candidate.exists():
             return candidate
     raise FileNotFoundError(
-        f"the shipped model models/{SHIPPED_MODEL} was not found; pass --model PATH"
+        f"the shipped model {SHIPPED_MODEL} was not found in {here / '_models'} (the package was"
+        " installed without its models); pass --model PATH"
     )
 
 

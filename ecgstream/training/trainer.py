@@ -61,16 +61,11 @@ def preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
 
 
 def mmae_config(cfg: TrainConfig):
-    from ecgstream.models.mmae import MMAEConfig
-
-    return MMAEConfig(
-        n_leads=len(cfg.leads), window=cfg.window, segment=cfg.segment, local_region=cfg.local_region,
-        mask_global=cfg.mask_global, mask_local=cfg.mask_local,
-        infer_global_masks=cfg.infer_global_masks, infer_local_masks=cfg.infer_local_masks,
-        dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
-        target_eps=cfg.target_eps, local_weight=cfg.local_weight, topk_frac=cfg.topk_frac,
-        input_norm=cfg.input_norm, score_space=cfg.score_space,
-    )  # fmt: skip
+    """The :class:`~ecgstream.models.mmae.MMAEConfig` of ``cfg``: its ``[model]`` table with its
+    leads and window."""
+    if cfg.model != "mmae":
+        raise ValueError(f"not an MMAE-ECG training config: model = {cfg.model!r}")
+    return cfg.model_config()
 
 
 def build_model(cfg: TrainConfig):
