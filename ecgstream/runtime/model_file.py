@@ -21,7 +21,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ecgstream.signals.preprocess import PreprocessConfig
 
@@ -32,6 +34,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "read_spec",
+    "check_spec",
     "write_spec",
     "sha256_of",
 ]
@@ -43,6 +46,100 @@ OUTPUT_NAMES = ("point_score", "window_score")
 
 class ModelFileError(ValueError):
     """A model file is missing, corrupt, or lacks the ecgstream metadata."""
+
+
+# ---------------------------------------------------------------- spec validation
+
+#: highest model rate, Hz (as the wire format's highest chunk rate)
+MAX_MODEL_FS = 20000.0
+#: longest window, seconds at the model rate
+MAX_WINDOW_S = 3600.0
+#: highest Butterworth order per band edge (the shipped models use 2)
+MAX_FILTER_ORDER = 16
+#: most leads a model may take (as the wire format's most leads per stream)
+MAX_MODEL_LEADS = 16
+
+_Int = Annotated[int, Field(strict=True)]
+_Num = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_Text = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+
+
+class _PreprocessingCheck(BaseModel):
+    """The ``preprocessing`` table of a spec: rate and band-pass."""
+
+    model_config = ConfigDict(extra="allow")
+    fs: _Num = Field(100.0, gt=0, le=MAX_MODEL_FS)
+    highpass_hz: _Num = Field(0.5, ge=0)
+    lowpass_hz: _Num = Field(40.0, ge=0)
+    order: _Int = Field(2, ge=1, le=MAX_FILTER_ORDER)
+
+    @model_validator(mode="after")
+    def _band(self) -> _PreprocessingCheck:
+        if self.highpass_hz >= self.fs / 2:
+            raise ValueError(
+                f"highpass_hz {self.highpass_hz:g} must be below fs/2 = {self.fs / 2:g}"
+            )
+        if self.lowpass_hz and self.highpass_hz >= self.lowpass_hz:
+            raise ValueError(
+                f"highpass_hz {self.highpass_hz:g} must be below lowpass_hz {self.lowpass_hz:g}"
+            )
+        return self
+
+
+class _ScoreNormCheck(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    center: _Num = 0.0
+    scale: _Num = Field(1.0, gt=0)
+
+
+class _SpecCheck(BaseModel):
+    """Types and ranges of every :class:`ModelSpec` field (checked by :func:`read_spec`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: _Text
+    version: Annotated[str, Field(strict=True, max_length=200)]
+    kind: _Text
+    leads: list[Annotated[str, Field(strict=True, min_length=1, max_length=16)]] = Field(
+        min_length=1, max_length=MAX_MODEL_LEADS
+    )
+    window: _Int = Field(ge=2)
+    hop: _Int = Field(ge=1)
+    preprocessing: _PreprocessingCheck = Field(default_factory=_PreprocessingCheck)
+    score_norm: _ScoreNormCheck = Field(default_factory=_ScoreNormCheck)
+    thresholds: dict[str, _Num] = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)
+    params: dict = Field(default_factory=dict)
+    frontend: _Text = "raw"
+
+    @model_validator(mode="after")
+    def _window(self) -> _SpecCheck:
+        most = int(MAX_WINDOW_S * self.preprocessing.fs)
+        if self.window > most:
+            raise ValueError(
+                f"window of {self.window} samples is longer than {MAX_WINDOW_S:g} s at "
+                f"{self.preprocessing.fs:g} Hz ({most} samples)"
+            )
+        if self.hop > self.window:
+            raise ValueError(f"hop {self.hop} is longer than the window {self.window}")
+        return self
+
+
+def check_spec(data: object, source: str = "model") -> None:
+    """Check a spec's JSON object: every field's type and range; raises :class:`ModelFileError`
+    with one line naming the first wrong field."""
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{source}: '{SPEC_KEY}' metadata must be a JSON object")
+    try:
+        _SpecCheck.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        what = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            raise ModelFileError(f"{source}: model spec field '{where}' is missing") from None
+        got = f" (got {err['input']!r:.60})" if where else ""
+        field_name = f"field '{where}'" if where else "fields"
+        raise ModelFileError(f"{source}: model spec {field_name}: {what}{got}") from None
 
 
 @dataclass
@@ -140,7 +237,34 @@ def read_spec(session_or_path: Any) -> ModelSpec:
     meta = session_or_path.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in meta:
         raise ModelFileError(f"model has no '{SPEC_KEY}' metadata: not exported by ecgstream")
-    return ModelSpec.from_json(meta[SPEC_KEY])
+    source = str(getattr(session_or_path, "_model_path", None) or "model")
+    try:
+        data = json.loads(meta[SPEC_KEY])
+    except ValueError as exc:
+        raise ModelFileError(f"{source}: '{SPEC_KEY}' metadata is not JSON: {exc}") from None
+    check_spec(data, source)
+    spec = ModelSpec(**{k: v for k, v in data.items() if k in ModelSpec.__dataclass_fields__})
+    _check_graph_input(session_or_path, spec, source)
+    return spec
+
+
+def _check_graph_input(session: Any, spec: ModelSpec, source: str) -> None:
+    """The graph's ``windows`` input, where its sizes are fixed, must take the spec's leads
+    and window."""
+    for i in session.get_inputs():
+        if i.name != INPUT_NAME or len(i.shape) != 3:
+            continue
+        _, leads, window = i.shape
+        if isinstance(leads, int) and leads != len(spec.leads):
+            raise ModelFileError(
+                f"{source}: graph input '{INPUT_NAME}' takes {leads} leads, "
+                f"model spec field 'leads' names {len(spec.leads)}"
+            )
+        if isinstance(window, int) and window != spec.window:
+            raise ModelFileError(
+                f"{source}: graph input '{INPUT_NAME}' takes windows of {window} samples, "
+                f"model spec field 'window' is {spec.window}"
+            )
 
 
 def sha256_of(path: str | Path) -> str:

@@ -17,6 +17,7 @@ times complete their windows at different times, which spreads the inference loa
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from ecgstream.runtime.model_file import ModelSpec
 from ecgstream.signals.bank import StreamFilter, process_many
 from ecgstream.signals.records import RecordError, lead_indices
 from ecgstream.streaming.wire import MAX_FS, MIN_FS, Chunk
+
+#: a jump of ``t0`` further ahead than this (s) is the device clock jumping, not missing data:
+#: the stream starts over without a gap alert
+MAX_GAP_S = 3600.0
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Unprocessable",
@@ -203,6 +210,23 @@ class StreamBuffer:
         self.buf_a0 = self.a_origin
         self.next_k = max(self.next_k, -(-(self.a_origin - self.anchor) // self.hop))
 
+    def _start_over(
+        self, chunk: Chunk, duration: float, kind: str = "", detail: str = ""
+    ) -> StreamEvent:
+        """Begin the stream anew at ``chunk``, as a worker that never saw it would: its window
+        grid counts from ``t0 - seq * duration`` again, and nothing before it is needed.
+
+        Returns a ``kind`` event (logged) for a stream that had samples already.
+        """
+        if kind:
+            log.warning("stream %s: %s (%s); the stream starts over", self.stream, kind, detail)
+        self.anchor = int(round((chunk.t0 - chunk.seq * duration) * self.fs))
+        self.next_k = 0
+        self.chunks.clear()
+        self.bad = []
+        self._restart(chunk)
+        return StreamEvent(kind, chunk.t0, chunk.t0, detail)
+
     def accept(
         self, chunk: Chunk, offset: int | None = None, now: float = 0.0, defer: bool = False
     ) -> list[StreamEvent]:
@@ -236,27 +260,40 @@ class StreamBuffer:
         if not math.isfinite(chunk.t0) or not math.isfinite(chunk.seq * duration):
             raise Unprocessable("t0 and seq must give a finite stream start", "bad_t0")
         events: list[StreamEvent] = []
-        self.last_seen = now
         if self.pre is None:
-            self.anchor = int(round((chunk.t0 - chunk.seq * duration) * self.fs))
-            self._restart(chunk)
+            self._start_over(chunk, duration)
         else:
-            if chunk.seq < self.next_seq:
-                return [StreamEvent("duplicate", chunk.t0, chunk.t0 + duration, f"seq {chunk.seq}")]
             skew = chunk.t0 - self.t_next
-            if fs != self.fs_in:
+            behind = skew < -self.max_skew_s  # starts before the stream's samples end
+            if chunk.seq < self.next_seq:
+                if behind:  # a chunk already had (a producer retry, out of order): dropped,
+                    # and it does not keep the stream alive (idle eviction)
+                    return [
+                        StreamEvent("duplicate", chunk.t0, chunk.t0 + duration, f"seq {chunk.seq}")
+                    ]
+                # the count restarted while time went on: the device rebooted
+                events.append(self._start_over(chunk, duration, "seq_restart",
+                                               f"seq {self.next_seq - 1} -> {chunk.seq}"))  # fmt: skip
+            elif fs != self.fs_in:
                 events.append(
                     StreamEvent(
                         "reset", chunk.t0, chunk.t0, f"rate {self.fs_in:g} -> {chunk.fs:g} Hz"
                     )
                 )
                 self._restart(chunk)
-            elif chunk.seq > self.next_seq or abs(skew) > self.max_skew_s:
-                if skew < -self.max_skew_s:
+            elif behind:
+                if chunk.t0 + duration > self.t_next - self.max_skew_s:
                     # overlaps what we already have: treat as a duplicate of that time span
                     return [
                         StreamEvent("duplicate", chunk.t0, self.t_next, f"seq {chunk.seq} overlaps")
                     ]
+                # a new chunk wholly before the stream's end: the device clock went back
+                events.append(self._start_over(chunk, duration, "time_back",
+                                               f"t0 {-skew:.6g} s before the stream's end"))  # fmt: skip
+            elif skew > MAX_GAP_S:  # a clock jump, not missing data: no gap alert
+                events.append(self._start_over(chunk, duration, "time_jump",
+                                               f"t0 {skew:.6g} s after the stream's end"))  # fmt: skip
+            elif chunk.seq > self.next_seq or skew > self.max_skew_s:
                 missing = chunk.seq - self.next_seq
                 events.append(
                     StreamEvent(
@@ -267,6 +304,7 @@ class StreamBuffer:
                     )
                 )
                 self._restart(chunk)
+        self.last_seen = now
         self.next_seq = chunk.seq + 1
         a_chunk = self.a_origin + int(math.floor(self.n_in * self.fs / self.fs_in + 1e-9))
         if offset is not None:

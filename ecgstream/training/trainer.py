@@ -252,16 +252,36 @@ def _select(cfg: TrainConfig, figures: dict) -> tuple[str, float]:
     return metric, (-value if metric == "val_loss" else value)
 
 
+def _plain(obj):
+    """``obj`` with numpy scalars and paths as Python values, so ``torch.load(weights_only=True)``
+    reads it back (tensors, containers and Python scalars only; no pickled classes)."""
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def _checkpoint(path: Path, **state) -> None:
     import torch
 
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save(_plain(state), tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by :func:`train_mmae` (``last.pt``, ``best.pt`` or ``model.pt``)."""
+    """Load a checkpoint written by :func:`train_mmae` (``last.pt``, ``best.pt`` or ``model.pt``).
+
+    Read with ``weights_only=True``: tensors and plain containers only, so a crafted file
+    cannot run code when it is loaded.
+    """
     import torch
 
     path = Path(path)
