@@ -72,6 +72,10 @@ def _fmt(value) -> str:
 
 def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     """Write ``<onnx stem>.md`` beside the model: intended use, data, splits, figures, limits, sha256."""
+    from ecgstream.training.series_card import is_series_spec, write_series_card
+
+    if is_series_spec(spec):  # a plain series: no rate, filter, records or ECG limits
+        return write_series_card(onnx_path, spec)
     onnx_path = Path(onnx_path)
     tr = spec.training
     cfg = tr.get("config", {})
