@@ -66,6 +66,7 @@ class ImageConfig:
     spec_relative: bool = False  # spectrogram: add the plane relative to the window's median frame
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
+    encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
     feat_dim: int = 64
     dim: int = 64
     radius: int = 1
@@ -254,7 +255,7 @@ def fit_image_detector(
         with torch.no_grad():
             images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
         c, rows, cols = images.shape[1:]
-        encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
+        encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
         _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
     encoder.eval()
     head = _build_head(cfg, encoder.grid)
@@ -317,11 +318,13 @@ class ImageTrainResult:
 def build_detector(spec: ModelSpec) -> ImageDetector:
     """An untrained :class:`ImageDetector` with the architecture recorded in ``spec.params``."""
     p = spec.params
-    cfg = ImageConfig(**{k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__})
+    # files written before ``encoder_norm`` existed normalised each image by itself
+    fields = {k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__}
+    cfg = ImageConfig(**{"encoder_norm": "group", **fields})
     frontend = build_frontend(p, len(spec.leads), spec.window)
     with torch.no_grad():
         c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
-    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
+    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
     return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
 
 

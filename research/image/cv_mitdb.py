@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hop-s", type=float, default=2.0)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps-per-epoch", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-windows", type=int, default=6000, help="training windows per fold")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = TrainConfig(
                     model=kind, name=f"{kind}-cv{f}", leads=["MLII"], records=train,
                     val_records=train[:2], fs=100.0, window_s=args.window_s, hop_s=args.hop_s,
-                    epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=64,
+                    epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                     seed=0, threads=1, model_out=Path(tmp) / f"{kind}-{f}.onnx",
                 )  # fmt: skip
                 t = time.perf_counter()
