@@ -63,6 +63,7 @@ class ImageConfig:
     spec_scale: str = (
         "fixed"  # spectrogram: fixed (calibrated log-energy) | window (per-window z-score)
     )
+    point_relative: bool = False  # point score minus the window's median column score
     spec_relative: bool = False  # spectrogram: add the plane relative to the window's median frame
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
@@ -260,6 +261,7 @@ def fit_image_detector(
     encoder.eval()
     head = _build_head(cfg, encoder.grid)
     model = ImageDetector(frontend, encoder, head, w)
+    model.point_relative = cfg.point_relative
     model.fit_token_norm(x)
     model.train()
     model.encoder.eval()
@@ -325,7 +327,9 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     with torch.no_grad():
         c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
     encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
-    return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+    model = ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+    model.point_relative = cfg.point_relative
+    return model
 
 
 def load_detector(state: dict) -> ImageDetector:

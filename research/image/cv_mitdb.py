@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps-per-epoch", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--both-points", action="store_true",
+                    help="also score each model with the other point_relative setting")  # fmt: skip
     ap.add_argument("--max-windows", type=int, default=6000, help="training windows per fold")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     overrides = {"max_windows": args.max_windows, **parse_set(args.set)}
     kinds = [k for k in args.kinds.split(",") if k]
-    collected: dict = {k: {"scores": [], "symbols": [], "folds": []} for k in [*kinds, "energy"]}
+    collected: dict = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for f in args.folds:
@@ -148,16 +150,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 spec, base = res.spec, res.model  # the next heads reuse this fold's encoder
                 print(f"fold {f} {kind}: trained {time.perf_counter() - t:.0f} s", flush=True)
-                s, sym = beat_table(res.model_path, held, args.data)
-                collected[kind]["scores"].append(s)
-                collected[kind]["symbols"].append(sym)
-                collected[kind]["folds"].append(figures(s, sym))
-                print(f"  {kind} fold {f}: {collected[kind]['folds'][-1]}", flush=True)
+                variants = [(kind, res.model_path)]
+                if args.both_points:  # the same model, point score relative to the window
+                    flipped = not res.model.point_relative
+                    other = Path(tmp) / f"{kind}-{f}-rel{int(flipped)}.onnx"
+                    ospec = ModelSpec.from_json(res.spec.to_json())
+                    ospec.params = {**ospec.params, "point_relative": flipped}
+                    res.model.point_relative = flipped
+                    export_detector(res.model, ospec, other)
+                    res.model.point_relative = not flipped
+                    variants.append((f"{kind}-pointrel{int(flipped)}", other))
+                for name, path in variants:
+                    s, sym = beat_table(path, held, args.data)
+                    c = collected.setdefault(name, {"scores": [], "symbols": [], "folds": []})
+                    c["scores"].append(s)
+                    c["symbols"].append(sym)
+                    c["folds"].append(figures(s, sym))
+                    print(f"  {name} fold {f}: {c['folds'][-1]}", flush=True)
             energy = Path(tmp) / f"energy-{f}.onnx"
             espec = ModelSpec.from_json(spec.to_json())
             espec.name, espec.params = "segment-energy", {"width": 16}
             export_detector(EnergyDetector(espec.window), espec, energy)
             s, sym = beat_table(energy, held, args.data)
+            collected.setdefault("energy", {"scores": [], "symbols": [], "folds": []})
             collected["energy"]["scores"].append(s)
             collected["energy"]["symbols"].append(sym)
             collected["energy"]["folds"].append(figures(s, sym))

@@ -17,7 +17,13 @@ from ecgstream.models.frontends import ChannelTimeFrontend, SpectrogramFrontend,
 from ecgstream.runtime.model_file import ModelSpec, read_spec  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
 from ecgstream.signals.preprocess import PreprocessConfig  # noqa: E402
-from ecgstream.training.image import IMAGE_KINDS, ImageConfig, export_detector, fit_image_detector  # noqa: E402
+from ecgstream.training.image import (  # noqa: E402
+    IMAGE_KINDS,
+    ImageConfig,
+    build_detector,
+    export_detector,
+    fit_image_detector,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -98,13 +104,21 @@ def test_channel_time_frontend_planes():
     )
 
 
-@pytest.mark.parametrize("frontend", ["channel_time", "spectrogram"])
+@pytest.mark.parametrize(
+    "frontend,relative",
+    [("channel_time", False), ("spectrogram", False), ("spectrogram", True)],
+    ids=["channel_time", "spectrogram", "spectrogram-relative"],
+)
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
-def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend):
+def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend, relative):
+    """ONNX Runtime parity for every head and front end; ``relative``: the spectrogram's relative
+    plane and the point score relative to the window's median column, both in the graph."""
     wins = _periodic_windows(48, 128, leads=2)
     cfg = ImageConfig(
         kind=kind,
         frontend=frontend,
+        spec_relative=relative,
+        point_relative=relative,
         encoder_steps=8,
         head_steps=8,
         batch_size=16,
@@ -144,6 +158,12 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
     # the same window scored in a batch of one gives the same number (no batch coupling)
     p1, _ = scorer.score_windows(test[2:3])
     np.testing.assert_allclose(p1[0], point[2], rtol=1e-4, atol=1e-5)
+    # the settings in the metadata rebuild the same graph (checkpoint reloading)
+    again = build_detector(back)
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ap, aw = again.eval()(torch.from_numpy(test))
+    assert torch.allclose(ap, tp, atol=1e-5) and torch.allclose(aw, tw, atol=1e-5)
 
 
 def test_uniad_localises_a_flat_line_after_training():
