@@ -58,7 +58,8 @@ class SpectrogramFrontend(nn.Module):
     the fitted per-frequency normalisation is a fixed scale calibrated on training normals;
     ``"window"`` standardises each window first (energy differences between windows vanish).
     ``relative`` adds, per lead, the log-magnitude minus its per-frequency median over the window.
-    Output ``(B, n_leads * (1 + relative), n_fft // 2 + 1, window // hop + 1)``. Call
+    ``rows`` keeps only the lowest frequency bins (bin ``k`` is ``k * fs / n_fft`` Hz; 0: all).
+    Output ``(B, n_leads * (1 + relative), rows or n_fft // 2 + 1, window // hop + 1)``. Call
     :meth:`fit_norm` on normal windows before training so each frequency row has zero mean and
     unit scale.
     """
@@ -73,6 +74,7 @@ class SpectrogramFrontend(nn.Module):
         hop: int = 4,
         scale: str = "fixed",
         relative: bool = False,
+        rows: int = 0,
     ):
         super().__init__()
         if n_fft > window:
@@ -83,7 +85,8 @@ class SpectrogramFrontend(nn.Module):
             )
         self.n_leads, self.window, self.n_fft, self.hop = n_leads, window, n_fft, hop
         self.scale, self.relative = scale, bool(relative)
-        self.n_freq = n_fft // 2 + 1
+        # the lowest ``rows`` frequency bins (0: all n_fft // 2 + 1)
+        self.n_freq = min(rows, n_fft // 2 + 1) if rows > 0 else n_fft // 2 + 1
         self.n_frames = window // hop + 1
         k = torch.arange(self.n_freq, dtype=torch.float64)[:, None]
         t = torch.arange(n_fft, dtype=torch.float64)[None, :]
@@ -150,6 +153,7 @@ class SpectrogramFrontend(nn.Module):
             "hop": self.hop,
             "scale": self.scale,
             "relative": self.relative,
+            "rows": self.n_freq,
             "freq_scale": self.norm.weight.data.flatten().tolist(),
             "freq_bias": self.norm.bias.data.tolist(),
         }
@@ -227,6 +231,7 @@ def build_frontend(params: dict, n_leads: int, window: int) -> nn.Module:
             params.get("hop", 4),
             scale,
             params.get("relative", False),
+            params.get("rows", 0),
         )
         if "freq_scale" in params:
             fe.norm.weight.data.copy_(torch.tensor(params["freq_scale"])[:, None, None, None])

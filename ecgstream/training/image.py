@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("uniad", "pbas", "onenip")
 
+#: ECG spectrograms keep the bins up to this frequency (Hz): the P-QRS-T energy; above it the
+#: rows hold noise that dominated the score maps (docs/research/image-studies.md)
+ECG_SPECTROGRAM_MAX_HZ = 20.0
+
 
 @dataclass
 class ImageConfig:
@@ -65,6 +69,7 @@ class ImageConfig:
     )
     point_relative: bool = False  # point score minus the window's median column score
     spec_relative: bool = False  # spectrogram: add the plane relative to the window's median frame
+    spec_rows: int = 0  # spectrogram: keep the lowest rows frequency bins (0: all)
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
     encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
@@ -95,6 +100,7 @@ def _frontend_params(cfg: ImageConfig) -> dict:
             "hop": cfg.stft_hop,
             "scale": cfg.spec_scale,
             "relative": cfg.spec_relative,
+            "rows": cfg.spec_rows,
         }
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
@@ -403,6 +409,7 @@ def _fit_records(
         encoder_steps=4 * cfg.steps_per_epoch,
         head_steps=max(2 * cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch // 3),
     )
+    icfg.spec_rows = int(ECG_SPECTROGRAM_MAX_HZ / (cfg.fs / icfg.n_fft)) + 1
     unknown = sorted(set(overrides) - set(ImageConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown image settings {unknown}")
