@@ -46,7 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("paths", nargs="*", metavar="PATH", help="records, .hea files or folders")
     p.add_argument("--config", type=Path, help="TOML file with [train] and [model] tables")
-    p.add_argument("--model", metavar="KIND", help="model kind (default mmae; see --list-models)")
+    p.add_argument(
+        "--model",
+        metavar="KIND",
+        help="model kind (default mmae, with --series consensus; see --list-models)",
+    )
     p.add_argument(
         "--list-models", action="store_true", help="print the available model kinds and exit"
     )
@@ -95,7 +99,7 @@ def _flags(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def _train_series(args: argparse.Namespace, cfg) -> int:
     try:
-        from ecgstream.training.series import train_series
+        from ecgstream.training.series import SERIES_DEFAULT_KIND, train_series
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("ecgstream"):
             raise ValueError("--series training is not available in this build "
@@ -103,9 +107,10 @@ def _train_series(args: argparse.Namespace, cfg) -> int:
         raise
     if args.train_end is None or args.model_out is None:
         raise ValueError("--series needs --train-end N (anomaly-free samples) and --model-out PATH")
+    kind = args.model or SERIES_DEFAULT_KIND
     result = train_series(args.series, train_end=args.train_end, model_out=args.model_out,
-                          kind=args.model or "uniad", seed=cfg.seed)  # fmt: skip
-    print(f"trained {args.model or 'uniad'} on {args.series} in {result.seconds:.0f} s")
+                          kind=kind, seed=cfg.seed)  # fmt: skip
+    print(f"trained {kind} on {args.series} in {result.seconds:.0f} s")
     print(f"wrote {args.model_out}")
     return 0
 

@@ -21,7 +21,23 @@ from torch.nn import functional as F
 __all__ = ["PatchEncoder", "MaskedReconstructor", "ImageDetector", "patch_mask"]
 
 
-def _stage(c_in: int, c_out: int, rows: int, stride_rows: int, stride_cols: int) -> nn.Sequential:
+ENCODER_NORMS = ("batch", "group")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """``batch``: statistics of the training images, a fixed affine map once the encoder is
+    frozen, so an image's overall level (the log-energy of a spectrogram) reaches the tokens;
+    ``group``: each image normalised by itself (the first version; it hides level changes)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"unknown encoder norm {kind!r}; choose from {', '.join(ENCODER_NORMS)}")
+
+
+def _stage(
+    c_in: int, c_out: int, rows: int, stride_rows: int, stride_cols: int, norm: str = "group"
+) -> nn.Sequential:
     kh = 3 if rows >= 3 else 1
     return nn.Sequential(
         nn.Conv2d(
@@ -32,7 +48,7 @@ def _stage(c_in: int, c_out: int, rows: int, stride_rows: int, stride_cols: int)
             padding=(kh // 2, 1),
             padding_mode="replicate",
         ),
-        nn.GroupNorm(1, c_out),
+        _norm(norm, c_out),
         nn.GELU(),
         nn.Conv2d(c_out, c_out, (kh, 3), padding=(kh // 2, 1), padding_mode="replicate"),
         nn.GELU(),
@@ -43,7 +59,8 @@ class PatchEncoder(nn.Module):
     """Small CNN: image ``(B, C, rows, cols)`` -> feature grid ``(B, dim, rows', cols')``.
 
     Two stages, each halving the columns (time) and, when there are at least 8 rows, the rows.
-    ``width`` is the first stage's channel count, ``dim`` the token width.
+    ``width`` is the first stage's channel count, ``dim`` the token width, ``norm`` the
+    normalisation after each stage's first convolution (:func:`_norm`).
     """
 
     def __init__(
@@ -54,6 +71,7 @@ class PatchEncoder(nn.Module):
         width: int = 32,
         dim: int = 64,
         stages: int = 2,
+        norm: str = "group",
     ):
         super().__init__()
         self.in_channels, self.rows, self.cols, self.dim = in_channels, rows, cols, dim
@@ -62,13 +80,14 @@ class PatchEncoder(nn.Module):
         for i in range(stages):
             sr = 2 if r >= 8 else 1
             out = dim if i == stages - 1 else width
-            layers.append(_stage(c, out, r, sr, 2))
+            layers.append(_stage(c, out, r, sr, 2, norm))
             c, r = out, -(-r // sr)
             self.stride_rows *= sr
             self.stride_cols *= 2
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers).eval()
         with torch.no_grad():
             self.grid = tuple(self.net(torch.zeros(1, in_channels, rows, cols)).shape[-2:])
+        self.net.train()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -124,6 +143,8 @@ class ImageDetector(nn.Module):
         # window edges (less context, padding) count less where windows overlap
         taper = 0.55 - 0.45 * torch.cos(2 * torch.pi * (torch.arange(window) + 0.5) / window)
         self.register_buffer("taper", taper)
+        #: point score relative to the window's median column (set from ``point_relative``)
+        self.point_relative = False
         self.register_buffer("feat_mean", torch.zeros(encoder.dim))
         self.register_buffer("feat_std", torch.ones(encoder.dim))
         for p in list(self.frontend.parameters()) + list(self.encoder.parameters()):
@@ -154,6 +175,9 @@ class ImageDetector(nn.Module):
     def maps_to_scores(self, smap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score map ``(B, rows', cols')`` -> point score ``(B, window)`` and window score ``(B,)``."""
         per_col = smap.max(1).values  # (B, cols')
+        if self.point_relative:  # each column against the window's own typical column
+            mid = per_col.shape[1] // 2  # sort, not median: ONNX opset 17 has no median
+            per_col = per_col - per_col.sort(1).values[:, mid : mid + 1]
         point = F.interpolate(
             per_col.unsqueeze(1), size=self.window, mode="linear", align_corners=False
         )[:, 0]

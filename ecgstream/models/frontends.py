@@ -5,11 +5,16 @@ every ecgstream model) into an image ``(B, channels, rows, cols)`` for the CNN e
 of the exported ONNX graph, with its parameters as fixed weights and buffers, so training,
 ``ecgstream score`` and the streaming worker cannot disagree and the runtime needs nothing new.
 
-- :class:`SpectrogramFrontend`: per-window standardisation, reflect padding, STFT as a strided
+- :class:`SpectrogramFrontend`: per-window mean removal (``scale="fixed"``, the default) or
+  per-window standardisation (``scale="window"``, the first version: it removes the energy
+  difference an ectopic beat or a gain change makes), reflect padding, STFT as a strided
   ``Conv1d`` with fixed Hann-windowed cosine/sine kernels, log-magnitude, then per-frequency
-  normalisation (mean and scale fitted on normal training windows, stored as a fixed ``1x1``
-  convolution). Image: leads as channels, frequency bins as rows, STFT frames as columns; frame
-  ``t`` is centred on sample ``t * hop``.
+  normalisation (mean and scale of the log-energy fitted on normal training windows, stored as
+  a fixed ``1x1`` convolution: a fixed log-energy scale calibrated on training normals). With
+  ``relative=True`` a second plane per lead holds the log-magnitude minus its per-frequency median
+  over the window's frames (each frame against the window's own typical frame). Image: leads (and
+  planes) as channels, frequency bins as rows, STFT frames as columns; frame ``t`` is centred on
+  sample ``t * hop``.
 - :class:`ChannelTimeFrontend`: the ``n_leads`` series as rows and time as columns (multichannel
   sensors, plain series), in two planes: standardised per window (shape) and with the training
   data's mean and scale (level and amplitude).
@@ -30,6 +35,14 @@ __all__ = ["SpectrogramFrontend", "ChannelTimeFrontend", "build_frontend", "FRON
 _EPS = 1e-6
 
 
+SPECTROGRAM_SCALES = ("fixed", "window")
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """Per-window, per-lead zero mean (the scale is kept)."""
+    return x - x.mean(-1, keepdim=True)
+
+
 def _standardise(x: torch.Tensor) -> torch.Tensor:
     """Per-window, per-lead zero mean and unit scale (scale floored so flat lines stay finite)."""
     mean = x.mean(-1, keepdim=True)
@@ -41,21 +54,39 @@ class SpectrogramFrontend(nn.Module):
     """STFT log-magnitude of each lead with per-frequency normalisation, in the graph.
 
     ``n_fft`` and ``hop`` are in samples at the model rate; ``n_leads`` is the input channel count.
-    Output ``(B, n_leads, n_fft // 2 + 1, window // hop + 1)``. Call :meth:`fit_norm` on normal
-    windows before training so each frequency row has zero mean and unit scale.
+    ``scale``: ``"fixed"`` removes each window's mean only, so the log-energy keeps its level and
+    the fitted per-frequency normalisation is a fixed scale calibrated on training normals;
+    ``"window"`` standardises each window first (energy differences between windows vanish).
+    ``relative`` adds, per lead, the log-magnitude minus its per-frequency median over the window.
+    ``rows`` keeps only the lowest frequency bins (bin ``k`` is ``k * fs / n_fft`` Hz; 0: all).
+    Output ``(B, n_leads * (1 + relative), rows or n_fft // 2 + 1, window // hop + 1)``. Call
+    :meth:`fit_norm` on normal windows before training so each frequency row has zero mean and
+    unit scale.
     """
 
     kind = "spectrogram"
 
     def __init__(
-        self, n_leads: int, window: int, n_fft: int = 32, hop: int = 4, standardise: bool = True
+        self,
+        n_leads: int,
+        window: int,
+        n_fft: int = 32,
+        hop: int = 4,
+        scale: str = "fixed",
+        relative: bool = False,
+        rows: int = 0,
     ):
         super().__init__()
         if n_fft > window:
             raise ValueError(f"n_fft {n_fft} is longer than the {window}-sample window")
+        if scale not in SPECTROGRAM_SCALES:
+            raise ValueError(
+                f"unknown spectrogram scale {scale!r}; choose from {', '.join(SPECTROGRAM_SCALES)}"
+            )
         self.n_leads, self.window, self.n_fft, self.hop = n_leads, window, n_fft, hop
-        self.standardise = standardise
-        self.n_freq = n_fft // 2 + 1
+        self.scale, self.relative = scale, bool(relative)
+        # the lowest ``rows`` frequency bins (0: all n_fft // 2 + 1)
+        self.n_freq = min(rows, n_fft // 2 + 1) if rows > 0 else n_fft // 2 + 1
         self.n_frames = window // hop + 1
         k = torch.arange(self.n_freq, dtype=torch.float64)[:, None]
         t = torch.arange(n_fft, dtype=torch.float64)[None, :]
@@ -65,19 +96,22 @@ class SpectrogramFrontend(nn.Module):
         basis = torch.cat([cos, sin], 0).float()[:, None, :]  # (2F, 1, n_fft)
         self.stft = nn.Conv1d(1, 2 * self.n_freq, n_fft, stride=hop, bias=False)
         self.stft.weight.data.copy_(basis)
-        # per-frequency normalisation as a fixed 1x1 conv (depthwise scale + bias), identity at first
-        self.norm = nn.Conv2d(
-            n_leads * self.n_freq, n_leads * self.n_freq, 1, groups=n_leads * self.n_freq
-        )
+        # per-(plane, lead, frequency) normalisation as a fixed 1x1 conv (depthwise scale + bias)
+        rows = self.planes * n_leads * self.n_freq
+        self.norm = nn.Conv2d(rows, rows, 1, groups=rows)
         self.norm.weight.data.fill_(1.0)
         self.norm.bias.data.zero_()
         for p in self.parameters():
             p.requires_grad_(False)
 
+    @property
+    def planes(self) -> int:
+        return 1 + int(self.relative)
+
     def log_magnitude(self, windows: torch.Tensor) -> torch.Tensor:
         """``(B, L, W)`` -> unnormalised log-magnitude ``(B, L, F, T)``."""
         b, leads, w = windows.shape
-        x = _standardise(windows) if self.standardise else windows
+        x = _standardise(windows) if self.scale == "window" else _centre(windows)
         pad = self.n_fft // 2
         x = nn.functional.pad(x.reshape(b * leads, 1, w), (pad, pad), mode="reflect")
         spec = self.stft(x)  # (B*L, 2F, T)
@@ -85,17 +119,27 @@ class SpectrogramFrontend(nn.Module):
         mag = torch.log(re * re + im * im + _EPS) * 0.5
         return mag.reshape(b, leads, self.n_freq, -1)[..., : self.n_frames]
 
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+    def planes_of(self, windows: torch.Tensor) -> torch.Tensor:
+        """Unnormalised planes ``(B, planes * L, F, T)``: log-magnitude, then (``relative``) its
+        deviation from the per-frequency median over the window's frames."""
         logmag = self.log_magnitude(windows)
-        b, leads, f, t = logmag.shape
-        return self.norm(logmag.reshape(b, leads * f, 1, t)).reshape(b, leads, f, t)
+        if not self.relative:
+            return logmag
+        median = logmag.sort(dim=-1).values[..., self.n_frames // 2 : self.n_frames // 2 + 1]
+        return torch.cat([logmag, logmag - median], 1)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        planes = self.planes_of(windows)
+        b, c, f, t = planes.shape
+        return self.norm(planes.reshape(b, c * f, 1, t)).reshape(b, c, f, t)
 
     @torch.no_grad()
     def fit_norm(self, windows: torch.Tensor | np.ndarray, batch: int = 512) -> None:
-        """Fit per-(lead, frequency) mean and scale on normal windows ``(n, L, W)``."""
+        """Fit per-(plane, lead, frequency) mean and scale on normal windows ``(n, L, W)``."""
         windows = torch.as_tensor(np.asarray(windows, dtype=np.float32))
-        parts = [self.log_magnitude(windows[i : i + batch]) for i in range(0, len(windows), batch)]
-        mags = torch.cat(parts).permute(1, 2, 0, 3).reshape(self.n_leads * self.n_freq, -1)
+        parts = [self.planes_of(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        rows = self.planes * self.n_leads * self.n_freq
+        mags = torch.cat(parts).permute(1, 2, 0, 3).reshape(rows, -1)
         mean = mags.mean(1)
         std = mags.std(1).clamp_min(1e-3)
         self.norm.weight.data.copy_((1.0 / std)[:, None, None, None])
@@ -107,14 +151,16 @@ class SpectrogramFrontend(nn.Module):
             "frontend": self.kind,
             "n_fft": self.n_fft,
             "hop": self.hop,
-            "standardise": self.standardise,
+            "scale": self.scale,
+            "relative": self.relative,
+            "rows": self.n_freq,
             "freq_scale": self.norm.weight.data.flatten().tolist(),
             "freq_bias": self.norm.bias.data.tolist(),
         }
 
     def image_shape(self) -> tuple[int, int, int]:
         """``(channels, rows, cols)`` of the output image."""
-        return self.n_leads, self.n_freq, self.n_frames
+        return self.planes * self.n_leads, self.n_freq, self.n_frames
 
     def time_per_col(self) -> float:
         """Samples per image column."""
@@ -176,12 +222,16 @@ def build_frontend(params: dict, n_leads: int, window: int) -> nn.Module:
     """Rebuild a front end from :meth:`params` output (restoring any fitted normalisation)."""
     kind = params.get("frontend", "spectrogram")
     if kind == "spectrogram":
+        # files written before ``scale`` existed standardised each window (``standardise``)
+        scale = params.get("scale") or ("window" if params.get("standardise", True) else "fixed")
         fe = SpectrogramFrontend(
             n_leads,
             window,
             params.get("n_fft", 32),
             params.get("hop", 4),
-            params.get("standardise", True),
+            scale,
+            params.get("relative", False),
+            params.get("rows", 0),
         )
         if "freq_scale" in params:
             fe.norm.weight.data.copy_(torch.tensor(params["freq_scale"])[:, None, None, None])

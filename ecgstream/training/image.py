@@ -15,6 +15,8 @@ a generic-series model trains within a fixed time. Runs are seeded.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -49,6 +51,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_KINDS = ("uniad", "pbas", "onenip")
 
+#: ECG spectrograms keep the bins up to this frequency (Hz): the P-QRS-T energy; above it the
+#: rows hold noise that dominated the score maps (docs/research/image-studies.md)
+ECG_SPECTROGRAM_MAX_HZ = 20.0
+
 
 @dataclass
 class ImageConfig:
@@ -58,8 +64,15 @@ class ImageConfig:
     frontend: str = "spectrogram"  # spectrogram | channel_time
     n_fft: int = 32
     stft_hop: int = 4
+    spec_scale: str = (
+        "fixed"  # spectrogram: fixed (calibrated log-energy) | window (per-window z-score)
+    )
+    point_relative: bool = False  # point score minus the window's median column score
+    spec_relative: bool = False  # spectrogram: add the plane relative to the window's median frame
+    spec_rows: int = 0  # spectrogram: keep the lowest rows frequency bins (0: all)
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
+    encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
     feat_dim: int = 64
     dim: int = 64
     radius: int = 1
@@ -81,7 +94,14 @@ class ImageConfig:
 
 def _frontend_params(cfg: ImageConfig) -> dict:
     if cfg.frontend == "spectrogram":
-        return {"frontend": "spectrogram", "n_fft": cfg.n_fft, "hop": cfg.stft_hop}
+        return {
+            "frontend": "spectrogram",
+            "n_fft": cfg.n_fft,
+            "hop": cfg.stft_hop,
+            "scale": cfg.spec_scale,
+            "relative": cfg.spec_relative,
+            "rows": cfg.spec_rows,
+        }
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
 
@@ -207,8 +227,15 @@ def _train_head(
     log.info("%s head: %d steps, loss %.4f", kind, step, loss.item())
 
 
-def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
-    """Train an image-method detector on normal windows ``(n, n_leads, window)`` (model rate)."""
+def fit_image_detector(
+    windows: np.ndarray, cfg: ImageConfig, base: ImageDetector | None = None
+) -> ImageDetector:
+    """Train an image-method detector on normal windows ``(n, n_leads, window)`` (model rate).
+
+    ``base``: a detector trained on the same windows with the same front end and encoder settings
+    whose fitted front end and frozen encoder are reused (only the head is trained): the encoder
+    does not depend on the head, so several heads can share one pre-training.
+    """
     if cfg.kind not in IMAGE_KINDS:
         raise ValueError(
             f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}"
@@ -226,17 +253,21 @@ def fit_image_detector(windows: np.ndarray, cfg: ImageConfig) -> ImageDetector:
     if len(windows) > cfg.max_windows:
         windows = windows[np.sort(rng.choice(len(windows), cfg.max_windows, replace=False))]
     _, leads, w = windows.shape
-    frontend = build_frontend(_frontend_params(cfg), leads, w)
     x = torch.from_numpy(windows)
-    frontend.fit_norm(x)
-    with torch.no_grad():
-        images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
-    c, rows, cols = images.shape[1:]
-    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
-    _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
+    if base is not None:
+        frontend, encoder = copy.deepcopy(base.frontend), copy.deepcopy(base.encoder)
+    else:
+        frontend = build_frontend(_frontend_params(cfg), leads, w)
+        frontend.fit_norm(x)
+        with torch.no_grad():
+            images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
+        c, rows, cols = images.shape[1:]
+        encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+        _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
     encoder.eval()
     head = _build_head(cfg, encoder.grid)
     model = ImageDetector(frontend, encoder, head, w)
+    model.point_relative = cfg.point_relative
     model.fit_token_norm(x)
     model.train()
     model.encoder.eval()
@@ -295,12 +326,16 @@ class ImageTrainResult:
 def build_detector(spec: ModelSpec) -> ImageDetector:
     """An untrained :class:`ImageDetector` with the architecture recorded in ``spec.params``."""
     p = spec.params
-    cfg = ImageConfig(**{k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__})
+    # files written before ``encoder_norm`` existed normalised each image by itself
+    fields = {k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__}
+    cfg = ImageConfig(**{"encoder_norm": "group", **fields})
     frontend = build_frontend(p, len(spec.leads), spec.window)
     with torch.no_grad():
         c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
-    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim)
-    return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+    model = ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+    model.point_relative = cfg.point_relative
+    return model
 
 
 def load_detector(state: dict) -> ImageDetector:
@@ -331,27 +366,38 @@ def _record_windows(
 
 
 def fit_records(
-    kind: str, cfg, paths: list, progress: bool = True, resume: bool = False
+    kind: str,
+    cfg,
+    paths: list,
+    progress: bool = True,
+    resume: bool = False,
+    overrides: dict | None = None,
+    data: tuple | None = None,
+    base: ImageDetector | None = None,
 ) -> ImageTrainResult:
     """Train image-method ``kind`` on normal windows of WFDB records (``cfg``: a ``TrainConfig``).
 
     The log-spectrogram front end is used; validation records (never trained on) calibrate the
-    score normalisation and thresholds on their normal windows.
+    score normalisation and thresholds on their normal windows. For studies: ``overrides``
+    replaces :class:`ImageConfig` fields, ``data`` is ``prepare_data``'s output (read once for
+    several heads) and ``base`` a detector whose front end and encoder are reused.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cfg.threads)))
     try:
-        return _fit_records(kind, cfg, paths, progress)
+        return _fit_records(kind, cfg, paths, progress, overrides or {}, data, base)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_records(kind: str, cfg, paths: list, progress: bool) -> ImageTrainResult:
+def _fit_records(
+    kind: str, cfg, paths: list, progress: bool, overrides: dict, data, base
+) -> ImageTrainResult:
     from ecgstream.training.calibration import calibrate
     from ecgstream.training.trainer import prepare_data, record_spec
 
     t0 = time.perf_counter()
-    train_recs, val_recs = prepare_data(cfg, paths, progress=progress)
+    train_recs, val_recs = data or prepare_data(cfg, paths, progress=progress)
     rng = np.random.default_rng(cfg.seed)
     windows = _record_windows(train_recs, cfg.window, 6000, rng)
     icfg = ImageConfig(
@@ -363,7 +409,12 @@ def _fit_records(kind: str, cfg, paths: list, progress: bool) -> ImageTrainResul
         encoder_steps=4 * cfg.steps_per_epoch,
         head_steps=max(2 * cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch // 3),
     )
-    model = fit_image_detector(windows, icfg)
+    icfg.spec_rows = int(ECG_SPECTROGRAM_MAX_HZ / (cfg.fs / icfg.n_fft)) + 1
+    unknown = sorted(set(overrides) - set(ImageConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown image settings {unknown}")
+    icfg = dataclasses.replace(icfg, **overrides)
+    model = fit_image_detector(windows, icfg, base)
     val = _record_windows(val_recs, cfg.window, 1500, rng)
     with torch.no_grad():
         val_scores = torch.cat(

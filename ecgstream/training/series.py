@@ -31,6 +31,7 @@ from ecgstream.signals.series import SeriesError, auto_window, dominant_period, 
 from ecgstream.signals.windows import frame, window_starts
 
 __all__ = [
+    "SERIES_DEFAULT_KIND",
     "SeriesResult",
     "consensus_sizes",
     "series_preprocess",
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: the kind ``ecgstream train --series`` uses without ``--model``: the one that measures best on
+#: UCR dev (docs/model-image.md, "Generic series: the consensus detector")
+SERIES_DEFAULT_KIND = "consensus"
 
 
 def series_preprocess() -> PreprocessConfig:
@@ -130,7 +135,7 @@ def train_series_array(
     x: np.ndarray,
     train_end: int,
     *,
-    kind: str = "uniad",
+    kind: str = SERIES_DEFAULT_KIND,
     leads: list[str] | None = None,
     name: str = "series",
     window: int | None = None,
@@ -176,6 +181,7 @@ def _train_series_array(
     model_out,
     max_windows,
 ) -> SeriesResult:
+    from ecgstream.training.export import write_model_card
     from ecgstream.training.image import ImageConfig, export_detector, fit_image_detector
 
     t0 = time.perf_counter()
@@ -220,6 +226,7 @@ def _train_series_array(
     path = None
     if model_out is not None:
         path = export_detector(model, spec, model_out)
+        write_model_card(path, spec)
         log.info("exported %s (%.1f s)", path, time.perf_counter() - t0)
     return SeriesResult(spec=spec, model_path=path, seconds=time.perf_counter() - t0, model=model)
 
@@ -331,7 +338,7 @@ def train_series(
     train_end: int,
     model_out: str | Path | None = None,
     *,
-    kind: str = "uniad",
+    kind: str = SERIES_DEFAULT_KIND,
     window: int | None = None,
     hop: int | None = None,
     time_budget_s: float = 30.0,

@@ -17,7 +17,13 @@ from ecgstream.models.frontends import ChannelTimeFrontend, SpectrogramFrontend,
 from ecgstream.runtime.model_file import ModelSpec, read_spec  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
 from ecgstream.signals.preprocess import PreprocessConfig  # noqa: E402
-from ecgstream.training.image import IMAGE_KINDS, ImageConfig, export_detector, fit_image_detector  # noqa: E402
+from ecgstream.training.image import (  # noqa: E402
+    IMAGE_KINDS,
+    ImageConfig,
+    build_detector,
+    export_detector,
+    fit_image_detector,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +47,9 @@ def _periodic_windows(n: int = 96, window: int = 128, leads: int = 1, seed: int 
 
 
 def test_stft_frontend_matches_torch_stft():
-    fe = SpectrogramFrontend(2, 256, n_fft=32, hop=4, standardise=False)
+    fe = SpectrogramFrontend(2, 256, n_fft=32, hop=4, scale="fixed")
     x = torch.randn(3, 2, 256)
+    x = x - x.mean(-1, keepdim=True)  # the fixed scale removes each window's mean only
     hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (torch.arange(32) + 0.5) / 32)
     ref = torch.stft(
         x.reshape(6, 256), 32, 4, window=hann, center=True, pad_mode="reflect", return_complex=True
@@ -53,16 +60,33 @@ def test_stft_frontend_matches_torch_stft():
     assert torch.allclose(got, expected, atol=1e-3)
 
 
-def test_per_frequency_normalisation_is_fitted_and_restored():
+@pytest.mark.parametrize("relative", [False, True])
+def test_per_frequency_normalisation_is_fitted_and_restored(relative):
     wins = _periodic_windows(64, 256)
-    fe = SpectrogramFrontend(1, 256)
+    fe = SpectrogramFrontend(1, 256, relative=relative)
     fe.fit_norm(wins)
     img = fe(torch.from_numpy(wins))
-    rows = img.permute(1, 2, 0, 3).reshape(fe.n_freq, -1)
-    assert torch.allclose(rows.mean(1), torch.zeros(fe.n_freq), atol=1e-3)
-    assert torch.allclose(rows.std(1), torch.ones(fe.n_freq), atol=1e-2)
+    assert img.shape[1:] == fe.image_shape() and img.shape[1] == 1 + relative
+    rows = img.permute(1, 2, 0, 3).reshape(img.shape[1] * fe.n_freq, -1)
+    assert torch.allclose(rows.mean(1), torch.zeros(len(rows)), atol=1e-3)
+    assert torch.allclose(rows.std(1), torch.ones(len(rows)), atol=1e-2)
     again = build_frontend(fe.params(), 1, 256)
     assert torch.equal(again(torch.from_numpy(wins[:4])), fe(torch.from_numpy(wins[:4])))
+
+
+def test_fixed_scale_keeps_a_gain_change_and_old_files_keep_theirs():
+    """The fixed log-energy scale shifts the image by log(gain); per-window standardisation (the
+    scale of files written before ``scale`` existed) leaves it unchanged."""
+    wins = torch.from_numpy(_periodic_windows(8, 256))
+    fixed = SpectrogramFrontend(1, 256, scale="fixed")
+    shift = fixed.log_magnitude(3 * wins) - fixed.log_magnitude(wins)
+    # log(3) wherever the spectrum is above the floor (eps) of the log
+    assert (shift - math.log(3)).abs().median() < 1e-3 and shift.mean() > 0.9 * math.log(3)
+    old = build_frontend({"frontend": "spectrogram", "standardise": True}, 1, 256)
+    assert old.scale == "window"
+    assert torch.allclose(old(3 * wins), old(wins), atol=1e-2)  # up to the scale floor
+    with pytest.raises(ValueError, match="unknown spectrogram scale 'loud'"):
+        SpectrogramFrontend(1, 256, scale="loud")
 
 
 def test_channel_time_frontend_planes():
@@ -80,13 +104,21 @@ def test_channel_time_frontend_planes():
     )
 
 
-@pytest.mark.parametrize("frontend", ["channel_time", "spectrogram"])
+@pytest.mark.parametrize(
+    "frontend,relative",
+    [("channel_time", False), ("spectrogram", False), ("spectrogram", True)],
+    ids=["channel_time", "spectrogram", "spectrogram-relative"],
+)
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
-def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend):
+def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend, relative):
+    """ONNX Runtime parity for every head and front end; ``relative``: the spectrogram's relative
+    plane and the point score relative to the window's median column, both in the graph."""
     wins = _periodic_windows(48, 128, leads=2)
     cfg = ImageConfig(
         kind=kind,
         frontend=frontend,
+        spec_relative=relative,
+        point_relative=relative,
         encoder_steps=8,
         head_steps=8,
         batch_size=16,
@@ -126,6 +158,12 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
     # the same window scored in a batch of one gives the same number (no batch coupling)
     p1, _ = scorer.score_windows(test[2:3])
     np.testing.assert_allclose(p1[0], point[2], rtol=1e-4, atol=1e-5)
+    # the settings in the metadata rebuild the same graph (checkpoint reloading)
+    again = build_detector(back)
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ap, aw = again.eval()(torch.from_numpy(test))
+    assert torch.allclose(ap, tp, atol=1e-5) and torch.allclose(aw, tw, atol=1e-5)
 
 
 def test_uniad_localises_a_flat_line_after_training():
@@ -149,6 +187,44 @@ def test_uniad_localises_a_flat_line_after_training():
     inside = point[:4, 50:80].mean(1)
     outside = torch.cat([point[:4, 5:40], point[:4, 90:123]], 1).mean(1)
     assert (inside > outside).all()
+
+
+def _gain_task(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normal training windows, test windows and labels: an anomaly is a whole window whose
+    energy changes (gain x3 or x1/3, half each) with its shape unchanged; normal gains vary
+    0.85-1.15. The window's energy itself is a trivial score with AUROC about 0.5 here."""
+    rng = np.random.default_rng(seed)
+    train = _periodic_windows(96, 128, seed=seed)
+    train *= rng.uniform(0.85, 1.15, (len(train), 1, 1)).astype(np.float32)
+    test = _periodic_windows(40, 128, seed=seed + 1)
+    gains = rng.uniform(0.85, 1.15, len(test))
+    labels = np.arange(len(test)) % 2
+    gains[1::4], gains[3::4] = 3.0, 1.0 / 3.0
+    return train, (test * gains[:, None, None]).astype(np.float32), labels
+
+
+def _energy_change_auroc(kind: str, scale: str) -> tuple[float, float]:
+    from ecgstream.evaluation.metrics import auroc
+
+    train, test, labels = _gain_task()
+    cfg = ImageConfig(kind=kind, frontend="spectrogram", spec_scale=scale, encoder_steps=40,
+                      head_steps=60, batch_size=16, width=8, feat_dim=16, dim=16, n_centres=64,
+                      n_fft=16, stft_hop=4)  # fmt: skip
+    model = fit_image_detector(train, cfg)
+    with torch.no_grad():
+        _, window = model(torch.from_numpy(test))
+    energy = (test - test.mean(-1, keepdims=True)).std((1, 2))
+    return auroc(labels, window.numpy()), auroc(labels, energy)
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_each_head_sees_an_energy_change_on_spectrograms(kind):
+    """A gain change is an anomaly the fixed log-energy scale keeps and per-window
+    standardisation (``spec_scale="window"``) removes: every head must beat the trivial
+    window-energy score by a wide margin."""
+    head, trivial = _energy_change_auroc(kind, "fixed")
+    assert 0.3 < trivial < 0.7  # the task is built so that energy alone does not rank it
+    assert head >= 0.9 and head > trivial + 0.25, f"{kind}: AUROC {head:.3f}, energy {trivial:.3f}"
 
 
 def test_unknown_kind_is_a_clear_error():

@@ -147,7 +147,7 @@ def test_consensus_series_trains_exports_and_finds_the_anomaly(tmp_path):
     assert spec.params["segment"] == 50 and spec.window == 600  # one period, twelve periods
     assert spec.params["reference_size"] > 0 and spec.training["train_end"] == 3000
     card = model.with_suffix(".md").read_text()  # the series card, not the ECG template
-    assert "the first 3000 samples of `cons`" in card and "window 600 samples" in card
+    assert "samples [0, 3000)" in card and "`cons`" in card and "window 600 samples" in card
     assert "Hz" not in card and "bundle branch" not in card and '"segment": 50' in card
     out = tmp_path / "scores"
     assert main(["score", "--model", str(model), "--out", str(out), str(path)]) == 0
@@ -192,3 +192,47 @@ def test_consensus_series_reference_exports_with_onnx_parity(tmp_path):
         point, score = model(torch.from_numpy(windows))
     np.testing.assert_allclose(onnx_point, point.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(onnx_window, score.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_series_default_kind_is_the_best_measured_one(tmp_path):
+    """``ecgstream train --series`` without ``--model`` trains the kind that measures best on UCR
+    dev (consensus), not the ECG default."""
+    from ecgstream.training.series import SERIES_DEFAULT_KIND
+    from ecgstream.training.series_card import UCR_DEV_FIGURES
+
+    assert SERIES_DEFAULT_KIND == "consensus"
+    assert "0.685" in UCR_DEV_FIGURES[SERIES_DEFAULT_KIND][0]
+    path = write_series(tmp_path / "plain.txt", _series(3000, period=30, seed=3))
+    model = tmp_path / "plain.onnx"
+    argv = ["train", "--series", str(path), "--train-end", "2000", "--model-out", str(model)]
+    assert main(argv) == 0
+    assert read_spec(model).kind == SERIES_DEFAULT_KIND
+
+
+@pytest.mark.parametrize("kind", ["consensus", "pbas"])
+def test_series_model_card_describes_a_series(tmp_path, kind):
+    """The card of a series model names the series, train_end, sizes in samples, the kind, the
+    calibration and the kind's UCR figure; none of the ECG card's text."""
+    x = _series(3000, period=30, seed=4)
+    path = write_series(tmp_path / "pump.txt", x)
+    model = tmp_path / f"{kind}.onnx"
+    extra = {} if kind == "consensus" else {"time_budget_s": 5, **FAST}
+    result = train_series(path, train_end=2000, model_out=model, kind=kind, **extra)
+    card = model.with_suffix(".md").read_text()
+    spec = result.spec
+    for text in (
+        "`pump`",
+        "samples [0, 2000)",
+        f"window {spec.window} samples",
+        f"scoring hop {spec.hop} samples",
+        f"kind: `{kind}`",
+        "held out from fitting",
+        "UCR",
+        "sha256",
+    ):
+        assert text in card, f"{text!r} missing from the {kind} series card"
+    if kind == "consensus":
+        assert f"segment {spec.params['segment']} samples" in card and "0.685" in card
+    for ecg in ("band-pass", "bundle branch", "Hz", "records", "ECG"):
+        assert ecg not in card, f"ECG text {ecg!r} in a series card"
+    assert "```json\n{}\n```" not in card
