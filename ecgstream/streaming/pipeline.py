@@ -483,6 +483,10 @@ class Pipeline:
         for p, (st, wins) in enumerate(parts):
             machine = st.anomaly
             i, n = int(offsets[p]), sizes[p]
+            if machine.rhythm is not None:  # rhythm alerts from the preprocessed windows
+                res.alerts.extend(
+                    machine.rhythm.update(wins.index, wins.data, starts_all[i : i + n], fs)
+                )
             if any_above[p] or machine.active or machine.pending or machine.needs_every_window:
                 sc = scores[i : i + n]
                 for j in range(n):
