@@ -36,6 +36,9 @@ examples:
       ecgstream evaluate --scores scores/ --out eval/ data/
   ecgstream evaluate --model a.onnx --model pca.onnx --localisation 5 --out eval/ data/
   ecgstream evaluate --model ptbxl.onnx --folds 7 8 --out eval/ ../shared/data/ptbxl-dev
+  ecgstream evaluate --alerts --model models/consensus-mitdb-mlii.onnx --out eval/ \\
+      ../shared/data/mitdb-ds1/203 ../shared/data/mitdb-ds1/205
+      (alerts judged like an arrhythmia monitor, EC57-style, record by record: docs/alerts.md)
   ecgstream evaluate --model m.onnx --localisation 20 --kinds wander --strength 2 --out eval/ data/
       (how large a baseline shift must be before the model localises it: wander and noise
       scale with --strength, the other kinds do not)
@@ -99,6 +102,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="K",
         help="PTB-XL folders: only ECGs of these strat_folds (e.g. 7 8)",
+    )
+    p.add_argument(
+        "--alerts",
+        action="store_true",
+        help="replay the records through the streaming pipeline (as `ecgstream run --replay`) "
+        "and judge its alerts EC57-style against the annotations: OUT/alerts.json, "
+        "OUT/alerts.md and one OUT/timeline-<record>.png per record (docs/alerts.md)",
     )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write only report.json")
@@ -227,7 +237,31 @@ def _in_folds(paths: list[Path], folds: set[int]) -> list[Path]:
     return [p for p in paths if p.resolve() in keep]
 
 
+def run_alerts(args: argparse.Namespace) -> int:
+    """``--alerts``: EC57-style alert figures of one model on annotated records."""
+    from ecgstream.evaluation.alerts import evaluate_alerts, table_lines
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.signals.records import list_records
+
+    if len(args.model) != 1 or args.scores:
+        raise ValueError("--alerts needs exactly one --model (its alerts are replayed)")
+    paths = [p for p in list_records(*args.paths) if p.with_suffix(".atr").exists()]
+    if not paths:
+        raise ValueError(f"no records with .atr annotations found in {args.paths}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    scorer = Scorer(args.model[0], threads=args.threads)
+    report = evaluate_alerts(scorer, paths, plots=None if args.no_plots else args.out)
+    lines = table_lines(report)
+    (args.out / "alerts.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (args.out / "alerts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"report: {args.out / 'alerts.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.alerts:
+        return run_alerts(args)
     from ecgstream.evaluation.protocol import ModelSource, NpzSource, evaluate
     from ecgstream.signals.records import list_records
     from ecgstream.signals.synth import parse_kinds
