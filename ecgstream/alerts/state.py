@@ -247,6 +247,8 @@ class AnomalyMachine:
         self.cooldown_until = -math.inf
         self.cooldown_rank = -1
         self.last_message_s = -math.inf
+        #: (start s, windows) of the latest runs above threshold that were too short to alert
+        self.near_misses: list[tuple[float, int]] = []
         self.quantile = None
         self.n_scores = 0
         self.drift = None
@@ -319,6 +321,9 @@ class AnomalyMachine:
             if len(self.pending) >= self.cfg.min_windows:
                 out.append(self._open(thr, fs, t_end))
         else:
+            if self.pending:  # a run above threshold too short to alert: remember why
+                self.near_misses.append((self.pending[0][2], len(self.pending)))
+                del self.near_misses[:-20]
             self.pending.clear()
         self._learn(k, score, t_start, t_end)
         if self.drift is not None and self.drift.drift_detected:

@@ -41,6 +41,8 @@ __all__ = [
     "plot_timeline",
     "evaluate_alerts",
     "table_lines",
+    "rescore",
+    "operating_point",
     "summarise",
     "V_SYMBOLS",
     "S_SYMBOLS",
@@ -424,3 +426,74 @@ def table_lines(report: dict) -> list[str]:
             f"| {f(r['v_latency_median_s'], 1)} / {f(r['v_latency_p95_s'], 1)} |"
         )
     return lines
+
+
+def rescore(
+    run: RecordRun, threshold: float, critical: float | None, cfg: AlertConfig
+) -> RecordRun:
+    """``run`` with its anomaly alerts re-decided at other thresholds from its window scores
+    (the same state machine, without localisation); rhythm alerts are kept as they were."""
+    import dataclasses
+
+    from ecgstream.alerts.state import AnomalyMachine
+
+    m = AnomalyMachine(
+        run.name, dataclasses.replace(cfg, rhythm=False), threshold, "", "", [], critical=critical
+    )
+    ks = [s["window"] for s in run.scores]
+    m.step = int(np.min(np.diff(ks))) if len(ks) > 1 else 1
+    msgs = [x for x in run.messages if x["kind"] != "anomaly"]
+    out = []
+    for s in run.scores:
+        out += m.update(s["window"], s["score"], s["start_s"], s["end_s"], None, 1.0)
+    out += m.close(m.open.end_s if m.open is not None else 0.0)
+    msgs += [a.to_dict() for a in out]
+    return dataclasses.replace(run, messages=msgs, threshold=threshold, critical=critical)
+
+
+def operating_point(
+    runs: list[tuple[RecordRun, Events]],
+    target_per_hour: float,
+    cfg: AlertConfig | None = None,
+    critical_share: float = 0.1,
+) -> dict:
+    """Warning and critical thresholds for a target false-alert rate per monitor-hour.
+
+    ``warning``: the lowest threshold whose pooled false alerts per monitor-hour (alerts with no
+    abnormal beat or rhythm in them, all ECG kinds) over ``runs`` are at most
+    ``target_per_hour``; ``critical``: the lowest at or above it whose anomaly alerts are false at
+    most ``critical_share`` as often. Returns the thresholds and the pooled rows at them.
+    """
+    cfg = cfg or AlertConfig()
+    scores = np.concatenate([[s["score"] for s in r.scores] for r, _ in runs])
+    grid = np.unique(
+        np.round(np.geomspace(max(np.quantile(scores, 0.5), 1.0), scores.max(), 60), 2)
+    )
+
+    def pooled(thr: float, crit: float | None) -> dict:
+        rows = [score_record(rescore(r, thr, crit, cfg), ev) for r, ev in runs]
+        p = pool(rows)
+        p.update(summarise(p))
+        return p
+
+    warning = next(
+        (t for t in grid if pooled(t, None)["false_per_hour"] <= target_per_hour), grid[-1]
+    )
+    crit_target = target_per_hour * critical_share
+    critical = grid[-1]
+    for t in grid[grid > warning]:
+        rows = []
+        for r, ev in runs:
+            r2 = rescore(r, t, None, cfg)
+            r2.messages = [x for x in r2.messages if x["kind"] == "anomaly"]
+            rows.append(score_record(r2, ev))
+        false_h = sum(x["false_alerts"] for x in rows) / sum(x["hours"] for x in rows)
+        if false_h <= crit_target:
+            critical = t
+            break
+    return {
+        "warning": float(warning),
+        "critical": float(critical),
+        "target_per_hour": target_per_hour,
+        "pooled": pooled(float(warning), float(critical)),
+    }
