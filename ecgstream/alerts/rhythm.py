@@ -268,7 +268,7 @@ class RhythmMachine:
             t0,
             t1,
             cfg.irregular_below,
-            f"irregular rhythm: periodicity {regularity:.2f} (below {cfg.irregular_below:.2f})",
+            f"periodicity {regularity:.2f} (irregular below {cfg.irregular_below:.2f})",
         )
         readable = regularity >= cfg.rate_min_regularity
         tachy = readable and rate >= cfg.tachy_bpm
@@ -282,7 +282,7 @@ class RhythmMachine:
             t0,
             t1,
             cfg.tachy_bpm,
-            f"heart rate about {rate:.0f} bpm (tachycardia at {cfg.tachy_bpm:.0f})",
+            f"heart rate about {rate:.0f} bpm (tachycardia from {cfg.tachy_bpm:.0f})",
         )
         # a slow period with QRS energy inside it (bigeminy: every other beat) is no bradycardia
         brady = readable and rate <= cfg.brady_bpm and pause >= cfg.brady_quiet * 60.0 / rate
@@ -296,7 +296,7 @@ class RhythmMachine:
             t0,
             t1,
             cfg.brady_bpm,
-            f"heart rate about {rate:.0f} bpm (bradycardia at {cfg.brady_bpm:.0f})",
+            f"heart rate about {rate:.0f} bpm (bradycardia up to {cfg.brady_bpm:.0f})",
         )
         paused = pause >= cfg.pause_s
         out += self.conditions["pause"].feed(
@@ -308,7 +308,7 @@ class RhythmMachine:
             t0,
             t1,
             cfg.pause_s,
-            f"no QRS activity for {pause:.1f} s (pause at {cfg.pause_s:.1f} s)",
+            f"longest stretch without QRS activity {pause:.1f} s (pause from {cfg.pause_s:.1f} s)",
         )
         return out
 

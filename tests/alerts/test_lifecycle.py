@@ -120,3 +120,12 @@ def test_every_change_is_delivered_signed_and_deduplicated(tmp_path) -> None:
     assert [x["status"] for x in lines] == ["firing", "escalated", "resolved"] * 2
     stored = Outbox(tmp_path / "outbox.sqlite").alerts()
     assert [x["status"] for x in stored] == ["firing", "escalated", "resolved"]
+
+
+def test_a_run_too_short_to_alert_is_remembered_with_why() -> None:
+    m = _machine()
+    assert _feed(m, [0, 4, 0, 0]) == []
+    assert m.near_misses == [(1001.0, 1)]  # above the threshold for 1 window, needs 2
+    assert m.why_not() == ""
+    m.update(4, 4.0, 1004.0, 1006.0, np.full(200, 4.0), FS)
+    assert m.why_not() == "above threshold for 1 window, needs 2 in a row"
