@@ -110,6 +110,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and judge its alerts EC57-style against the annotations: OUT/alerts.json, "
         "OUT/alerts.md and one OUT/timeline-<record>.png per record (docs/alerts.md)",
     )
+    p.add_argument(
+        "--operating-point",
+        type=float,
+        metavar="FALSE_PER_HOUR",
+        help="with --alerts: choose the warning threshold (at most this many false alerts per "
+        "monitor-hour on these records) and the critical one (a tenth of it, anomaly alerts) "
+        "and report the records at them",
+    )
+    p.add_argument(
+        "--write-thresholds",
+        action="store_true",
+        help="with --operating-point: write the chosen thresholds into the model file's metadata",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write only report.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -250,12 +263,42 @@ def run_alerts(args: argparse.Namespace) -> int:
         raise ValueError(f"no records with .atr annotations found in {args.paths}")
     args.out.mkdir(parents=True, exist_ok=True)
     scorer = Scorer(args.model[0], threads=args.threads)
+    if args.operating_point is not None:
+        return _operating_point(args, scorer, paths)
+    if args.write_thresholds:
+        raise ValueError("--write-thresholds needs --operating-point FALSE_PER_HOUR")
     report = evaluate_alerts(scorer, paths, plots=None if args.no_plots else args.out)
     lines = table_lines(report)
     (args.out / "alerts.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (args.out / "alerts.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"report: {args.out / 'alerts.json'}")
+    return 0
+
+
+def _operating_point(args: argparse.Namespace, scorer, paths: list[Path]) -> int:
+    from ecgstream.evaluation.alerts import (
+        operating_point,
+        reference_events,
+        replay_record,
+        write_thresholds,
+    )
+
+    if not args.operating_point > 0:
+        raise ValueError(f"--operating-point must be > 0, got {args.operating_point}")
+    runs = [(replay_record(scorer, p), reference_events(p)) for p in paths]
+    op = operating_point(runs, args.operating_point)
+    (args.out / "operating-point.json").write_text(json.dumps(op, indent=2, default=float) + "\n")
+    p = op["pooled"]
+    print(
+        f"warning {op['warning']:.2f}, critical {op['critical']:.2f} for at most "
+        f"{args.operating_point:g} false alerts per monitor-hour on {len(paths)} records: "
+        f"{p['false_per_hour']:.2f} false/h, ventricular runs {p['v_runs_alerted']}/{p['v_runs']}, "
+        f"AF episodes {p['af_alerted']}/{p['af_episodes']}"
+    )
+    if args.write_thresholds:
+        write_thresholds(args.model[0], op["warning"], op["critical"])
+        print(f"written to {args.model[0]} (refresh SHA256SUMS for a shipped model)")
     return 0
 
 

@@ -59,3 +59,69 @@ def test_an_irregular_rhythm_is_alerted_and_timed(tmp_path) -> None:
     assert (tmp_path / "timeline-900.png").stat().st_size > 10_000
     assert report["pooled"]["hours"] == pytest.approx(240 / 3600)
     assert any(line.startswith("| 900 |") for line in table_lines(report)), path
+
+
+def test_operating_point_is_written_into_a_copy_of_the_model(tmp_path) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from ecgstream.runtime.model_file import read_spec
+
+    _record(tmp_path)
+    model = tmp_path / "m.onnx"
+    shutil.copy(find_model(None), model)
+    before = read_spec(model)
+    out = subprocess.run(
+        [sys.executable, "-m", "ecgstream", "evaluate", "--alerts", "--model", str(model),
+         "--operating-point", "1.0", "--write-thresholds", "--out", str(tmp_path / "ev"),
+         str(tmp_path / "900")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    op = json.loads((tmp_path / "ev" / "operating-point.json").read_text())
+    after = read_spec(model)
+    assert after.thresholds["warning"] == after.thresholds["default"] == op["warning"]
+    assert after.thresholds["critical"] == op["critical"] > op["warning"]
+    assert op["pooled"]["false_per_hour"] <= 1.0
+    # only the thresholds changed: calibration, and scores of the same windows, are the same
+    assert after.score_norm == before.score_norm
+    x = np.random.default_rng(0).normal(0, 0.1, (3, 1, after.window)).astype(np.float32)
+    a, b = Scorer(find_model(None)).score_windows(x), Scorer(model).score_windows(x)
+    assert (
+        np.allclose(a[1], b[1])
+        and Scorer(model).stream_layout == Scorer(find_model(None)).stream_layout
+    )
+
+
+def test_scoring_rules_on_hand_made_alerts() -> None:
+    """Runs need a raising message inside them; an alert with nothing abnormal in it is false."""
+    from ecgstream.evaluation.alerts import Events, RecordRun, score_record, summarise
+
+    beats_t = np.array([10.0, 11.0, 12.0, 100.0, 101.0, 102.0, 300.0, 400.0])
+    ev = Events(
+        duration_s=3600.0,
+        beat_t=beats_t,
+        beat_sym=np.array(["V", "V", "V", "V", "V", "V", "N", "N"]),
+        v_runs=[(10.0, 12.0), (100.0, 102.0)],
+        sv_runs=[],
+        af=[],
+        abnormal_rhythm=[],
+    )
+
+    def msg(aid, status, start, end, at, kind="anomaly"):
+        return {"alert_id": aid, "kind": kind, "status": status, "start_s": start,
+                "end_s": end, "at_s": at, "severity": "warning"}  # fmt: skip
+
+    messages = [
+        msg("a", "firing", 5.0, 20.0, 15.0),  # raised inside the first run (+3 s after its end)
+        msg("a", "resolved", 5.0, 200.0, 205.0),  # still open over the second run: no message
+        msg("b", "firing", 290.0, 310.0, 310.0),  # only normal beats in it: false
+        msg("b", "resolved", 290.0, 310.0, 315.0),
+    ]
+    run = RecordRun("x", 3600.0, messages, [], 10.0, None)
+    row = score_record(run, ev)
+    assert row["v_runs_alerted"] == 1 and row["v_latency_s"] == [5.0]
+    assert row["alerts"] == 2 and row["false_alerts"] == 1
+    assert summarise(row)["false_per_hour"] == 1.0
