@@ -26,7 +26,14 @@ import numpy as np
 
 from ecgstream.alerts.state import SEVERITY_RANK, Alert, _copy, alert_id
 
-__all__ = ["RhythmConfig", "RhythmFeatures", "rhythm_features", "RhythmMachine", "KINDS"]
+__all__ = [
+    "RhythmConfig",
+    "RhythmFeatures",
+    "rhythm_features",
+    "RhythmMachine",
+    "update_streams",
+    "KINDS",
+]
 
 KINDS = ("irregular_rhythm", "tachycardia", "bradycardia", "pause")
 
@@ -73,11 +80,25 @@ class RhythmFeatures:
 
 
 def _envelope(x: np.ndarray, fs: float, smooth_s: float) -> np.ndarray:
-    """QRS-energy envelope of windows ``x`` ``(n, samples)``: |first difference|, moving mean."""
-    d = np.abs(np.diff(x, axis=-1, prepend=x[:, :1]))
+    """QRS-energy envelope of windows ``x`` ``(n, samples)``: |first difference|, trailing
+    moving mean over ``smooth_s`` (zeros before the window)."""
+    from scipy.ndimage import uniform_filter1d
+
+    d = np.empty_like(x)
+    d[:, 0] = 0.0
+    np.subtract(x[:, 1:], x[:, :-1], out=d[:, 1:])
+    np.abs(d, out=d)
     k = max(int(round(smooth_s * fs)), 1)
-    c = np.cumsum(np.pad(d, ((0, 0), (k, 0))), axis=-1)
-    return (c[:, k:] - c[:, :-k]) / k
+    return uniform_filter1d(d, k, axis=1, mode="constant", cval=0.0, origin=(k - 1) // 2)
+
+
+def _quantile(a: np.ndarray, q: float) -> np.ndarray:
+    """Row-wise ``np.quantile(a, q, axis=1)`` (linear interpolation) by partial sorting."""
+    pos = q * (a.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, a.shape[1] - 1)
+    part = np.partition(a, (lo, hi), axis=1)
+    return part[:, lo] + (pos - lo) * (part[:, hi] - part[:, lo])
 
 
 def _longest_run(mask: np.ndarray) -> np.ndarray:
@@ -104,8 +125,9 @@ def rhythm_features(
     n, m = x.shape
     env = _envelope(x, fs, cfg.smooth_s)
     e = env - env.mean(axis=1, keepdims=True)
-    spec = np.fft.rfft(e, 2 * m, axis=1)
-    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :m]
+    n_fft = 1 << int(2 * m - 1).bit_length()  # >= 2m - 1: no circular wrap
+    spec = np.fft.rfft(e, n_fft, axis=1)
+    ac = np.fft.irfft(spec.real**2 + spec.imag**2, n_fft, axis=1)[:, :m]
     ac = ac / np.maximum(ac[:, :1], 1e-12) * (m / (m - np.arange(m)))  # unbiased
     lo = max(int(cfg.min_lag_s * fs), 1)
     hi = min(int(cfg.max_lag_s * fs), m - 2)
@@ -118,7 +140,7 @@ def rhythm_features(
     first = np.where(good.any(axis=1), good.argmax(axis=1), seg.argmax(axis=1))
     rate = 60.0 * fs / (lo + first)
     flat = env.max(axis=1) <= 1e-9
-    quiet = env < cfg.quiet * np.quantile(env, 0.95, axis=1, keepdims=True)
+    quiet = env < cfg.quiet * _quantile(env, 0.95)[:, None]
     pause = _longest_run(quiet) / fs
     regularity = np.where(flat, np.nan, regularity)
     rate = np.where(flat, np.nan, rate)
@@ -324,3 +346,34 @@ class RhythmMachine:
                 c.open = None
                 out.append(_copy(cur))
         return out
+
+
+def update_streams(parts: list, starts_s: np.ndarray, fs: float) -> list[Alert]:
+    """Rhythm alerts of one scoring batch: ``parts`` are ``(stream state, windows)`` pairs as
+    the pipeline cuts them (``state.anomaly.rhythm`` the stream's :class:`RhythmMachine` or
+    None), ``starts_s`` every window's start (s) in batch order. The features of all windows
+    are computed in one call."""
+    machines, rows, sel, i = [], [], [], 0
+    for st, wins in parts:
+        n = len(wins.index)
+        machine = st.anomaly.rhythm
+        if machine is not None and n:
+            machines.append((machine, wins.index))
+            rows.append(wins.data[:, 0])
+            sel.append(np.arange(i, i + n))
+        i += n
+    if not machines:
+        return []
+    x = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    f = rhythm_features(x, fs, machines[0][0].cfg)
+    win_s = x.shape[-1] / fs
+    starts = np.asarray(starts_s)[np.concatenate(sel)].tolist()
+    reg, rate, pause = f.regularity.tolist(), f.rate_bpm.tolist(), f.pause_s.tolist()
+    out: list[Alert] = []
+    j = 0
+    for machine, index in machines:
+        for k in np.asarray(index).tolist():
+            t0 = starts[j]
+            out += machine.update_features(k, reg[j], rate[j], pause[j], t0, t0 + win_s)
+            j += 1
+    return out

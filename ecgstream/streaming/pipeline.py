@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecgstream.alerts.rhythm import update_streams as rhythm_alerts
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
 from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
 from ecgstream.runtime.scorer import Scorer
@@ -480,13 +481,10 @@ class Pipeline:
         offsets = np.cumsum([0] + sizes[:-1])
         thr = np.repeat([st.anomaly.threshold for st, _ in parts], sizes)
         any_above = np.add.reduceat((scores >= thr).astype(np.int64), offsets) > 0
+        res.alerts.extend(rhythm_alerts(parts, starts_all, fs))  # from the preprocessed windows
         for p, (st, wins) in enumerate(parts):
             machine = st.anomaly
             i, n = int(offsets[p]), sizes[p]
-            if machine.rhythm is not None:  # rhythm alerts from the preprocessed windows
-                res.alerts.extend(
-                    machine.rhythm.update(wins.index, wins.data, starts_all[i : i + n], fs)
-                )
             if any_above[p] or machine.active or machine.pending or machine.needs_every_window:
                 sc = scores[i : i + n]
                 for j in range(n):
