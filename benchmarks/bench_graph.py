@@ -9,7 +9,7 @@ repeat, so machine load affects them alike; the first model is the reference of 
     python benchmarks/bench_graph.py models/consensus-mitdb-mlii.onnx OTHER.onnx --repeats 7
 
 With ``--stream-step`` the models' stream steps are timed instead, as the worker runs them:
-``Scorer.score_carried`` (numpy sorts of the new segments and the window's medians, then the
+``ConsensusStepper.score_carried`` (numpy sorts of the new segments and the window's medians, then the
 stream step graph) in calls of ``--batch`` windows (default 48), each window with a carry of the
 right shape.
 """
@@ -49,19 +49,20 @@ def _graph_run(model: Path, n: int, batch: int):
 
 
 def stream_step_run(model: Path, n: int, batch: int):
-    """Calls of ``Scorer.score_carried`` on ``n`` windows, ``batch`` at a time."""
+    """Calls of ``ConsensusStepper.score_carried`` on ``n`` windows, ``batch`` at a time."""
     from ecgstream.runtime.scorer import Scorer
+    from ecgstream.runtime.stepping.consensus import ConsensusStepper
 
-    scorer = Scorer(model, threads=1, batch_size=batch)
-    if scorer.stream_session is None:
+    stepper = Scorer(model, threads=1, batch_size=batch).stepper
+    if not isinstance(stepper, ConsensusStepper):
         raise SystemExit(f"{model}: the model has no stream step")
     windows = windows_for(model, n)
-    _, _, carried, floors = scorer.score_windows_carry(windows)
+    _, _, carried, floors = stepper.score_windows_carry(windows)
     parts = [slice(a, a + batch) for a in range(0, n, batch)]
 
     def run() -> None:
         for part in parts:
-            scorer.score_carried(windows[part], carried[part], floors[part])
+            stepper.score_carried(windows[part], carried[part], floors[part])
 
     return run
 

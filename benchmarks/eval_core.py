@@ -36,13 +36,12 @@ PTBXL_LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V
 
 
 def train_config(toml: Path | None, quick: bool, **flags):
-    """A :class:`TrainConfig` from defaults < TOML ``[train]`` < ``flags``."""
-    from ecgstream.config import load
-    from ecgstream.training.config import TrainConfig
+    """A :class:`TrainConfig` from defaults < TOML ``[train]`` and ``[model]`` < ``flags``."""
+    from ecgstream.training.config import load_train_config
 
     if quick:
         flags.update(epochs=2, steps_per_epoch=10, patience=2)
-    return load(TrainConfig, "train", toml, flags, environ={})
+    return load_train_config(toml, flags, environ={})
 
 
 def default_config(name: str) -> Path | None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 __all__ = ["ConfigError", "load", "coerce", "KafkaSecurityConfig", "RunConfig", "ReplayConfig"]
 
@@ -157,6 +156,9 @@ class RunConfig(KafkaSecurityConfig):
     """
 
     bootstrap: str = "localhost:9092"
+    # how long ``run`` tries to reach a bootstrap server at start before it gives up (exit 1);
+    # once running, the worker rides out broker outages of any length
+    connect_timeout_s: float = 3.0
     topic: str = "ecg.raw"
     group: str = "ecgstream"
     dlq_topic: str = "ecg.raw.dlq"
@@ -172,6 +174,9 @@ class RunConfig(KafkaSecurityConfig):
     alerts_out: str = "-"
     scores_out: str = ""
     metrics_port: int = 0
+    # address the metrics and health listener binds to: loopback by default; "0.0.0.0" (all
+    # interfaces) where a scraper elsewhere (another container) must reach it
+    metrics_addr: str = "127.0.0.1"
     max_poll_records: int = 2000
     poll_timeout_ms: int = 200
     # longest the broker may hold a fetch open waiting for new data; some brokers (Tansu) answer

@@ -1,13 +1,92 @@
-"""Shared fixtures: synthetic but realistic ECG written as real WFDB records."""
+"""Shared fixtures: synthetic but realistic ECG written as real WFDB records; the test lanes.
+
+Lanes (markers declared in pyproject.toml, applied here so a test file needs no edits):
+- ``integration``: the test talks to a real broker, a webhook receiver or a subprocess (it uses
+  one of ``INTEGRATION_FIXTURES``, lives in one of ``INTEGRATION_MODULES``, or its body starts a
+  subprocess);
+- ``slow``: it takes more than a few seconds on the reference machine (``SLOW``, measured with
+  ``pytest --durations=0``).
+
+``pytest -m "not integration and not slow"`` is the fast lane (under 2 minutes).
+"""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: fixtures that start a real broker (Tansu) or a local S3 server
+INTEGRATION_FIXTURES = {"broker", "s3_store"}
+#: test modules or tests (``module::name`` prefixes, relative to tests/) that run the worker
+#: against a broker, post to receivers or run subprocesses
+INTEGRATION_MODULES = (
+    "reliability/",
+    "streaming/test_cli.py",
+    "streaming/test_failover.py",
+    "streaming/test_worker.py",
+    "sinks/test_webhook.py",
+    "test_notebook.py::test_quickstart_notebook_runs",  # a Jupyter kernel
+)
+#: tests (``module::name`` prefixes, relative to tests/) over a few seconds that are not
+#: integration tests: 3 s or more in a run of the whole suite (``--durations=0``)
+SLOW = (
+    "cli/test_score.py::test_ptbxl_layout_uses_100hz_files_and_lead_by_name",
+    "evaluation/test_metrics.py::test_auroc_and_ap_match_sklearn",
+    "evaluation/test_protocol.py::test_evaluate_cli_ptbxl_folds_record_auroc",
+    "models/test_consensus.py::test_neighbours_export_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus.py::test_population_reference_sees_what_is_in_every_beat",
+    "models/test_consensus.py::test_population_reference_survives_checkpoint_and_export",
+    "models/test_consensus.py::test_refiner_exports_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus.py::test_rhythm_term_exports_with_onnx_parity_and_a_stream_step",
+    "models/test_consensus_population.py::test_defaults_keep_the_pca_reference_and_its_buffers",
+    "models/test_consensus_population.py::test_lead_scale_makes_the_score_independent_of_one_lead_gain",
+    "models/test_image_methods.py::test_every_kind_trains_exports_and_scores_identically",
+    "models/test_image_methods.py::test_uniad_localises_a_flat_line_after_training",
+    "models/test_mmae.py::test_training_steps_lower_the_loss",
+    "models/test_refiner.py::test_material_keeps_the_windows_for_a_refiner_reading_the_waveform",
+    "models/test_refiner.py::test_the_refiner_learns_where_synthetic_anomalies_lie_on_an_unseen_record",
+    "models/test_refiner.py::test_the_refiner_trains_the_same_twice_with_one_seed",
+    "models/test_token_core.py::test_core_and_query_decoder_export_to_onnx",
+    "signals/test_records.py::test_numpy_reader_equals_wfdb_on_real_records",
+    "streaming/test_pipeline.py::test_windows_take_over_the_sorts_of_their_previous_window",
+    "streaming/test_twelve_lead.py::test_a_twelve_lead_500_hz_monitor_is_scored_on_lead_ii_as_offline",
+    "training/test_train_series.py::test_image_kind_trains_on_wfdb_records_through_the_registry",
+    "training/test_train_series.py::test_train_cli_with_series_flag",
+    "training/test_train_series.py::test_train_series_then_score_cli_writes_the_contract",
+)
+
+
+def _starts_a_subprocess(item) -> bool:
+    try:
+        return "subprocess." in inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the integration and slow tests (module docstring)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            rel = Path(str(item.path)).resolve().relative_to(tests).as_posix()
+        except ValueError:
+            continue  # doctests in ecgstream/: fast
+        name = f"{rel}::{item.name}"
+        if (
+            INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or name.startswith(INTEGRATION_MODULES)
+            or _starts_a_subprocess(item)
+        ):
+            item.add_marker(pytest.mark.integration)
+        if name.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 SHIPPED_MODEL = REPO / "models" / "consensus-mitdb-mlii.onnx"  # the default of `ecgstream run`
 MMAE_MODEL = REPO / "models" / "mmae-mitdb-mlii.onnx"
 

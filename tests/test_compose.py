@@ -70,3 +70,39 @@ def test_workers_reach_the_receiver_and_the_broker(compose):
             assert host in services and port in services[host]["command"], name
     env = compose["x-ecgstream"]["environment"]
     assert env["ECGSTREAM_RUN__BOOTSTRAP"].split(":")[0] in services
+
+
+def test_every_long_running_service_has_a_health_check(compose):
+    """Kafka, the receiver and both workers report their health; the worker's is its /healthz."""
+    services = compose["services"]
+    for name, s in services.items():
+        if name == "replay":
+            continue  # a publisher: nothing listens
+        test = s.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
+        if "run" in s.get("command", []):
+            cmd = s["command"]
+            port = cmd[cmd.index("--metrics-port") + 1]
+            assert f"http://localhost:{port}/healthz" in " ".join(test), name
+    receiver = " ".join(services["receiver"]["healthcheck"]["test"])
+    port = services["receiver"]["command"][services["receiver"]["command"].index("--port") + 1]
+    assert f"'localhost', {port}" in receiver
+
+
+def test_the_health_check_commands_run(compose):
+    """The receiver's and the workers' checks are Python one-liners: they compile (a typo in them
+    would leave a healthy service unhealthy forever)."""
+    for name, s in compose["services"].items():
+        test = s.get("healthcheck", {}).get("test", [])
+        if test[:3] == ["CMD", "python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+
+
+def test_kafka_keeps_its_log_on_a_named_volume(compose):
+    kafka = compose["services"]["kafka"]
+    log_dir = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = dict(v.split(":", 1) for v in kafka["volumes"])
+    assert log_dir in mounts.values()
+    volume = next(k for k, v in mounts.items() if v == log_dir)
+    assert volume in compose["volumes"]
+    assert kafka["environment"]["CLUSTER_ID"]  # the same cluster id after a restart

@@ -51,7 +51,7 @@ def alert_id(stream: str, start_index: int, model: str, version: str, kind: str)
 def iso_time(t: float) -> str:
     """Seconds since the epoch as an ISO 8601 UTC string with milliseconds."""
     return (
-        dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        dt.datetime.fromtimestamp(t, dt.UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )

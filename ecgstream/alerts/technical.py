@@ -8,13 +8,21 @@ raises one alert when it starts and clears silently when a chunk no longer shows
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ecgstream.alerts.state import Alert, alert_id
 
-__all__ = ["TechnicalConfig", "check_chunk", "check_chunks", "TechnicalMachine", "CONDITIONS"]
+__all__ = [
+    "TechnicalConfig",
+    "check_chunk",
+    "check_chunks",
+    "check_streams",
+    "TechnicalMachine",
+    "CONDITIONS",
+]
 
 CONDITIONS = ("lead_off", "flat_line", "saturation", "gap")
 
@@ -138,3 +146,31 @@ class TechnicalMachine:
         if end_s - start_s < cfg.min_gap_s:
             return []
         return [self._alert("gap", start_s, end_s, detail, self.leads)]
+
+
+def check_streams(
+    machines: list[TechnicalMachine],
+    x: np.ndarray,
+    span: Callable[[int], tuple[float, float]],
+    cfg: TechnicalConfig,
+    clipped: np.ndarray | None = None,
+) -> tuple[list[Alert], list[bool]]:
+    """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``, chunk ``j``
+    of the stream of ``machines[j]`` covering ``span(j)`` (start, end; seconds), checked in one
+    pass. Returns the alerts of conditions that start, and per chunk whether it shows any
+    condition (its windows are not to be scored). ``clipped`` as in :func:`check_chunks`."""
+    flags = check_chunks(x, cfg, clipped)  # name -> (chunks, leads) bool
+    any_flag = np.zeros(len(machines), bool)
+    for mask in flags.values():
+        any_flag |= mask.any(axis=1)
+    flagged = any_flag.tolist()
+    alerts: list[Alert] = []
+    for j, machine in enumerate(machines):
+        if not flagged[j] and not machine.any_active:
+            continue
+        conds = {
+            name: (np.flatnonzero(mask[j]).tolist(), cfg.describe(name))
+            for name, mask in flags.items()
+        }
+        alerts.extend(machine.update(conds, *span(j)))
+    return alerts, flagged

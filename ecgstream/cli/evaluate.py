@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 HELP = """\
-Evaluate one or more models (or folders of scores) on annotated WFDB records.
+Evaluate one or more models (or folders of scores) on annotated WFDB records, on the output of
+`ecgstream synth` (records or series with their <name>.mask.npz) or on plain series files.
 
 Scores come from --model (an exported .onnx, scored here with ONNX Runtime) or --scores (a folder
 of <record>.npz written by `ecgstream score` or by any tool that follows the scoring contract in
@@ -19,6 +20,8 @@ Metrics (pooled over records, at each record's own sampling rate):
   window_10s  non-overlapping 10 s windows, score = max point score, label 1 if any abnormal beat
   record      PTB-XL records (label from ptbxl_database.csv: NORM only vs other diagnostic
               superclass): record score = max window_score; AUROC, AP
+  synth_masks records written by `ecgstream synth`: point-level AUROC of the point score against
+              the saved mask (<name>.mask.npz beside the record), pooled over records
   localisation  with --localisation N (models only): N excerpts per record each get one
               Perlin-noise anomaly with an exact mask; point-level AUROC against the mask,
               with a 95 % bootstrap interval over the excerpts
@@ -39,6 +42,8 @@ examples:
   ecgstream evaluate --alerts --model models/consensus-mitdb-mlii.onnx --out eval/ \\
       ../shared/data/mitdb-ds1/203 ../shared/data/mitdb-ds1/205
       (alerts judged like an arrhythmia monitor, EC57-style, record by record: docs/alerts.md)
+  ecgstream synth --out synth/ --count 5 --after 60 --seed 1 ../shared/data/mitdb-ds1/208 && \\
+      ecgstream evaluate --model models/consensus-mitdb-mlii.onnx --out eval/ synth/
   ecgstream evaluate --model m.onnx --localisation 20 --kinds wander --strength 2 --out eval/ data/
       (how large a baseline shift must be before the model localises it: wander and noise
       scale with --strength, the other kinds do not)
@@ -170,6 +175,21 @@ def summary_lines(report: dict) -> list[str]:
                 f"{name[:28]:<28} threshold {a['threshold']:.2f}: {_share(a['normal_over'])} of "
                 f"{a['normal_windows']} normal windows (false alarms), {_share(a['abnormal_over'])} "
                 f"of {a['abnormal_windows']} abnormal ones"
+            )
+    for name, entry in report["sources"].items():
+        masks = entry.get("synth_masks")
+        if masks:
+            lines.append(
+                f"{name[:28]:<28} synthetic anomalies (`ecgstream synth` masks): point AUROC "
+                f"{_fmt(masks, 'auroc')} over {masks['n_records']} record(s)"
+            )
+        if not any(
+            entry.get(k) for k in ("beat", "window_10s", "record", "localisation", "synth_masks")
+        ):
+            lines.append(
+                f"{name[:28]:<28} nothing to measure: these records have no beat annotations "
+                "(.atr), no PTB-XL labels and no `ecgstream synth` masks (<name>.mask.npz); "
+                "add --localisation N to inject anomalies here"
             )
     for name, entry in report["sources"].items():
         loc = entry.get("localisation", {})
@@ -324,7 +344,11 @@ def run(args: argparse.Namespace) -> int:
     for i, s in enumerate(sources):  # keep names distinct (two models with the same name)
         if names.count(s.name) > 1:
             s.name = f"{s.name}#{i + 1}"
-    paths = list_records(*args.paths)
+    from ecgstream.signals.series import is_series_path
+
+    paths: list[Path] = []
+    for raw in args.paths:  # plain series files by suffix, everything else is WFDB
+        paths.extend([Path(raw)] if is_series_path(raw) else list_records(raw))
     if args.folds:
         paths = _in_folds(paths, set(args.folds))
     if not paths:

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_topics(cfg.bootstrap, [cfg.topic], cfg.partitions, **security)
     producer = make_producer(cfg.bootstrap, client_id="ecgstream-replay", **security)
     steps, t0 = 0, start_time()
+    interrupted = False
     try:
         while True:
             n = publish(
@@ -81,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
             steps += n
             if not cfg.loop or n == 0:
                 break
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # what was sent is flushed; the line saying so came first
+        interrupted = True
     finally:
         producer.flush()
         producer.close()
@@ -90,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
         f"ecgstream replay: {steps * cfg.chunk_s:g} s of {len(streams)} stream(s) sent to {cfg.topic}",
         file=sys.stderr,
     )
-    return 0
+    return 130 if interrupted else 0

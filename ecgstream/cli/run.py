@@ -64,7 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outbox", help="SQLite outbox file (default ecgstream-outbox.sqlite)")
     p.add_argument("--alerts-out", help="alerts as JSON lines to this file ('-' stdout, '' off)")
     p.add_argument("--scores-out", help="per-window scores as JSON lines to this file")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics and /healthz on this port"
+    )
+    p.add_argument(
+        "--metrics-addr",
+        help="address the metrics port binds to (default 127.0.0.1; 0.0.0.0 for all interfaces)",
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default 1)")
     p.add_argument(
         "--threshold", type=float, help="alert threshold, calibrated units (default: the model's)"
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = worker.run(max_idle_s=args.max_idle_s)
     print(summary.text(), file=sys.stderr)
-    return 0
+    return 130 if worker.interrupted else 0
 
 
 def _describe(alert: dict, t_start: float = 0.0) -> None:

@@ -65,4 +65,10 @@ def run(args: argparse.Namespace) -> int:
         scores.save_npz(args.out / f"{path.stem if series else path.name}.npz")
     if failed:
         print(f"ecgstream score: {failed} of {len(paths)} records skipped", file=sys.stderr)
+    written = len(paths) - failed
+    print(
+        f"ecgstream score: wrote {written} file(s) ({'one .npz per record' if written else 'none'})"
+        f" to {args.out}",
+        file=sys.stderr,
+    )
     return 1 if failed == len(paths) else 0

@@ -23,7 +23,7 @@ Anomalies never overlap and never start before --after; the same --seed gives th
 Lengths are in seconds for WFDB records and in samples for series (their rate is taken as 1 Hz).
 
 examples:
-  ecgstream synth --out synth/ --count 5 --after 60 --seed 1 ../shared/data/mitdb-ds1/100
+  ecgstream synth --out synth/ --count 5 --after 60 --seed 1 ../shared/data/mitdb-ds1/208
   ecgstream synth --out synth/ --kinds flat,invert --min-len 50 --max-len 200 series.txt
 """
 

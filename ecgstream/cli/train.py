@@ -18,8 +18,11 @@ fraction of the records. The best epoch on validation is kept, scores are calibr
 validation normals (--set calibrate_on=all: every record's, for a detector that fits nothing
 on its training records), and a checkpoint is written every epoch (--resume continues from it).
 
-Settings come from defaults < the [train] table of --config < ECGSTREAM_TRAIN__<KEY> environment
-variables < flags. Every key of the [train] table can also be set with --set KEY=VALUE.
+Settings come from defaults < the [train] and [model] tables of --config < ECGSTREAM_TRAIN__<KEY>
+and ECGSTREAM_MODEL__<KEY> environment variables < flags. [train] holds the training settings,
+[model] the model kind's own (e.g. the consensus detector's terms, lengths in samples at fs).
+Every key of either table can also be set with --set KEY=VALUE (model.KEY or train.KEY to say
+which); an unknown key is an error naming it.
 
 examples:
   ecgstream train --config models/mmae-mitdb-mlii.toml --model-out models/mmae-mitdb-mlii.onnx \\
@@ -42,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("paths", nargs="*", metavar="PATH", help="records, .hea files or folders")
-    p.add_argument("--config", type=Path, help="TOML file with a [train] table")
+    p.add_argument("--config", type=Path, help="TOML file with [train] and [model] tables")
     p.add_argument("--model", metavar="KIND", help="model kind (default mmae; see --list-models)")
     p.add_argument(
         "--list-models", action="store_true", help="print the available model kinds and exit"
@@ -66,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/last.pt")
     p.add_argument("--model-out", type=Path, help="write the ONNX model (and <name>.md card) here")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any [train] key"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any [train] or [model] key"
     )
     p.add_argument(
         "--series", type=Path, help="train on a plain series file instead of WFDB records"
@@ -76,21 +79,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _flags(args: argparse.Namespace) -> dict:
+def _flags(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The ``[train]`` flags given, and the ``--set KEY=VALUE`` items as a dict."""
     from ecgstream.config import ConfigError
-    from ecgstream.training.config import TrainConfig
 
     flags = {name: getattr(args, name, None) for name in _FLAGS}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    sets = {}
     for item in args.set:
         key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise ConfigError(
-                f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(fields)}"
-            )
-        flags[key] = value
-    return flags
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        sets[key.strip().replace("-", "_")] = value
+    return flags, sets
 
 
 def _train_series(args: argparse.Namespace, cfg) -> int:
@@ -111,14 +111,14 @@ def _train_series(args: argparse.Namespace, cfg) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ecgstream.config import load
-    from ecgstream.training.config import TrainConfig
+    from ecgstream.training.config import load_train_config
     from ecgstream.training.registry import available_kinds, get_kind
 
     if args.list_models:
         print("\n".join(available_kinds()))
         return 0
-    cfg = load(TrainConfig, "train", args.config, _flags(args))
+    flags, sets = _flags(args)
+    cfg = load_train_config(args.config, flags, sets)
     if args.series is not None:
         return _train_series(args, cfg)
     if not args.paths:

@@ -42,6 +42,7 @@ from ecgstream.evaluation.metrics import (
 from ecgstream.runtime.scorer import RecordScores, Scorer
 from ecgstream.signals.labels import BeatAnnotations, normal_mask, read_beats, window_labels
 from ecgstream.signals.records import Record, RecordError, read_record, select_leads
+from ecgstream.signals.series import is_series_path, read_series
 from ecgstream.signals.synth import KINDS_1D, inject_1d
 
 __all__ = [
@@ -185,12 +186,15 @@ class Collected:
     alert_labels: list[np.ndarray] = field(default_factory=list)
     alert_scores: list[np.ndarray] = field(default_factory=list)
     threshold: float | None = None
+    #: point scores of records written by ``ecgstream synth``, labelled by their saved masks
+    mask_labels: list[np.ndarray] = field(default_factory=list)
+    mask_scores: list[np.ndarray] = field(default_factory=list)
     #: the first scored excerpt of each kind of synthetic anomaly
     localisation_examples: dict[str, LocalisationExample] = field(default_factory=dict)
     per_record: dict = field(default_factory=dict)
 
     def arrays(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated labels and scores of ``kind`` (beat, window, record, point, alert)."""
+        """Concatenated labels and scores of ``kind`` (beat, window, record, point, alert, mask)."""
         if kind == "record":
             return np.asarray(self.record_label, dtype=np.int8), np.asarray(
                 self.record_score, dtype=np.float64
@@ -376,7 +380,51 @@ def summarise(collected: Collected) -> dict:
             per_kind[kind] = _metric_block(kl, ks, with_ap=False)
         block["per_kind"] = per_kind
         report["localisation"] = block
+    labels, scores = collected.arrays("mask")
+    if labels.size:
+        report["synth_masks"] = {
+            **_metric_block(labels, scores),
+            "n_records": len(collected.mask_labels),
+            "labels": "the masks `ecgstream synth` saved (<name>.mask.npz), point level",
+        }
     return report
+
+
+def synth_mask(path: Path, record: Record) -> np.ndarray | None:
+    """The anomaly mask ``ecgstream synth`` saved beside ``record`` (``<name>.mask.npz``: True
+    where it changed the signal, one per sample), or None when there is none.
+
+    A mask whose length or rate differs from the record's is an error: the record is not the one
+    the mask was written with.
+    """
+    file = Path(path).parent / f"{record.name}.mask.npz"
+    if not file.exists():
+        return None
+    with np.load(file) as saved:
+        mask, fs = np.asarray(saved["mask"], dtype=bool), float(saved["fs"])
+    if len(mask) != record.n_samples or fs != record.fs:
+        raise RecordError(
+            f"{file}: mask of {len(mask)} samples at {fs:g} Hz does not fit record "
+            f"{record.name} ({record.n_samples} samples at {record.fs:g} Hz)"
+        )
+    return mask
+
+
+def collect_mask(
+    out: Collected,
+    mask: np.ndarray,
+    scores: RecordScores,
+    beats: BeatAnnotations | None,
+) -> None:
+    """Add a synth record's (mask, point score) pairs to ``out``: scored samples only, and, as in
+    the localisation protocol, no sample within 0.5 s of a real abnormal beat among the
+    negatives."""
+    keep = np.isfinite(scores.point_score)
+    if beats is not None and len(beats):
+        keep &= normal_mask(beats, len(mask), 0.5) | mask
+    if keep.any():
+        out.mask_labels.append(mask[keep].astype(np.int8))
+        out.mask_scores.append(scores.point_score[keep])
 
 
 def record_labels(paths: Iterable[Path]) -> dict[Path, int]:
@@ -481,8 +529,9 @@ def evaluate(
         tqdm(paths, desc="evaluating", unit="record", disable=not progress)
     ):
         try:
-            record = read_record(path)
+            record = read_series(path) if is_series_path(path) else read_record(path)
             beats = beats_of(path)
+            mask = synth_mask(path, record)
             per_source = {s.name: s.scores(record) for s in sources}
         except RecordError as exc:
             skipped[str(path)] = str(exc)
@@ -496,6 +545,8 @@ def evaluate(
                 beats,
                 labels.get(Path(path)),
             )
+            if mask is not None:
+                collect_mask(collected[source.name], mask, per_source[source.name], beats)
             if localisation and isinstance(source, ModelSource):
                 rng = np.random.default_rng([seed, index])
                 localisation_excerpts(

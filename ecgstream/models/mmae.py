@@ -15,7 +15,9 @@ Input: preprocessed windows ``(B, n_leads, window)`` in mV at the model rate. In
    it (ratio ``mask_local``) are hidden.
 4. **One lightweight encoder** (:class:`~ecgstream.models.token_core.TokenCore`) over the visible
    tokens of both scales, and **one decoder block** that reconstructs the hidden ones.
-5. **Loss**: MSE on per-segment-normalised targets (each hidden segment standardised on its own).
+5. **Loss**: MSE of the hidden segments in input units (mV^2 with ``input_norm="mean"``). The
+   targets are not standardised per segment: a score may use only what the model sees, and a
+   hidden segment's own mean and spread are not among that.
 
 **Deterministic inference.** A fixed set of passes (buffers, no randomness): the local region
 steps over the window in ``ceil(n_global / local_region)`` positions; for each position,
@@ -25,9 +27,8 @@ pass number). Every global segment and every local segment is hidden, and recons
 visible neighbours, at least once. So at inference the local scale gives a second, finer
 reconstruction of every part of the window (each part once, when the region passes over it).
 
-**Scores.** The squared residual of a hidden segment, mapped back to input units
-(``(pred * sigma_seg + mu_seg - x)**2``, mV^2 with ``input_norm="mean"``), averaged over leads,
-is the score of each of its samples; a sample's point score averages over the passes that hid it (both scales, the local one
+**Scores.** The squared residual of a hidden segment's reconstruction (mV^2 with
+``input_norm="mean"``), averaged over leads, is the score of each of its samples; a sample's point score averages over the passes that hid it (both scales, the local one
 weighted by ``local_weight``). The window score is the mean of the top ``topk_frac`` point
 scores. Outputs: ``point_score`` ``(B, window)`` and ``window_score`` ``(B,)``, the graph
 interface of :mod:`ecgstream.runtime.model_file`.
@@ -49,7 +50,14 @@ from torch import nn
 
 from ecgstream.models.token_core import TokenCore, gather_tokens, random_split
 
-__all__ = ["MMAEConfig", "MMAE", "count_parameters", "estimate_macs", "inference_passes"]
+__all__ = [
+    "MMAEConfig",
+    "MMAE",
+    "count_parameters",
+    "estimate_macs",
+    "inference_passes",
+    "masked_r2",
+]
 
 
 @dataclass
@@ -70,11 +78,8 @@ class MMAEConfig:
     heads: int = 4
     mlp_ratio: float = 2.0
     dropout: float = 0.0
-    target_eps: float = 0.05
     local_weight: float = 1.0
     topk_frac: float = 0.1
-    #: "window": residual in input units (mV unless input_norm is "std"); "segment": per-segment-normalised
-    score_space: str = "window"
     #: "mean": subtract each lead's window mean (keeps mV amplitude); "std": also divide by its std
     input_norm: str = "mean"
 
@@ -107,8 +112,6 @@ class MMAEConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.input_norm not in ("mean", "std"):
             raise ValueError(f"input_norm must be 'mean' or 'std', not {self.input_norm!r}")
-        if self.score_space not in ("window", "segment"):
-            raise ValueError(f"score_space must be 'window' or 'segment', not {self.score_space!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
 
@@ -213,6 +216,13 @@ class MMAE(nn.Module):
             raise ValueError("inference masks leave some segments never reconstructed")
         self.register_buffer("map_global", map_g, persistent=False)
         self.register_buffer("map_local", map_l, persistent=False)
+        k = passes["keep"].shape[0]
+        zero_g = k * passes["hide_global"].shape[1] * cfg.segment  # the "not hidden" slot
+        zero_l = k * passes["hide_local"].shape[1] * cfg.local_segment
+        mask_g = (map_g != zero_g).reshape(k, cfg.window).to(torch.float32)
+        mask_l = (map_l != zero_l).reshape(k, cfg.window).to(torch.float32)
+        self.register_buffer("mask_global", mask_g, persistent=False)
+        self.register_buffer("mask_local", mask_l, persistent=False)
         self.register_buffer("weight", count_g + cfg.local_weight * count_l, persistent=False)
         self.n_passes = int(passes["keep"].shape[0])
 
@@ -242,11 +252,6 @@ class MMAE(nn.Module):
         pos = torch.cat([self.pos_global, self.pos_local], 1)
         return tokens, pos, seg_g, seg_l
 
-    def _target(self, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu = seg.mean(-1, keepdim=True)
-        sd = (seg.var(-1, unbiased=False, keepdim=True) + self.cfg.target_eps).sqrt()
-        return (seg - mu) / sd, mu, sd
-
     # -- training ----------------------------------------------------------------------------------
     def training_masks(
         self, batch: int, generator: torch.Generator | None = None
@@ -266,7 +271,8 @@ class MMAE(nn.Module):
         return torch.cat([keep_g, keep_l + ng], 1), hide_g, hide_l
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked reconstruction loss of windows ``(B, L, T)`` (MSE on per-segment-normalised targets)."""
+        """Masked reconstruction loss of windows ``(B, L, T)``: MSE of the hidden segments in input
+        units (mV^2 with ``input_norm="mean"``), the two scales weighted by ``local_weight``."""
         xn = self.normalise(x)
         tokens, pos, seg_g, seg_l = self.tokens(xn)
         keep, hide_g, hide_l = self.training_masks(x.shape[0], generator)
@@ -275,54 +281,91 @@ class MMAE(nn.Module):
         n_hg = hide_g.shape[1]
         pred_g = self.head_global(recon[:, :n_hg])
         pred_l = self.head_local(recon[:, n_hg:])
-        tgt_g = self._target(gather_tokens(seg_g, hide_g))[0]
-        tgt_l = self._target(gather_tokens(seg_l, hide_l))[0]
-        loss_g = ((pred_g - tgt_g) ** 2).mean()
-        loss_l = ((pred_l - tgt_l) ** 2).mean()
+        loss_g = ((pred_g - gather_tokens(seg_g, hide_g)) ** 2).mean()
+        loss_l = ((pred_l - gather_tokens(seg_l, hide_l)) ** 2).mean()
         return (loss_g + self.cfg.local_weight * loss_l) / (1.0 + self.cfg.local_weight)
 
     # -- inference -------------------------------------------------------------------------------------
-    def _residual(
-        self, pred: torch.Tensor, seg: torch.Tensor, hide: torch.Tensor, seg_len: int
-    ) -> torch.Tensor:
-        """Per-sample residuals of one scale, flattened ``(B, K * H * seg_len + 1)`` (zero slot last)."""
-        b = seg.shape[0]
-        k, h = hide.shape
-        target = torch.index_select(seg, 1, hide.reshape(-1)).reshape(b, k, h, -1)
-        tn, mu, sd = self._target(target)
-        pred = pred.reshape(b, k, h, -1)
-        err = (pred - tn) ** 2 if self.cfg.score_space == "segment" else ((pred - tn) * sd) ** 2
-        err = err.reshape(b, k, h, self.cfg.n_leads, seg_len).mean(3)
-        flat = err.reshape(b, k * h * seg_len)
-        return torch.cat([flat, torch.zeros_like(flat[:, :1])], 1)
+    def _to_samples(self, pred: torch.Tensor, index: torch.Tensor, seg_len: int) -> torch.Tensor:
+        """Hidden-segment predictions ``(B, K, H, L * seg_len)`` -> per pass and sample ``(B, L, K, T)``
+        (zero where the sample was not hidden at this scale in that pass)."""
+        b, k, h, _ = pred.shape
+        leads = self.cfg.n_leads
+        flat = pred.reshape(b, k, h, leads, seg_len).permute(0, 3, 1, 2, 4).reshape(b, leads, -1)
+        flat = torch.cat([flat, torch.zeros_like(flat[:, :, :1])], 2)
+        return torch.index_select(flat, 2, index).reshape(b, leads, k, self.cfg.window)
 
-    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
+    def reconstruct(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The deterministic passes' reconstructions of windows ``(B, L, T)``.
+
+        Returns the normalised input ``(B, L, T)`` and the global- and local-scale predictions
+        ``(B, L, K, T)`` of every pass, in the same units; a prediction counts only where the
+        sample was hidden at that scale in that pass (``mask_global``, ``mask_local`` ``(K, T)``).
+        """
         cfg = self.cfg
         b = windows.shape[0]
         k = self.n_passes
         xn = self.normalise(windows)
-        tokens, pos, seg_g, seg_l = self.tokens(xn)
+        tokens, pos, _, _ = self.tokens(xn)
         d = tokens.shape[-1]
         visible = torch.index_select(tokens + pos, 1, self.keep.reshape(-1)).reshape(b * k, -1, d)
         memory = self.core.encode(visible)
         hide_tok = torch.cat([self.hide_global, self.hide_local + cfg.n_global], 1)  # (K, H)
         hidden_pos = torch.index_select(pos, 1, hide_tok.reshape(-1)).reshape(1, k, -1, d)
         hidden_pos = hidden_pos.expand(b, -1, -1, -1).reshape(b * k, -1, d)
-        recon = self.core.decode(memory, hidden_pos)
+        recon = self.core.decode(memory, hidden_pos).reshape(b, k, hide_tok.shape[1], d)
         n_hg = self.hide_global.shape[1]
-        res_g = self._residual(
-            self.head_global(recon[:, :n_hg]), seg_g, self.hide_global, cfg.segment
+        pred_g = self._to_samples(
+            self.head_global(recon[:, :, :n_hg]), self.map_global, cfg.segment
         )
-        res_l = self._residual(
-            self.head_local(recon[:, n_hg:]), seg_l, self.hide_local, cfg.local_segment
+        pred_l = self._to_samples(
+            self.head_local(recon[:, :, n_hg:]), self.map_local, cfg.local_segment
         )
-        sum_g = torch.index_select(res_g, 1, self.map_global).reshape(b, k, cfg.window).sum(1)
-        sum_l = torch.index_select(res_l, 1, self.map_local).reshape(b, k, cfg.window).sum(1)
-        point = (sum_g + cfg.local_weight * sum_l) / self.weight
+        return xn, pred_g, pred_l
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic scores of windows ``(B, L, T)``: point ``(B, T)`` and window ``(B,)``."""
+        cfg = self.cfg
+        xn, pred_g, pred_l = self.reconstruct(windows)
+        x = xn.unsqueeze(2)
+        err_g = ((pred_g - x) ** 2).mean(1) * self.mask_global  # (B, K, T)
+        err_l = ((pred_l - x) ** 2).mean(1) * self.mask_local
+        point = (err_g.sum(1) + cfg.local_weight * err_l.sum(1)) / self.weight
         top = max(1, int(round(cfg.topk_frac * cfg.window)))
         window = torch.topk(point, top, dim=1).values.mean(1)
         return point, window
+
+
+def masked_r2(model: MMAE, windows: torch.Tensor, batch: int = 128) -> dict[str, float]:
+    """How much of the hidden signal the deterministic passes explain, per scale.
+
+    ``windows`` ``(N, L, T)`` (normal ECG). For the hidden samples of each scale, ``r2_zero`` is
+    ``1 - SSE(reconstruction) / SSE(predicting zero)`` (zero is the window's mean after the
+    model's centring) and ``r2_mean`` is ``1 - SSE(reconstruction) / SSE(predicting the mean of
+    the samples visible in that pass)``. A model that outputs zeros scores about 0 on both; one
+    that outputs the visible mean scores 0 on ``r2_mean``. Keys: ``global_r2_zero``,
+    ``global_r2_mean``, ``local_r2_zero``, ``local_r2_mean``.
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            xn, pred_g, pred_l = model.reconstruct(windows[i : i + batch])
+            x = xn.unsqueeze(2)  # (B, L, 1, T)
+            hidden = (model.mask_global + model.mask_local) > 0  # (K, T)
+            vis = (~hidden).to(x.dtype)
+            vis_mean = (x * vis).sum(-1, keepdim=True) / vis.sum(-1, keepdim=True)  # (B, L, K, 1)
+            for scale, pred, mask in (("global", pred_g, model.mask_global),
+                                      ("local", pred_l, model.mask_local)):  # fmt: skip
+                for name, err in (("pred", pred - x), ("zero", x.expand_as(pred)),
+                                  ("mean", vis_mean - x)):  # fmt: skip
+                    key = f"{scale}_{name}"
+                    sums[key] = sums.get(key, 0.0) + float(((err**2) * mask).sum())
+    out = {}
+    for scale in ("global", "local"):
+        out[f"{scale}_r2_zero"] = 1.0 - sums[f"{scale}_pred"] / sums[f"{scale}_zero"]
+        out[f"{scale}_r2_mean"] = 1.0 - sums[f"{scale}_pred"] / sums[f"{scale}_mean"]
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

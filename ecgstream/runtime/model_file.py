@@ -11,22 +11,21 @@ need to know which kind they serve:
 
 Raw scores are turned into calibrated scores with ``score_norm`` (``(raw - center) / scale``);
 ``thresholds`` are in calibrated units. Serving reads this with onnxruntime alone: no torch, no
-pickles.
+pickles. A model kind that scores a stream step by step stores what it needs under its own
+metadata key (see :mod:`ecgstream.runtime.stepping`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ecgstream.signals.preprocess import PreprocessConfig
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "ModelSpec",
@@ -35,6 +34,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "read_spec",
+    "check_spec",
     "write_spec",
     "sha256_of",
 ]
@@ -42,32 +42,104 @@ __all__ = [
 SPEC_KEY = "ecgstream.spec"
 INPUT_NAME = "windows"
 OUTPUT_NAMES = ("point_score", "window_score")
-#: metadata key of the optional stream step: a graph scoring a window from the sorts of its new
-#: segments and the sorts it shares with the previous window (streaming only; same scores as
-#: the main graph)
-STREAM_KEY = "ecgstream.stream_step"
-#: version of the stream step's inputs and layout; a model file with another one is scored
-#: with its main graph alone
-STREAM_FORMAT = 4
-#: older formats this ecgstream still reads (format 3 had no rhythm term)
-STREAM_FORMATS_READ = (3, STREAM_FORMAT)
-STREAM_LAYOUT_KEYS = (
-    "carry", "carry_floors", "span", "floor_offset", "segment", "floor_width", "stride", "new",
-    "new_floors", "floor_every", "noise_keep", "floor_mean", "level_every", "rhythm",
-)  # fmt: skip
-STREAM_INPUTS = (
-    "sorted_new", "floors_new", "carried", "carried_floors", "consensus", "floor_consensus",
-)  # fmt: skip
-#: the stream step's input after :data:`STREAM_INPUTS` when its layout has ``rhythm``: the
-#: whole preprocessed window, which the rhythm term compares with itself
-STREAM_RHYTHM_INPUT = INPUT_NAME
-STREAM_OUTPUTS = OUTPUT_NAMES
-#: outputs of a model with a stream step after its two scores: each window's carry
-CARRY_OUTPUTS = ("next_carried", "next_carried_floors")
 
 
 class ModelFileError(ValueError):
     """A model file is missing, corrupt, or lacks the ecgstream metadata."""
+
+
+# ---------------------------------------------------------------- spec validation
+
+#: highest model rate, Hz (as the wire format's highest chunk rate)
+MAX_MODEL_FS = 20000.0
+#: longest window, seconds at the model rate
+MAX_WINDOW_S = 3600.0
+#: highest Butterworth order per band edge (the shipped models use 2)
+MAX_FILTER_ORDER = 16
+#: most leads a model may take (as the wire format's most leads per stream)
+MAX_MODEL_LEADS = 16
+
+_Int = Annotated[int, Field(strict=True)]
+_Num = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_Text = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+
+
+class _PreprocessingCheck(BaseModel):
+    """The ``preprocessing`` table of a spec: rate and band-pass."""
+
+    model_config = ConfigDict(extra="allow")
+    fs: _Num = Field(100.0, gt=0, le=MAX_MODEL_FS)
+    highpass_hz: _Num = Field(0.5, ge=0)
+    lowpass_hz: _Num = Field(40.0, ge=0)
+    order: _Int = Field(2, ge=1, le=MAX_FILTER_ORDER)
+
+    @model_validator(mode="after")
+    def _band(self) -> _PreprocessingCheck:
+        if self.highpass_hz >= self.fs / 2:
+            raise ValueError(
+                f"highpass_hz {self.highpass_hz:g} must be below fs/2 = {self.fs / 2:g}"
+            )
+        if self.lowpass_hz and self.highpass_hz >= self.lowpass_hz:
+            raise ValueError(
+                f"highpass_hz {self.highpass_hz:g} must be below lowpass_hz {self.lowpass_hz:g}"
+            )
+        return self
+
+
+class _ScoreNormCheck(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    center: _Num = 0.0
+    scale: _Num = Field(1.0, gt=0)
+
+
+class _SpecCheck(BaseModel):
+    """Types and ranges of every :class:`ModelSpec` field (checked by :func:`read_spec`)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: _Text
+    version: Annotated[str, Field(strict=True, max_length=200)]
+    kind: _Text
+    leads: list[Annotated[str, Field(strict=True, min_length=1, max_length=16)]] = Field(
+        min_length=1, max_length=MAX_MODEL_LEADS
+    )
+    window: _Int = Field(ge=2)
+    hop: _Int = Field(ge=1)
+    preprocessing: _PreprocessingCheck = Field(default_factory=_PreprocessingCheck)
+    score_norm: _ScoreNormCheck = Field(default_factory=_ScoreNormCheck)
+    thresholds: dict[str, _Num] = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)
+    params: dict = Field(default_factory=dict)
+    frontend: _Text = "raw"
+
+    @model_validator(mode="after")
+    def _window(self) -> _SpecCheck:
+        most = int(MAX_WINDOW_S * self.preprocessing.fs)
+        if self.window > most:
+            raise ValueError(
+                f"window of {self.window} samples is longer than {MAX_WINDOW_S:g} s at "
+                f"{self.preprocessing.fs:g} Hz ({most} samples)"
+            )
+        if self.hop > self.window:
+            raise ValueError(f"hop {self.hop} is longer than the window {self.window}")
+        return self
+
+
+def check_spec(data: object, source: str = "model") -> None:
+    """Check a spec's JSON object: every field's type and range; raises :class:`ModelFileError`
+    with one line naming the first wrong field."""
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{source}: '{SPEC_KEY}' metadata must be a JSON object")
+    try:
+        _SpecCheck.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        what = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            raise ModelFileError(f"{source}: model spec field '{where}' is missing") from None
+        got = f" (got {err['input']!r:.60})" if where else ""
+        field_name = f"field '{where}'" if where else "fields"
+        raise ModelFileError(f"{source}: model spec {field_name}: {what}{got}") from None
 
 
 @dataclass
@@ -150,49 +222,6 @@ def write_spec(onnx_path: str | Path, spec: ModelSpec) -> None:
     onnx.save(model, str(onnx_path))
 
 
-def write_stream_step(onnx_path: str | Path, layout: dict, graph: bytes) -> None:
-    """Store a model's stream step (a second ONNX graph, see ``StreamStep`` in
-    :mod:`ecgstream.models.consensus`) and its layout in the model file's ``metadata_props``."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    for entry in list(model.metadata_props):
-        if entry.key == STREAM_KEY:
-            model.metadata_props.remove(entry)
-    entry = model.metadata_props.add()
-    doc = {
-        **layout,
-        "format": STREAM_FORMAT,
-        "onnx_base64": base64.b64encode(graph).decode("ascii"),
-    }
-    entry.key, entry.value = STREAM_KEY, json.dumps(doc)
-    onnx.save(model, str(onnx_path))
-
-
-def read_stream_step(session: Any) -> tuple[dict, bytes] | None:
-    """The layout and ONNX graph of a model's stream step, None if it has none (or one of
-    another :data:`STREAM_FORMAT`, which is logged: re-export the model to use it)."""
-    text = session.get_modelmeta().custom_metadata_map.get(STREAM_KEY)
-    if text is None:
-        return None
-    try:
-        doc = json.loads(text)
-        if doc.get("format") not in STREAM_FORMATS_READ:
-            log.warning(
-                "the model's stream step has format %s, this ecgstream reads %s: windows are "
-                "scored with the main graph alone (re-export the model to use the stream step)",
-                doc.get("format", 1),
-                STREAM_FORMAT,
-            )
-            return None
-        graph = base64.b64decode(doc.pop("onnx_base64"), validate=True)
-        doc.setdefault("rhythm", 0)  # format 3
-        layout = {k: int(doc[k]) for k in STREAM_LAYOUT_KEYS}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelFileError(f"model's '{STREAM_KEY}' metadata is malformed: {exc}") from None
-    return layout, graph
-
-
 def read_spec(session_or_path: Any) -> ModelSpec:
     """Read the :class:`ModelSpec` of an ONNX file or an ``onnxruntime.InferenceSession``."""
     if isinstance(session_or_path, (str, Path)):
@@ -208,7 +237,34 @@ def read_spec(session_or_path: Any) -> ModelSpec:
     meta = session_or_path.get_modelmeta().custom_metadata_map
     if SPEC_KEY not in meta:
         raise ModelFileError(f"model has no '{SPEC_KEY}' metadata: not exported by ecgstream")
-    return ModelSpec.from_json(meta[SPEC_KEY])
+    source = str(getattr(session_or_path, "_model_path", None) or "model")
+    try:
+        data = json.loads(meta[SPEC_KEY])
+    except ValueError as exc:
+        raise ModelFileError(f"{source}: '{SPEC_KEY}' metadata is not JSON: {exc}") from None
+    check_spec(data, source)
+    spec = ModelSpec(**{k: v for k, v in data.items() if k in ModelSpec.__dataclass_fields__})
+    _check_graph_input(session_or_path, spec, source)
+    return spec
+
+
+def _check_graph_input(session: Any, spec: ModelSpec, source: str) -> None:
+    """The graph's ``windows`` input, where its sizes are fixed, must take the spec's leads
+    and window."""
+    for i in session.get_inputs():
+        if i.name != INPUT_NAME or len(i.shape) != 3:
+            continue
+        _, leads, window = i.shape
+        if isinstance(leads, int) and leads != len(spec.leads):
+            raise ModelFileError(
+                f"{source}: graph input '{INPUT_NAME}' takes {leads} leads, "
+                f"model spec field 'leads' names {len(spec.leads)}"
+            )
+        if isinstance(window, int) and window != spec.window:
+            raise ModelFileError(
+                f"{source}: graph input '{INPUT_NAME}' takes windows of {window} samples, "
+                f"model spec field 'window' is {spec.window}"
+            )
 
 
 def sha256_of(path: str | Path) -> str:

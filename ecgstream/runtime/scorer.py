@@ -1,9 +1,11 @@
 """Batched ONNX Runtime scoring of windows and whole records (no torch).
 
 :class:`Scorer` is the one place where model input is prepared and model output is mapped back
-to time. ``ecgstream score`` uses :meth:`Scorer.score_record`; the streaming worker calls
-:meth:`Scorer.score_windows` on windows cut by its per-stream buffers, which are fed by the same
-:class:`~ecgstream.signals.preprocess.Preprocessor`.
+to time. ``ecgstream score`` uses :meth:`Scorer.score_record`; the streaming worker scores the
+windows cut by its per-stream buffers (fed by the same
+:class:`~ecgstream.signals.preprocess.Preprocessor`) through :attr:`Scorer.stepper`, the model
+kind's stream step when its file carries one (:mod:`ecgstream.runtime.stepping`), else
+:meth:`Scorer.score_windows`. The scorer itself knows no model's layout.
 """
 
 from __future__ import annotations
@@ -14,23 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from ecgstream.runtime.model_file import (
-    CARRY_OUTPUTS,
     INPUT_NAME,
     OUTPUT_NAMES,
-    STREAM_INPUTS,
-    STREAM_OUTPUTS,
-    STREAM_RHYTHM_INPUT,
     ModelFileError,
     ModelSpec,
     read_spec,
-    read_stream_step,
 )
-from ecgstream.runtime.stream_sorts import next_carry, segment_sorts, window_medians
+from ecgstream.runtime.stepping import StreamStepper, load_stepper
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
 
-__all__ = ["Scorer", "RecordScores", "make_session"]
+__all__ = ["Scorer", "RecordScores", "make_session", "session_options"]
 
 
 def make_session(path: str | Path, threads: int = 1):
@@ -45,13 +42,14 @@ def make_session(path: str | Path, threads: int = 1):
     check_model(path)  # sha256 manifest (models/SHA256SUMS or $ECGSTREAM_MODEL_MANIFEST)
     try:
         return ort.InferenceSession(
-            str(path), sess_options=_options(threads), providers=["CPUExecutionProvider"]
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:
         raise ModelFileError(f"{path}: not a loadable ONNX model: {exc}") from exc
 
 
-def _options(threads: int):
+def session_options(threads: int):
+    """ONNX Runtime session options: ``threads`` intra-op threads, all graph optimisations."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -109,26 +107,9 @@ class Scorer:
                 f"{model_path}: graph must take '{INPUT_NAME}' and give {OUTPUT_NAMES}; "
                 f"it takes {inputs} and gives {outputs}"
             )
-        #: the stream step's layout (``carry`` segments taken over from the previous window,
-        #: see :meth:`score_carried`), None when the model has no stream step
-        self.stream_layout: dict | None = None
-        self.stream_session = None
-        step = read_stream_step(self.session)
-        if step is not None:
-            import onnxruntime as ort
-
-            outputs = {o.name for o in self.session.get_outputs()}
-            if not set(CARRY_OUTPUTS) <= outputs:
-                raise ModelFileError(
-                    f"{model_path}: has a stream step but its graph does not give {CARRY_OUTPUTS}"
-                )
-            self.stream_layout, graph = step
-            try:
-                self.stream_session = ort.InferenceSession(
-                    graph, sess_options=_options(threads), providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:
-                raise ModelFileError(f"{model_path}: its stream step does not load: {exc}") from exc
+        #: how the model scores a stream window after window, None without a stream step
+        #: (see :mod:`ecgstream.runtime.stepping`); the pipeline then uses the main graph
+        self.stepper: StreamStepper | None = load_stepper(self, threads)
 
     def score_windows(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw point scores ``(n, window)`` and window scores ``(n,)`` of preprocessed windows.
@@ -138,49 +119,9 @@ class Scorer:
         """
         if len(windows) == 0:
             return np.zeros((0, self.spec.window), np.float32), np.zeros(0, np.float32)
-        return self._run(self.session, OUTPUT_NAMES, {INPUT_NAME: windows})  # type: ignore[return-value]
+        return self.run(self.session, OUTPUT_NAMES, {INPUT_NAME: windows})  # type: ignore[return-value]
 
-    def score_windows_carry(
-        self, windows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`score_windows` plus each window's carry for the stream step (the main graph
-        of a model that has one hands it over as two more outputs)."""
-        names = (*OUTPUT_NAMES, *CARRY_OUTPUTS)
-        return self._run(self.session, names, {INPUT_NAME: windows})  # type: ignore[return-value]
-
-    def score_carried(
-        self, windows: np.ndarray, carried: np.ndarray, carried_floors: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Raw point and window scores of ``windows`` ``(n, n_leads, window)`` with the stream
-        step, plus each window's carry for the window one hop later.
-
-        ``carried`` ``(n, n_leads, carry, segment)`` and ``carried_floors`` are the carry of
-        each window's previous window; the scores equal :meth:`score_windows`' to float32
-        rounding. The new segments are sorted and the window's medians selected with numpy
-        (:mod:`ecgstream.runtime.stream_sorts`), the rest runs in the graph.
-        """
-        lay = self.stream_layout
-        if self.stream_session is None or lay is None:
-            raise ModelFileError(f"{self.model_path}: the model has no stream step")
-        ordered, floors = segment_sorts(windows[:, :, -lay["span"] :], lay)
-        medians = window_medians(carried, ordered, carried_floors, floors, lay)
-        inputs = (ordered, floors, carried, carried_floors, *medians)
-        feed = dict(zip(STREAM_INPUTS, inputs, strict=True))
-        if lay["rhythm"]:
-            feed[STREAM_RHYTHM_INPUT] = windows
-        point, window = self._run(self.stream_session, STREAM_OUTPUTS, feed)
-        return point, window, *next_carry(ordered, floors, lay)
-
-    def carry_after(self, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The carry (sorts and floors) a window takes over from a previous window that ends
-        with ``spans`` ``(n, n_leads, span)``: the sorts of the span's segments alone, no
-        graph."""
-        lay = self.stream_layout
-        if lay is None:
-            raise ModelFileError(f"{self.model_path}: the model has no stream step")
-        return next_carry(*segment_sorts(spans, lay), lay)
-
-    def _run(self, session, names: tuple[str, ...], feed: dict) -> tuple[np.ndarray, ...]:
+    def run(self, session, names: tuple[str, ...], feed: dict) -> tuple[np.ndarray, ...]:
         """``session``'s outputs ``names`` for inputs ``feed`` (equally long arrays), in calls
         of at most ``batch_size`` rows."""
         n = len(next(iter(feed.values())))

@@ -160,6 +160,13 @@ class Outbox:
                 self._db.execute("SELECT url, reason FROM endpoints WHERE disabled = 1").fetchall()
             )
 
+    def pending(self) -> int:
+        """Deliveries not yet delivered nor given up (to enabled and disabled endpoints)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()[0]
+
     def counts(self) -> dict[str, int]:
         """Deliveries by state, plus the number of stored alerts."""
         with self._lock:

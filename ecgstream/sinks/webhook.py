@@ -17,10 +17,10 @@ import logging
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import httpx
 
 from ecgstream.sinks.outbox import Delivery, Outbox
 
@@ -37,6 +37,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
+#: most 307/308 redirects one attempt follows (each re-POSTs the same body and signature)
+MAX_REDIRECTS = 3
+#: redirects that keep the method and body (RFC 9110); other 3xx would turn the POST into a GET
+_REPOST = (307, 308)
 
 
 def secret_key(secret: str) -> bytes:
@@ -151,6 +155,9 @@ class WebhookDispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
+        # redirects are handled in :meth:`_post`, never by the client
+        self._http = httpx.Client(timeout=self.cfg.timeout_s, follow_redirects=False)
+        self._redirect_warned: set[str] = set()
 
     def start(self) -> WebhookDispatcher:
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
@@ -171,6 +178,7 @@ class WebhookDispatcher:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=self.cfg.timeout_s + 1)
+        self._http.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -212,17 +220,7 @@ class WebhookDispatcher:
         secret = self.secrets.get(d.endpoint)
         if secret:
             headers["webhook-signature"] = sign(secret, d.alert_id, ts, body)
-        req = urllib.request.Request(d.endpoint, data=body, headers=headers, method="POST")
-        retry_after = None
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                code = resp.status
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-            retry_after = parse_retry_after(exc.headers.get("Retry-After"))
-            error = f"HTTP {code}"
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            code, error = 0, f"connection: {exc}"
+        code, error, retry_after = self._post(d.endpoint, body, headers)
         if 200 <= code < 300:
             self.outbox.mark_delivered(d.alert_id, d.endpoint)
             return "delivered"
@@ -232,6 +230,14 @@ class WebhookDispatcher:
             log.warning("webhook endpoint %s answered 410 Gone; disabled", d.endpoint)
             return "disabled"
         attempts = d.attempts + 1
+        log.info(
+            "webhook %s to %s: attempt %d of %d failed: %s",
+            d.alert_id,
+            d.endpoint,
+            attempts,
+            self.cfg.max_attempts,
+            error,
+        )
         if attempts >= self.cfg.max_attempts:
             self.outbox.mark_failed(d.alert_id, d.endpoint, error)
             log.warning(
@@ -246,4 +252,43 @@ class WebhookDispatcher:
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.cfg.max_retry_after_s)
         self.outbox.mark_retry(d.alert_id, d.endpoint, time.time() + delay, error)
+        log.debug("webhook %s to %s: next attempt in %.1f s", d.alert_id, d.endpoint, delay)
         return "retry"
+
+    def _post(self, url: str, body: bytes, headers: dict) -> tuple[int, str, float | None]:
+        """POST ``body`` to ``url``; returns the final status (0: no answer), an error text
+        for a failure and the ``Retry-After`` seconds, if any.
+
+        307 and 308 re-POST the same body and headers (so the same signature) to the new
+        location, up to :data:`MAX_REDIRECTS` times and never from https to http; any other
+        3xx is returned as the failure it is for a webhook (its POST would become a GET).
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                resp = self._http.post(url, content=body, headers=headers)
+            except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+                return 0, f"connection: {type(exc).__name__}: {exc}", None
+            code = resp.status_code
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            if not 300 <= code < 400:
+                return code, f"HTTP {code}", retry_after
+            location = resp.headers.get("location")
+            if not location:
+                return code, f"HTTP {code} without a Location header", retry_after
+            target = resp.url.join(location)
+            if code not in _REPOST:
+                if url not in self._redirect_warned:  # a configuration error: say so once
+                    self._redirect_warned.add(url)
+                    log.warning(
+                        "webhook endpoint %s answers HTTP %d (redirect to %s): not followed, "
+                        "deliveries fail until the URL is corrected (docs/delivery.md)",
+                        url,
+                        code,
+                        target,
+                    )
+                return code, f"HTTP {code} redirect to {target} not followed", retry_after
+            if resp.url.scheme == "https" and target.scheme != "https":
+                return code, f"HTTP {code} redirect from https to {target} refused", retry_after
+            log.info("webhook %s: HTTP %d, re-POSTing to %s", url, code, target)
+            url = str(target)
+        return code, f"more than {MAX_REDIRECTS} redirects, the last to {url}", retry_after

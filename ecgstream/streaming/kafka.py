@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterable
 
@@ -19,11 +21,20 @@ __all__ = [
     "dlq_headers",
     "check_crc32c",
     "wait_for_broker",
+    "check_reachable",
+    "BrokerUnavailable",
+    "MAX_PARTITION_FETCH_BYTES",
+    "MAX_REQUEST_BYTES",
 ]
 
 log = logging.getLogger(__name__)
 #: longest wait between reconnection attempts to a broker that went away, ms
 RECONNECT_BACKOFF_MAX_MS = 4000
+#: most bytes the consumer fetches per partition and request (a larger record still comes, alone)
+MAX_PARTITION_FETCH_BYTES = 16 * 1024 * 1024
+#: largest record the producer sends: any record the consumer fetches within
+#: :data:`MAX_PARTITION_FETCH_BYTES`, plus room for the dead-letter headers
+MAX_REQUEST_BYTES = MAX_PARTITION_FETCH_BYTES + 64 * 1024
 
 
 def check_crc32c() -> bool:
@@ -63,13 +74,18 @@ def make_consumer(
         heartbeat_interval_ms=heartbeat_interval_ms,
         max_poll_interval_ms=max(300000, session_timeout_ms * 10),
         fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         **extra,
     )
 
 
 def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int = 5, **extra):
-    """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged)."""
+    """A ``KafkaProducer`` with ``acks=all`` (a sent message is durable once acknowledged).
+
+    Its records may be as large as any the consumer fetches (:data:`MAX_REQUEST_BYTES`), so a
+    message the worker read can always be copied to the dead-letter topic as far as the client
+    is concerned (the broker or topic may still refuse it, see ``Worker._dead_letter``).
+    """
     from kafka import KafkaProducer
 
     # Not idempotent: an idempotent producer cannot recover when the broker loses its producer
@@ -84,7 +100,7 @@ def make_producer(bootstrap: str, client_id: str = "ecgstream", linger_ms: int =
         acks="all",
         linger_ms=linger_ms,
         batch_size=256 * 1024,
-        max_request_size=8 * 1024 * 1024,
+        max_request_size=MAX_REQUEST_BYTES,
         **extra,
     )
 
@@ -112,12 +128,59 @@ def ensure_topics(
         admin.close()
 
 
+class BrokerUnavailable(ConnectionError):
+    """No bootstrap server of the cluster accepts a connection."""
+
+
+def _servers(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port`` pairs of a comma-separated bootstrap list (ValueError if malformed)."""
+    out = []
+    for server in (s.strip() for s in bootstrap.split(",")):
+        host, _, port = server.rpartition(":")
+        if not server or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bootstrap server {server!r} is not HOST:PORT (in {bootstrap!r})")
+        out.append((host.strip("[]") or "localhost", int(port)))
+    return out
+
+
+def check_reachable(
+    bootstrap: str, timeout_s: float = 5.0, stop: threading.Event | None = None
+) -> None:
+    """Return once a bootstrap server accepts a TCP connection; try for ``timeout_s`` seconds
+    (every 0.5 s), then raise :class:`BrokerUnavailable` with one line saying why.
+
+    A plain socket, so an unreachable broker costs no kafka-python retries and error logs;
+    returns early when ``stop`` is set.
+    """
+    servers = _servers(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    why = ""
+    while True:
+        for host, port in servers:
+            left = max(0.1, min(2.0, deadline - time.monotonic()))
+            try:
+                socket.create_connection((host, port), timeout=left).close()
+                return
+            except OSError as exc:
+                why = f"{host}:{port}: {exc.strerror or exc}"
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(
+                f"no Kafka broker answers at {bootstrap} ({why}; tried for {timeout_s:g} s): "
+                "check --bootstrap and that the broker runs"
+            )
+        if stop is not None and stop.wait(0.5):
+            return
+        if stop is None:
+            time.sleep(0.5)
+
+
 def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, **security) -> None:
-    """Block until the broker answers metadata requests, or raise ``TimeoutError``."""
+    """Block until the broker answers metadata requests, or raise :class:`BrokerUnavailable`."""
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
     deadline = time.time() + timeout_s
+    check_reachable(bootstrap, timeout_s)
     while True:
         try:
             KafkaAdminClient(
@@ -126,7 +189,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 30.0, **security) -> None
             return
         except (KafkaError, OSError) as exc:
             if time.time() > deadline:
-                raise TimeoutError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
+                raise BrokerUnavailable(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
             time.sleep(0.5)
 
 

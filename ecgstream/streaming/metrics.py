@@ -1,13 +1,26 @@
-"""Prometheus metrics of the worker, served over HTTP (``--metrics-port``).
+"""Prometheus metrics of the worker, served over HTTP (``--metrics-port``), with its health.
 
 Labels are bounded (outcome, kind, reason, severity); stream, patient and device ids are never
 used as labels. Each :class:`Metrics` has its own registry, so several workers can live in one
-process (tests) without clashing.
+process (tests) without clashing. The same listener answers ``GET /healthz`` (see
+:meth:`Metrics.serve`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 __all__ = ["Metrics"]
 
@@ -17,12 +30,20 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._server: ThreadingHTTPServer | None = None
         self.messages = Counter(
             "ecgstream_messages", "Messages consumed, by outcome", ["outcome"], registry=r
         )
         self.dlq = Counter(
             "ecgstream_dlq_messages",
             "Messages sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.dlq_failed = Counter(
+            "ecgstream_dlq_failed",
+            "Rejected messages the dead-letter topic refused (too large, ...): logged with their "
+            "offset and skipped, by reason",
             ["reason"],
             registry=r,
         )
@@ -102,6 +123,52 @@ class Metrics:
             "ecgstream_outbox_pending", "Webhook deliveries waiting in the outbox", registry=r
         )
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` in a background thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(
+        self,
+        port: int,
+        addr: str = "127.0.0.1",
+        health: Callable[[], tuple[bool, dict]] | None = None,
+    ) -> ThreadingHTTPServer:
+        """Serve ``GET /metrics`` (and ``GET /healthz`` with ``health``) on ``addr:port`` in a
+        background thread until :meth:`close`.
+
+        ``health()`` returns (healthy, details): ``/healthz`` answers 200 or 503 with the
+        details as a JSON object.
+        """
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+                elif path == "/healthz" and health is not None:
+                    try:
+                        ok, details = health()
+                    except Exception as exc:  # a failing check is an unhealthy worker
+                        ok, details = False, {"status": "unavailable", "error": str(exc)}
+                    status, ctype = (200 if ok else 503), "application/json"
+                    body = json.dumps(details).encode()
+                else:
+                    status, ctype, body = 404, "text/plain", b"not found\n"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # scrapes every few seconds are not news
+                pass
+
+        server = ThreadingHTTPServer((addr, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        self._server = server
+        return server
+
+    def close(self) -> None:
+        """Stop the listener started by :meth:`serve` (if any)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

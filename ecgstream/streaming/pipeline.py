@@ -2,10 +2,13 @@
 
 :class:`Pipeline` is what ``ecgstream run`` executes for every poll, and what
 ``ecgstream run --replay`` executes in one process without a broker. For a batch of chunks it
-updates each stream's :class:`~ecgstream.streaming.buffers.StreamBuffer` (sequence checks,
-lead mapping, causal preprocessing), checks technical conditions, cuts the complete windows of
-*all* streams, scores them in one :meth:`~ecgstream.runtime.scorer.Scorer.score_windows` call
-and feeds the calibrated scores to each stream's alert state machine.
+checks each chunk's place in its stream (:class:`~ecgstream.streaming.buffers.StreamBuffer`:
+sequence, time, lead mapping), gathers the model's leads and feeds them to the technical checks
+(:func:`~ecgstream.alerts.technical.check_streams`) and to the streams' filters, run side by
+side (:mod:`ecgstream.signals.bank`), cuts the complete windows of *all* streams, scores them in
+one call of the model's stream stepper (:mod:`ecgstream.runtime.stepping`: its stream step, or
+its main graph window by window) and feeds the calibrated scores to each stream's alert state
+machine. The stepper's per-stream state rides along in :class:`StreamState`, unopened.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import logging
 import time
 from collections import Counter as TallyCounter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ecgstream.alerts.rhythm import update_streams as rhythm_alerts
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
-from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_chunks
+from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_streams
 from ecgstream.runtime.scorer import Scorer
+from ecgstream.runtime.stepping import Cut, Primer, Stepped, StreamStepper, WholeWindows
 from ecgstream.streaming.buffers import (
     PendingInput,
     StreamBuffer,
@@ -36,8 +41,6 @@ __all__ = [
     "BatchResult",
     "StreamState",
     "Prepared",
-    "CarryIn",
-    "Primers",
     "Inference",
 ]
 
@@ -61,8 +64,8 @@ class BatchResult:
     scores: list[dict] = field(default_factory=list)
     rejected: list[tuple[Incoming, str, str]] = field(default_factory=list)
     windows: int = 0
-    carried: int = 0  # windows scored with the sorts of their stream's previous window
-    primed: int = 0  # streams whose next window's carry was computed ahead (Primers)
+    carried: int = 0  # windows that took over state from their stream's previous window
+    primed: int = 0  # streams whose state was prepared ahead of their next window
     suppressed: int = 0
     events: TallyCounter = field(default_factory=TallyCounter)
     inference_s: float = 0.0
@@ -72,86 +75,34 @@ class BatchResult:
 class Prepared:
     """A batch cut into windows, waiting for its inference call (``batch`` None: no window).
 
-    With a model's stream step, ``carry`` holds what each window takes over from its stream's
-    previous window (see :meth:`Pipeline._carry_in`), and ``primers`` the streams whose next
-    window has no previous window to take over from.
+    ``plan`` is the stream stepper's (see :mod:`ecgstream.runtime.stepping`): what the windows
+    take over from their streams' states, and the primers asked for.
     """
 
     res: BatchResult
     parts: list[tuple[StreamState, Windows]]
     batch: np.ndarray | None
-    carry: CarryIn | None = None
-    primers: Primers | None = None
-
-
-@dataclass
-class CarryIn:
-    """The previous windows' sorts for the batch rows ``rows`` that have them (the others go
-    through the main graph); ``generations`` are the parts' buffer generations."""
-
-    rows: np.ndarray
-    carried: np.ndarray
-    floors: np.ndarray
-    generations: list[int]
-
-
-@dataclass
-class Primers:
-    """Streams whose next window (starting at ``starts + hop``) has no previous window scored
-    to take over from, and ``spans`` ``(P, leads, span)``: the last samples that previous
-    window would have had.
-
-    The carry is computed from them one hop before the window is complete, so a stream's first
-    window (at its start, after a gap or a rebalance) goes through the stream step like every
-    later one instead of costing the whole graph when it is due.
-    """
-
-    states: list[StreamState]
-    starts: list[int]
-    generations: list[int]
-    spans: np.ndarray
+    plan: Any = None
 
 
 @dataclass
 class Inference:
-    """Raw model output of a prepared batch and the seconds the call took (with a stream step,
-    also every window's carry for the window one hop later)."""
+    """What the stream stepper gave for a prepared batch and the seconds the call took."""
 
-    point_raw: np.ndarray | None
-    window_raw: np.ndarray | None
+    stepped: Stepped
     seconds: float
-    next_carried: np.ndarray | None = None
-    next_floors: np.ndarray | None = None
-    primed: tuple[np.ndarray, np.ndarray] | None = None  # the primers' carried sorts, floors
 
 
 @dataclass
 class StreamState:
-    """Everything the worker keeps per stream."""
+    """Everything the worker keeps per stream; ``model`` is the stream stepper's state, which
+    the pipeline keeps without looking inside."""
 
     buffer: StreamBuffer
     anomaly: AnomalyMachine
     technical: TechnicalMachine
+    model: Any = None
     partition: int | None = None
-    #: (buffer generation, window start, carried sorts, carried floors) of the last window
-    #: scored, for the stream step of the window one hop later
-    carry: tuple[int, int, np.ndarray, np.ndarray] | None = None
-    #: (buffer generation, window start) of the last primer cut (see :class:`Primers`)
-    primed: tuple[int, int] | None = None
-
-
-def _keep_carry(
-    st: StreamState, generation: int, start: int, sorts: np.ndarray, floors: np.ndarray
-) -> None:
-    """Keep the carry of ``st``'s window at ``start`` for the window one hop later."""
-    old = st.carry
-    if old is None:
-        st.carry = (generation, start, sorts.copy(), floors.copy())
-        return
-    # into the stream's arrays (prepare copied them into its batch already)
-    np.copyto(old[2], sorts)
-    np.copyto(old[3], floors)
-    st.carry = (generation, start, old[2], old[3])
 
 
 def single_threaded_blas() -> None:
@@ -177,8 +128,12 @@ class Pipeline:
         alert_cfg: AlertConfig | None = None,
         tech_cfg: TechnicalConfig | None = None,
         keep_scores: bool = False,
+        stepper: StreamStepper | None = None,
     ):
         self.scorer = scorer
+        #: how windows are scored and what is kept per stream between them: the model's
+        #: stream step, else its main graph window by window
+        self.stepper = stepper or scorer.stepper or WholeWindows(scorer)
         self.spec = scorer.spec
         self.alert_cfg = alert_cfg or AlertConfig()
         self.tech_cfg = tech_cfg or TechnicalConfig()
@@ -214,6 +169,7 @@ class Pipeline:
                     critical=self.critical,
                 ),
                 TechnicalMachine(chunk.stream, spec.name, spec.version, spec.leads),
+                self.stepper.new_state(),
                 partition,
             )
             self.streams[chunk.stream] = st
@@ -226,37 +182,16 @@ class Pipeline:
         return self.complete(prep, self.infer(prep))
 
     def infer(self, prep: Prepared) -> Inference | None:
-        """The inference call of a prepared batch (None without windows).
+        """The inference call of a prepared batch (None when there is nothing to run).
 
         ONNX Runtime releases the GIL, so the worker runs this in a thread while it decodes and
         prepares the next poll; it touches no stream state.
         """
-        if prep.batch is None and prep.primers is None:
+        if prep.batch is None and prep.plan is None:
             return None
         t = time.perf_counter()
-        primed = None
-        if prep.primers is not None:
-            primed = self.scorer.carry_after(prep.primers.spans)
-        carry = prep.carry
-        if prep.batch is None:
-            return Inference(None, None, time.perf_counter() - t, primed=primed)
-        if carry is None:
-            point_raw, window_raw = self.scorer.score_windows(prep.batch)
-            return Inference(point_raw, window_raw, time.perf_counter() - t)
-        batch, rows = prep.batch, carry.rows
-        if len(rows) == len(batch):  # every window takes over its previous window's sorts
-            out = self.scorer.score_carried(batch, carry.carried, carry.floors)
-        elif not len(rows):
-            out = self.scorer.score_windows_carry(batch)
-        else:  # the others (no previous window to take over from) go through the whole graph
-            fresh = np.setdiff1d(np.arange(len(batch)), rows)
-            stepped = self.scorer.score_carried(batch[rows], carry.carried, carry.floors)
-            whole = self.scorer.score_windows_carry(batch[fresh])
-            out = tuple(np.empty((len(batch), *a.shape[1:]), a.dtype) for a in stepped)
-            for o, a, b in zip(out, stepped, whole, strict=True):
-                o[rows], o[fresh] = a, b
-        point_raw, window_raw, next_c, next_f = out
-        return Inference(point_raw, window_raw, time.perf_counter() - t, next_c, next_f, primed)
+        stepped = self.stepper.step(prep.batch, prep.plan)
+        return Inference(stepped, time.perf_counter() - t)
 
     def prepare(self, items: list[Incoming], now: float | None = None) -> Prepared:
         """Everything before inference: buffers, technical checks, and the windows to score.
@@ -303,107 +238,35 @@ class Pipeline:
             self._gather(checks, res)
         preprocess_pending([st.buffer for st in touched.values()])
         parts = []
-        unprimed: list[StreamState] = []
-        stepped = self.scorer.stream_layout is not None
+        primers: list[Primer] = []
         for st in touched.values():
             wins, suppressed = st.buffer.take_windows()
             res.suppressed += len(suppressed)
             if len(wins.index):
                 parts.append((st, wins))
-            elif stepped and self._primer_due(st):
-                unprimed.append(st)
-        primers = self._primers(unprimed) if unprimed else None
-        if not parts:
-            return Prepared(res, parts, None, primers=primers)
-        batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
-        return Prepared(res, parts, batch, self._carry_in(parts, len(batch)), primers)
-
-    def _primer_due(self, st: StreamState) -> bool:
-        """Whether ``st``'s next window needs a primer now: its previous window's samples are
-        all in and that window was not scored (nor primed) since the buffer's last restart."""
-        buf, hop = st.buffer, self.spec.hop
-        start = buf.next_start
-        if buf.a_end < start + self.spec.window - hop:
-            return False
-        c = st.carry
-        if c is not None and c[0] == buf.generation and c[1] + hop == start:
-            return False
-        key = (buf.generation, start - hop)
-        if st.primed == key:
-            return False
-        st.primed = key
-        return True
-
-    def _primers(self, states: list[StreamState]) -> Primers:
-        """The spans of ``states``' previous windows (zeros before their buffers' samples: only
-        segments of the next window are carried, and those are all in)."""
-        lay = self.scorer.stream_layout
-        assert lay is not None
-        span, window = lay["span"], self.spec.window
-        starts, generations, spans = [], [], []
-        for st in states:
+                continue
             buf = st.buffer
-            generation, start = st.primed  # type: ignore[misc]
-            starts.append(start)
-            generations.append(generation)
-            spans.append(buf.span(start + window - span, start + window))
-        return Primers(states, starts, generations, np.stack(spans))
-
-    def _carry_in(self, parts: list[tuple[StreamState, Windows]], n: int) -> CarryIn | None:
-        """What each window of a batch takes over from its stream's previous window (None
-        without a stream step). A stream's first window in a batch has it when its previous
-        window was scored since the buffer's last restart; later ones in the same batch don't
-        (their previous window is being scored in this very call)."""
-        lay = self.scorer.stream_layout
-        if lay is None:
-            return None
-        rows, carried, floors, generations = [], [], [], []
-        row, hop = 0, self.spec.hop
-        for st, wins in parts:
-            generation = st.buffer.generation
-            generations.append(generation)
-            c = st.carry
-            if c is not None and c[0] == generation and c[1] + hop == int(wins.index[0]):
-                rows.append(row)
-                carried.append(c[2])
-                floors.append(c[3])
-            row += len(wins.index)
-        if not rows:
-            leads = len(self.spec.leads)
-            empty_c = np.zeros((0, leads, lay["carry"], lay["segment"]), np.float32)
-            empty_f = np.zeros((0, leads, lay["carry_floors"], lay["floor_width"]), np.float32)
-            return CarryIn(np.zeros(0, np.int64), empty_c, empty_f, generations)
-        return CarryIn(np.array(rows), np.stack(carried), np.stack(floors), generations)
+            wanted = self.stepper.primer(st.model, buf.generation, buf.next_start, buf.a_end)
+            if wanted is not None:
+                primers.append(Primer(st.model, buf.generation, buf.next_start, buf.span(*wanted)))
+        cuts = [Cut(st.buffer.generation, wins.index) for st, wins in parts]
+        plan = self.stepper.plan([st.model for st, _ in parts], cuts, primers)
+        if not parts:
+            return Prepared(res, parts, None, plan)
+        batch = parts[0][1].data if len(parts) == 1 else np.concatenate([w.data for _, w in parts])
+        return Prepared(res, parts, batch, plan)
 
     def complete(self, prep: Prepared, inference: Inference | None) -> BatchResult:
-        """Feed a prepared batch's scores to the alert state machines; returns its result."""
+        """Feed a prepared batch's scores to the alert state machines and bring the streams'
+        states past it; returns its result."""
         if inference is not None:
+            stepped = inference.stepped
             prep.res.inference_s = inference.seconds
-            if inference.window_raw is not None:
-                self._score(prep.parts, inference, prep.res)
-            if prep.carry is not None:
-                self._hand_over(prep.parts, inference, prep.carry, prep.res)
-            if prep.primers is not None and inference.primed is not None:
-                primers, (sorts, floors) = prep.primers, inference.primed
-                prep.res.primed = len(primers.states)
-                for i, st in enumerate(primers.states):
-                    _keep_carry(st, primers.generations[i], primers.starts[i], sorts[i], floors[i])
+            if stepped.window_raw is not None:
+                self._score(prep.parts, stepped, prep.res)
+            self.stepper.commit(prep.plan, stepped)
+            prep.res.carried, prep.res.primed = stepped.carried, stepped.primed
         return prep.res
-
-    @staticmethod
-    def _hand_over(
-        parts: list[tuple[StreamState, Windows]], inf: Inference, carry: CarryIn, res: BatchResult
-    ) -> None:
-        """Keep each stream's carry from its last window in the batch, for the window one hop
-        later (:meth:`_carry_in`)."""
-        res.carried = len(carry.rows)
-        next_carried, next_floors = inf.next_carried, inf.next_floors
-        assert next_carried is not None and next_floors is not None
-        row = -1
-        for p, (st, wins) in enumerate(parts):
-            row += len(wins.index)
-            generation = carry.generations[p]
-            _keep_carry(st, generation, int(wins.index[-1]), next_carried[row], next_floors[row])
 
     def _gather(
         self, checks: list[tuple[StreamState, Chunk, PendingInput]], res: BatchResult
@@ -442,26 +305,22 @@ class Pipeline:
         clipped: np.ndarray | None,
         res: BatchResult,
     ) -> None:
-        """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``."""
-        flags = check_chunks(x, self.tech_cfg, clipped)  # name -> (chunks, leads) bool
-        any_flag = np.zeros(len(checks), bool)
-        for mask in flags.values():
-            any_flag |= mask.any(axis=1)
-        flagged = any_flag.tolist()
-        for j, (st, chunk, _) in enumerate(checks):
-            if not flagged[j] and not st.technical.any_active:
-                continue
-            conds = {
-                name: (np.flatnonzero(mask[j]).tolist(), self.tech_cfg.describe(name))
-                for name, mask in flags.items()
-            }
-            t1 = chunk.t0 + chunk.duration_s
+        """Technical conditions of equally shaped chunks ``x`` ``(chunks, n, leads)``; windows
+        overlapping a chunk that shows one are not scored."""
+
+        def span(j: int) -> tuple[float, float]:
+            chunk = checks[j][1]
+            return chunk.t0, chunk.t0 + chunk.duration_s
+
+        machines = [st.technical for st, _, _ in checks]
+        alerts, flagged = check_streams(machines, x, span, self.tech_cfg, clipped)
+        res.alerts.extend(alerts)
+        for j, (st, _, _) in enumerate(checks):
             if flagged[j]:
-                st.buffer.mark_bad(chunk.t0, t1)
-            res.alerts.extend(st.technical.update(conds, chunk.t0, t1))
+                st.buffer.mark_bad(*span(j))
 
     def _score(
-        self, parts: list[tuple[StreamState, Windows]], inf: Inference, res: BatchResult
+        self, parts: list[tuple[StreamState, Windows]], inf: Stepped, res: BatchResult
     ) -> None:
         point_raw, window_raw = inf.point_raw, inf.window_raw
         assert point_raw is not None and window_raw is not None

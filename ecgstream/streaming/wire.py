@@ -14,7 +14,10 @@ the encodings apart: ``{`` (or JSON whitespace) starts a JSON object, ``0xEC`` a
 
 Binary int16 samples are ADC units: physical = (raw - baseline) / gain per lead, and -32768
 marks a missing sample (lead off), as in WFDB. Every field is validated and sizes are bounded;
-anything wrong raises :class:`WireError` with a short machine-readable ``reason``.
+anything wrong raises :class:`WireError` with a short machine-readable ``reason``. Decoded
+sample values must be physically plausible: at most :data:`MAX_ABS_MV` (100 mV, in the chunk's
+``units``) in magnitude, or the chunk is rejected with ``out_of_range`` (int16 samples at the
+ADC limits +-32767 mark saturation and are exempt, up to :data:`MAX_ABS_SATURATED_MV`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ __all__ = [
     "INT16_MISSING",
     "adc_clipped",
     "physical_leads",
+    "MAX_ABS_MV",
+    "MAX_ABS_SATURATED_MV",
+    "plausible_limit",
 ]
 
 MAGIC = 0xEC
@@ -64,6 +70,13 @@ MIN_FS = 0.01
 MAX_T0 = 1e11
 #: largest accepted magnitude of gain and baseline (ADC units)
 MAX_ADC = 1e9
+#: largest plausible magnitude of a decoded sample, mV (body-surface ECG is a few mV; the
+#: bound leaves room for electrode offsets and pacing spikes, and catches wrong gains)
+MAX_ABS_MV = 100.0
+#: largest magnitude an int16 sample at the ADC limits (saturation) may convert to, mV
+MAX_ABS_SATURATED_MV = 100_000.0
+#: physical units the range bound is scaled to (units per mV); other units are read as mV
+_PER_MV = {"mv": 1.0, "uv": 1e3, "\u00b5v": 1e3, "\u03bcv": 1e3, "nv": 1e6, "v": 1e-3}
 MAX_STREAM_CHARS = 128
 MAX_LEAD_CHARS = 16
 INT16_MISSING = -32768
@@ -231,6 +244,32 @@ def _check_units(v: object) -> str:
     return v
 
 
+def plausible_limit(units: str) -> float:
+    """Largest plausible sample magnitude in ``units`` (:data:`MAX_ABS_MV` mV; other units
+    than V, mV, uV and nV count as mV, as the pipeline reads them)."""
+    return MAX_ABS_MV * _PER_MV.get(units.lower(), 1.0)
+
+
+def _check_range(samples: np.ndarray, limit: float, units: str) -> None:
+    """Reject float ``samples`` (NaN = missing) that are not finite or beyond +-``limit``."""
+    hi, lo = float(samples.max()), float(samples.min())  # one fast pass each, NaN propagates
+    if hi != hi or lo != lo:  # missing samples: reduce again, ignoring them
+        hi, lo = (
+            float(np.fmax.reduce(samples, axis=None)),
+            float(np.fmin.reduce(samples, axis=None)),
+        )
+    if hi <= limit and lo >= -limit or hi != hi:  # in range, or every sample missing
+        return
+    if math.isinf(hi) or math.isinf(lo):
+        raise WireError("bad_samples", "decoded samples are not finite (gain too small?)")
+    worst = hi if hi > -lo else lo
+    raise WireError(
+        "out_of_range",
+        f"sample value {worst:.4g} {units} is beyond the plausible +-{limit:g} {units}"
+        " (wrong gain or units?)",
+    )
+
+
 def _check_vector(v: object, n_leads: int, name: str, positive: bool) -> np.ndarray:
     if not isinstance(v, list) or len(v) != n_leads:
         raise WireError(
@@ -241,7 +280,10 @@ def _check_vector(v: object, n_leads: int, name: str, positive: bool) -> np.ndar
             raise WireError(
                 f"bad_{name}", f"{name} must hold finite{' positive' if positive else ''} numbers"
             )
-    return np.array(v, dtype=np.float32)
+    out = np.array(v, dtype=np.float32)
+    if positive and (out < np.finfo(np.float32).tiny).any():  # 0 or subnormal as float32
+        raise WireError(f"bad_{name}", f"{name} must be at least {np.finfo(np.float32).tiny:.3g}")
+    return out
 
 
 def _check_n(v: object) -> int:
@@ -310,14 +352,16 @@ def _decode_json(value: bytes) -> Chunk:
     ok = (int, float, type(None))
     if not all(type(x) in ok for r in rows for x in r):
         raise WireError("bad_samples", "samples must be numbers or null")
+    limit = plausible_limit(units)
     try:
         samples = np.array(rows, dtype=np.float64)  # null -> NaN
     except OverflowError:
-        raise WireError("bad_samples", "sample magnitude above 1e6") from None
+        raise WireError(
+            "out_of_range", f"a sample is beyond the plausible +-{limit:g} {units}"
+        ) from None
     if samples.dtype.kind != "f" or np.isinf(samples).any():
         raise WireError("bad_samples", "samples must be finite numbers or null")
-    if (np.abs(np.nan_to_num(samples)) > 1e6).any():
-        raise WireError("bad_samples", "sample magnitude above 1e6")
+    _check_range(samples, limit, units)
     return Chunk(stream, seq, t0, fs, leads, samples.astype(np.float32), units)
 
 
@@ -383,6 +427,17 @@ class _Template:
     gain: np.ndarray | np.float32 | None
     lead_base: np.ndarray | None
     lead_gain: np.ndarray | None
+    #: plausible sample magnitude in ``units`` (:func:`plausible_limit`)
+    limit: float = MAX_ABS_MV
+    #: per lead, the int16 values within +-``limit`` (None: every value is)
+    adc_lo: np.ndarray | None = None
+    adc_hi: np.ndarray | None = None
+    #: per lead, whether the ADC limits -32767 / +32767 convert within the saturated bound
+    sat_lo: np.ndarray | None = None
+    sat_hi: np.ndarray | None = None
+    #: the narrowest of the per-lead ranges (a fast first check of every lead at once)
+    adc_lo_all: int = -_INT16_CLIP
+    adc_hi_all: int = _INT16_CLIP
 
 
 #: a compact header that starts with stream, seq and t0 (as :func:`encode_binary` writes it);
@@ -416,6 +471,12 @@ def _template(
     """The template of a validated header ``hdr`` (see :class:`_Template`)."""
     n = hdr["n"]
     base_op, gain_op = _flat_operand(base, n, 0.0), _flat_operand(gain, n, 1.0)
+    limit = plausible_limit(units)
+    g, b = gain.astype(np.float64), base.astype(np.float64)
+    lo = np.maximum(np.ceil(b - limit * g), -_INT16_CLIP)
+    hi = np.minimum(np.floor(b + limit * g), _INT16_CLIP)
+    ranged = (lo > -_INT16_CLIP).any() or (hi < _INT16_CLIP).any()
+    sat = limit * (MAX_ABS_SATURATED_MV / MAX_ABS_MV)
     return _Template(
         float(hdr["fs"]),
         leads,
@@ -425,6 +486,13 @@ def _template(
         gain_op,
         None if base_op is None else base,
         None if gain_op is None else gain,
+        limit,
+        lo.astype(np.int32) if ranged else None,
+        hi.astype(np.int32) if ranged else None,
+        np.abs((-_INT16_CLIP - b) / g) <= sat,
+        np.abs((_INT16_CLIP - b) / g) <= sat,
+        int(lo.max()),
+        int(hi.min()),
     )
 
 
@@ -515,9 +583,38 @@ def _decode_binary(value: bytes) -> Chunk:
         )
     raw = np.frombuffer(value, dtype=dtype, offset=_FIXED.size + hlen)
     if type_code == 1:  # converted when used (see Chunk)
-        return Chunk._of_adc(stream, seq, t0, tpl, raw.reshape(n, n_leads))
+        adc = raw.reshape(n, n_leads)
+        _check_adc(adc, tpl)
+        return Chunk._of_adc(stream, seq, t0, tpl, adc)
     samples = _physical_float32(raw, tpl)
+    _check_range(samples, tpl.limit, tpl.units)
     return Chunk(stream, seq, t0, tpl.fs, list(tpl.leads), samples.reshape(n, n_leads), tpl.units)
+
+
+def _check_adc(adc: np.ndarray, tpl: _Template) -> None:
+    """Reject int16 samples ``adc`` ``(n, leads)`` whose physical values are beyond
+    +-``tpl.limit`` (missing samples aside; samples at the ADC limits +-32767 only when they
+    convert beyond the saturated bound), without converting the frame."""
+    if tpl.adc_lo is None:
+        return
+    # one flat pass each (a per-lead reduction costs ~10x more): every lead within the
+    # narrowest range is the common case
+    if int(adc.max()) <= tpl.adc_hi_all and int(adc.min()) >= tpl.adc_lo_all:
+        return
+    x = adc.astype(np.int32)
+    bad = ((x > tpl.adc_hi) | (x < tpl.adc_lo)) & (x != INT16_MISSING)
+    bad &= ~(((x == _INT16_CLIP) & tpl.sat_hi) | ((x == -_INT16_CLIP) & tpl.sat_lo))
+    if bad.any():
+        lead = int(np.flatnonzero(bad.any(axis=0))[0])
+        raw = int(x[bad[:, lead], lead][0])
+        base = 0.0 if tpl.lead_base is None else float(tpl.lead_base[lead])
+        gain = 1.0 if tpl.lead_gain is None else float(tpl.lead_gain[lead])
+        raise WireError(
+            "out_of_range",
+            f"lead {tpl.leads[lead]}: ADC value {raw} is {(raw - base) / gain:.4g} {tpl.units} "
+            f"with gain {gain:g} and baseline {base:g}, beyond the plausible +-{tpl.limit:g} "
+            f"{tpl.units} (wrong gain or baseline?)",
+        )
 
 
 def _physical_float32(raw: np.ndarray, tpl: _Template) -> np.ndarray:

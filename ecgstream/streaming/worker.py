@@ -34,7 +34,13 @@ from ecgstream.sinks.jsonl import JsonLinesSink
 from ecgstream.sinks.kafka_topic import AlertsTopicSink
 from ecgstream.sinks.outbox import Outbox
 from ecgstream.sinks.router import AlertRouter
-from ecgstream.streaming.kafka import dlq_headers, ensure_topics, make_consumer, make_producer
+from ecgstream.streaming.kafka import (
+    check_reachable,
+    dlq_headers,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from ecgstream.streaming.metrics import Metrics
 from ecgstream.streaming.pipeline import Incoming, Pipeline, Prepared
 from ecgstream.streaming.security import kafka_options, webhook_secret
@@ -45,6 +51,13 @@ __all__ = ["Worker", "Summary", "find_model", "alert_config", "technical_config"
 log = logging.getLogger(__name__)
 
 SHIPPED_MODEL = "consensus-mitdb-mlii.onnx"
+#: a worker whose loop has not come round for this long (s) is not consuming (``/healthz``)
+HEALTH_STALL_S = 30.0
+#: webhook drain at close (s): SIGTERM (an orchestrator's stop) and Ctrl-C (someone waiting)
+DRAIN_S = 5.0
+INTERRUPT_DRAIN_S = 0.5
+#: after Ctrl-C the process exits within this many seconds (s), closed or not
+INTERRUPT_EXIT_S = 4.0
 
 
 def find_model(path: str | Path | None = None) -> Path:
@@ -57,15 +70,13 @@ def find_model(path: str | Path | None = None) -> Path:
     import ecgstream
 
     here = Path(ecgstream.__file__).resolve().parent
-    for candidate in (
-        here.parent / "models" / SHIPPED_MODEL,
-        here / "data" / SHIPPED_MODEL,
-        Path("models") / SHIPPED_MODEL,
-    ):
+    # ecgstream/_models: the repository's models/ (a link in a checkout, a copy in a wheel)
+    for candidate in (here / "_models" / SHIPPED_MODEL, here.parent / "models" / SHIPPED_MODEL):
         if candidate.exists():
             return candidate
     raise FileNotFoundError(
-        f"the shipped model models/{SHIPPED_MODEL} was not found; pass --model PATH"
+        f"the shipped model {SHIPPED_MODEL} was not found in {here / '_models'} (the package was"
+        " installed without its models); pass --model PATH"
     )
 
 
@@ -93,6 +104,7 @@ class Summary:
 
     messages: int = 0
     dlq: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)  # reason -> records not even dead-lettered
     windows: int = 0
     suppressed: int = 0
     alerts: Counter = field(default_factory=Counter)
@@ -127,6 +139,11 @@ class Summary:
         if self.dlq:
             lines.append(
                 "dead-lettered: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dlq.items()))
+            )
+        if self.skipped:
+            lines.append(
+                "skipped (dead-letter topic refused them): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
             )
         if self.events:
             lines.append(
@@ -192,6 +209,11 @@ class Worker:
         self._no_conn_since: float | None = None
         self._outage_since: float | None = None
         self._to_rewind: set = set()  # newly assigned partitions to seek to their committed offset
+        self._broker_up = False  # the consumer has a broker connection (see _check_broker)
+        self.interrupted = False  # stopped by Ctrl-C (see interrupt)
+        self._drain_s = DRAIN_S
+        self._loop_t: float | None = None  # monotonic time the run loop last came round
+        self._n_assigned = 0
         for name in ("inference_depth", "catchup_inference_depth"):
             if getattr(cfg, name) < 1:
                 raise ConfigError(f"run.{name} must be at least 1, got {getattr(cfg, name)}")
@@ -211,14 +233,58 @@ class Worker:
         """Ask the loop to finish the batch in flight, commit and close (signal-safe)."""
         self._stop.set()
 
+    def interrupt(self, *_args) -> None:
+        """Ctrl-C: stop as :meth:`stop` does, with a short webhook drain (what is not sent
+        stays in the outbox); a second Ctrl-C exits at once (at-least-once covers it)."""
+        import os
+        import sys
+
+        if self._stop.is_set():
+            os._exit(130)
+        # whatever the close waits for (a broker gone quiet), the process ends promptly
+        watchdog = threading.Timer(INTERRUPT_EXIT_S, os._exit, args=(130,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.interrupted = True
+        self._drain_s = INTERRUPT_DRAIN_S
+        print(
+            "ecgstream run: interrupted: finishing the batch in flight, committing, closing "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
+        self._stop.set()
+
+    def health(self) -> tuple[bool, dict]:
+        """Whether the worker is consuming (its loop came round in the last
+        :data:`HEALTH_STALL_S` seconds, not stopping) with a broker connection, and details
+        (``GET /healthz``; called from the metrics thread)."""
+        loop_t = self._loop_t
+        age = None if loop_t is None else time.monotonic() - loop_t
+        consuming = (
+            self.consumer is not None
+            and not self._stop.is_set()
+            and age is not None
+            and age < HEALTH_STALL_S
+        )
+        ok = consuming and self._broker_up
+        return ok, {
+            "status": "ok" if ok else "unavailable",
+            "consuming": consuming,
+            "broker_up": self._broker_up,
+            "assigned_partitions": self._n_assigned,
+            "last_loop_s": None if age is None else round(age, 3),
+        }
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGINT, self.interrupt)
 
     def _open(self) -> None:
         cfg = self.cfg
         security = kafka_options(cfg)  # TLS / SASL settings, {} for PLAINTEXT
         secret = webhook_secret(cfg).reveal()
+        # one clear error for a wrong address, instead of kafka-python's retries and tracebacks
+        check_reachable(cfg.bootstrap, cfg.connect_timeout_s, self._stop)
         if cfg.create_topics:
             topics = [cfg.topic, cfg.dlq_topic, cfg.alerts_topic]
             ensure_topics(cfg.bootstrap, topics, cfg.partitions, **security)
@@ -258,7 +324,7 @@ class Worker:
         )
         self.consumer.subscribe([cfg.topic], listener=Listener())
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr, health=self.health)
 
     async def _on_revoked(self, partitions: set[int]) -> None:
         # Offsets are committed once the batch in flight is durable; what follows the commit is
@@ -288,6 +354,7 @@ class Worker:
         # (the consumer cannot be used inside its own callback).
         self._finish_inflight()
         self._to_rewind.update(assigned)
+        self._n_assigned = len(assigned)
         self.metrics.partitions.set(len(assigned))
         log.info("partitions %s assigned", sorted(tp.partition for tp in assigned))
 
@@ -302,6 +369,7 @@ class Worker:
         last_lag = 0.0
         try:
             while not self._stop.is_set():
+                self._loop_t = time.monotonic()
                 now = time.time()
                 if max_s is not None and now - t_start > max_s:
                     break
@@ -328,6 +396,7 @@ class Worker:
                 if time.time() - self._broker_checked >= 1.0:
                     self._check_broker()
                     self._update_lag()
+                    self._update_outbox()
                 if time.time() - last_lag > 5.0:
                     self._finish_inflight()
                     # streams that ended no longer hold their partition's committed offset back
@@ -384,16 +453,17 @@ class Worker:
             self.consumer.close(autocommit=False)
             self.consumer = None
         if self.router is not None:
-            self.router.close()
+            self.router.close(self._drain_s)
             self.router = None
         if self.scores_sink is not None:
             self.scores_sink.close()
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.close(timeout=10 if not self.interrupted else 2)
             self.producer = None
         if self._infer_pool is not None:
             self._infer_pool.shutdown()
             self._infer_pool = None
+        self.metrics.close()
 
     # ---------------------------------------------------------------- one poll
 
@@ -462,8 +532,7 @@ class Worker:
         dead = staged.dead
         for item, reason, detail in res.rejected:
             dead.append((self._record_of(staged.polled, item), reason, detail))
-        if dead:
-            self._dead_letter(dead)
+        skipped = self._dead_letter(dead) if dead else 0
         alerts = [a.to_dict() for a in res.alerts]
         self.router.write(alerts)
         if self.scores_sink is not None:
@@ -477,7 +546,9 @@ class Worker:
         self.summary.streams.update(i.chunk.stream for i in staged.items)
         m.messages.labels("ok").inc(len(staged.items) - len(res.rejected))
         if dead:
-            m.messages.labels("dead_letter").inc(len(dead))
+            m.messages.labels("dead_letter").inc(len(dead) - skipped)
+        if skipped:
+            m.messages.labels("skipped").inc(skipped)
         m.windows.labels("scored").inc(res.windows)
         m.windows.labels("suppressed").inc(res.suppressed)
         if res.carried or res.primed:
@@ -504,23 +575,64 @@ class Worker:
                         return r
         raise KeyError(item.offset)
 
-    def _dead_letter(self, dead: list[tuple]) -> None:
-        futures = []
+    def _dead_letter(self, dead: list[tuple]) -> int:
+        """Copy rejected records to the dead-letter topic, with why and where from; returns how
+        many could not be copied.
+
+        A record the dead-letter topic refuses for good (larger than the producer or the broker
+        accepts, or another error retrying cannot fix) is logged with its topic, partition and
+        offset, counted in ``ecgstream_dlq_failed`` and skipped: no single message stops the
+        worker. A retriable error (the broker is down) still raises, before anything is
+        committed, so the records are read again.
+        """
+        from kafka.errors import KafkaError
+
+        sent = []
+        failed = 0
         for r, reason, detail in dead:
-            self.summary.dlq[reason] += 1
-            self.metrics.dlq.labels(reason).inc()
             log.warning(
                 "dead-letter %s[%d]@%d: %s: %s", r.topic, r.partition, r.offset, reason, detail
             )
             headers = dlq_headers(reason, detail, r.topic, r.partition, r.offset, r.timestamp)
-            futures.append(
-                self.producer.send(
+            try:
+                future = self.producer.send(
                     self.cfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers
                 )
-            )
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                failed += self._dead_letter_failed(r, reason, exc)
+                continue
+            sent.append((r, reason, future))
         self.producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=30)
+        for r, reason, future in sent:
+            try:
+                future.get(timeout=30)
+            except KafkaError as exc:
+                if exc.retriable:
+                    raise
+                failed += self._dead_letter_failed(r, reason, exc)
+                continue
+            self.summary.dlq[reason] += 1
+            self.metrics.dlq.labels(reason).inc()
+        return failed
+
+    def _dead_letter_failed(self, r, reason: str, exc: Exception) -> int:
+        """Log and count a record that could not be dead-lettered (it is skipped); returns 1."""
+        size = len(r.value or b"")
+        self.summary.skipped[reason] += 1
+        self.metrics.dlq_failed.labels(reason).inc()
+        log.error(
+            "skipped %s[%d]@%d (%d bytes, %s): the dead-letter topic %s refused it: %s",
+            r.topic,
+            r.partition,
+            r.offset,
+            size,
+            reason,
+            self.cfg.dlq_topic,
+            exc,
+        )
+        return 1
 
     def _commit_due(self) -> bool:
         """Whether ``commit_interval_ms`` has passed since the last commit; restarts it if so."""
@@ -583,6 +695,7 @@ class Worker:
         if n is None:
             return
         if n > 0:
+            self._broker_up = True
             self._no_conn_since = None
             if self._outage_since is not None:
                 log.warning(
@@ -597,6 +710,7 @@ class Worker:
             self._no_conn_since = now
         if self._outage_since is None and now - self._no_conn_since >= grace_s:
             self._outage_since = self._no_conn_since
+            self._broker_up = False
             self.metrics.broker_up.set(0)
             self.metrics.broker_outages.inc()
             log.warning(
@@ -604,6 +718,16 @@ class Worker:
                 self.cfg.bootstrap,
                 now - self._no_conn_since,
             )
+
+    def _update_outbox(self) -> None:
+        """Export how many webhook deliveries wait in the outbox (``ecgstream_outbox_pending``)."""
+        outbox = self.router.outbox if self.router is not None else None
+        if outbox is None:
+            return
+        try:
+            self.metrics.outbox_pending.set(outbox.pending())
+        except Exception:  # metrics must never stop the worker
+            log.debug("outbox count failed", exc_info=True)
 
     def _update_lag(self) -> None:
         """Export the consumer lag, and re-read partitions whose log now ends before our position.

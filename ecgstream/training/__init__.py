@@ -1,6 +1,6 @@
 """Offline training (needs the ``train`` extra, i.e. torch): data, trainer, calibration, export.
 
-- :mod:`~ecgstream.training.config`: :class:`TrainConfig`, the ``[train]`` TOML section.
+- :mod:`~ecgstream.training.config`: :class:`TrainConfig`, the ``[train]`` and ``[model]`` TOML tables.
 - :mod:`~ecgstream.training.data`: preprocessed records, normal regions, record/patient splits.
 - :mod:`~ecgstream.training.trainer`: the training loop with validation, checkpoints and resume.
 - :mod:`~ecgstream.training.calibration`: score normalisation and thresholds on validation normals.

@@ -33,74 +33,11 @@ __all__ = ["consensus_config", "fit_consensus", "normal_windows"]
 
 
 def consensus_config(cfg: TrainConfig):
-    """The detector's sizes (samples at ``cfg.fs``) from a :class:`TrainConfig`."""
-    from ecgstream.models.consensus import ConsensusConfig
-
-    return ConsensusConfig(
-        n_leads=len(cfg.leads),
-        window=cfg.window,
-        segment=max(2, int(round(cfg.consensus_segment_s * cfg.fs))),
-        stride=max(1, int(round(cfg.consensus_stride_s * cfg.fs))),
-        slope_weight=cfg.consensus_slope_weight,
-        noise_weight=cfg.consensus_noise_weight,
-        noise_quantile=cfg.consensus_noise_quantile,
-        noise_summary=cfg.consensus_noise_summary,
-        noise_every=cfg.consensus_noise_every,
-        level_every=cfg.consensus_level_every,
-        level_weight=cfg.consensus_level_weight,
-        level_reach=max(1, int(round(cfg.consensus_level_reach_s / cfg.consensus_stride_s))),
-        erode=int(round(cfg.consensus_erode_s / cfg.consensus_stride_s)),
-        erode_share=cfg.consensus_erode_share,
-        neighbours=cfg.consensus_neighbours,
-        rhythm_weight=cfg.consensus_rhythm_weight,
-        rhythm_span=max(1, int(round(cfg.consensus_rhythm_span_s * cfg.fs))),
-        rhythm_min_lag=max(1, int(round(cfg.consensus_rhythm_min_s * cfg.fs))),
-        rhythm_max_period=int(round(cfg.consensus_rhythm_max_s * cfg.fs)),
-        rhythm_tolerance=cfg.consensus_rhythm_tolerance,
-        rhythm_excess=cfg.consensus_rhythm_excess,
-        rhythm_every=cfg.consensus_rhythm_every,
-        rhythm_gate=cfg.consensus_rhythm_gate,
-        rhythm_signed=cfg.consensus_rhythm_signed,
-        rhythm_after_refiner=cfg.consensus_rhythm_after_refiner,
-        rhythm_signed_decimate=max(
-            1, int(round(cfg.consensus_rhythm_signed_resolution_s * cfg.fs))
-        ),
-        rhythm_decimate=max(1, int(round(cfg.consensus_rhythm_resolution_s * cfg.fs))),
-        population_components=cfg.consensus_population_components,
-        population_weight=cfg.consensus_population_weight,
-        population_covariance=cfg.consensus_population_covariance,
-        population_lead_scale=cfg.consensus_population_lead_scale,
-        **_spectrum_sizes(cfg),
-        refiner_channels=cfg.consensus_refiner_channels,
-        refiner_dilations=tuple(cfg.consensus_refiner_dilations),
-        refiner_weight=cfg.consensus_refiner_weight,
-        refiner_floor=cfg.consensus_refiner_floor,
-        refiner_min_gain=cfg.consensus_refiner_min_gain,
-        refiner_waveform_channels=cfg.consensus_refiner_waveform_channels,
-        refiner_waveform_decimate=max(
-            1, int(round(cfg.consensus_refiner_waveform_resolution_s * cfg.fs))
-        ),
-        topk_frac=cfg.topk_frac,
-    )
-
-
-def _spectrum_sizes(cfg: TrainConfig) -> dict:
-    """Welch frame (samples), band count and DFT bins per 1 Hz band of the population spectrum.
-
-    Bands start at the first DFT bin (1 / frame seconds Hz) and stop below
-    ``consensus_population_spectrum_hz``.
-    """
-    frame = int(round(cfg.consensus_population_spectrum_s * cfg.fs))
-    if frame <= 0:
-        return {}
-    width = max(1, int(round(frame / cfg.fs)))
-    top = min(cfg.consensus_population_spectrum_hz * frame / cfg.fs, frame // 2 + 1e-9)
-    bands = max(1, int((top - 1) // width))
-    return {
-        "population_spectrum_frame": frame,
-        "population_spectrum_bands": bands,
-        "population_spectrum_band_bins": width,
-    }
+    """The detector's :class:`~ecgstream.models.consensus.ConsensusConfig`: the ``[model]`` table
+    of ``cfg`` with its leads and window (samples at ``cfg.fs``)."""
+    if cfg.model != "consensus":
+        raise ValueError(f"not a consensus training config: model = {cfg.model!r}")
+    return cfg.model_config()
 
 
 def normal_windows(records, window: int, hop: int, max_windows: int) -> np.ndarray:

@@ -12,17 +12,13 @@ import json
 import warnings
 from pathlib import Path
 
-from ecgstream.runtime.model_file import (
+from ecgstream.runtime.model_file import INPUT_NAME, OUTPUT_NAMES, ModelSpec, sha256_of, write_spec
+from ecgstream.runtime.stepping.consensus import (
     CARRY_OUTPUTS,
-    INPUT_NAME,
-    OUTPUT_NAMES,
     STREAM_INPUTS,
     STREAM_KEY,
     STREAM_OUTPUTS,
     STREAM_RHYTHM_INPUT,
-    ModelSpec,
-    sha256_of,
-    write_spec,
     write_stream_step,
 )
 
@@ -74,6 +70,10 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
     """Write ``<onnx stem>.md`` beside the model: intended use, data, splits, figures, limits, sha256."""
     onnx_path = Path(onnx_path)
     tr = spec.training
+    if "series" in tr:  # a plain series model (`ecgstream train --series`): no ECG, no filter
+        card = onnx_path.with_suffix(".md")
+        card.write_text("\n".join(_series_card_lines(onnx_path, spec)))
+        return card
     cfg = tr.get("config", {})
     val = tr.get("validation", {})
     calibrated = _calibration_records(tr)
@@ -246,13 +246,12 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         weights = (
             f"a score refiner of {p.get('parameters', '?')} trained weights "
             f"({p.get('refiner_channels')} channels, dilations {list(p.get('refiner_dilations', ()))}"
-            + (
-                f"; it also reads the waveform, {p['refiner_waveform_channels']} channels"
-                if p.get("refiner_waveform_channels")
-                else ""
-            )
-            + ") places the point scores; the window scores are the detector's own"
+            ") places the point scores; the window scores are the detector's own"
             if refiner
+            else f"a population reference fitted on the normal training windows "
+            f"({_fitted_population_values(spec):,} values: means, scales and whitening bases of "
+            "the window's typical segment and of each lead's band spectrum)"
+            if p.get("population_components")
             else "no trained weights"
         )
         return [
@@ -261,12 +260,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
             io,
             f"- segments of {p.get('segment')} samples every {p.get('stride')} samples, each "
             "described by its sorted median-centred values"
-            + (
-                f" and sorted steps (weight {p.get('slope_weight')})"
-                if p.get("slope_weight")
-                else ""
-            )
-            + "; score = squared distance to the window's median descriptor"
+            "; score = squared distance to the window's median descriptor"
             + (
                 f"; where a segment holds less than the median, at most its mean squared "
                 f"distance to its {p.get('neighbours')} nearest segments of the window"
@@ -314,6 +308,79 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         f"- epochs run: {tr.get('epochs', '?')}, best epoch: {tr.get('best_epoch', '?')} "
         f"(selected by {tr.get('selection_metric', '?')}), seed {tr.get('seed', '?')}, training time "
         f"{tr.get('train_seconds', '?')} s",
+    ]
+
+
+def _fitted_population_values(spec: ModelSpec) -> int:
+    """How many values the population reference of a consensus ``spec`` fitted: mean, lead scale,
+    basis (components x dims) and spread of the descriptor, and the same for the band spectrum."""
+    p = spec.params
+    k, leads = int(p.get("population_components", 0)), len(spec.leads)
+    dims = [leads * int(p.get("segment", 0))]  # the window's typical segment, per lead
+    if p.get("population_spectrum_bands"):
+        dims.append(leads * int(p["population_spectrum_bands"]))
+    # mean and scale (dims each), basis (rows x dims), spread (rows), residual (1); rows <= k
+    return sum(2 * d + min(k, d) * d + min(k, d) + 1 for d in dims)
+
+
+def _series_card_lines(onnx_path: Path, spec: ModelSpec) -> list[str]:
+    """The card of a plain series model: lengths in samples, no filter, its prefix as training data."""
+    tr, p = spec.training, spec.params
+    val = tr.get("validation", {})
+    return [
+        f"# Model card: {spec.name} (version {spec.version})",
+        "",
+        "## Intended use",
+        f"Anomaly scoring of the plain time series `{tr.get('series')}` (channel(s) "
+        f"{', '.join(spec.leads)}) and series like it with `ecgstream score`: a higher score means "
+        "a stretch is less like the anomaly-free prefix the model was fitted on. It flags "
+        "candidates for review.",
+        "",
+        "## Model",
+        f'- kind: `{spec.kind}` (see docs/model-image.md, "Generic series")',
+        f"- input: {len(spec.leads)} channel(s), values as given (no resampling, no filter), "
+        f"window {spec.window} samples, hop {spec.hop} samples",
+        *(
+            [f"- segments of {p['segment']} samples every {p['stride']} samples"]
+            if p.get("segment")
+            else []
+        ),
+        *(
+            [
+                f"- reference: {tr['reference_descriptors']} distinct segment descriptors of the prefix"
+            ]
+            if "reference_descriptors" in tr
+            else []
+        ),
+        "",
+        "## Training data",
+        f"- the first {tr.get('train_end', '?')} samples of `{tr.get('series')}` (assumed free of "
+        f"anomalies), {tr.get('n_windows', '?')} windows; dominant period "
+        f"{tr.get('dominant_period', '?')} samples; {tr.get('seconds', '?')} s",
+        "",
+        "## Validation figures",
+        *([f"- {k}: {_fmt(v)}" for k, v in val.items()] or ["- none (the prefix has no labels)"]),
+        "",
+        "## Score calibration and thresholds",
+        f"Calibrated score = (raw - {spec.score_norm.get('center', 0):.6g}) / "
+        f"{spec.score_norm.get('scale', 1):.6g} (median and 1.4826 x MAD of the raw window scores "
+        "of the prefix's last fifth). Thresholds, in calibrated units:",
+        *[f"- {k}: {v:.3f}" for k, v in sorted(spec.thresholds.items())],
+        "",
+        "## Limits",
+        "- Whatever the prefix holds is normal to the model: an anomaly inside the prefix is "
+        "learned, and behaviour the prefix never showed (a new regime) scores high.",
+        "- Thresholds come from the prefix alone; recalibrate when the series changes.",
+        "",
+        "## File",
+        f"- `{onnx_path.name}`: {onnx_path.stat().st_size / 1e6:.2f} MB, sha256 "
+        f"`{sha256_of(onnx_path)}`",
+        "- Full metadata: `ecgstream.spec` in the ONNX metadata_props; model settings:",
+        "",
+        "```json",
+        json.dumps(p, indent=1, sort_keys=True),
+        "```",
+        "",
     ]
 
 

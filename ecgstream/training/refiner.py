@@ -1,8 +1,8 @@
 """Train the consensus detector's score refiner on synthetic anomalies.
 
-Each training record gives ``consensus_refiner_excerpts`` excerpts of 60 s. Into each, the
+Each training record gives ``refiner_excerpts`` excerpts of 60 s. Into each, the
 Perlin synthesiser (:mod:`ecgstream.signals.synth`) injects one anomaly, or with probability
-``consensus_refiner_many`` 2-12 of them (so several anomalies in one window are not taught to be
+``refiner_many`` 2-12 of them (so several anomalies in one window are not taught to be
 unusual). The excerpt is preprocessed and scored by the detector like any record, and each
 segment is labelled by whether the anomaly covers its centre. The refiner learns those labels
 (weighted binary cross-entropy). Segments within ``normal_margin_s`` (0.5 s; the margin that
@@ -23,12 +23,10 @@ from ecgstream.signals.windows import frame, window_starts
 from ecgstream.training.config import TrainConfig
 from ecgstream.training.data import TrainingRecord, read_leads, to_model_rate
 
-__all__ = ["EXCERPT_S", "fit_refiner", "other_amplitudes", "synthetic_material"]
+__all__ = ["EXCERPT_S", "fit_refiner", "synthetic_material"]
 
 #: length of each synthetic excerpt (s), as in the localisation protocol
 EXCERPT_S = 60.0
-#: a refiner reading the waveform trains on it at gains of exp(+-0.7) (x0.5-2) and either sign
-AUGMENT_LOG_GAIN = 0.7
 
 
 def _usable(rec: TrainingRecord, margin_s: float) -> np.ndarray:
@@ -43,9 +41,8 @@ def _usable(rec: TrainingRecord, margin_s: float) -> np.ndarray:
 
 def synthetic_material(
     model, cfg: TrainConfig, records: list[TrainingRecord], rng: np.random.Generator, progress=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Refiner features ``(N, 1 + leads, segments)``, labels and weights ``(N, segments)``, and
-    the windows ``(N, leads, window)`` for a refiner that reads the waveform (else None).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refiner features ``(N, 1 + leads, segments)``, labels and weights ``(N, segments)``.
 
     ``model`` is the :class:`~ecgstream.models.consensus.SegmentConsensus` the refiner belongs
     to; its segment scores and levels of the synthetic windows are the features.
@@ -57,16 +54,15 @@ def synthetic_material(
     pre = preprocess_config(cfg)
     mcfg = model.cfg
     centres = mcfg.segment // 2 + mcfg.stride * np.arange(mcfg.n_segments)
-    feats, labels, weights, windows = [], [], [], []
-    keep_windows = model.refiner.wave is not None
+    feats, labels, weights = [], [], []
     for rec in records:
         raw = read_leads(rec.path, cfg.leads)
         usable = _usable(rec, cfg.normal_margin_s)
         n = min(int(round(EXCERPT_S * raw.fs)), raw.n_samples)
-        for _ in range(cfg.consensus_refiner_excerpts):
+        for _ in range(cfg.refiner_excerpts):
             start = int(rng.integers(0, raw.n_samples - n + 1))
             part = raw.signal[start : start + n]
-            if rng.random() < cfg.consensus_refiner_many:
+            if rng.random() < cfg.refiner_many:
                 out, mask, _ = inject_many(part, raw.fs, rng, count=int(rng.integers(2, 13)))
             else:
                 out, mask, _ = inject_1d(part, raw.fs, rng)
@@ -82,8 +78,6 @@ def synthetic_material(
             labels.append(label.astype(np.float32))
             weights.append(keep.astype(np.float32))
             cut = frame(x, starts, mcfg.window)
-            if keep_windows:
-                windows.append(cut)
             with torch.no_grad():
                 seg_score, ordered, _, _ = model.scored_segments(torch.from_numpy(cut))
                 f = model.refiner.features(seg_score, model.segment_levels(ordered))
@@ -92,24 +86,7 @@ def synthetic_material(
             progress.update(1)
     if not feats:
         raise ValueError("no synthetic window could be cut from the training records")
-    out = (np.concatenate(feats), np.concatenate(labels), np.concatenate(weights))
-    return (*out, np.concatenate(windows) if keep_windows else None)
-
-
-def other_amplitudes(windows, max_log_gain: float = AUGMENT_LOG_GAIN):
-    """Windows ``(B, L, T)`` (torch) each scaled by a random gain of ``exp(+-max_log_gain)`` and
-    a random sign (the global torch generator draws both).
-
-    A refiner that reads the waveform of 10 training records learns their patients' normal
-    beats, and then boosts normal beats of new patients. Seeing each window at other
-    amplitudes and polarities leaves it the shapes that make an anomaly within a window.
-    """
-    import torch
-
-    n = windows.shape[0]
-    gain = torch.exp(torch.empty(n, 1, 1).uniform_(-max_log_gain, max_log_gain))
-    sign = torch.where(torch.rand(n, 1, 1) < 0.5, -1.0, 1.0)
-    return windows * gain * sign
+    return np.concatenate(feats), np.concatenate(labels), np.concatenate(weights)
 
 
 def fit_refiner(
@@ -130,27 +107,21 @@ def fit_refiner(
     rng = np.random.default_rng([cfg.seed, 7])
     with tqdm(total=len(records), desc="refiner material", unit="record",
               disable=not progress) as bar:  # fmt: skip
-        x, y, w, win = synthetic_material(model, cfg, records, rng, bar)
+        x, y, w = synthetic_material(model, cfg, records, rng, bar)
     refiner = model.refiner
     refiner.train()
     opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
-    wint = torch.from_numpy(win) if win is not None else None
-
-    def logits(rows: torch.Tensor | slice, augment: bool = False) -> torch.Tensor:
-        if wint is None:
-            return refiner.logits(xt[rows])
-        return refiner.logits(xt[rows], other_amplitudes(wint[rows]) if augment else wint[rows])
 
     loss_value = float("nan")
-    bar = tqdm(range(cfg.consensus_refiner_epochs), desc="refiner", unit="epoch",
+    bar = tqdm(range(cfg.refiner_epochs), desc="refiner", unit="epoch",
                disable=not progress)  # fmt: skip
     for _ in bar:
         order = torch.randperm(len(xt))
         total, count = 0.0, 0.0
         for i in range(0, len(order), cfg.batch_size):
             j = order[i : i + cfg.batch_size]
-            bce = F.binary_cross_entropy_with_logits(logits(j, True), yt[j], reduction="none")
+            bce = F.binary_cross_entropy_with_logits(refiner.logits(xt[j]), yt[j], reduction="none")
             loss = (bce * wt[j]).sum() / wt[j].sum().clamp_min(1.0)
             opt.zero_grad()
             loss.backward()
@@ -160,11 +131,11 @@ def fit_refiner(
         loss_value = total / max(count, 1.0)
         bar.set_postfix(loss=f"{loss_value:.4f}")
     refiner.eval()
-    if cfg.consensus_refiner_floor_quantile > 0:
+    if cfg.refiner_floor_quantile > 0:
         with torch.no_grad():
-            logit = torch.cat([logits(slice(i, i + 1024)) for i in range(0, len(xt), 1024)])
+            logit = torch.cat([refiner.logits(xt[i : i + 1024]) for i in range(0, len(xt), 1024)])
         normal = (wt > 0) & (yt < 0.5)
-        floor = float(torch.quantile(logit[normal], cfg.consensus_refiner_floor_quantile))
+        floor = float(torch.quantile(logit[normal], cfg.refiner_floor_quantile))
         refiner.floor = model.cfg.refiner_floor = round(floor, 4)
     return {
         "floor": refiner.floor,

@@ -11,6 +11,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,16 +62,11 @@ def preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
 
 
 def mmae_config(cfg: TrainConfig):
-    from ecgstream.models.mmae import MMAEConfig
-
-    return MMAEConfig(
-        n_leads=len(cfg.leads), window=cfg.window, segment=cfg.segment, local_region=cfg.local_region,
-        mask_global=cfg.mask_global, mask_local=cfg.mask_local,
-        infer_global_masks=cfg.infer_global_masks, infer_local_masks=cfg.infer_local_masks,
-        dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
-        target_eps=cfg.target_eps, local_weight=cfg.local_weight, topk_frac=cfg.topk_frac,
-        input_norm=cfg.input_norm, score_space=cfg.score_space,
-    )  # fmt: skip
+    """The :class:`~ecgstream.models.mmae.MMAEConfig` of ``cfg``: its ``[model]`` table with its
+    leads and window."""
+    if cfg.model != "mmae":
+        raise ValueError(f"not an MMAE-ECG training config: model = {cfg.model!r}")
+    return cfg.model_config()
 
 
 def build_model(cfg: TrainConfig):
@@ -256,16 +252,36 @@ def _select(cfg: TrainConfig, figures: dict) -> tuple[str, float]:
     return metric, (-value if metric == "val_loss" else value)
 
 
+def _plain(obj):
+    """``obj`` with numpy scalars and paths as Python values, so ``torch.load(weights_only=True)``
+    reads it back (tensors, containers and Python scalars only; no pickled classes)."""
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def _checkpoint(path: Path, **state) -> None:
     import torch
 
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save(_plain(state), tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by :func:`train_mmae` (``last.pt``, ``best.pt`` or ``model.pt``)."""
+    """Load a checkpoint written by :func:`train_mmae` (``last.pt``, ``best.pt`` or ``model.pt``).
+
+    Read with ``weights_only=True``: tensors and plain containers only, so a crafted file
+    cannot run code when it is loaded.
+    """
     import torch
 
     path = Path(path)
@@ -273,7 +289,7 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train_mmae(
@@ -312,10 +328,10 @@ def train_mmae(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps_per_epoch
     warm = max(1, cfg.steps_per_epoch // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(
+    sched = torch.optim.lr_scheduler.LambdaLR(  # plain floats: checkpoints load weights_only
         opt,
         lambda s: (
-            min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, total))))
+            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
         ),
     )
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None

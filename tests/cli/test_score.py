@@ -111,6 +111,7 @@ def test_hea_path_and_extension_forms(capsys, tmp_path, tiny_model):
 def test_folder_with_records_file(capsys, tmp_path, tiny_model, ecg_folder):
     code, err = score(capsys, tiny_model, tmp_path / "out", ecg_folder)
     assert code == 0, err
+    assert f"wrote 3 file(s) (one .npz per record) to {tmp_path / 'out'}" in err  # says where
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "syn0.npz",
         "syn1.npz",

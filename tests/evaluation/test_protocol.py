@@ -385,3 +385,52 @@ def test_evaluate_cli_ptbxl_folds_record_auroc(tmp_path, capsys):
         block["n"] == 4 and block["n_positive"] == 2 and block["auroc"] == 1.0
     )  # noisy ECGs score higher
     assert block["record_score"] == "max of window_score"
+
+
+def test_evaluate_measures_synth_output_against_its_saved_masks(data, tmp_path, capsys):
+    """`ecgstream synth` writes records and masks; evaluate scores the records against the masks
+    (not a silent row of "-"), and a mask that does not fit its record is an error."""
+    root, _, model = data
+    synth = tmp_path / "synth"
+    argv = ["synth", "--out", str(synth), "--count", "3", "--after", "5", "--seed", "1"]
+    assert main([*argv, "--kinds", "flat,noise", "--min-len", "1", str(root / "test")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(model), "--out", str(out), "--no-progress",
+                 "--no-plots", str(synth)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    block = json.loads((out / "report.json").read_text())["sources"]["pca-baseline"]["synth_masks"]
+    masks = [np.load(synth / f"e{i}.mask.npz")["mask"] for i in range(2)]
+    assert block["n_records"] == 2 and block["n_positive"] == sum(int(m.sum()) for m in masks)
+    # the same figure from the records' own point scores against the saved masks
+    from ecgstream.evaluation.metrics import auroc
+
+    scorer = Scorer(model)
+    pairs = [(m, scorer.score_record(read_record(synth / f"e{i}")).point_score) for i, m in
+             enumerate(masks)]  # fmt: skip
+    keep = [np.isfinite(p) for _, p in pairs]
+    labels = np.concatenate([m[k] for (m, _), k in zip(pairs, keep, strict=True)])
+    scores = np.concatenate([p[k] for (_, p), k in zip(pairs, keep, strict=True)])
+    assert block["auroc"] == pytest.approx(auroc(labels.astype(np.int8), scores))
+    assert "`ecgstream synth` masks): point AUROC" in text
+    np.savez(synth / "e0.mask.npz", mask=masks[0][:-5], fs=np.float64(FS))
+    code = main(["evaluate", "--model", str(model), "--out", str(tmp_path / "bad"),
+                 "--no-progress", "--no-plots", str(synth / "e0")])  # fmt: skip
+    assert code == 2 and "does not fit record e0" in capsys.readouterr().err
+
+
+def test_evaluate_reads_plain_series_and_says_when_there_is_nothing_to_measure(tmp_path, capsys):
+    """A series file is read as a series (no ".hea" error); without labels, masks or
+    --localisation, evaluate says there is nothing to measure instead of printing only "-"."""
+    from ecgstream.signals.series import write_series
+
+    x = np.sin(2 * np.pi * np.arange(3000) / 50)
+    series = write_series(tmp_path / "s.txt", x)
+    spec = ModelSpec(name="pca", version="1", kind="pca", leads=["value"], window=200, hop=100,
+                     preprocessing={"fs": 1.0, "highpass_hz": 0.0, "lowpass_hz": 0.0})  # fmt: skip
+    windows = np.stack([x[i : i + 200] for i in range(0, 2800, 100)])[:, None].astype(np.float32)
+    model = export_pca(fit_pca(windows, n_components=4), tmp_path / "s.onnx", spec)
+    code = main(["evaluate", "--model", str(model), "--out", str(tmp_path / "ev"),
+                 "--no-progress", "--no-plots", str(series)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0 and "nothing to measure" in text

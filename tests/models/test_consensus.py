@@ -13,8 +13,13 @@ from conftest import REPO, SHIPPED_MODEL, synthetic_ecg  # noqa: E402
 
 from ecgstream.evaluation.metrics import auroc, beat_scores  # noqa: E402
 from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus  # noqa: E402
+from ecgstream.models.consensus.descriptor import (  # noqa: E402
+    centred,
+    deviation,
+    median_over_segments,
+)
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
-from ecgstream.runtime.stream_sorts import next_carry, segment_sorts, window_medians  # noqa: E402
+from ecgstream.runtime.stepping.sorts import next_carry, segment_sorts, window_medians  # noqa: E402
 from ecgstream.signals.labels import read_beats  # noqa: E402
 from ecgstream.signals.records import read_record  # noqa: E402
 from ecgstream.training import TrainConfig  # noqa: E402
@@ -86,7 +91,7 @@ def test_neighbours_keep_the_gaps_of_a_slow_rhythm_low_and_still_see_repeated_ec
     point_flat, _ = _scores(flat, neighbours=5)
     assert point_flat[420:500].min() > 3.0 * np.median(point_flat)
     with pytest.raises(ValueError, match="neighbours"):
-        ConsensusConfig(neighbours=-1).validate()
+        ConsensusConfig(neighbours=-1)
 
 
 def test_scores_are_in_squared_input_units_and_ignore_an_offset():
@@ -112,7 +117,8 @@ def test_a_regular_rhythm_scores_low_everywhere():
         ({"window": 100, "segment": 200}, "segment"),
         ({"window": 100, "segment": 90, "stride": 10}, "at least 3"),
         ({"stride": 0}, "stride"),
-        ({"slope_weight": -1.0}, "slope_weight"),
+        ({"noise_quantile": 0.0}, "noise_quantile"),
+        ({"rhythm_weight": -1.0}, "rhythm_weight"),
     ],
 )
 def test_bad_config_is_a_clear_error(cfg, message):
@@ -146,14 +152,6 @@ def test_calibrate_export_and_onnx_parity(ecg_folder, tmp_path):
     assert np.max(np.abs(onnx_window - window.numpy())) <= 1e-4
     card = (tmp_path / "c.md").read_text()
     assert "consensus" in card and "syn2" in card
-
-
-def test_slope_descriptor_changes_the_score(ecg_folder):
-    x = _ecg(10.0, seed=3)
-    base, _ = _scores(x)
-    with_slope, _ = _scores(x, slope_weight=2.0)
-    assert np.all(with_slope >= base - 1e-9) and np.any(with_slope > base + 1e-6)
-    assert dataclasses.asdict(ConsensusConfig())["slope_weight"] == 0.0
 
 
 @pytest.mark.skipif(not SHIPPED_MODEL.exists(), reason="no shipped model in models/")
@@ -190,12 +188,12 @@ def test_population_reference_survives_checkpoint_and_export(ecg_folder, tmp_pat
 
     cfg = TrainConfig(
         model="consensus", name="c-pop", leads=["MLII"], window_s=4.0, hop_s=2.0,
-        val_records=["syn2"], consensus_population_components=2,
+        val_records=["syn2"], model_settings={"population_components": 2},
         checkpoint_dir=tmp_path / "ck", model_out=tmp_path / "a.onnx",
     )  # fmt: skip
     result = fit_consensus(cfg, [ecg_folder], progress=False)
     assert result.spec.training["windows"] > 2
-    assert float(result.model.pop_basis.abs().sum()) > 0
+    assert float(result.model.population.level.basis.abs().sum()) > 0
     again = export_checkpoint(tmp_path / "ck", tmp_path / "b.onnx")
     windows = synthetic_ecg(4.0, 100, seed=5).T[None].astype(np.float32)
     a = Scorer(result.model_path).score_windows(windows)
@@ -226,7 +224,7 @@ def test_noise_floor_term_finds_a_low_amplitude_noise_burst():
     contrast_noise = _contrast(_scores(noisy, noise_weight=100.0)[0], inside, outside)
     assert contrast_noise > 3.0 and contrast_noise > 2.0 * contrast_plain
     with pytest.raises(ValueError, match="noise_quantile"):
-        ConsensusConfig(noise_quantile=0.0).validate()
+        ConsensusConfig(noise_quantile=0.0)
 
 
 def test_consensus_is_robust_to_a_minority_of_huge_beats():
@@ -255,66 +253,25 @@ def test_noise_floor_ignores_the_qrs_slopes():
     def floor(signal):
         with torch.no_grad():
             seg = model.segments(torch.tensor(signal, dtype=torch.float32)[None, None])
-            return model.noise_floor(seg).numpy()
+            return model.noise.floor(seg).numpy()
 
     base = floor(x)
     assert np.abs(floor(taller) - base).mean() < 0.2 * np.abs(floor(noisy) - base).mean()
 
 
-def test_level_term_finds_a_short_baseline_shift_and_ignores_a_slow_drift():
-    x = _ecg(10.0, seed=8)
-    shifted = x.copy()
-    shifted[500:560] += 0.3  # 0.6 s baseline shift of 0.3 mV
-    inside, outside = slice(510, 550), np.r_[0:350, 750:1000]
-    contrast_plain = _contrast(_scores(shifted)[0], inside, outside)
-    contrast_level = _contrast(_scores(shifted, level_weight=1.0)[0], inside, outside)
-    assert contrast_level > 3.0 and contrast_level > 2.0 * contrast_plain
-    model = SegmentConsensus(ConsensusConfig(window=len(x), level_weight=1.0)).eval()
-
-    def bump(signal: np.ndarray) -> float:
-        with torch.no_grad():
-            seg = model.segments(torch.tensor(signal, dtype=torch.float32)[None, None])
-            median = torch.sort(seg, dim=-1).values[..., model.cfg.segment // 2]
-            return float(model.level_bump(median).max())
-
-    drift = x + np.linspace(0.0, 1.0, len(x))  # 1 mV over 10 s: a slow drift, not an anomaly
-    assert bump(shifted) > 0.15 and bump(drift) < 0.2 * bump(shifted)
-    with pytest.raises(ValueError, match="level_reach"):
-        ConsensusConfig(level_reach=0).validate()
-
-
-def test_erosion_narrows_the_score_of_a_short_anomaly():
-    x = _ecg(10.0, seed=9)
-    flat = x.copy()
-    flat[480:510] = flat[479]  # 0.3 s flat line
-
-    def width(point: np.ndarray) -> int:
-        return int((point > 0.5 * point.max()).sum())
-
-    def share_inside(point: np.ndarray) -> float:
-        lifted = point - np.median(point)
-        return float(lifted[480:510].sum() / lifted[380:610].sum())
-
-    plain, _ = _scores(flat)
-    eroded, _ = _scores(flat, erode=2)
-    half, _ = _scores(flat, erode=2, erode_share=0.5)
-    assert width(eroded) < 0.8 * width(plain)
-    assert share_inside(eroded) > share_inside(half) > 1.1 * share_inside(plain)
-    assert eroded[480:510].max() > 0.5 * plain[480:510].max()
-    np.testing.assert_allclose(_scores(flat, erode=2, erode_share=0.0)[0], plain, rtol=1e-6)
-    with pytest.raises(ValueError, match="erode_share"):
-        ConsensusConfig(erode_share=1.5).validate()
-
-
-def _fit_with_onnx_parity(ecg_folder, tmp_path, windows: np.ndarray, **train) -> Scorer:
-    """Calibrate and export a consensus model; its ONNX scores of ``windows`` match PyTorch's."""
+def _fit_with_onnx_parity(
+    ecg_folder, tmp_path, windows: np.ndarray, train: dict | None = None, **model
+) -> Scorer:
+    """Calibrate and export a consensus model (``model``: its [model] settings, ``train``: more
+    [train] settings); its ONNX scores of ``windows`` match PyTorch's."""
     cfg = TrainConfig(
         model="consensus",
         name="consensus-test",
         leads=["MLII"],
         val_records=["syn2"],
         model_out=tmp_path / "c.onnx",
-        **train,
+        model_settings=model,
+        **(train or {}),
     )
     result = fit_consensus(cfg, [ecg_folder], progress=False)
     scorer = Scorer(result.model_path)
@@ -329,45 +286,30 @@ def _fit_with_onnx_parity(ecg_folder, tmp_path, windows: np.ndarray, **train) ->
 def _assert_stream_step_matches_main_graph(scorer: Scorer, windows: np.ndarray) -> None:
     """The stream step scores each window from its previous window's carry as the main graph
     scores the whole window."""
-    point, window, carried, floors = scorer.score_windows_carry(windows)
-    got_point, got_window, _, _ = scorer.score_carried(windows[1:], carried[:-1], floors[:-1])
+    point, window, carried, floors = scorer.stepper.score_windows_carry(windows)
+    got_point, got_window, _, _ = scorer.stepper.score_carried(
+        windows[1:], carried[:-1], floors[:-1]
+    )
     np.testing.assert_allclose(got_point, point[1:], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got_window, window[1:], rtol=1e-5, atol=1e-7)
 
 
-def _fit_streamed(ecg_folder, tmp_path, x: np.ndarray, **train) -> Scorer:
+def _fit_streamed(
+    ecg_folder, tmp_path, x: np.ndarray, train: dict | None = None, **model
+) -> Scorer:
     """:func:`_fit_with_onnx_parity` on four 10 s windows of ``x`` every 5 s (100 Hz), whose
     stream step then scores each window as the main graph does."""
     windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000, 1500)])[:, None]
-    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, **train)
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, train, **model)
     _assert_stream_step_matches_main_graph(scorer, windows)
     return scorer
-
-
-def test_level_and_erosion_export_with_onnx_parity(ecg_folder, tmp_path):
-    windows = synthetic_ecg(10.0, 100).T[None].astype(np.float32).repeat(3, 0)
-    windows[1, 0, 300:360] += 0.4
-    windows[2, 0, 600:630] = windows[2, 0, 599]
-    scorer = _fit_with_onnx_parity(
-        ecg_folder,
-        tmp_path,
-        windows,
-        consensus_noise_weight=100.0,
-        consensus_level_weight=1.0,
-        consensus_erode_s=0.1,
-        consensus_erode_share=0.5,
-    )
-    params = scorer.spec.params
-    assert (params["level_reach"], params["erode"], params["level_weight"]) == (8, 1, 1.0)
 
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_neighbours_export_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path, k):
     x = synthetic_ecg(25.0, 100, heart_rate=45)[:, 0]
     x[1600:1630] = x[1599]  # a 0.3 s flat line
-    scorer = _fit_streamed(
-        ecg_folder, tmp_path, x, consensus_noise_weight=100.0, consensus_neighbours=k
-    )
+    scorer = _fit_streamed(ecg_folder, tmp_path, x, noise_weight=100.0, neighbours=k)
     assert scorer.spec.params["neighbours"] == k
 
 
@@ -382,21 +324,16 @@ def test_noise_floor_of_every_nth_segment_keeps_the_burst_and_exports(ecg_folder
     np.testing.assert_array_equal(_scores(noisy, noise_weight=100.0, noise_every=1)[0], full)
     windows = np.stack([x, noisy])[:, None].astype(np.float32)
     scorer = _fit_with_onnx_parity(
-        ecg_folder, tmp_path, windows, consensus_noise_weight=100.0, consensus_noise_every=every
+        ecg_folder, tmp_path, windows, noise_weight=100.0, noise_every=every
     )
     assert scorer.spec.params["noise_every"] == every
 
 
-def test_noise_floor_mean_summary_and_bad_noise_settings():
-    noisy = _noise_burst(_ecg(10.0, seed=4))
-    inside, outside = slice(520, 580), np.r_[0:400, 700:1000]
-    assert (
-        _contrast(_scores(noisy, noise_weight=100.0, noise_summary="mean")[0], inside, outside) > 2
-    )
+def test_bad_noise_settings():
     with pytest.raises(ValueError, match="noise_every"):
-        ConsensusConfig(noise_every=0).validate()
-    with pytest.raises(ValueError, match="noise_summary"):
-        ConsensusConfig(noise_summary="median").validate()
+        ConsensusConfig(noise_every=0)
+    with pytest.raises(ValueError, match="noise_weight"):
+        ConsensusConfig(noise_weight=-1.0)
 
 
 @pytest.mark.parametrize(
@@ -416,9 +353,9 @@ def test_noise_floor_of_every_2nd_segment_is_interpolated_between_them():
     seg = model.segments(
         torch.tensor(_noise_burst(_ecg(10.0, seed=4)), dtype=torch.float32)[None, None]
     )
-    floor = model.noise_floor(seg[:, :, ::2])
-    every_2nd = model._deviation(floor, model.consensus(floor, floor.shape[2]))[0]
-    term = model.noise_score(seg)[0]
+    floor = model.noise.floor(seg[:, :, ::2])
+    every_2nd = deviation(floor, median_over_segments(floor, floor.shape[2]))[0]
+    term = model.noise(model.noise.floors(seg))[0]
     assert model.cfg.n_segments % 2 == 1  # 93: the last segment is one of every 2nd
     torch.testing.assert_close(term[::2], every_2nd)
     torch.testing.assert_close(term[1::2], (every_2nd[:-1] + every_2nd[1:]) / 2)
@@ -431,15 +368,17 @@ def test_level_consensus_of_every_nth_segment_scores_every_segment_and_exports(
     model = SegmentConsensus(ConsensusConfig(level_every=2))
     level, _ = model.descriptors(torch.tensor(x, dtype=torch.float32)[None, None])
     sub = level[:, :, ::2]
-    torch.testing.assert_close(model.level_consensus(level), model.consensus(sub, sub.shape[2]))
+    torch.testing.assert_close(
+        model.level_consensus(level), median_over_segments(sub, sub.shape[2])
+    )
     point, _ = _scores(x, level_every=2)
     assert point.shape == x.shape
     # 1 is the default: the same graph
     np.testing.assert_array_equal(_scores(x, level_every=1)[0], _scores(x)[0])
     with pytest.raises(ValueError, match="level_every"):
-        ConsensusConfig(level_every=0).validate()
+        ConsensusConfig(level_every=0)
     windows = np.stack([x, _noise_burst(x)])[:, None].astype(np.float32)
-    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, consensus_level_every=2)
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, level_every=2)
     assert scorer.spec.params["level_every"] == 2
 
 
@@ -448,9 +387,9 @@ def test_level_consensus_of_every_nth_segment_scores_every_segment_and_exports(
     [
         dict(noise_weight=100.0, noise_every=2, level_every=2),  # the shipped configuration
         dict(noise_weight=100.0),
-        dict(noise_weight=50.0, noise_summary="mean", consensus_weight=0.5),
+        dict(noise_weight=50.0, consensus_weight=0.5),
         dict(noise_weight=100.0, noise_every=2, level_every=2, neighbours=5),
-        dict(noise_weight=150.0, neighbours=1, level_weight=1.0, erode=1, erode_share=0.6),
+        dict(noise_weight=150.0, neighbours=1),
     ],
 )
 def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
@@ -474,7 +413,7 @@ def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
             carried[:-1].numpy(), ordered, floors[:-1].numpy(), new_floors, layout
         )
         # the medians numpy selects are the graph's
-        level = model.centred(torch.cat([carried[:-1], torch.from_numpy(ordered)], dim=2))
+        level = centred(torch.cat([carried[:-1], torch.from_numpy(ordered)], dim=2))
         np.testing.assert_array_equal(consensus, model.level_consensus(level).numpy())
         got_point, got_window = step(
             *(torch.from_numpy(a) for a in (ordered, new_floors)),
@@ -487,8 +426,8 @@ def test_stream_step_scores_a_window_from_the_sorts_of_the_previous_one(cfg):
     # what a window hands over is what the main graph hands over for it
     next_carried, next_floors = next_carry(ordered, new_floors, layout)
     np.testing.assert_array_equal(next_carried, carried[1:].numpy())
-    tol = 1e-6 if layout["floor_mean"] else 0.0  # a mean of the same values in another order
-    np.testing.assert_allclose(next_floors, floors[1:].numpy(), rtol=tol, atol=0)
+    assert layout["floor_mean"] == 0  # the floors are sorted, never their mean
+    np.testing.assert_array_equal(next_floors, floors[1:].numpy())
 
 
 def test_stream_step_only_where_the_carried_sorts_are_the_whole_story():
@@ -499,9 +438,12 @@ def test_stream_step_only_where_the_carried_sorts_are_the_whole_story():
     assert layout() is None  # no noise floor: nothing to save but the sort, not built
     assert layout(noise_weight=100.0, noise_every=3) is None  # 50 segments: off the grid
     assert layout(noise_weight=100.0, hop=505) is None  # not a whole number of strides
-    assert layout(noise_weight=100.0, slope_weight=1.0) is None  # sorted steps: not carried
+    # the nearest-neighbour reference needs the sorted steps, the population the whole window
+    assert layout(noise_weight=100.0, reference_size=4) is None
+    assert layout(noise_weight=100.0, population_components=2) is None
     # terms computed from the sorted segments, floors and segment scores alone are stepped too
-    assert layout(noise_weight=100.0, level_weight=1.0, erode=2, neighbours=3) is not None
+    assert layout(noise_weight=100.0, neighbours=3) is not None
+    assert layout(noise_weight=100.0, rhythm_weight=0.1)["rhythm"] == 1
 
 
 def _premature(x: np.ndarray, peaks: np.ndarray, which: int, early: int) -> np.ndarray:
@@ -523,8 +465,8 @@ def test_rhythm_term_sees_a_premature_beat_of_normal_shape():
     beats[which] -= 22
     model = SegmentConsensus(ConsensusConfig(window=len(x), rhythm_weight=1.0, rhythm_every=1))
     with torch.no_grad():
-        rhythm = model.rhythm_score(torch.tensor(y, dtype=torch.float32)[None, None])[0].numpy()
-        regular = model.rhythm_score(torch.tensor(x, dtype=torch.float32)[None, None])[0].numpy()
+        rhythm = model.rhythm(torch.tensor(y, dtype=torch.float32)[None, None])[0].numpy()
+        regular = model.rhythm(torch.tensor(x, dtype=torch.float32)[None, None])[0].numpy()
     # segment scores at segment centres (stride 10, segment 80: centre 40 + 10 i)
     centres = 40 + 10 * np.arange(len(rhythm))
     near = np.abs(centres - beats[which]) <= 20
@@ -545,46 +487,32 @@ def test_rhythm_term_sees_a_premature_beat_of_normal_shape():
 
 def test_rhythm_term_settings_are_checked():
     with pytest.raises(ValueError, match="rhythm_weight"):
-        ConsensusConfig(rhythm_weight=-1.0).validate()
-    with pytest.raises(ValueError, match="the rhythm term needs"):
-        ConsensusConfig(window=400, rhythm_weight=1.0).validate()  # 1.65 s lags in a 4 s window
-    with pytest.raises(ValueError, match="the rhythm term needs"):
-        ConsensusConfig(rhythm_weight=1.0, rhythm_span=100).validate()  # longer than a segment
-    with pytest.raises(ValueError, match="signed rhythm term's decimation"):
-        ConsensusConfig(rhythm_weight=1.0, rhythm_signed=True, rhythm_signed_decimate=3).validate()
-    ConsensusConfig(rhythm_weight=1.0, rhythm_signed=True, rhythm_signed_decimate=2).validate()
+        ConsensusConfig(rhythm_weight=-1.0)
+    with pytest.raises(ValueError, match="^rhythm_max_period: "):
+        ConsensusConfig(window=400, rhythm_weight=1.0)  # 1.65 s lags in a 4 s window
+    with pytest.raises(ValueError, match="^rhythm_span: "):
+        ConsensusConfig(rhythm_weight=1.0, rhythm_span=100)  # longer than a segment
+    with pytest.raises(ValueError, match="^rhythm_decimate: "):
+        ConsensusConfig(rhythm_weight=1.0, rhythm_decimate=3)  # does not divide the stride
+    ConsensusConfig(window=400, rhythm_weight=0.0)  # off: its sizes are not checked
 
 
-@pytest.mark.parametrize("signed, after", [(False, False), (True, False), (True, True)])
-def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(
-    ecg_folder, tmp_path, signed, after
-):
+def test_rhythm_term_exports_with_onnx_parity_and_a_stream_step(ecg_folder, tmp_path):
     x = _ecg(25.0, seed=5)
     peaks = _r_peaks(x)
     x = _premature(x, peaks, 12, early=20)
     scorer = _fit_streamed(
-        ecg_folder,
-        tmp_path,
-        x,
-        consensus_noise_weight=100.0,
-        consensus_neighbours=5,
-        consensus_rhythm_weight=0.1,
-        consensus_rhythm_signed=signed,
-        consensus_rhythm_after_refiner=after,
+        ecg_folder, tmp_path, x, noise_weight=100.0, neighbours=5, rhythm_weight=0.1
     )
     params = scorer.spec.params
-    assert params["rhythm_after_refiner"] is after
     rhythm = ("rhythm_weight", "rhythm_span", "rhythm_max_period", "rhythm_decimate")
     assert tuple(params[k] for k in rhythm) == (0.1, 80, 150, 5)
-    assert params["rhythm_signed"] is signed
-    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 1
+    assert scorer.stepper is not None and scorer.stepper.layout["rhythm"] == 1
 
 
-@pytest.mark.parametrize(
-    "after, waveform, rhythm", [(False, 0, 0.1), (True, 0, 0.1), (False, 4, 0.1), (False, 4, 0.0)]
-)
+@pytest.mark.parametrize("rhythm, kernel, level_scale", [(0.1, 3, 5.0), (0.0, 5, 2.0)])
 def test_refiner_exports_with_onnx_parity_and_a_stream_step(
-    ecg_folder, tmp_path, after, waveform, rhythm
+    ecg_folder, tmp_path, rhythm, kernel, level_scale
 ):
     x = _ecg(25.0, seed=6)
     x[1230:1300] = -x[1230:1300]  # an inverted stretch
@@ -592,22 +520,21 @@ def test_refiner_exports_with_onnx_parity_and_a_stream_step(
         ecg_folder,
         tmp_path,
         x,
-        consensus_noise_weight=100.0,
-        consensus_neighbours=1,
-        consensus_rhythm_weight=rhythm,
-        consensus_refiner_channels=4,
-        consensus_refiner_excerpts=3,
-        consensus_refiner_epochs=1,
-        consensus_rhythm_after_refiner=after,
-        consensus_refiner_waveform_channels=waveform,
-        consensus_refiner_waveform_resolution_s=0.02,
+        {"refiner_excerpts": 3, "refiner_epochs": 1},
+        noise_weight=100.0,
+        neighbours=1,
+        rhythm_weight=rhythm,
+        refiner_channels=4,
+        refiner_kernel=kernel,
+        refiner_level_scale=level_scale,
     )
     params = scorer.spec.params
-    assert params["refiner_channels"] == 4 and params["refiner_waveform_channels"] == waveform
+    assert params["refiner_channels"] == 4 and params["refiner_kernel"] == kernel
+    assert params["refiner_level_scale"] == level_scale
     assert params["parameters"] > 0
-    assert scorer.stream_layout is not None
-    # the step takes the whole window where the rhythm term or the refiner reads it
-    assert scorer.stream_layout["rhythm"] == int(rhythm > 0 or waveform > 0)
+    assert scorer.stepper is not None
+    # the step takes the whole window where the rhythm term reads it
+    assert scorer.stepper.layout["rhythm"] == int(rhythm > 0)
 
 
 def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder, tmp_path):
@@ -617,11 +544,11 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
 
     import onnx
 
-    from ecgstream.runtime.model_file import STREAM_KEY
+    from ecgstream.runtime.stepping.consensus import STREAM_KEY
 
     x = _ecg(20.0, seed=6)
     windows = np.stack([x[a : a + 1000] for a in (0, 500, 1000)])[:, None]
-    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, consensus_noise_weight=100.0)
+    scorer = _fit_with_onnx_parity(ecg_folder, tmp_path, windows, noise_weight=100.0)
     model = onnx.load(str(scorer.model_path))
     entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
     doc = json.loads(entry.value)
@@ -632,48 +559,18 @@ def test_a_format_3_stream_step_without_the_rhythm_term_is_still_used(ecg_folder
     older = tmp_path / "format3.onnx"
     onnx.save(model, str(older))
     scorer = Scorer(older)
-    assert scorer.stream_layout is not None and scorer.stream_layout["rhythm"] == 0
+    assert scorer.stepper is not None and scorer.stepper.layout["rhythm"] == 0
     _assert_stream_step_matches_main_graph(scorer, windows)
-
-
-def _signed_rhythm_reference(model: SegmentConsensus, windows: np.ndarray) -> np.ndarray:
-    """:meth:`SegmentConsensus.signed_rhythm` (every segment), written out span by span, at the
-    period the envelope gives (:func:`_rhythm_reference`)."""
-    cfg = model.cfg
-    sd = cfg.rhythm_signed_decimate
-    span, reach = (
-        cfg.rhythm_span // sd,
-        int(np.ceil(cfg.rhythm_tolerance * cfg.rhythm_max_period / sd)),
-    )
-    out = []
-    for w in windows:
-        period = _rhythm_reference(model, w[None], period_only=True)[0] * cfg.rhythm_decimate
-        period = int(np.round(period / sd))
-        x, row = w.astype(np.float64).reshape(w.shape[0], -1, sd).mean(2), []
-        for c in range(cfg.n_segments):
-            a = ((cfg.segment - cfg.rhythm_span) // 2 + c * cfg.stride) // sd
-            box, best = x[:, a : a + span], np.inf
-            for lag in range(period - reach, period + reach + 1):
-                if abs(lag - period) > cfg.rhythm_tolerance * period:
-                    continue
-                for b in (a - lag, a + lag):
-                    if b >= 0 and b + span <= x.shape[1]:
-                        other = x[:, b : b + span]
-                        energy = (box**2).sum() + (other**2).sum() + 1e-3 * span
-                        best = min(best, ((box - other) ** 2).sum() / energy)
-            row.append(best)
-        out.append(row)
-    return np.array(out)
 
 
 def _rhythm_reference(
     model: SegmentConsensus, windows: np.ndarray, period_only: bool = False
 ) -> np.ndarray:
-    """:meth:`SegmentConsensus.rhythm_score` before its excess, written out sample by sample
+    """:class:`RhythmTerm` before its excess, written out sample by sample
     (``period_only``: the period found in each window, in samples of the envelope)."""
     cfg = model.cfg
-    d, lags = cfg.rhythm_decimate, np.array(model.rhythm_lag_list)
-    span, step, first, n = cfg.rhythm_span // d, cfg.stride // d, model.rhythm_first, cfg.n_segments
+    d, lags = cfg.rhythm_decimate, np.array(model.rhythm.lag_list)
+    span, step, first, n = cfg.rhythm_span // d, cfg.stride // d, model.rhythm.first, cfg.n_segments
     out = []
     for w in windows:
         x = np.abs(w[0].astype(np.float64)).reshape(-1, d).mean(1)
@@ -711,90 +608,35 @@ def test_rhythm_term_equals_its_direct_computation(decimate):
     )
     model = SegmentConsensus(cfg).eval()
     with torch.no_grad():
-        got = model.rhythm_score(torch.tensor(x[:, None], dtype=torch.float32)).numpy()
+        got = model.rhythm(torch.tensor(x[:, None], dtype=torch.float32)).numpy()
     want = _rhythm_reference(model, x[:, None])
     np.testing.assert_allclose(got, want, atol=2e-6)
     # the excess: above rhythm_excess times the window's median, never below zero
     excess = dataclasses.replace(cfg, rhythm_excess=2.0)
     with torch.no_grad():
-        over = SegmentConsensus(excess).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+        over = SegmentConsensus(excess).rhythm(torch.tensor(x[:, None], dtype=torch.float32))
     median = np.median(want, axis=1, keepdims=True)  # an odd count: the middle value
     np.testing.assert_allclose(over.numpy(), np.maximum(want - 2 * median, 0), atol=2e-6)
     # the gate: the excess fades out linearly as the window's median reaches rhythm_gate
     assert ((median > 0) & (median < 0.1)).all()
     gated = dataclasses.replace(cfg, rhythm_excess=2.0, rhythm_gate=0.1)
     with torch.no_grad():
-        faded = SegmentConsensus(gated).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+        faded = SegmentConsensus(gated).rhythm(torch.tensor(x[:, None], dtype=torch.float32))
     np.testing.assert_allclose(
         faded.numpy(), np.maximum(want - 2 * median, 0) * (1 - median / 0.1), atol=2e-6
     )
     shut = dataclasses.replace(gated, rhythm_gate=0.5 * float(median.min()))
     with torch.no_grad():
         assert (
-            not SegmentConsensus(shut)
-            .rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
-            .any()
+            not SegmentConsensus(shut).rhythm(torch.tensor(x[:, None], dtype=torch.float32)).any()
         )
     # every 2nd segment compared, the ones between interpolated (93 segments: the last is on it)
     every = dataclasses.replace(cfg, rhythm_every=2)
     with torch.no_grad():
-        sparse = SegmentConsensus(every).rhythm_score(torch.tensor(x[:, None], dtype=torch.float32))
+        sparse = SegmentConsensus(every).rhythm(torch.tensor(x[:, None], dtype=torch.float32))
     sparse = sparse.numpy()
     np.testing.assert_allclose(sparse[:, ::2], want[:, ::2], atol=2e-6)
     np.testing.assert_allclose(sparse[:, 1::2], (want[:, :-1:2] + want[:, 2::2]) / 2, atol=2e-6)
-
-
-@pytest.mark.parametrize("decimate", [1, 2])
-def test_signed_rhythm_term_equals_its_direct_computation(decimate):
-    """The signed variant compares the window itself (averaged over ``decimate`` samples), at the
-    lags near the period found in its envelope; it sees an inverted beat, which the envelope
-    cannot."""
-    clean = _ecg(10.0, seed=7)
-    inverted = clean.copy()
-    peak = _r_peaks(clean)[5]
-    inverted[peak - 20 : peak + 20] *= -1
-    x = np.stack([clean, _premature(_ecg(10.0, seed=8), _r_peaks(_ecg(10.0, seed=8)), 5, 20)])
-    x = np.concatenate([x, inverted[None]])
-    cfg = ConsensusConfig(
-        window=1000, rhythm_weight=1.0, rhythm_signed=True, rhythm_span=60, rhythm_excess=0,
-        rhythm_every=1, rhythm_signed_decimate=decimate,
-    )  # fmt: skip
-    model = SegmentConsensus(cfg).eval()
-    with torch.no_grad():
-        got = model.rhythm_score(torch.tensor(x[:, None], dtype=torch.float32)).numpy()
-    want = _signed_rhythm_reference(model, x[:, None])
-    np.testing.assert_allclose(got, want, atol=2e-6)
-    near = slice(peak // 10 - 6, peak // 10 - 1)  # segments whose middle holds the inverted beat
-    assert got[2, near].max() > 5 * got[0, near].max()
-    envelope = dataclasses.replace(cfg, rhythm_signed=False)
-    with torch.no_grad():
-        blind = SegmentConsensus(envelope).rhythm_score(
-            torch.tensor(x[:, None], dtype=torch.float32)
-        )
-    np.testing.assert_allclose(blind[2].numpy(), blind[0].numpy(), atol=1e-6)
-
-
-@pytest.mark.parametrize("refiner", [0, 4])
-def test_rhythm_term_after_the_refiner_moves_point_scores_only(refiner):
-    """With ``rhythm_after_refiner`` the term is added to the (refined) point scores last: the
-    window scores, and what the refiner reads, are those of the detector without the term."""
-    x = np.stack([_premature(_ecg(10.0, seed=8), _r_peaks(_ecg(10.0, seed=8)), 5, 20)])
-    windows = torch.tensor(x[:, None], dtype=torch.float32)
-    base = ConsensusConfig(window=1000, noise_weight=100.0, refiner_channels=refiner)
-    late = dataclasses.replace(base, rhythm_weight=0.5, rhythm_after_refiner=True)
-    without, with_term = SegmentConsensus(base).eval(), SegmentConsensus(late).eval()
-    if refiner:
-        torch.manual_seed(0)
-        for w in without.refiner.parameters():
-            torch.nn.init.normal_(w, std=0.3)
-        with_term.refiner.load_state_dict(without.refiner.state_dict())
-    with torch.no_grad():
-        point0, window0 = without(windows)[:2]
-        point1, window1 = with_term(windows)[:2]
-        term = with_term._spread(0.5 * with_term.rhythm_score(windows))
-    assert term.abs().max() > 0.01  # the premature beat is out of step
-    np.testing.assert_allclose(window1.numpy(), window0.numpy(), atol=1e-6)
-    np.testing.assert_allclose((point1 - point0).numpy(), term.numpy(), atol=1e-5)
 
 
 def test_thresholds_can_be_calibrated_on_every_record_read(ecg_folder, tmp_path):
@@ -825,9 +667,11 @@ def test_thresholds_can_be_calibrated_on_every_record_read(ecg_folder, tmp_path)
 
 
 def test_calibrating_on_training_records_is_refused_where_they_are_fitted():
-    with pytest.raises(ValueError, match="calibrate_on must be"):
+    with pytest.raises(ValueError, match="calibrate_on: must be"):
         TrainConfig(model="consensus", calibrate_on="everything")
     with pytest.raises(ValueError, match="model = 'mmae'"):
         TrainConfig(model="mmae", calibrate_on="all")
     with pytest.raises(ValueError, match="population reference"):
-        TrainConfig(model="consensus", calibrate_on="all", consensus_population_components=4)
+        TrainConfig(
+            model="consensus", calibrate_on="all", model_settings={"population_components": 4}
+        )

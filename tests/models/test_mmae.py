@@ -1,6 +1,9 @@
-"""MMAE-ECG: sizes, inference-mask coverage (no leaks), training lowers the loss."""
+"""MMAE-ECG: sizes, inference-mask coverage (no leaks), ONNX parity, a check that rejects collapsed
+models, and whether training explains the hidden signal."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from ecgstream.models.mmae import (  # noqa: E402
     count_parameters,
     estimate_macs,
     inference_passes,
+    masked_r2,
 )
 
 TINY = MMAEConfig(n_leads=2, window=400, segment=20, local_region=5, dim=32, depth=1, heads=2)
@@ -54,25 +58,121 @@ def test_every_segment_reconstructed_and_never_visible_when_hidden(cfg):
     assert (MMAE(cfg).weight > 0).all()
 
 
-def test_training_steps_lower_the_loss():
+@functools.cache
+def _synthetic_signal() -> np.ndarray:
     from conftest import synthetic_ecg
 
+    return synthetic_ecg(150, 100, seed=3, n_leads=2)
+
+
+def _synthetic_windows(n: int, lo: int, hi: int, seed: int) -> torch.Tensor:
+    """``n`` 4 s two-lead windows of neurokit2 ECG at 100 Hz starting in ``[lo, hi - 400)``."""
+    sig = _synthetic_signal()
+    starts = np.random.default_rng(seed).integers(lo, hi - 400, n)
+    return torch.from_numpy(np.stack([sig[s : s + 400].T for s in starts]))
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny model trains faster on one thread than on two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+#: a model has learned when it explains this share of the hidden signal at both scales, against
+#: predicting zero and against predicting the visible mean
+LEARNED_R2 = 0.3
+
+
+def _learned(r2: dict) -> bool:
+    return min(r2.values()) > LEARNED_R2
+
+
+class _VisibleMean(MMAE):
+    """A collapsed model that predicts, for every hidden sample, the mean of the visible ones."""
+
+    def reconstruct(self, windows):
+        xn, pred_g, pred_l = super().reconstruct(windows)
+        vis = ((self.mask_global + self.mask_local) == 0).to(xn.dtype)
+        mean = (xn.unsqueeze(2) * vis).sum(-1, keepdim=True) / vis.sum(-1, keepdim=True)
+        return xn, mean.expand_as(pred_g), mean.expand_as(pred_l)
+
+
+def test_masked_r2_rejects_zero_and_visible_mean_models():
+    x = _synthetic_windows(32, 0, 15000, seed=1)
+    zero = MMAE(TINY)
+    with torch.no_grad():
+        for head in (zero.head_global, zero.head_local):
+            head.weight.zero_()
+            head.bias.zero_()
+    r2_zero = masked_r2(zero, x)
+    assert abs(r2_zero["global_r2_zero"]) < 1e-6 and abs(r2_zero["local_r2_zero"]) < 1e-6
+    assert not _learned(r2_zero)
+    r2_mean = masked_r2(_VisibleMean(TINY), x)
+    assert abs(r2_mean["global_r2_mean"]) < 1e-6 and abs(r2_mean["local_r2_mean"]) < 1e-6
+    assert not _learned(r2_mean)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known (issue 22): MMAE-ECG stays on the predict-zero plateau, masked R2 -0.01 to 0.09 "
+    "after 300 steps on neurokit2 ECG; see docs/model-mmae.md",
+)
+def test_training_explains_the_hidden_signal(one_thread):
     torch.manual_seed(0)
-    sig = synthetic_ecg(60, 100, seed=3, n_leads=2)
-    x = torch.from_numpy(np.stack([sig[i : i + 400].T for i in range(0, 5000, 200)]))
+    train = _synthetic_windows(256, 0, 10000, seed=0)
+    val = _synthetic_windows(64, 10000, 15000, seed=1)
     model = MMAE(TINY)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        before = float(model.loss(x, torch.Generator().manual_seed(9)))
-    for _ in range(30):
-        loss = model.loss(x, gen)
+    for _ in range(300):
+        loss = model.loss(train[torch.randint(0, len(train), (32,), generator=gen)], gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    assert _learned(masked_r2(model, val))
+
+
+def test_scores_use_only_what_the_model_sees():
+    """Changing the samples hidden in a pass (keeping the window mean) leaves that pass's
+    reconstruction unchanged: the model never reads a segment it is asked to reconstruct."""
+    model = MMAE(TINY).eval()
+    x = _synthetic_windows(2, 0, 15000, seed=2)
+    p = 1
+    hidden = (model.mask_global[p] + model.mask_local[p]) > 0
+    noise = torch.randn(2, TINY.n_leads, TINY.window) * hidden
+    noise = noise - noise.sum(-1, keepdim=True) / hidden.sum() * hidden  # zero-mean change
     with torch.no_grad():
-        after = float(model.loss(x, torch.Generator().manual_seed(9)))
-    assert after < 0.8 * before
+        _, g0, l0 = model.reconstruct(x)
+        _, g1, l1 = model.reconstruct(x + noise)
+    assert torch.allclose(g0[:, :, p], g1[:, :, p], atol=1e-5)
+    assert torch.allclose(l0[:, :, p], l1[:, :, p], atol=1e-5)
+    assert not torch.allclose(g0[:, :, 0], g1[:, :, 0], atol=1e-5)  # other passes see them
+
+
+def test_every_sample_is_reconstructed_at_both_scales():
+    model = MMAE(TINY)
+    assert (model.mask_global.sum(0) >= 1).all() and (model.mask_local.sum(0) >= 1).all()
+    assert not ((model.mask_global > 0) & (model.mask_local > 0)).any()
+
+
+def test_onnx_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = MMAE(TINY).eval()
+    path = tmp_path / "mmae.onnx"
+    x = _synthetic_windows(3, 0, 15000, seed=4)
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                      input_names=["windows"], output_names=["point_score", "window_score"],
+                      dynamic_axes={"windows": {0: "b"}, "point_score": {0: "b"},
+                                    "window_score": {0: "b"}})  # fmt: skip
+    with torch.no_grad():
+        point, window = model(x)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    o_point, o_window = sess.run(None, {"windows": x.numpy()})
+    np.testing.assert_allclose(o_point, point.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o_window, window.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_inconsistent_config_is_a_clear_error():

@@ -24,6 +24,7 @@ from ecgstream.streaming.wire import (
     decode,
     encode_binary,
     encode_json,
+    plausible_limit,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ REASONS = {
     "bad_gain",
     "bad_baseline",
     "key_mismatch",
+    "out_of_range",
 }
 
 _FIXED = struct.Struct("<BBBBI")
@@ -93,6 +95,10 @@ def check_decode(value: bytes, key: bytes | None = None) -> str | Chunk:
     assert s.dtype == np.float32 and s.ndim == 2 and s.shape[1] == len(chunk.leads)
     assert 1 <= s.shape[0] <= MAX_SAMPLES and 1 <= len(chunk.leads) <= MAX_LEADS
     assert not np.isinf(s).any(), "inf samples passed the decoder"
+    # every value is physically plausible; int16 samples at the ADC limits (saturation) aside
+    values = s if chunk.adc is None else np.where(np.abs(chunk.adc) >= 32767, np.nan, s)
+    limit = plausible_limit(chunk.units)
+    assert not (np.abs(values) > limit * (1 + 1e-6)).any(), "implausible samples passed"
     assert chunk.fs > 0 and np.isfinite(chunk.fs) and np.isfinite(chunk.t0)
     assert isinstance(chunk.seq, int) and chunk.seq >= 0
     return chunk

@@ -296,3 +296,38 @@ def test_bad_messages_interleaved_with_good_ones_on_a_real_broker(broker, tmp_pa
     for j in range(n_streams):  # 20 s of 2 s windows every 1 s: 19 windows per stream
         assert len({w for s, w in scored if s == f"good{j}"}) == seconds - 1
     assert sum(worker.summary.dlq.values()) == len(bad)
+
+
+@pytest.mark.parametrize("type_code, gain", [(1, 1e-40), (2, 1e-45), (1, 1e-30), (2, 1e-30)])
+def test_a_frame_with_a_tiny_gain_neither_blinds_its_stream_nor_alerts(
+    energy_model, type_code, gain
+):
+    """Issue 24: one frame with gain 1e-40 (int16) or 1e-45 (float32) decoded to inf and every
+    later window of its stream scored NaN; gain 1e-30 raised a false alert (score 1e16). Now the
+    frame is dead-lettered with its reason and the stream goes on scoring finite values."""
+    rng = np.random.default_rng(5)
+    pipe = Pipeline(Scorer(energy_model), AlertConfig(min_windows=1), keep_scores=True)
+    scores, alerts, rejected = [], [], []
+    for i in range(12):
+        c = good_chunk(rng, stream="tiny", seq=i)
+        c.t0 = T0 + i
+        if i == 4:
+            hdr = {"stream": "tiny", "seq": i, "t0": T0 + i, "fs": 250.0, "leads": ["MLII"],
+                   "n": 250, "gain": [gain], "baseline": [0.0]}  # fmt: skip
+            dtype = "<i2" if type_code == 1 else "<f4"
+            body = (c.samples * 200).astype(dtype).tobytes()
+            head = json.dumps(hdr).encode()
+            value = bytes([0xEC, 1, type_code, 0]) + len(head).to_bytes(4, "little") + head + body
+        else:
+            value = encode_binary(c, "int16" if i % 2 else "float32")
+        try:
+            chunk = decode(value)
+        except WireError as exc:
+            rejected.append(exc.reason)
+            continue
+        res = pipe.process([Incoming(chunk, 0, i)], now=T0 + i)
+        scores += [s["score"] for s in res.scores]
+        alerts += [a for a in res.alerts if a.kind == "anomaly"]
+    assert rejected and rejected[0] in ("bad_gain", "out_of_range")
+    assert len(scores) >= 9 and np.isfinite(scores).all()
+    assert not alerts and max(scores) < 100

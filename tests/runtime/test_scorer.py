@@ -119,20 +119,20 @@ def test_a_stream_step_of_another_format_is_left_out_with_a_warning(tmp_path, ca
 
     import onnx
 
-    from ecgstream.runtime.model_file import STREAM_KEY
+    from ecgstream.runtime.stepping.consensus import STREAM_KEY
 
     path = tmp_path / "older.onnx"
     shutil.copy(SHIPPED_MODEL, path)
     model = onnx.load(str(path))
     entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
     doc = json.loads(entry.value)
-    assert Scorer(path).stream_layout is not None  # as shipped: the current format
+    assert Scorer(path).stepper is not None  # as shipped: the current format
     del doc["format"]  # the first format had no version
     entry.value = json.dumps(doc)
     onnx.save(model, str(path))
     with caplog.at_level("WARNING"):
         scorer = Scorer(path)
-    assert scorer.stream_layout is None and scorer.stream_session is None
+    assert scorer.stepper is None
     assert "re-export the model" in caplog.text
     window = frame(synthetic_ecg(12, 100)[:, :1], np.array([0]), 1000)
     assert np.isfinite(scorer.score_windows(window)[1]).all()

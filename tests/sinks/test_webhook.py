@@ -126,3 +126,95 @@ def test_outbox_survives_a_restart_and_a_receiver_outage(tmp_path):
     assert set(rx.alerts) == {f"alert_{i}" for i in range(5)}
     assert outbox.counts()["delivered"] == 5
     rx.close()
+
+
+# ---------------------------------------------------------------- redirects (issue 24)
+
+
+def _one(tmp_path, rx: Receiver, secret: str, **cfg) -> tuple[Outbox, WebhookDispatcher, str]:
+    box = Outbox(tmp_path / "o.sqlite")
+    box.put([_alert(0)], [rx.url])
+    wh = WebhookDispatcher(box, {rx.url: secret}, WebhookConfig(timeout_s=2.0, **cfg))
+    return box, wh, wh.attempt(box.due()[0])
+
+
+@pytest.mark.parametrize("code", [301, 302, 303])
+def test_a_redirect_that_would_turn_the_post_into_a_get_is_a_failed_attempt(tmp_path, code):
+    """urllib re-issued a 302'd POST as a body-less GET and marked the alert delivered."""
+    secret = new_secret()
+    rx = Receiver(secret, script=[(code, {"Location": "{url}/moved"})])
+    try:
+        box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "retry"
+    assert rx.requests == [("POST", "/alerts")]  # no GET to the new location
+    assert box.counts() == {"pending": 1, "alerts": 1}
+    row = box._db.execute("SELECT last_error, attempts FROM deliveries").fetchone()
+    assert row == (f"HTTP {code} redirect to {rx.base}/moved not followed", 1)
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_307_and_308_re_post_the_same_body_and_signature(tmp_path, code):
+    secret = new_secret()
+    rx = Receiver(secret, script=[(code, {"Location": "/moved"})])
+    try:
+        box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "delivered" and box.counts() == {"delivered": 1, "alerts": 1}
+    assert rx.requests == [("POST", "/alerts"), ("POST", "/moved")]
+    (_, h1, b1, ok1), (_, h2, b2, ok2) = rx.received
+    assert ok1 and ok2 and b1 == b2 == _alert(0)
+    assert h1["webhook-signature"] == h2["webhook-signature"]
+
+
+def test_redirects_are_bounded(tmp_path):
+    secret = new_secret()
+    rx = Receiver(secret, script=[(307, {"Location": "{url}/alerts"})] * 10)
+    try:
+        box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "retry" and len(rx.requests) == 4  # the POST and 3 redirects
+    row = box._db.execute("SELECT last_error FROM deliveries").fetchone()
+    assert row[0].startswith("more than 3 redirects")
+
+
+@pytest.mark.parametrize("code", [301, 308])
+def test_an_http_to_https_redirect_never_marks_an_alert_delivered(tmp_path, code):
+    """A 301 to https is not followed; a 308 is re-POSTed there, and fails here as nothing
+    answers TLS on that port (a real endpoint would receive the same signed POST)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    secret = new_secret()
+    rx = Receiver(secret, script=[(code, {"Location": f"https://127.0.0.1:{closed}/alerts"})])
+    try:
+        box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "retry" and box.counts() == {"pending": 1, "alerts": 1}
+    assert rx.requests == [("POST", "/alerts")]
+    error = box._db.execute("SELECT last_error FROM deliveries").fetchone()[0]
+    assert ("not followed" in error) if code == 301 else error.startswith("connection:")
+
+
+def test_failed_attempts_are_logged_at_info_and_the_next_delay_at_debug(tmp_path, caplog):
+    """``ecgstream -v`` shows each failed attempt and why, ``-vv`` when the next one comes."""
+    import logging
+
+    secret = new_secret()
+    rx = Receiver(secret, script=[(503, {})])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ecgstream.sinks.webhook"):
+            box, wh, status = _one(tmp_path, rx, secret)
+    finally:
+        rx.close()
+    assert status == "retry"
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert info == [f"webhook alert_0 to {rx.url}: attempt 1 of 12 failed: HTTP 503"]
+    assert any(m.startswith(f"webhook alert_0 to {rx.url}: next attempt in ") for m in debug), debug

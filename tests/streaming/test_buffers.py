@@ -186,19 +186,3 @@ def test_batched_preprocessing_fills_missing_samples_in_stream_order(fs_in):
         data = np.concatenate(got[s])
         assert len(data) >= 3 and np.isfinite(data).all()
         np.testing.assert_allclose(data, expected[: len(data)], atol=1e-5)
-
-
-@pytest.mark.parametrize("up,down", [(5, 18), (1, 5), (5, 2), (4, 3)])
-def test_banded_resampling_product_equals_upfirdn(up, down):
-    from scipy import signal as sps
-
-    from ecgstream.streaming.buffers import _banded_product, _polyphase_blocks
-
-    h = np.random.default_rng(1).normal(size=20 * max(up, down) + 1)
-    x = np.random.default_rng(2).normal(size=(400, 7))
-    full = sps.upfirdn(h, x, up, down, axis=0)
-    for first, end in [(0, 50), (37, 80), (60, 61)]:
-        blocks = _polyphase_blocks(h, up, down, len(x), first, end)
-        np.testing.assert_allclose(
-            _banded_product(blocks, x, end - first), full[first:end], atol=1e-12
-        )

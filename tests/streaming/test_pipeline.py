@@ -178,9 +178,9 @@ def test_windows_take_over_the_sorts_of_their_previous_window():
     window uses it (a stream's first window, and the first after the gap, take over the sorts
     of a primer computed one hop earlier)."""
     full = Scorer(SHIPPED_MODEL)
-    assert full.stream_layout is not None  # the shipped model carries a stream step
+    assert full.stepper is not None  # the shipped model carries a stream step
     stepped = Scorer(SHIPPED_MODEL)
-    full.stream_layout = full.stream_session = full.carry_session = None  # the whole graph
+    full.stepper = None  # the whole graph
     streams = {
         f"bed-{i}": _chunks(f"bed-{i}", synthetic_ecg(60, 360, seed=i, n_leads=2), t0=T0 + i)
         for i in range(3)

@@ -62,6 +62,15 @@ def test_int16_clipping_is_counted_per_lead():
     assert decode(encode_binary(c)).clipped.tolist() == [0, 20]
 
 
+def _adc(rng, n: int, gain: list[float], baseline: list[float]) -> np.ndarray:
+    """``(n, 3)`` int16 samples of plausible values (within +-100 mV) for ``gain`` and
+    ``baseline``, with a missing sample and one at each ADC limit."""
+    phys = rng.uniform(-99, 99, (n, 3))
+    raw = np.clip(np.rint(phys * gain + np.array(baseline)), -32767, 32767).astype("<i2")
+    raw[0, 0], raw[1, 1], raw[2, 2] = -32768, 32767, -32767
+    return raw
+
+
 def _binary(header: dict, body: bytes, type_code=1, version=1, hlen=None) -> bytes:
     h = json.dumps(header).encode()
     return (
@@ -275,13 +284,13 @@ def test_cached_templates_scale_like_the_full_path():
     ``(raw - baseline) / gain`` computed per lead."""
     rng = np.random.default_rng(0)
     for n, gain, baseline in [
-        (50, [200.0, 100.0, 7.5], [0.0, -3.0, 1e6]),
+        (50, [200.0, 100.0, 7.5], [0.0, -3.0, 300.0]),
         (50, [200.0] * 3, [0.0] * 3),
         (50, [1.0] * 3, [-0.0, 0.0, -0.0]),
         (50, [1.0] * 3, [-0.0] * 3),
         (8000, [200.0, 100.0, 7.5], [0.5, -3.0, 2.0]),  # too long to tile
     ]:
-        raw = rng.integers(-32768, 32767, (n, 3), endpoint=True).astype("<i2")
+        raw = _adc(rng, n, gain, baseline)
         hdr = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I", "II", "V1"],
                "n": n, "gain": gain, "baseline": baseline}  # fmt: skip
         value = _frame(json.dumps(hdr, separators=(",", ":")).encode(), raw.tobytes())
@@ -291,7 +300,7 @@ def test_cached_templates_scale_like_the_full_path():
         for _ in range(2):  # full path, then cached
             got = decode(value).samples
             assert got.tobytes() == expected.tobytes()
-        raw32 = rng.normal(0, 100, (n, 3)).astype("<f4")
+        raw32 = rng.normal(0, 20, (n, 3)).astype("<f4")
         raw32[3, 1] = np.nan
         value = _frame(json.dumps(hdr, separators=(",", ":")).encode(), raw32.tobytes(), 2)
         expected = (raw32 - np.array(baseline, np.float32)) / np.array(gain, np.float32)
@@ -304,7 +313,7 @@ def test_some_leads_of_many_int16_frames_convert_as_each_frame_alone():
     be those of ``chunk.samples`` bit for bit (gains, baselines, -0, missing samples)."""
     rng = np.random.default_rng(1)
     for gain, baseline in [
-        ([200.0, 100.0, 7.5], [0.0, -3.0, 1e6]),
+        ([200.0, 100.0, 7.5], [0.0, -3.0, 300.0]),
         ([200.0] * 3, [0.0] * 3),
         ([1.0] * 3, [-0.0, 0.0, -0.0]),
         ([1.0] * 3, [0.0] * 3),
@@ -312,7 +321,7 @@ def test_some_leads_of_many_int16_frames_convert_as_each_frame_alone():
         hdr = {"stream": "s", "seq": 0, "t0": 1.0, "fs": 250.0, "leads": ["I", "II", "V1"],
                "n": 50, "gain": gain, "baseline": baseline}  # fmt: skip
         head = json.dumps(hdr, separators=(",", ":")).encode()
-        raws = [rng.integers(-32768, 32767, (50, 3), endpoint=True).astype("<i2") for _ in range(4)]
+        raws = [_adc(rng, 50, gain, baseline) for _ in range(4)]
         raws[1][[0, 7], 1] = -32768  # missing samples
         chunks = [decode(_frame(head, raw.tobytes())) for raw in raws]
         assert chunks[0].conversion is not None
@@ -345,3 +354,68 @@ def test_any_seq_or_t0_literal_decodes_alike_with_a_cached_template(field, liter
     header = COMPACT.replace(old, f'"{field}":{literal}'.encode())
     cold, warm = _cold_and_warm(_frame(header, BODY), _frame(COMPACT, BODY))
     assert warm == cold
+
+
+# ---------------------------------------------------------------- plausible values (issue 24)
+
+
+def _frame_of(samples: np.ndarray, type_code: int, gain: float, baseline: float = 0.0) -> bytes:
+    n, leads = samples.shape
+    hdr = {"stream": "g", "seq": 0, "t0": 1.7e9, "fs": 250.0, "leads": ["MLII", "V1"][:leads],
+           "n": n, "gain": [gain] * leads, "baseline": [baseline] * leads}  # fmt: skip
+    dtype = "<i2" if type_code == 1 else "<f4"
+    return _frame(json.dumps(hdr).encode(), samples.astype(dtype).tobytes(), type_code)
+
+
+@pytest.mark.parametrize(
+    "type_code, gain, reason",
+    [
+        (1, 1e-40, "bad_gain"),  # subnormal as float32: decoded to inf before
+        (2, 1e-45, "bad_gain"),
+        (1, 1e-30, "out_of_range"),  # finite garbage (1e32 mV) before
+        (2, 1e-30, "out_of_range"),
+        (2, 1e-37, "bad_samples"),  # 200 / 1e-37 overflows float32: not finite
+        (1, 1.0, "out_of_range"),  # 200 ADC units at gain 1 is 200 mV
+    ],
+)
+def test_tiny_gains_and_implausible_values_are_rejected(type_code, gain, reason):
+    x = np.full((250, 1), 200.0)
+    x[::50] = -200.0
+    with pytest.raises(WireError) as err:
+        decode(_frame_of(x, type_code, gain))
+    assert err.value.reason == reason
+    assert "gain" in err.value.detail or "finite" in err.value.detail
+
+
+def test_values_within_the_plausible_range_pass_in_every_encoding():
+    x = np.array([[99.0, -99.0], [0.5, -0.5], [np.nan, 1.0]], np.float32)
+    for value in (encode_json(Chunk("g", 0, 1.7e9, 250.0, ["MLII", "V1"], x)),
+                  encode_binary(Chunk("g", 0, 1.7e9, 250.0, ["MLII", "V1"], x)),
+                  encode_binary(Chunk("g", 0, 1.7e9, 250.0, ["MLII", "V1"], x), "float32")):  # fmt: skip
+        got = decode(value).samples
+        np.testing.assert_allclose(got, x, atol=0.01)
+    # float32 volts with a gain converting them to mV: 0.05 V / 1e-3 = 50 mV
+    assert decode(_frame_of(np.full((3, 1), 0.05), 2, 1e-3)).samples.max() == pytest.approx(50)
+
+
+def test_the_range_is_in_the_chunks_units():
+    x = np.full((4, 1), 150.0, np.float32)
+    with pytest.raises(WireError, match="150 mV is beyond the plausible"):
+        decode(encode_json(Chunk("g", 0, 1.7e9, 250.0, ["MLII"], x)))
+    with pytest.raises(WireError) as err:
+        decode(encode_json(Chunk("g", 0, 1.7e9, 250.0, ["MLII"], x * 1e3, units="uV")))
+    assert err.value.reason == "out_of_range"
+    assert decode(encode_json(Chunk("g", 0, 1.7e9, 250.0, ["MLII"], x, units="uV"))).n == 4
+
+
+def test_int16_samples_at_the_adc_limits_mark_saturation_not_implausible_values():
+    x = np.zeros((100, 1), np.float32)
+    x[:10] = 1000.0  # clipped to +32767 at gain 200 (163.8 mV): saturation
+    chunk = decode(encode_binary(Chunk("g", 0, 1.7e9, 250.0, ["MLII"], x)))
+    assert chunk.clipped.tolist() == [10]
+    # ... unless the ADC limit itself converts beyond 100 V (a gain far too small)
+    raw = np.zeros((100, 1))
+    raw[:10] = 32767
+    with pytest.raises(WireError) as err:
+        decode(_frame_of(raw, 1, 0.1))
+    assert err.value.reason == "out_of_range"

@@ -155,6 +155,57 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker, tmp_path, energy
     assert worker.summary.dlq == {"unknown_encoding": 1, "missing_field": 1, "key_mismatch": 1}
 
 
+def test_a_message_too_large_to_dead_letter_is_skipped_and_the_partition_goes_on(
+    broker, tmp_path, energy_model
+):
+    """A 9 MiB message (above the wire limit, within what the consumer fetches) is
+    dead-lettered; a 20 MiB one (above what the dead-letter producer may send) is logged with
+    its offset, counted and skipped. Neither stops the worker, and the valid chunks behind them
+    are scored (issue 24: one 9 MiB message crash-looped the worker)."""
+    from kafka import KafkaProducer
+
+    cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"))
+    ensure_topics(broker, [cfg.topic, cfg.dlq_topic], 1)
+    big = KafkaProducer(bootstrap_servers=broker, max_request_size=64 * 1024 * 1024)
+    sig = synthetic_ecg(10, 250, seed=5, n_leads=1)
+    for i in range(10):
+        good = Chunk("m2", i, T0 + i, 250.0, ["II"], sig[i * 250 : (i + 1) * 250])
+        big.send(cfg.topic, key=b"m2", value=encode_binary(good)).get(30)
+        if i == 4:
+            big.send(cfg.topic, key=b"m2", value=b"{" + b" " * (9 << 20)).get(30)
+            big.send(cfg.topic, key=b"m2", value=b"{" + b" " * (20 << 20)).get(30)
+    big.close()
+    worker = Worker(cfg, Scorer(energy_model))
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            worker.run(max_s=60)
+        except BaseException as exc:  # the thread's failure is the test's
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: worker.summary.messages >= 12 or not thread.is_alive(), 60)
+        dead = _consume_all(broker, cfg.dlq_topic, 1, timeout_s=20)
+        # committed past both large messages (up to what the next window still needs)
+        assert wait_until(lambda: worker._committed.get(0, 0) > 6, 20)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not errors, f"the worker stopped: {errors[0]!r}"
+    assert len(dead) == 1 and len(dead[0].value) == (9 << 20) + 1
+    h = dict(dead[0].headers)
+    assert h["ecgstream-dlq-reason"] == b"too_large" and h["ecgstream-original-offset"] == b"5"
+    assert worker.metrics.dlq_failed.labels("too_large")._value.get() == 1
+    assert worker.metrics.dlq.labels("too_large")._value.get() == 1
+    assert worker.metrics.messages.labels("skipped")._value.get() == 1
+    assert worker.summary.skipped == {"too_large": 1} and worker.summary.dlq == {"too_large": 1}
+    scored = read_scores(Path(cfg.scores_out))
+    assert len({s["window"] for s in scored}) == 9  # every window of the 10 valid chunks
+
+
 SHIPPED = {"shipped": SHIPPED_MODEL, "mmae": MMAE_MODEL}
 MODELS = ["energy"] + [name for name, path in SHIPPED.items() if path.exists()]
 
@@ -211,7 +262,7 @@ def test_a_live_stream_is_scored_with_the_stream_step_from_its_first_window(
     primer is computed a hop before the stream's first window, every window then goes through
     the shipped model's stream step, and the scores equal the whole graph's offline."""
     scorer = Scorer(SHIPPED_MODEL)
-    assert scorer.stream_layout is not None
+    assert scorer.stepper is not None
     rec = read_record(records / "burst0")
     offline = scorer.score_record(rec)
     cfg = _cfg(broker, tmp_path, scores_out=str(tmp_path / "scores.jsonl"),

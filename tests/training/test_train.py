@@ -23,8 +23,9 @@ from ecgstream.training.data import NoNormalWindowsError  # noqa: E402
 from ecgstream.training.trainer import train_mmae  # noqa: E402
 
 TINY = TrainConfig(
-    leads=["MLII"], window_s=4.0, hop_s=2.0, segment=20, local_region=5, dim=16, depth=1, heads=2,
-    epochs=2, steps_per_epoch=4, batch_size=8, val_windows=32, val_records=["syn2"], threads=1,
+    leads=["MLII"], window_s=4.0, hop_s=2.0, epochs=2, steps_per_epoch=4, batch_size=8,
+    val_windows=32, val_records=["syn2"], threads=1,
+    model_settings={"segment": 20, "local_region": 5, "dim": 16, "depth": 1, "heads": 2},
 )  # fmt: skip
 
 
@@ -104,14 +105,17 @@ def test_export_parity_metadata_and_scorer(ecg_folder, tmp_path):
 def test_cli_train_and_export_end_to_end(ecg_folder, tmp_path, capsys):
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text(
-        "[train]\nwindow_s = 4.0\nhop_s = 2.0\nsegment = 20\nlocal_region = 5\ndim = 16\ndepth = 1\n"
-        "heads = 2\nsteps_per_epoch = 3\nbatch_size = 8\nval_windows = 16\nthreads = 1\n"
+        "[train]\nwindow_s = 4.0\nhop_s = 2.0\nsteps_per_epoch = 3\nbatch_size = 8\nval_windows = 16\n"
+        "threads = 1\n[model]\nsegment = 20\nlocal_region = 5\ndim = 16\nheads = 2\n"
     )
     out = tmp_path / "cli.onnx"
     rc = main(["train", "--config", str(cfg_file), "--epochs", "1", "--leads", "MLII", "--val-records",
-               "syn1", "--model-out", str(out), "--no-progress", str(ecg_folder)])  # fmt: skip
+               "syn1", "--model-out", str(out), "--no-progress", "--set", "depth=1",
+               str(ecg_folder)])  # fmt: skip
     assert rc == 0 and out.exists() and out.with_suffix(".md").exists()
     assert read_spec(out).training["epochs"] == 1
+    params = read_spec(out).params  # [model] and --set reach the model's own config
+    assert (params["segment"], params["dim"], params["depth"], params["window"]) == (20, 16, 1, 400)
     exported = tmp_path / "again.onnx"
     rc = main(["export", str(out.with_suffix(".ckpt")), "--out", str(exported), "--version", "9"])
     assert rc == 0 and read_spec(exported).version == "9"
@@ -153,3 +157,23 @@ def test_unknown_model_kind(ecg_folder, capsys):
     assert main(["train", "--model", "nonesuch", str(ecg_folder)]) == 2
     assert "unknown model kind" in capsys.readouterr().err
     assert Path(ecg_folder).exists()
+
+
+def test_the_ptbxl_card_counts_the_fitted_population_values():
+    """The shipped PTB-XL model fits a population reference: its card says how many values."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ecgstream.training.export import _fitted_population_values
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "consensus-ptbxl.onnx"
+    spec = read_spec(shipped)
+
+    fitted = sum(
+        numpy_helper.to_array(t).size
+        for t in onnx.load(str(shipped)).graph.initializer
+        if t.name.startswith(("pop_", "spec_"))
+    )
+    assert _fitted_population_values(spec) == fitted == 212218
+    card = shipped.with_suffix(".md").read_text()
+    assert "no trained weights" not in card and "212,218 values" in card

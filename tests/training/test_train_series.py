@@ -146,6 +146,9 @@ def test_consensus_series_trains_exports_and_finds_the_anomaly(tmp_path):
     assert spec.kind == "consensus" and spec.fs == 1.0
     assert spec.params["segment"] == 50 and spec.window == 600  # one period, twelve periods
     assert spec.params["reference_size"] > 0 and spec.training["train_end"] == 3000
+    card = model.with_suffix(".md").read_text()  # the series card, not the ECG template
+    assert "the first 3000 samples of `cons`" in card and "window 600 samples" in card
+    assert "Hz" not in card and "bundle branch" not in card and '"segment": 50' in card
     out = tmp_path / "scores"
     assert main(["score", "--model", str(model), "--out", str(out), str(path)]) == 0
     point = np.load(out / "cons.npz")["point_score"]
@@ -158,13 +161,34 @@ def test_consensus_reference_is_optional_and_scores_seen_segments_near_zero():
     from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
 
     plain = SegmentConsensus(ConsensusConfig(window=400, segment=40, stride=5))
-    assert not any(k.startswith("ref_") for k in plain.state_dict())  # defaults: graph unchanged
+    assert not any(k.startswith("reference.") for k in plain.state_dict())  # defaults: none
     cfg = ConsensusConfig(window=400, segment=40, stride=5, consensus_weight=0.0,
                           reference_size=64, reference_quantiles=16, reference_slope_scale=2.0)  # fmt: skip
     model = SegmentConsensus(cfg)
+    assert {"reference.desc", "reference.norm"} <= set(model.state_dict())
     seen = torch.from_numpy(_series(400, period=40)[None, None].astype(np.float32))
     assert model.fit_reference(seen) > 1
     with torch.no_grad():
         point_seen, _ = model(seen)
         point_new, _ = model(3 * seen)
     assert float(point_seen.max()) < 1e-3 * float(point_new.min())
+
+
+def test_consensus_series_reference_exports_with_onnx_parity(tmp_path):
+    """The nearest-neighbour reference (and the in-window weight) in the exported graph score as
+    the torch model does."""
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.training.series import train_series_array
+
+    x = _series(6000, period=50, seed=3)
+    result = train_series_array(x, 3000, kind="consensus", model_out=tmp_path / "ref.onnx")
+    model = result.model
+    assert model.reference is not None and model.cfg.consensus_weight != 1.0
+    window = result.spec.window
+    windows = np.stack([x[a : a + window] for a in (3000, 4000, 5000)])[:, None]
+    windows = windows.astype(np.float32)
+    onnx_point, onnx_window = Scorer(result.model_path).score_windows(windows)
+    with torch.no_grad():
+        point, score = model(torch.from_numpy(windows))
+    np.testing.assert_allclose(onnx_point, point.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(onnx_window, score.numpy(), rtol=1e-4, atol=1e-6)

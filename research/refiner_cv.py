@@ -12,8 +12,8 @@ learns nothing, so one export serves every fold). TEST records are never read.
 
 About 2 minutes per fold and variant; ``--folds 0`` runs the first fold only, for a first look.
 
-    python benchmarks/refiner_cv.py --variant refiner consensus_refiner_channels=16 \\
-        --out benchmarks/results/refiner_cv.json
+    python research/refiner_cv.py --variant refiner refiner_channels=16 \\
+        --out research/results/refiner_cv.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dev_variants import (  # benchmarks/ on sys.path
+from dev_variants import (  # research/ is on sys.path when run as a script
     KINDS,
     export_variant,
     parse_variants,
@@ -60,7 +60,7 @@ def main() -> None:
                    help="which folds to run (0-2; default all), for a first look")  # fmt: skip
     args = p.parse_args()
     folds = [FOLDS[k] for k in args.folds]
-    variants = [("no refiner", {"consensus_refiner_channels": "0"}), *parse_variants(p, args)]
+    variants = [("no refiner", {"refiner_channels": "0"}), *parse_variants(p, args)]
     collected: dict[tuple[str, int], list] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

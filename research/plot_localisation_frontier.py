@@ -1,13 +1,13 @@
 """Plot every cross-validated DEV variant of the consensus detector: beat AUROC against localisation.
 
-Reads the results of ``benchmarks/refiner_cv.py`` (``benchmarks/results/refiner_cv*.json``, the
+Reads the results of ``research/refiner_cv.py`` (``research/results/refiner_cv*.json``, the
 three-fold runs only) and draws each variant's pooled DEV beat AUROC against its localisation
 AUROC (the mean of its two seeds), the shipped model marked. Two lines show where a variant would
 have to lie for both TEST targets to hold if its TEST figures sat as far below its DEV figures as
 the shipped model's do (its DEV row, named ``shipped``, against its recorded TEST figures in
-``eval_core.json`` and ``localisation_test_40.json``). No TEST record is read.
+``benchmarks/results/eval_core.json`` and ``localisation_test_40.json``). No TEST record is read.
 
-    python benchmarks/plot_localisation_frontier.py --out docs/localisation-frontier.png
+    python research/plot_localisation_frontier.py --out docs/research/localisation-frontier.png
 """
 
 from __future__ import annotations
@@ -60,15 +60,18 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "localisation-frontier.png")
+    p.add_argument("--results", type=Path, default=REPO / "research" / "results")
+    p.add_argument("--shipped-results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "research" / "localisation-frontier.png"
+    )
     args = p.parse_args()
 
     rows = variants(args.results)
     if not rows:
         raise SystemExit(f"no three-fold refiner_cv*.json results in {args.results}")
     dev = next(r for r in rows if r["name"] == "shipped")  # the shipped configuration's DEV row
-    test = shipped_test(args.results)
+    test = shipped_test(args.shipped_results)
     need_beat = TARGET["beat"] + dev["beat"] - test["beat"]
     need_loc = TARGET["localisation"] + dev["localisation"] - test["localisation"]
 

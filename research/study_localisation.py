@@ -16,7 +16,7 @@ localisation point AUROC (pooled, per kind) for each:
 
 Not used by ecgstream. Reproduces the "Localisation: what was tried" figures.
 
-    python benchmarks/study_localisation.py --highpass 0.05     # about 1 min
+    python research/study_localisation.py --highpass 0.05     # about 1 min
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ The shipped configuration is always the first row, the reference of the rules in
 ``docs/model-consensus.md`` (each figure at most 0.005 below it; the cheapest within 0.002 of the
 best localisation). About 2 minutes per variant.
 
-    python benchmarks/dev_variants.py --variant k1 consensus_neighbours=1 \\
-        --variant rhythm consensus_rhythm_weight=0.1 consensus_neighbours=1
+    python research/dev_variants.py --variant k1 neighbours=1 \\
+        --variant rhythm rhythm_weight=0.1 neighbours=1
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path)
 import numpy as np
-from _workload import MITDB, REPO  # benchmarks/ is on sys.path when run as a script
+from _workload import MITDB, REPO  # benchmarks/ is on sys.path (_bench_path)
 from beat_classes import class_aurocs
 
 SHIPPED = REPO / "models" / "consensus-mitdb-mlii.toml"
@@ -38,12 +39,12 @@ KINDS = ("amplitude", "flat", "invert", "noise", "paste", "wander", "warp")
 
 
 def export_variant(toml: Path, changes: dict[str, str], data: Path, out: Path) -> Path:
-    """Calibrate and export ``toml``'s consensus detector with ``changes`` (``[train]`` keys)."""
-    from ecgstream.config import load
-    from ecgstream.training import TrainConfig
+    """Calibrate and export ``toml``'s consensus detector with ``changes`` (``[train]`` or
+    ``[model]`` keys, as ``ecgstream train --set``)."""
+    from ecgstream.training.config import load_train_config
     from ecgstream.training.consensus import fit_consensus
 
-    cfg = load(TrainConfig, "train", toml, flags={**changes, "model_out": str(out)})
+    cfg = load_train_config(toml, {"model_out": str(out)}, changes)
     if cfg.model != "consensus":
         raise SystemExit(
             f"{toml} trains a {cfg.model!r} model; this script compares consensus ones"
@@ -75,11 +76,11 @@ def measure(model: Path, data: Path, records: list[str], seeds: tuple[int, ...])
 
 def stream_step_ratio(reference: Path, model: Path) -> float | None:
     """Stream step time per window of ``model`` over ``reference``'s (None without both)."""
-    from bench_graph import stream_step_run  # benchmarks/ is on sys.path
+    from bench_graph import stream_step_run  # benchmarks/ is on sys.path (_bench_path)
 
     from ecgstream.runtime.scorer import Scorer
 
-    if Scorer(reference).stream_session is None or Scorer(model).stream_session is None:
+    if Scorer(reference).stepper is None or Scorer(model).stepper is None:
         return None
     runs = [stream_step_run(m, 256, 48) for m in (reference, model)]
     best = [np.inf, np.inf]

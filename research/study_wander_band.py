@@ -9,7 +9,7 @@ do, and what adding it to the model's score would cost beats.
    0.1 s blocks, the removed band (the excerpt minus its causal 0.5 Hz high-pass, order 2) is
    compared with itself at lags of up to 3 s, in units of the excerpt's robust scale (the unit the
    synthesiser draws its shifts in). A gradient-boosted classifier learns those differences on
-   10 records and ranks the blocks of the other 5, in three folds (``benchmarks/refiner_cv.py``'s).
+   10 records and ranks the blocks of the other 5, in three folds (``research/refiner_cv.py``'s).
    Printed: its out-of-fold AUROC of wander blocks against normal ones (blocks within 0.5 s of
    a real abnormal beat left out), beside one hand-made feature (the band against its 6 s
    running median).
@@ -22,8 +22,8 @@ do, and what adding it to the model's score would cost beats.
 Not used by ecgstream. Reproduces the figures of ``docs/model-consensus.md``, "Localisation:
 what holds it below 0.90" (the removed band, learned):
 
-    python benchmarks/study_wander_band.py                                         # 20 s
-    python benchmarks/study_wander_band.py --model models/consensus-mitdb-mlii.onnx  # 2 min
+    python research/study_wander_band.py                                         # 20 s
+    python research/study_wander_band.py --model models/consensus-mitdb-mlii.onnx  # 2 min
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from refiner_cv import FOLDS  # benchmarks/ is on sys.path when run as a script
+from refiner_cv import FOLDS  # benchmarks/ is on sys.path (_bench_path)
 
 REPO = Path(__file__).resolve().parents[1]
 #: lags compared, in 0.1 s blocks (up to 3 s before and after)

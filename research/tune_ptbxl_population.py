@@ -7,7 +7,7 @@ other five folds and scores the held-out fold. The figure is the record AUROC (N
 other diagnostic superclass). A PTB-XL ECG is 10 s, one model window, so the record score is that
 window's score whatever the hop.
 
-    python benchmarks/tune_ptbxl_population.py [--data ../shared/data/ptbxl-dev] [--out FILE.json]
+    python research/tune_ptbxl_population.py [--data ../shared/data/ptbxl-dev] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from ecgstream.evaluation.metrics import auroc
 from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
-from ecgstream.training.config import TrainConfig
+from ecgstream.training.config import TrainConfig, load_train_config
 from ecgstream.training.consensus import consensus_config
 from ecgstream.training.data import collect_records, load_record
 from ecgstream.training.trainer import preprocess_config
@@ -61,9 +61,7 @@ VARIANTS: dict[str, dict] = {
 
 def load(data: Path, toml: Path) -> tuple[TrainConfig, torch.Tensor, np.ndarray, np.ndarray]:
     """Preprocessed windows ``(N, 12, 1000)``, labels and folds of the labelled ECGs of folds 1-6."""
-    import tomllib
-
-    cfg = TrainConfig(**tomllib.loads(toml.read_text())["train"])
+    cfg = load_train_config(toml, environ={})
     pre = preprocess_config(cfg)
     items = [(p, m) for p, m in collect_records([data], cfg.ptbxl_resolution)
              if m and m["fold"] in FOLDS and m["label"] >= 0]  # fmt: skip

@@ -13,7 +13,7 @@ Not used by ecgstream: it measures what the split would save before the model fo
 Needs the ``train`` extra (torch). Consensus models with a noise floor of every 2nd segment,
 no population or level term and no erosion (the shipped MIT-BIH model) only.
 
-    python benchmarks/study_split_graph.py --repeats 7
+    python research/study_split_graph.py --repeats 7
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench_path  # noqa: F401  (puts benchmarks/ on sys.path)
 import numpy as np
-from bench_graph import windows_for  # benchmarks/ is on sys.path when run as a script
+from bench_graph import windows_for  # benchmarks/ is on sys.path (_bench_path)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,19 +43,14 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus, _frames
+    from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
+    from ecgstream.models.consensus.descriptor import centred, deviation, median_over_segments
+    from ecgstream.models.consensus.descriptor import frames as _frames
     from ecgstream.runtime.model_file import read_spec
 
     spec = read_spec(args.model)
     cfg = ConsensusConfig.from_dict(spec.params)
-    if not (
-        cfg.noise_every == 2
-        and cfg.population_components == 0
-        and cfg.level_weight == 0
-        and cfg.slope_weight == 0
-        and cfg.reference_size == 0
-        and cfg.erode == 0
-    ):
+    if not (cfg.noise_every == 2 and cfg.population_components == 0 and cfg.reference_size == 0):
         raise SystemExit(f"{args.model}: this study covers the shipped MIT-BIH configuration only")
     m = SegmentConsensus(cfg).eval()
     n, seg_len, stride = cfg.n_segments, cfg.segment, cfg.stride
@@ -65,16 +61,16 @@ def main() -> None:
     class Describe(torch.nn.Module):
         def forward(self, x):
             seg = _frames(x, seg_len, stride, new)
-            return torch.sort(seg, dim=-1).values, m.noise_floor(seg[:, :, reuse % 2 :: 2])
+            return torch.sort(seg, dim=-1).values, m.noise.floor(seg[:, :, reuse % 2 :: 2])
 
     class Score(torch.nn.Module):
         def forward(self, ordered, floors):
-            level = m.centred(ordered)
-            seg_score = m._deviation(level, m.level_consensus(level))
-            dev = m._deviation(floors, m.consensus(floors, floors.shape[2]))
-            left, right = dev.index_select(1, m.noise_left), dev.index_select(1, m.noise_right)
-            seg_score = seg_score + cfg.noise_weight * (left + m.noise_frac * (right - left))
-            point = m._spread(seg_score)
+            level = centred(ordered)
+            seg_score = deviation(level, m.level_consensus(level))
+            dev = deviation(floors, median_over_segments(floors, floors.shape[2]))
+            left, right = dev.index_select(1, m.noise.left), dev.index_select(1, m.noise.right)
+            seg_score = seg_score + cfg.noise_weight * (left + m.noise.frac * (right - left))
+            point = m.spread(seg_score)
             return point, m.window_score(point)
 
     x = windows_for(args.model, args.windows).astype(np.float32)
@@ -83,7 +79,7 @@ def main() -> None:
     with torch.no_grad():
         seg = m.segments(tx)
         ordered = torch.sort(seg, -1).values
-        floors = m.noise_floor(seg.index_select(2, m.noise_sub))
+        floors = m.noise.floor(seg.index_select(2, m.noise.sub))
         dyn = {0: "windows"}
         torch.onnx.export(
             Describe(), (tx[:4, :, -span:],), tmp / "describe.onnx", input_names=["span"],

@@ -1,0 +1,51 @@
+"""DEV material for the MMAE-ECG studies: normal windows of MIT-BIH DS1 DEV records, cached.
+
+Never reads the DS1 TEST records (101 106 119 201 209 215 223).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from ecgstream.training.config import TrainConfig
+from ecgstream.training.trainer import prepare_data
+
+DEV = [
+    "108",
+    "109",
+    "112",
+    "114",
+    "115",
+    "116",
+    "118",
+    "122",
+    "124",
+    "203",
+    "205",
+    "207",
+    "208",
+    "220",
+    "230",
+]
+TEST = ["101", "106", "119", "201", "209", "215", "223"]
+VAL = ["114", "118", "124", "205", "220"]
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mitdb-ds1"
+CACHE = Path("/tmp/mmae_dev_records.pkl")
+
+
+def load_dev() -> dict:
+    """Every DEV record preprocessed at 100 Hz (MLII), keyed by name; cached in /tmp."""
+    if CACHE.exists():
+        return pickle.loads(CACHE.read_bytes())
+    cfg = TrainConfig(records=DEV, val_records=VAL)
+    train, val = prepare_data(cfg, [DATA])
+    recs = {r.name: r for r in train + val}
+    assert not set(recs) & set(TEST)
+    CACHE.write_bytes(pickle.dumps(recs))
+    return recs
+
+
+if __name__ == "__main__":
+    recs = load_dev()
+    print({k: v.x.shape for k, v in recs.items()})

@@ -1,0 +1,45 @@
+"""Masked R² per scale of a trained MMAE-ECG checkpoint on normal windows of the DEV validation
+records (114 118 124 205 220), against predicting zero and the visible mean; the same figure for
+the network with zero output heads (the segment-energy score) in the same run.
+
+    PYTHONPATH=. python research/mmae/masked_r2.py CHECKPOINT_DIR/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ecgstream.models.mmae import masked_r2
+from ecgstream.training.config import TrainConfig
+from ecgstream.training.trainer import build_model, load_checkpoint
+from research.mmae.data import VAL, load_dev
+from research.mmae.plateau import windows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("--windows", type=int, default=512)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    state = load_checkpoint(args.checkpoint)
+    cfg = TrainConfig(
+        **{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+    )
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    x = torch.from_numpy(windows(load_dev(), VAL, args.windows, 1))
+    out = {"model": {k: round(v, 4) for k, v in masked_r2(model, x).items()}}
+    with torch.no_grad():
+        for head in (model.head_global, model.head_local):
+            head.weight.zero_()
+            head.bias.zero_()
+    out["zero_output"] = {k: round(v, 4) for k, v in masked_r2(model, x).items()}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
