@@ -39,6 +39,9 @@ examples:
       ecgstream evaluate --scores scores/ --out eval/ data/
   ecgstream evaluate --model a.onnx --model pca.onnx --localisation 5 --out eval/ data/
   ecgstream evaluate --model ptbxl.onnx --folds 7 8 --out eval/ ../shared/data/ptbxl-dev
+  ecgstream evaluate --alerts --model models/consensus-mitdb-mlii.onnx --out eval/ \\
+      ../shared/data/mitdb-ds1/203 ../shared/data/mitdb-ds1/205
+      (alerts judged like an arrhythmia monitor, EC57-style, record by record: docs/alerts.md)
   ecgstream synth --out synth/ --count 5 --after 60 --seed 1 ../shared/data/mitdb-ds1/208 && \\
       ecgstream evaluate --model models/consensus-mitdb-mlii.onnx --out eval/ synth/
   ecgstream evaluate --model m.onnx --localisation 20 --kinds wander --strength 2 --out eval/ data/
@@ -104,6 +107,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="K",
         help="PTB-XL folders: only ECGs of these strat_folds (e.g. 7 8)",
+    )
+    p.add_argument(
+        "--alerts",
+        action="store_true",
+        help="replay the records through the streaming pipeline (as `ecgstream run --replay`) "
+        "and judge its alerts EC57-style against the annotations: OUT/alerts.json, "
+        "OUT/alerts.md and one OUT/timeline-<record>.png per record (docs/alerts.md)",
+    )
+    p.add_argument(
+        "--operating-point",
+        type=float,
+        metavar="FALSE_PER_HOUR",
+        help="with --alerts: choose the warning threshold (at most this many false alerts per "
+        "monitor-hour on these records) and the critical one (a tenth of it, anomaly alerts) "
+        "and report the records at them",
+    )
+    p.add_argument(
+        "--write-thresholds",
+        action="store_true",
+        help="with --operating-point: write the chosen thresholds into the model file's metadata",
     )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--no-plots", action="store_true", help="write only report.json")
@@ -247,7 +270,61 @@ def _in_folds(paths: list[Path], folds: set[int]) -> list[Path]:
     return [p for p in paths if p.resolve() in keep]
 
 
+def run_alerts(args: argparse.Namespace) -> int:
+    """``--alerts``: EC57-style alert figures of one model on annotated records."""
+    from ecgstream.evaluation.alerts import evaluate_alerts, table_lines
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.signals.records import list_records
+
+    if len(args.model) != 1 or args.scores:
+        raise ValueError("--alerts needs exactly one --model (its alerts are replayed)")
+    paths = [p for p in list_records(*args.paths) if p.with_suffix(".atr").exists()]
+    if not paths:
+        raise ValueError(f"no records with .atr annotations found in {args.paths}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    scorer = Scorer(args.model[0], threads=args.threads)
+    if args.operating_point is not None:
+        return _operating_point(args, scorer, paths)
+    if args.write_thresholds:
+        raise ValueError("--write-thresholds needs --operating-point FALSE_PER_HOUR")
+    report = evaluate_alerts(scorer, paths, plots=None if args.no_plots else args.out)
+    lines = table_lines(report)
+    (args.out / "alerts.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (args.out / "alerts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"report: {args.out / 'alerts.json'}")
+    return 0
+
+
+def _operating_point(args: argparse.Namespace, scorer, paths: list[Path]) -> int:
+    from ecgstream.evaluation.alerts import (
+        operating_point,
+        reference_events,
+        replay_record,
+        write_thresholds,
+    )
+
+    if not args.operating_point > 0:
+        raise ValueError(f"--operating-point must be > 0, got {args.operating_point}")
+    runs = [(replay_record(scorer, p), reference_events(p)) for p in paths]
+    op = operating_point(runs, args.operating_point)
+    (args.out / "operating-point.json").write_text(json.dumps(op, indent=2, default=float) + "\n")
+    p = op["pooled"]
+    print(
+        f"warning {op['warning']:.2f}, critical {op['critical']:.2f} for at most "
+        f"{args.operating_point:g} false alerts per monitor-hour on {len(paths)} records: "
+        f"{p['false_per_hour']:.2f} false/h, ventricular runs {p['v_runs_alerted']}/{p['v_runs']}, "
+        f"AF episodes {p['af_alerted']}/{p['af_episodes']}"
+    )
+    if args.write_thresholds:
+        write_thresholds(args.model[0], op["warning"], op["critical"])
+        print(f"written to {args.model[0]} (refresh SHA256SUMS for a shipped model)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.alerts:
+        return run_alerts(args)
     from ecgstream.evaluation.protocol import ModelSource, NpzSource, evaluate
     from ecgstream.signals.records import list_records
     from ecgstream.signals.synth import parse_kinds

@@ -127,18 +127,33 @@ def run(args: argparse.Namespace) -> int:
     return 130 if worker.interrupted else 0
 
 
-def _describe(alert: dict) -> None:
-    """One readable line per alert on stderr (stdout carries the JSON lines)."""
-    t0 = alert["start"][11:19]
-    t1 = alert["end"][11:19]
+def _describe(alert: dict, t_start: float = 0.0) -> None:
+    """One readable line per alert message on stderr (stdout carries the JSON lines); times are
+    positions in the record (seconds from the stream start ``t_start``)."""
+    t0, t1 = alert["start_s"] - t_start, alert["end_s"] - t_start
     if alert["kind"] == "anomaly":
         what = f"score {alert['score']:.2f} (threshold {alert['threshold']:.2f})"
+        if alert.get("status") != "firing":
+            what += f"; {alert['detail']}"
     else:
         what = alert["detail"]
     print(
-        f"  {alert['severity']:>8} {alert['kind']:<10} stream {alert['stream']:<10} {t0}-{t1} UTC  {what}",
+        f"  {alert.get('status', 'firing'):>9} {alert['severity']:>8} {alert['kind']:<16} "
+        f"stream {alert['stream']:<8} {t0:7.1f}-{t1:7.1f} s  {what}",
         file=sys.stderr,
     )
+
+
+def _near_misses(pipeline, t_start: float) -> None:
+    """Streams that went above the warning threshold without alerting, and why."""
+    for name, st in pipeline.streams.items():
+        m = st.anomaly
+        for start, n in m.near_misses:
+            print(
+                f"  stream {name}: above warning at {start - t_start:.0f} s for {n} window"
+                f"{'s' if n > 1 else ''}, needs {m.cfg.min_windows} in a row: no alert",
+                file=sys.stderr,
+            )
 
 
 def _run_local(cfg, args: argparse.Namespace) -> int:
@@ -148,7 +163,7 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
     from ecgstream.sinks.router import AlertRouter
     from ecgstream.streaming.local import run_local
     from ecgstream.streaming.pipeline import Pipeline
-    from ecgstream.streaming.replay import bundled_records, plan_streams
+    from ecgstream.streaming.replay import bundled_records, plan_streams, start_time
     from ecgstream.streaming.security import webhook_secret
     from ecgstream.streaming.worker import alert_config, find_model, technical_config
 
@@ -173,6 +188,7 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
         jsonl=JsonLinesSink(cfg.alerts_out) if cfg.alerts_out else None,
     )
     scores = JsonLinesSink(cfg.scores_out) if cfg.scores_out else None
+    t_start = start_time() if args.t0 is None else args.t0
     try:
         summary = run_local(
             pipeline,
@@ -180,13 +196,14 @@ def _run_local(cfg, args: argparse.Namespace) -> int:
             router,
             scores,
             speed=args.speed,
-            t_start=args.t0,
+            t_start=t_start,
             progress=not args.no_progress,
-            on_alert=_describe,
+            on_alert=lambda alert: _describe(alert, t_start),
         )
     finally:
         router.close()
         if scores is not None:
             scores.close()
+    _near_misses(pipeline, t_start)
     print("\nsummary\n" + summary.text(), file=sys.stderr)
     return 0

@@ -16,7 +16,20 @@ from ecgstream.streaming.pipeline import Incoming, Pipeline
 from ecgstream.streaming.replay import Stream, interleave, start_time
 from ecgstream.streaming.worker import Summary
 
-__all__ = ["run_local"]
+__all__ = ["run_local", "pipeline_close"]
+
+
+def pipeline_close(pipeline: Pipeline) -> list[dict]:
+    """Resolve every stream's open anomaly and rhythm alerts (the streams ended); messages."""
+    out = []
+    for st in pipeline.streams.values():
+        m = st.anomaly
+        t_end = m.open.end_s if m.open is not None else 0.0
+        out += m.close(t_end)
+        if m.rhythm is not None:
+            last = max((c.open.end_s for c in m.rhythm.conditions.values() if c.open), default=0.0)
+            out += m.rhythm.close(last)
+    return [a.to_dict() for a in out]
 
 
 def run_local(
@@ -61,5 +74,11 @@ def run_local(
             summary.add(res, len(step))
             summary.streams.update(c.stream for c in step)
             bar.update(1)
+    ended = pipeline_close(pipeline)  # the replay is over: resolve the alerts still open
+    if ended:
+        router.write(ended)
+        if on_alert is not None:
+            for alert in ended:
+                on_alert(alert)
     summary.seconds = time.time() - wall0
     return summary

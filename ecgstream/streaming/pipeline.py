@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgstream.alerts.rhythm import update_streams as rhythm_alerts
 from ecgstream.alerts.state import Alert, AlertConfig, AnomalyMachine
 from ecgstream.alerts.technical import TechnicalConfig, TechnicalMachine, check_streams
 from ecgstream.runtime.scorer import Scorer
@@ -339,6 +340,7 @@ class Pipeline:
         offsets = np.cumsum([0] + sizes[:-1])
         thr = np.repeat([st.anomaly.threshold for st, _ in parts], sizes)
         any_above = np.add.reduceat((scores >= thr).astype(np.int64), offsets) > 0
+        res.alerts.extend(rhythm_alerts(parts, starts_all, fs))  # from the preprocessed windows
         for p, (st, wins) in enumerate(parts):
             machine = st.anomaly
             i, n = int(offsets[p]), sizes[p]

@@ -109,8 +109,8 @@ def test_sigkill_and_restart_loses_no_window_and_no_alert(broker, tmp_path, ener
     alerts = rx.alerts
     by_window = defaultdict(set)
     for wid, x in alerts.items():
-        by_window[(x["stream"], x["window_index"], x["kind"])].add(wid)
-    assert all(len(ids) == 1 for ids in by_window.values()), "one episode delivered under two ids"
+        by_window[(x["stream"], x["window_index"], x["kind"], x["sequence"])].add(wid)
+    assert all(len(ids) == 1 for ids in by_window.values()), "one change delivered under two ids"
     for stream, at in bursts.items():
         assert any(
             x["stream"] == stream

@@ -69,7 +69,7 @@ def test_embedded_default_with_the_shipped_model_and_bundled_ecg():
     for line in out.stdout.splitlines():
         alert = json.loads(line)
         assert (
-            alert["stream"] in ("116", "208") and alert["model"]["name"] == "consensus-mitdb-mlii"
+            alert["stream"] in ("119", "201") and alert["model"]["name"] == "consensus-mitdb-mlii"
         )
 
 

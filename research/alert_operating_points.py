@@ -1,0 +1,84 @@
+"""Warning and critical thresholds of the shipped model for a target false-alert rate.
+
+Leave-records-out over the DS1 DEV records (5 folds of 3 records): the thresholds are chosen on
+12 records and the other 3 are scored with them; then the final choice is made on all 15 DEV
+records. DS1 TEST is not read here.
+
+    python research/alert_operating_points.py ../shared/data/mitdb-ds1 --target 1.0 \
+        --out docs/research/alert-operating-points.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ecgstream.alerts.state import AlertConfig
+from ecgstream.evaluation.alerts import (
+    operating_point,
+    pool,
+    reference_events,
+    replay_record,
+    rescore,
+    score_record,
+    summarise,
+)
+from ecgstream.evaluation.splits import MITDB_DEV, mitdb_paths
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.streaming.worker import find_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--target", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    scorer = Scorer(find_model(None))
+    runs = [
+        (replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(args.folder, MITDB_DEV)
+    ]
+    cfg = AlertConfig()
+    folds = [runs[i::5] for i in range(5)]
+    held = []
+    out = {"target_per_hour": args.target, "folds": []}
+    for i, test in enumerate(folds):
+        train = [r for j, f in enumerate(folds) if j != i for r in f]
+        op = operating_point(train, args.target, cfg)
+        rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in test]
+        p = pool(rows)
+        p.update(summarise(p))
+        held += rows
+        out["folds"].append(
+            {"records": [r.name for r, _ in test], "warning": op["warning"], "critical": op["critical"],
+             "v_run_se": p["v_run_se"], "false_per_hour": p["false_per_hour"], "af_se": p["af_se"]}
+        )  # fmt: skip
+        print(out["folds"][-1], flush=True)
+    p = pool(held)
+    p.update(summarise(p))
+    out["held_out_pooled"] = p
+    final = operating_point(runs, args.target, cfg)
+    out["final"] = {k: final[k] for k in ("warning", "critical")}
+    out["final_dev_pooled"] = final["pooled"]
+    print(
+        "held out:",
+        {
+            k: p[k]
+            for k in (
+                "v_runs",
+                "v_runs_alerted",
+                "v_run_se",
+                "false_per_hour",
+                "af_se",
+                "sv_run_se",
+            )
+        },
+    )
+    print("final:", out["final"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Rhythm alerts from each window's periodicity, on ECG simulated with neurokit2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgstream.alerts.rhythm import RhythmMachine, rhythm_features
+
+nk = pytest.importorskip("neurokit2")
+FS = 100.0
+
+
+def _windows(x: np.ndarray, win_s: float = 10.0, hop_s: float = 5.0) -> np.ndarray:
+    w, h = int(win_s * FS), int(hop_s * FS)
+    return np.stack([x[a : a + w] for a in range(0, len(x) - w + 1, h)])
+
+
+def _ecg(bpm: float, seconds: float = 60.0, seed: int = 1) -> np.ndarray:
+    return nk.ecg_simulate(
+        duration=seconds, sampling_rate=int(FS), heart_rate=bpm, method="simple", random_state=seed
+    )
+
+
+def _irregular(seconds: float = 90.0, seed: int = 3) -> np.ndarray:
+    """An AF-like series: QRS complexes at random RR intervals (0.3-1.6 s), no P waves."""
+    rng = np.random.default_rng(seed)
+    beat = _ecg(60, 2.0, seed)[50:150]  # one complex
+    x = np.zeros(int(seconds * FS))
+    t = 0.0
+    while t < seconds - 1.2:
+        a = int(t * FS)
+        x[a : a + 100] += beat[: len(x[a : a + 100])]
+        t += rng.uniform(0.3, 1.6)
+    return x + rng.normal(0, 0.01, len(x))
+
+
+@pytest.mark.parametrize("bpm", [40, 75, 150])
+def test_rate_is_read_from_the_windows(bpm: float) -> None:
+    f = rhythm_features(_windows(_ecg(bpm)), FS)
+    assert np.median(np.abs(f.rate_bpm - bpm) / bpm) < 0.08
+    assert np.median(f.regularity) > 0.5
+
+
+def test_irregular_rhythm_has_low_periodicity_and_alerts() -> None:
+    f = rhythm_features(_windows(_irregular()), FS)
+    assert np.median(f.regularity) < 0.3
+    m = RhythmMachine("s", "m", "1", ["MLII"])
+    msgs = m.update(np.arange(len(f.regularity)) * 500, _windows(_irregular())[:, None],
+                    np.arange(len(f.regularity)) * 5.0, FS)  # fmt: skip
+    assert {a.kind for a in msgs if a.status == "firing"} == {"irregular_rhythm"}  # no rate alert
+
+
+def _run(x: np.ndarray) -> list:
+    w = _windows(x)
+    m = RhythmMachine("s", "m", "1", ["MLII"])
+    return m.update(np.arange(len(w)) * 500, w[:, None], np.arange(len(w)) * 5.0, FS)
+
+
+def test_rate_alerts_and_their_absence_on_sinus_rhythm() -> None:
+    assert _run(_ecg(75)) == []
+    fast = [a for a in _run(_ecg(150)) if a.status == "firing"]
+    assert [(a.kind, a.severity) for a in fast] == [("tachycardia", "critical")]
+    slow = [a for a in _run(_ecg(32, 90)) if a.status == "firing"]
+    assert [a.kind for a in slow] == ["bradycardia"]
+
+
+def test_a_pause_alerts_with_its_position() -> None:
+    x = _ecg(75, 60)
+    x[3000:3400] = x[3000]  # 4 s without a complex, from 30 s
+    msgs = [a for a in _run(x) if a.kind == "pause"]
+    assert msgs and msgs[0].status == "firing" and msgs[0].severity == "critical"
+    assert msgs[0].start_s <= 30.0 and msgs[0].end_s >= 34.0
