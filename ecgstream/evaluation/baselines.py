@@ -286,8 +286,14 @@ def export_energy(path: str | Path, spec: ModelSpec, segment: int, opset: int = 
         helper.make_node("Sub", [INPUT_NAME, "dc"], ["centred"]),
         helper.make_node("Mul", ["centred", "centred"], ["sq"]),
         helper.make_node("ReduceSum", ["sq", "lead_axis"], ["sq_sum"], keepdims=1),
-        helper.make_node("AveragePool", ["sq_sum"], ["pooled"], kernel_shape=[segment],
-                         pads=[before, after], count_include_pad=0),  # fmt: skip
+        helper.make_node(
+            "AveragePool",
+            ["sq_sum"],
+            ["pooled"],
+            kernel_shape=[segment],
+            pads=[before, after],
+            count_include_pad=0,
+        ),  # fmt: skip
         helper.make_node("ReduceSum", ["pooled", "lead_axis"], [OUTPUT_NAMES[0]], keepdims=0),
         helper.make_node("ReduceMean", [OUTPUT_NAMES[0]], [OUTPUT_NAMES[1]], axes=[1], keepdims=0),
     ]
