@@ -71,7 +71,9 @@ def markdown(results: dict) -> str:
                  "|---|" + "---|" * len(columns)]  # fmt: skip
         for role, summary in res["summary"].items():
             label = LABELS.get(role) or Path(res["toml"] or "model").stem
-            rows.append(f"| {label} | " + " | ".join(_cell(summary.get(m)) for m, _ in columns) + " |")
+            rows.append(
+                f"| {label} | " + " | ".join(_cell(summary.get(m)) for m, _ in columns) + " |"
+            )
         rows.append("")
     if "test" in results:
         figs = results["test"]["figures"]
