@@ -69,7 +69,9 @@ def check_unseen(model: Path, test_names: set[str]) -> dict:
     try:
         summary = unseen(model, test_names)
     except LeakError as exc:
-        raise SystemExit(f"{exc}; figures would be inflated") from exc
+        raise SystemExit(
+            f"evaluation on TEST records refused (figures would be inflated): {exc}"
+        ) from exc
     spec = read_spec(model)
     return {
         **summary,
