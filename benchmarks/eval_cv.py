@@ -42,6 +42,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,16 +102,20 @@ def _flags(items: list[str]) -> dict:
     return out
 
 
-def _progress(name: str):
+def _progress(name: str, results: dict, save: Callable[[], None]) -> Callable[[dict], None]:
+    """Print each finished fold and keep it in the results file (``<name>_partial``) until the
+    data set's cross-validation is complete, so a long run that stops leaves its folds."""
+
     def show(entry: dict) -> None:
-        figs = entry["figures"]
         parts = []
-        for role, f in figs.items():
+        for role, f in entry["figures"].items():
             vals = {m: (f.get(m) or {}).get("auroc") for m in ("beat", "S", "V", "F", "record")}
             parts.append(role + " " + " ".join(f"{m} {v:.3f}" for m, v in vals.items()
                                                if v is not None))  # fmt: skip
         print(f"{name} fold {entry['index']} {entry['held_out']} ({entry['wall_seconds']:.0f} s): "
               + "; ".join(parts), flush=True)  # fmt: skip
+        results.setdefault(f"{name}_partial", []).append(entry)
+        save()
 
     return show
 
@@ -157,11 +162,13 @@ def main() -> int:
                   "progress": True, **flags}  # fmt: skip
         if "mitdb" not in args.skip:
             results["mitdb"] = mitdb_cv(args.mitdb_config, args.mitdb, args.work_dir / "mitdb",
-                                        on_fold=_progress("mitdb"), **common)  # fmt: skip
+                                        on_fold=_progress("mitdb", results, save), **common)  # fmt: skip
+            results.pop("mitdb_partial", None)
             save()
         if "ptbxl" not in args.skip:
             results["ptbxl"] = ptbxl_cv(args.ptbxl_config, args.ptbxl, args.work_dir / "ptbxl",
-                                        on_fold=_progress("ptbxl"), **common)  # fmt: skip
+                                        on_fold=_progress("ptbxl", results, save), **common)  # fmt: skip
+            results.pop("ptbxl_partial", None)
     results["table"] = markdown(results)
     save()
     print(results["table"])
