@@ -177,4 +177,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ecgstream.evaluation.crossval import LeakError
+
+    try:
+        sys.exit(main())
+    except LeakError as exc:
+        sys.exit(f"eval_cv.py: refused: {exc}")
