@@ -4,7 +4,7 @@ DS1 (MIT-BIH, lead of the TOML, default models/consensus-mitdb-mlii.toml): leave
 cross-validation over the 15 DEV records in 5 fixed folds of 3 records
 (ecgstream/evaluation/splits.py, MITDB_CV_FOLDS). For each fold the model is trained from the
 TOML's [train] table through ecgstream.training.fit_records on the other 12 records (the next
-fold's 3 validate and calibrate, 9 train; the TOML's records / val_records are replaced), and
+fold's 3 validate, 9 train; the TOML's records / val_records are replaced), and
 the fold's 3 records are scored through the runtime Scorer, as `ecgstream score` scores them.
 
 PTB-XL (default models/consensus-ptbxl.toml): the same over strat_fold 1-8 of ptbxl-dev

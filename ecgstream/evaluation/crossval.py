@@ -2,7 +2,7 @@
 
 For each fold of :mod:`ecgstream.evaluation.splits` (DS1 DEV records in 5 folds of 3, or PTB-XL
 ``strat_fold`` 1-8), a model is trained from its TOML (``[train]``) through the public training
-API on the other folds (the next fold validates and calibrates, the rest train) and the fold's
+API on the other folds (the next fold validates, the rest train) and the fold's
 held-out records are scored through the runtime :class:`~ecgstream.runtime.scorer.Scorer`, as
 ``ecgstream score`` scores them. In the same pass two references fitted on the same training
 records are scored: the PCA reconstruction and the segment energy (the trivial predictor,
