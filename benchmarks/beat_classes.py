@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 from _workload import model_records_parser  # benchmarks/ is on sys.path when run as a script
 
-CLASSES = {"S": "AaJS", "V": "VE", "F": "F"}
-
 
 def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
     """``{class: (beats, AUROC)}`` and ``all`` (every abnormal beat) for one model."""
+    from ecgstream.evaluation.crossval import class_aurocs as per_class
     from ecgstream.evaluation.metrics import auroc, beat_scores
     from ecgstream.runtime.scorer import Scorer
-    from ecgstream.signals.labels import AAMI_ABNORMAL, AAMI_NORMAL, read_beats
+    from ecgstream.signals.labels import AAMI_ABNORMAL, read_beats
     from ecgstream.signals.records import read_record
 
     scorer = Scorer(model, batch_size=256)
@@ -38,13 +37,9 @@ def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
         scores.append(s[ok])
         symbols.append(beats.symbols[ok])
     s, sym = np.concatenate(scores), np.concatenate(symbols)
-    normal = np.isin(sym, sorted(AAMI_NORMAL))
-    out: dict = {}
-    for cls, members in CLASSES.items():
-        sel = np.isin(sym, list(members))
-        if sel.sum() and normal.sum():
-            labels = np.r_[np.zeros(normal.sum()), np.ones(sel.sum())]
-            out[cls] = (int(sel.sum()), auroc(labels, np.r_[s[normal], s[sel]]))
+    out: dict = {
+        c: (b["n"], b["auroc"]) for c, b in per_class(sym, s).items() if b["auroc"] is not None
+    }
     abnormal = np.isin(sym, sorted(AAMI_ABNORMAL))
     out["all"] = (int(abnormal.sum()), auroc(abnormal.astype(int), s))
     return out

@@ -60,25 +60,20 @@ def train(paths: list[Path], cfg, out: Path) -> tuple[Path, float]:
 
 
 def check_unseen(model: Path, test_names: set[str]) -> dict:
-    """The model's training summary; raises if it was trained or validated on a TEST record."""
+    """The model's training summary; exits if it was trained or validated on a TEST record."""
+    from ecgstream.evaluation.crossval import LeakError
+    from ecgstream.evaluation.crossval import check_unseen as unseen
     from ecgstream.runtime.model_file import read_spec
 
+    try:
+        summary = unseen(model, test_names)
+    except LeakError as exc:
+        raise SystemExit(
+            f"evaluation on TEST records refused (figures would be inflated): {exc}"
+        ) from exc
     spec = read_spec(model)
-    seen = set(spec.training.get("records", [])) | set(spec.training.get("val_records", []))
-    if not seen:
-        raise SystemExit(
-            f"{model}: no training summary (records) in its metadata; cannot check the split"
-        )
-    leaked = sorted(seen & test_names)
-    if leaked:
-        raise SystemExit(
-            f"{model} was trained or validated on TEST records {leaked}; figures would be inflated"
-        )
     return {
-        "records": sorted(spec.training.get("records", [])),
-        "val_records": sorted(spec.training.get("val_records", [])),
-        "validation": spec.training.get("validation", {}),
-        "train_seconds": spec.training.get("train_seconds"),
+        **summary,
         "window": spec.window,
         "hop": spec.hop,
         "fs": spec.fs,

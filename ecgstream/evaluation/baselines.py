@@ -1,4 +1,5 @@
-"""PCA reconstruction: the simple reference model scored side by side with MMAE-ECG.
+"""Reference models scored side by side with the learned ones: PCA reconstruction and the
+segment energy (the trivial predictor).
 
 It sees exactly what the main model sees (the same preprocessed windows at the model rate) and is
 exported to the same self-describing ONNX interface (input ``windows``, outputs ``point_score``
@@ -9,6 +10,11 @@ Per window and lead the mean is removed (the band-pass leaves little, but window
 the flattened window is projected on the top principal components of normal training windows;
 the point score is the squared reconstruction residual summed over leads, the window score its
 mean over the window.
+
+The segment-energy score is what a reconstruction model that predicts zero (the window's mean)
+scores: the squared, mean-removed signal summed over leads and averaged over a short segment
+around each sample (0.4 s, MMAE-ECG's token). A learned model that does not beat it has learned
+nothing about the shape of the ECG.
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ __all__ = [
     "robust_norm",
     "record_windows",
     "fit_pca_on_records",
+    "ENERGY_SEGMENT_S",
+    "energy_scores",
+    "export_energy",
+    "fit_energy_on_records",
 ]
+
+#: Length (seconds) of the segment the energy score averages the squared signal over.
+ENERGY_SEGMENT_S = 0.4
 
 
 @dataclass
@@ -103,8 +116,7 @@ def export_pca(model: PCABaseline, path: str | Path, spec: ModelSpec, opset: int
     ``spec.window`` and ``len(spec.leads)`` must match the fitted model; ``spec.kind`` is set to
     ``"pca"``.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     if spec.window != model.window or len(spec.leads) != model.n_leads:
         raise ValueError(
@@ -134,17 +146,30 @@ def export_pca(model: PCABaseline, path: str | Path, spec: ModelSpec, opset: int
         helper.make_node("ReduceSum", ["sq", "lead_axis"], [OUTPUT_NAMES[0]], keepdims=0),
         helper.make_node("ReduceMean", [OUTPUT_NAMES[0]], [OUTPUT_NAMES[1]], axes=[1], keepdims=0),
     ]
+    spec.kind = "pca"
+    spec.params = {**spec.params, "n_components": int(comps.shape[0])}
+    return _save_graph(nodes, inits, "pca_reconstruction", path, spec, opset)
+
+
+def _save_graph(
+    nodes: list, inits: list, name: str, path: str | Path, spec: ModelSpec, opset: int
+) -> Path:
+    """Check and save a graph from ``windows`` ``(batch, leads, window)`` to ``point_score``
+    ``(batch, window)`` and ``window_score`` ``(batch,)``, with ``spec`` as its metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "pca_reconstruction",
+        name,
         [
             helper.make_tensor_value_info(
-                INPUT_NAME, TensorProto.FLOAT, ["batch", model.n_leads, model.window]
+                INPUT_NAME, TensorProto.FLOAT, ["batch", len(spec.leads), spec.window]
             )
         ],
         [
             helper.make_tensor_value_info(
-                OUTPUT_NAMES[0], TensorProto.FLOAT, ["batch", model.window]
+                OUTPUT_NAMES[0], TensorProto.FLOAT, ["batch", spec.window]
             ),
             helper.make_tensor_value_info(OUTPUT_NAMES[1], TensorProto.FLOAT, ["batch"]),
         ],
@@ -156,8 +181,6 @@ def export_pca(model: PCABaseline, path: str | Path, spec: ModelSpec, opset: int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(path))
-    spec.kind = "pca"
-    spec.params = {**spec.params, "n_components": int(comps.shape[0])}
     write_spec(path, spec)
     return path
 
@@ -186,6 +209,28 @@ def record_windows(path: str | Path, spec: ModelSpec, normal_only: bool = True) 
     return frame(x, starts, spec.window)
 
 
+def _baseline_spec(
+    spec: ModelSpec, name: str, kind: str, raw: np.ndarray, paths: list, n_windows: int
+) -> ModelSpec:
+    """``spec``'s leads, window, hop and preprocessing, with a ``score_norm`` from the raw
+    window scores ``raw`` of normal training windows (median / MAD)."""
+    return ModelSpec(
+        name=name,
+        version=spec.version,
+        kind=kind,
+        leads=list(spec.leads),
+        window=spec.window,
+        hop=spec.hop,
+        preprocessing=dict(spec.preprocessing),
+        score_norm=robust_norm(raw),
+        training={"records": [Path(p).name for p in paths], "n_windows": int(n_windows)},
+    )
+
+
+def _normal_windows(paths: list[str | Path], spec: ModelSpec, normal_only: bool) -> np.ndarray:
+    return np.concatenate([record_windows(p, spec, normal_only) for p in paths])
+
+
 def fit_pca_on_records(
     paths: list[str | Path],
     spec: ModelSpec,
@@ -199,18 +244,76 @@ def fit_pca_on_records(
     The exported model has ``spec``'s leads, window, hop and preprocessing, and a ``score_norm``
     from the training windows' scores (median / MAD), so its scores are on a comparable scale.
     """
-    windows = np.concatenate([record_windows(p, spec, normal_only) for p in paths])
+    windows = _normal_windows(paths, spec, normal_only)
     model = fit_pca(windows, n_components)
     _, raw = model.score_windows(windows[:: max(1, len(windows) // 5000)])
-    pca_spec = ModelSpec(
-        name=name,
-        version=spec.version,
-        kind="pca",
-        leads=list(spec.leads),
-        window=spec.window,
-        hop=spec.hop,
-        preprocessing=dict(spec.preprocessing),
-        score_norm=robust_norm(raw),
-        training={"records": [Path(p).name for p in paths], "n_windows": int(len(windows))},
-    )
+    pca_spec = _baseline_spec(spec, name, "pca", raw, paths, len(windows))
     return export_pca(model, out_path, pca_spec)
+
+
+def _segment_pads(segment: int) -> tuple[int, int]:
+    """Samples before and after a sample that its centred ``segment``-sample average covers."""
+    return segment // 2, segment - 1 - segment // 2
+
+
+def energy_scores(windows: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """Segment-energy point scores ``(n, window)`` and window scores ``(n,)`` of windows
+    ``(n, leads, window)``: the mean-removed signal squared, summed over leads and averaged over
+    the ``segment`` samples centred on each sample (fewer at the window's edges); the window score
+    is the mean point score. The exported graph (:func:`export_energy`) computes the same."""
+    x = np.asarray(windows, dtype=np.float64)
+    sq = ((x - x.mean(axis=2, keepdims=True)) ** 2).sum(axis=1)
+    before, after = _segment_pads(segment)
+    n = sq.shape[1]
+    csum = np.concatenate([np.zeros((len(sq), 1)), np.cumsum(sq, axis=1)], axis=1)
+    idx = np.arange(n)
+    lo, hi = np.clip(idx - before, 0, n), np.clip(idx + after + 1, 0, n)
+    point = (csum[:, hi] - csum[:, lo]) / (hi - lo)
+    return point.astype(np.float32), point.mean(axis=1).astype(np.float32)
+
+
+def export_energy(path: str | Path, spec: ModelSpec, segment: int, opset: int = 17) -> Path:
+    """Write the segment-energy score (:func:`energy_scores`) as an ONNX file with ``spec``
+    metadata (``spec.kind`` is set to ``"energy"``); ``segment`` is in samples at the model rate."""
+    from onnx import helper, numpy_helper
+
+    if not 1 <= segment <= spec.window:
+        raise ValueError(f"energy segment must be 1-{spec.window} samples, got {segment}")
+    before, after = _segment_pads(segment)
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "lead_axis")]
+    nodes = [
+        helper.make_node("ReduceMean", [INPUT_NAME], ["dc"], axes=[2], keepdims=1),
+        helper.make_node("Sub", [INPUT_NAME, "dc"], ["centred"]),
+        helper.make_node("Mul", ["centred", "centred"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "lead_axis"], ["sq_sum"], keepdims=1),
+        helper.make_node(
+            "AveragePool",
+            ["sq_sum"],
+            ["pooled"],
+            kernel_shape=[segment],
+            pads=[before, after],
+            count_include_pad=0,
+        ),  # fmt: skip
+        helper.make_node("ReduceSum", ["pooled", "lead_axis"], [OUTPUT_NAMES[0]], keepdims=0),
+        helper.make_node("ReduceMean", [OUTPUT_NAMES[0]], [OUTPUT_NAMES[1]], axes=[1], keepdims=0),
+    ]
+    spec.kind = "energy"
+    spec.params = {**spec.params, "segment": int(segment)}
+    return _save_graph(nodes, inits, "segment_energy", path, spec, opset)
+
+
+def fit_energy_on_records(
+    paths: list[str | Path],
+    spec: ModelSpec,
+    out_path: str | Path,
+    segment_s: float = ENERGY_SEGMENT_S,
+    normal_only: bool = True,
+    name: str = "energy-baseline",
+) -> Path:
+    """Export the segment-energy score cut as ``spec`` cuts windows, with a ``score_norm`` from the
+    (normal) windows of ``paths``; nothing else is fitted. ``segment_s`` in seconds."""
+    segment = max(1, int(round(segment_s * spec.fs)))
+    windows = _normal_windows(paths, spec, normal_only)
+    _, raw = energy_scores(windows[:: max(1, len(windows) // 5000)], segment)
+    energy_spec = _baseline_spec(spec, name, "energy", raw, paths, len(windows))
+    return export_energy(out_path, energy_spec, segment)

@@ -173,6 +173,8 @@ class Collected:
 
     beat_labels: list[np.ndarray] = field(default_factory=list)
     beat_scores: list[np.ndarray] = field(default_factory=list)
+    #: the beats' annotation symbols, aligned with ``beat_labels`` (for per-class figures)
+    beat_symbols: list[np.ndarray] = field(default_factory=list)
     window_labels: list[np.ndarray] = field(default_factory=list)
     window_scores: list[np.ndarray] = field(default_factory=list)
     record_names: list[str] = field(default_factory=list)
@@ -225,6 +227,7 @@ def collect_record(
         ok = np.isfinite(b)
         out.beat_labels.append(beats.abnormal[ok].astype(np.int8))
         out.beat_scores.append(b[ok])
+        out.beat_symbols.append(beats.symbols[ok])
         starts, ends = fixed_windows(record.n_samples, record.fs, WINDOW_S)
         wl = window_labels(beats, starts, ends)
         ws = interval_max(point, starts, ends)
