@@ -1,0 +1,486 @@
+"""Per-patient reference terms beside the shipped consensus detector (a study, not the product).
+
+The shipped detector (``models/consensus-mitdb-mlii.onnx``) compares each 10 s window with
+itself. This study asks whether the stream's own PAST (minutes) adds what a window cannot hold,
+for supraventricular (AAMI S) beats above all: a premature beat of normal shape differs from the
+patient's own rhythm, not from the window's typical beat.
+
+For each DS1 DEV record the shipped model scores the record (point scores, calibrated units) and
+the terms below are computed window by window (10 s every 5 s, the model's own windows), in
+stream order, from the model's own preprocessed signal (``ecgstream.signals.preprocess`` with the
+model spec's config). A window's term uses the current window and history banks filled only from
+windows that END at or before the current window's START (so no sample of the current window is
+in a bank) and whose window score is below the model's default threshold (the quality gate).
+Each window's per-segment term (a segment is 0.8 s every 0.1 s, as in the model) is placed at
+the segment centres, interpolated to every model sample and averaged over overlapping windows,
+as the scorer does with point scores. Lengths below are in samples at the model's 100 Hz unless
+said otherwise; the envelope is at 20 Hz.
+
+Terms (all causal):
+
+- ``bank``: a bank of segment descriptors (each 0.8 s segment minus its median, sorted: the
+  model's descriptor) of the last ``BANK_MIN`` minutes of gated windows (every 2nd segment);
+  the term is the mean squared distance (mV^2) of each segment's descriptor to its 5 nearest in
+  the bank.
+- ``bank-cons``: ``bank`` minus the distance to the window's consensus (the median descriptor),
+  i.e. what the history says beyond what the window says.
+- ``rhythm-stream``: the rectified signal averaged over 50 ms (envelope, 20 Hz); the stream's
+  period is the median of the periods of the last ``PERIOD_MIN`` minutes of gated windows (each
+  window's period as in the model: first minimum of the envelope's self-mismatch over lags
+  0.3-1.5 s within 1.3 times the lowest). Each segment's middle 0.6 s of envelope against the
+  envelope one STREAM period before it (lags within 10 %): squared difference over the two
+  spans' energy. Only the backward direction: a supraventricular premature beat resets the
+  sinus node, so the beat after it is about one period later and the forward match of the
+  model's term (better of backward and forward) finds it. Excess over twice the window's median
+  and the model's gate (fades out when the window's median mismatch reaches 0.15).
+- ``rhythm-stream-raw``: the same without the excess and the gate.
+- ``early``: how early each segment's span best matches the envelope before it against the
+  stream period: the best backward lag ``l*`` over 0.4-1.6 periods, term ``max(0, 1 - l*/P -
+  0.1)`` (fraction of a period beyond 10 %), with the same gate.
+- ``snippet-nn``: each segment's envelope from 1.2 s before its centre to 0.3 s after (30
+  samples at 20 Hz: the beat and the one or two before it, so their spacing) against a bank of
+  the same snippets of the last ``SNIPPET_MIN`` minutes of gated windows (every 2nd segment):
+  squared distance to the nearest one over the two snippets' energy.
+- ``snippet-dtw``: the same under a monotone alignment (dynamic time warping with a band of
+  +-3 envelope samples, 0.15 s; order-preserving, so a normal-shaped beat 0.2 s early is
+  expensive while ordinary rate variation is not), the minimum over the 8 Euclidean-nearest
+  snippets of the bank.
+
+Each term is combined with the shipped point score as ``score + w * term``; a beat's score is
+the max within +-150 ms of its annotation. ``w`` is chosen by leave-records-out cross-validation
+over the 15 DEV records, 5 folds of 3 (``FOLDS``, fixed before any result): on the 12 other
+records, the ``w`` of the grid with the highest mean of pooled, S-vs-N and V-vs-N beat AUROC;
+applied to the 3 held out. Reported: out-of-fold pooled and per-class AUROC, the mean and spread
+of the per-fold figures, the shipped score alone and the term alone, and the numpy cost per
+window of each term against the model's own ONNX Runtime time per window in the same run.
+DS1 TEST records are never read.
+
+    nice -n 10 python research/patient_reference/study.py \\
+        --out research/patient_reference/results.json
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")  # one thread: a shared machine, and per-stream cost
+
+import argparse  # noqa: E402
+import json
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from ecgstream.evaluation.metrics import auroc, beat_scores
+from ecgstream.evaluation.splits import MITDB_DEV
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.signals.labels import AAMI_ABNORMAL, AAMI_NORMAL, read_beats
+from ecgstream.signals.preprocess import preprocess
+from ecgstream.signals.records import read_record, select_leads
+from ecgstream.signals.windows import frame, overlap_average, window_starts
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "models" / "consensus-mitdb-mlii.onnx"
+DATA = REPO.parent / "shared" / "data" / "mitdb-ds1"
+RECORDS = tuple(sorted(MITDB_DEV))
+#: 5 folds of 3 records, fixed before any result
+FOLDS = tuple(RECORDS[i::5] for i in range(5))
+CLASSES = {"S": "AaJS", "V": "VE", "F": "F"}
+TERMS = (
+    "bank",
+    "bank-cons",
+    "rhythm-stream",
+    "rhythm-stream-raw",
+    "early",
+    "snippet-nn",
+    "snippet-dtw",
+)
+
+SEG, STRIDE = 80, 10  # 0.8 s segments every 0.1 s (the model's)
+DEC = 5  # envelope: 50 ms blocks, 20 Hz
+SPAN = 12  # 0.6 s of envelope per segment for the rhythm terms
+BANK_MIN, PERIOD_MIN, SNIPPET_MIN = 5.0, 5.0, 2.0
+BANK_EVERY = 2
+KNN = 5
+SNIP_BEFORE, SNIP_AFTER = 24, 6  # envelope samples before / after a segment's centre
+DTW_BAND, DTW_CANDIDATES = 3, 8
+TOLERANCE, EXCESS, GATE = 0.1, 2.0, 0.15
+HALF = 15  # +-150 ms at the model's 100 Hz
+W_GRID = np.r_[0.0, 2.0 ** np.arange(-6, 9)]
+
+
+# ---------------------------------------------------------------- small signal functions
+
+
+def descriptors(window: np.ndarray) -> np.ndarray:
+    """Sorted, median-centred 0.8 s segments every 0.1 s of one window ``(T,)`` -> ``(n, SEG)`` mV."""
+    seg = np.lib.stride_tricks.sliding_window_view(window, SEG)[::STRIDE]
+    return np.sort(seg - np.median(seg, axis=1, keepdims=True), axis=1)
+
+
+def envelope(x: np.ndarray) -> np.ndarray:
+    """Rectified signal ``(n,)`` averaged over blocks of ``DEC`` samples -> ``(n // DEC,)``."""
+    n = len(x) // DEC * DEC
+    return np.abs(x[:n]).reshape(-1, DEC).mean(1)
+
+
+def sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean squared distance of every row of ``a`` ``(n, d)`` to every row of ``b`` ``(m, d)``."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+    return np.maximum(d, 0) / a.shape[1]
+
+
+def span_mismatch(env: np.ndarray, lo: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """``(n_lags, n)``: each span ``env[lo:lo+SPAN]`` against the span ``lag`` samples before it,
+    squared difference over the two spans' energy (0 same, 1 unrelated, 2 opposite)."""
+    idx = lo[None, :, None] + np.arange(SPAN)[None, None]  # (1, n, SPAN)
+    own = env[idx]
+    past = env[idx - lags[:, None, None]]  # (n_lags, n, SPAN)
+    floor = 1e-3 * SPAN  # the model's floor: flat lines are not divided by ~0
+    diff = ((own - past) ** 2).sum(-1)
+    return diff / ((own**2).sum(-1) + (past**2).sum(-1) + floor)
+
+
+def window_period(env_w: np.ndarray) -> tuple[float, float]:
+    """A window's beat period in envelope samples (the model's rule) and its profile minimum."""
+    lags = np.arange(6, 31)  # 0.3-1.5 s at 20 Hz
+    t = len(env_w)
+    prof = np.empty(len(lags))
+    for i, lag in enumerate(lags):
+        a, b = env_w[lag:], env_w[: t - lag]
+        prof[i] = ((a - b) ** 2).sum() / ((a * a).sum() + (b * b).sum() + 1e-9)
+    start = int(np.argmax(prof <= 1.3 * prof.min()))
+    rising = np.r_[prof[1:] >= prof[:-1], True]
+    rising[:start] = False
+    return float(lags[int(np.argmax(rising))]), float(prof.min())
+
+
+def dtw_cost(a: np.ndarray, b: np.ndarray, band: int) -> np.ndarray:
+    """Banded DTW cost of ``a`` ``(p, L)`` against ``b`` ``(p, L)`` pairwise by row, mean over
+    the path's length ``L`` (squared differences); steps (1,0), (0,1), (1,1)."""
+    p, n = a.shape
+    inf = np.inf
+    d = np.full((p, n + 1, n + 1), inf)
+    d[:, 0, 0] = 0.0
+    for i in range(1, n + 1):
+        lo, hi = max(1, i - band), min(n, i + band)
+        for j in range(lo, hi + 1):
+            c = (a[:, i - 1] - b[:, j - 1]) ** 2
+            d[:, i, j] = c + np.minimum(
+                np.minimum(d[:, i - 1, j], d[:, i, j - 1]), d[:, i - 1, j - 1]
+            )
+    return d[:, n, n] / n
+
+
+# ---------------------------------------------------------------- one record, stream order
+
+
+def record_terms(scorer: Scorer, name: str, timings: dict) -> dict:
+    """Beat symbols, beat-centred slices of the shipped point score and of each term."""
+    spec = scorer.spec
+    rec = read_record(DATA / name)
+    sig = select_leads(rec, spec.leads).signal
+    x, delay_s = preprocess(sig, rec.fs, spec.preprocess_config)
+    lead = x[:, 0].astype(np.float64)
+    starts = window_starts(len(x), spec.window, spec.hop)
+    windows = frame(x, starts, spec.window)
+    t0 = time.perf_counter()
+    point_raw, window_raw = scorer.score_windows(windows)
+    timings["model_s"] += time.perf_counter() - t0
+    timings["windows"] += len(starts)
+    wscore = spec.normalise(window_raw)
+    point = overlap_average(spec.normalise(point_raw), starts, len(x))
+
+    env = envelope(lead)
+    n_seg = (spec.window - SEG) // STRIDE + 1
+    centres = np.arange(n_seg) * STRIDE + SEG // 2  # model samples in the window
+    hop_min = spec.hop / spec.fs / 60
+    bank: deque = deque(maxlen=int(round(BANK_MIN / hop_min)))
+    snips: deque = deque(maxlen=int(round(SNIPPET_MIN / hop_min)))
+    periods: deque = deque(maxlen=int(round(PERIOD_MIN / hop_min)))
+    pending: dict[int, tuple] = {}  # window index -> what it adds to the banks once it is past
+    per_window = {t: np.zeros((len(starts), n_seg)) for t in TERMS}
+    win_per_hop = spec.window // spec.hop
+    for k, s in enumerate(starts):
+        # windows ending at or before this window's start join the banks (if gated in)
+        done = k - win_per_hop
+        if done in pending:
+            item = pending.pop(done)
+            if item is not None:
+                bank.append(item[0])
+                snips.append(item[1])
+                periods.append(item[2])
+        w = lead[s : s + spec.window]
+        e0 = s // DEC  # window starts are multiples of the hop (500), so of DEC
+        env_w = env[e0 : e0 + spec.window // DEC]
+
+        tic = time.perf_counter()
+        desc = descriptors(w)
+        cons = np.median(desc[::2], axis=0)
+        d_cons = ((desc - cons) ** 2).mean(1)
+        if bank and sum(len(b) for b in bank) >= 100:
+            d = sq_dist(desc, np.concatenate(bank))
+            kk = min(KNN, d.shape[1])
+            knn = np.partition(d, kk - 1, axis=1)[:, :kk].mean(1)
+            per_window["bank"][k] = knn
+            per_window["bank-cons"][k] = knn - d_cons
+        tac = time.perf_counter()
+        timings["bank"] += tac - tic
+
+        own_period, own_min = window_period(env_w)
+        period = float(np.median(periods)) if len(periods) >= 6 else own_period
+        c_env = e0 + centres // DEC  # segment centres on the envelope
+        lo = c_env - SPAN // 2
+        ok = lo - int(np.ceil(1.6 * period)) >= 0
+        lags = np.arange(
+            int(np.floor(period * (1 - TOLERANCE))), int(np.ceil(period * (1 + TOLERANCE))) + 1
+        )
+        lags = lags[lags >= 1]
+        mis = np.zeros(n_seg)
+        if ok.any():
+            mis[ok] = span_mismatch(env, lo[ok], lags).min(0)
+        median = float(np.median(mis))
+        gate = max(0.0, 1.0 - median / GATE)
+        per_window["rhythm-stream-raw"][k] = mis
+        per_window["rhythm-stream"][k] = np.maximum(mis - EXCESS * median, 0) * gate
+        toc = time.perf_counter()
+        timings["rhythm-stream"] += toc - tac
+
+        wide = np.arange(max(2, int(0.4 * period)), int(np.ceil(1.6 * period)) + 1)
+        early = np.zeros(n_seg)
+        if ok.any():
+            prof = span_mismatch(env, lo[ok], wide)
+            best = wide[np.argmin(prof, axis=0)]
+            early[ok] = np.maximum(1 - best / period - TOLERANCE, 0)
+        per_window["early"][k] = early * gate
+        tec = time.perf_counter()
+        timings["early"] += tec - toc
+
+        sidx = c_env[:, None] + np.arange(-SNIP_BEFORE, SNIP_AFTER)[None]
+        sok = sidx[:, 0] >= 0
+        snip = np.zeros((n_seg, SNIP_BEFORE + SNIP_AFTER))
+        snip[sok] = env[sidx[sok]]
+        energy = (snip**2).mean(1)
+        if snips and sum(len(b) for b in snips) >= 50:
+            sb = np.concatenate(snips)
+            sb_energy = (sb**2).mean(1)
+            d = sq_dist(snip, sb)
+            rel = d / (energy[:, None] + sb_energy[None] + 1e-4)
+            per_window["snippet-nn"][k] = rel.min(1) * sok
+            tsn = time.perf_counter()
+            timings["snippet-nn"] += tsn - tec
+            cand = np.argpartition(rel, DTW_CANDIDATES - 1, axis=1)[:, :DTW_CANDIDATES]
+            a = np.repeat(snip, DTW_CANDIDATES, axis=0)
+            b = sb[cand.ravel()]
+            cost = dtw_cost(a, b, DTW_BAND).reshape(n_seg, DTW_CANDIDATES)
+            norm = energy[:, None] + sb_energy[cand] + 1e-4
+            per_window["snippet-dtw"][k] = (cost / norm).min(1) * sok
+            timings["snippet-dtw"] += time.perf_counter() - tsn
+        else:
+            timings["snippet-nn"] += time.perf_counter() - tec
+
+        gated = wscore[k] < spec.threshold
+        # only the window's second half (its new 5 s) joins, so each stretch enters once
+        new = centres >= spec.window - spec.hop
+        pending[k] = (desc[new][::BANK_EVERY], snip[new & sok][::2], own_period) if gated else None
+
+    # per-segment values -> every model sample of the window -> average over overlaps
+    grid = np.arange(spec.window)
+    traces = {"score": point}
+    for t, v in per_window.items():
+        pts = np.stack([np.interp(grid, centres, row) for row in v])
+        traces[t] = overlap_average(pts, starts, len(x))
+
+    beats = read_beats(DATA / name)
+    pos = np.rint((beats.samples / rec.fs + delay_s) * spec.fs).astype(np.int64)
+    idx = pos[:, None] + np.arange(-HALF, HALF + 1)[None]
+    inside = (idx[:, 0] >= 0) & (idx[:, -1] < len(x))
+    idx = idx[inside]
+    out = {"symbols": beats.symbols[inside]}
+    for t, tr in traces.items():
+        out[t] = tr[idx]
+    # the same beats through score_record at the record's rate (the check of this mapping)
+    rs = scorer.score_record(rec)
+    out["score_record"] = beat_scores(rs.point_score, beats.samples, rec.fs)[inside]
+    return out
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def class_aurocs(symbols: np.ndarray, scores: np.ndarray) -> dict:
+    """Pooled (every abnormal vs normal) and per-class beat AUROC; NaN where undefined."""
+    ok = np.isfinite(scores)
+    s, sym = scores[ok], symbols[ok]
+    normal = np.isin(sym, sorted(AAMI_NORMAL))
+    out = {}
+    abnormal = np.isin(sym, sorted(AAMI_ABNORMAL))
+    out["all"] = auroc(abnormal.astype(int), s) if abnormal.any() and normal.any() else np.nan
+    for cls, members in CLASSES.items():
+        sel = np.isin(sym, list(members))
+        if sel.any() and normal.any():
+            lab = np.r_[np.zeros(normal.sum()), np.ones(sel.sum())]
+            out[cls] = auroc(lab, np.r_[s[normal], s[sel]])
+        else:
+            out[cls] = np.nan
+    return out
+
+
+def beat_max(
+    data: dict, names: list[str], term: str | None, w: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Beat scores ``max(score + w * term)`` over +-150 ms, and symbols, pooled over ``names``."""
+    scores, symbols = [], []
+    for n in names:
+        d = data[n]
+        v = d["score"] if term is None else d["score"] + w * d[term]
+        with np.errstate(invalid="ignore"):
+            scores.append(np.nanmax(np.where(np.isnan(v), -np.inf, v), axis=1))
+        symbols.append(d["symbols"])
+    s = np.concatenate(scores)
+    s[np.isneginf(s)] = np.nan
+    return s, np.concatenate(symbols)
+
+
+def term_alone(data: dict, names: list[str], term: str) -> tuple[np.ndarray, np.ndarray]:
+    s = np.concatenate([np.nanmax(data[n][term], axis=1) for n in names])
+    return s, np.concatenate([data[n]["symbols"] for n in names])
+
+
+def objective(m: dict) -> float:
+    """The choice rule for ``w``: mean of pooled, S-vs-N and V-vs-N beat AUROC (NaN skipped)."""
+    return float(np.nanmean([m["all"], m["S"], m["V"]]))
+
+
+def cross_validate(data: dict, term: str) -> dict:
+    """Out-of-fold figures of ``score + w * term``, ``w`` chosen on the other 12 records."""
+    oof_s, oof_sym, folds = [], [], []
+    for held in FOLDS:
+        train = [r for r in RECORDS if r not in held]
+        s_tr, _ = term_alone(data, train, term)
+        p_tr, _ = beat_max(data, train, None, 0.0)
+        scale = np.nanstd(p_tr) / max(np.nanstd(s_tr), 1e-12)
+        best = (-1.0, 0.0)
+        for g in W_GRID:
+            val = objective(class_aurocs(*reversed(beat_max(data, train, term, g * scale))))
+            if val > best[0] + 1e-6:
+                best = (val, g * scale)
+        w = best[1]
+        s, sym = beat_max(data, list(held), term, w)
+        oof_s.append(s)
+        oof_sym.append(sym)
+        folds.append(
+            {"held": list(held), "w": w, "w_over_scale": w / scale, **class_aurocs(sym, s)}
+        )
+    pooled = class_aurocs(np.concatenate(oof_sym), np.concatenate(oof_s))
+    return {"oof": pooled, "folds": folds}
+
+
+def fold_summary(folds: list[dict]) -> dict:
+    out = {}
+    for key in ("all", "S", "V", "F"):
+        v = np.array([f[key] for f in folds], dtype=float)
+        v = v[np.isfinite(v)]
+        out[key] = (
+            {
+                "mean": float(v.mean()),
+                "sd": float(v.std()),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "folds": int(len(v)),
+            }
+            if len(v)
+            else None
+        )
+    return out
+
+
+def main() -> None:
+    global RECORDS, FOLDS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--records", nargs="*", default=list(RECORDS))
+    args = ap.parse_args()
+    assert not set(args.records) & {"101", "106", "119", "201", "209", "215", "223"}
+    scorer = Scorer(MODEL, batch_size=64)
+    timings = {k: 0.0 for k in ("model_s", "windows", *TERMS)}
+    timings.pop("bank-cons"), timings.pop("rhythm-stream-raw")
+    data = {}
+    t0 = time.time()
+    for name in args.records:
+        data[name] = record_terms(scorer, name, timings)
+        print(
+            f"{name}: {len(data[name]['symbols'])} beats, {time.time() - t0:.0f} s,",
+            {k: round(v, 1) for k, v in timings.items()},
+            flush=True,
+        )
+
+    names = list(args.records)
+    RECORDS = tuple(names)
+    FOLDS = tuple(f for f in (tuple(r for r in f if r in names) for f in FOLDS) if f)
+    s_pt, sym = beat_max(data, names, None, 0.0)
+    s_rec = np.concatenate([data[n]["score_record"] for n in names])
+    check = {"model_rate": class_aurocs(sym, s_pt), "score_record": class_aurocs(sym, s_rec)}
+    print(
+        "shipped score, beats from the model-rate trace / from score_record:",
+        {
+            k: (round(v, 4), round(check["score_record"][k], 4))
+            for k, v in check["model_rate"].items()
+        },
+    )
+    counts = {c: int(np.isin(sym, list(m)).sum()) for c, m in CLASSES.items()}
+    counts["N"] = int(np.isin(sym, sorted(AAMI_NORMAL)).sum())
+    results = {
+        "records": names,
+        "folds": [list(f) for f in FOLDS],
+        "beats": counts,
+        "check": check,
+        "rows": {},
+    }
+    per_fold = [class_aurocs(*reversed(beat_max(data, list(f), None, 0.0))) for f in FOLDS]
+    results["rows"]["shipped score"] = {
+        "oof": check["model_rate"],
+        "folds": per_fold,
+        "spread": fold_summary(per_fold),
+    }
+    for term in TERMS:
+        alone = class_aurocs(*reversed(term_alone(data, names, term)))
+        cv = cross_validate(data, term)
+        cv["spread"] = fold_summary(cv["folds"])
+        results["rows"][f"{term} alone"] = {"oof": alone}
+        results["rows"][f"score + w * {term}"] = cv
+    n_win = timings.pop("windows")
+    ms = {k: 1000 * v / n_win for k, v in timings.items()}
+    results["ms_per_window"] = ms
+    results["windows"] = n_win
+
+    fmt = lambda v: "  -  " if v is None or not np.isfinite(v) else f"{v:.3f}"  # noqa: E731
+    print(f"beats: {counts}")
+    print(f"{'row':32s} {'pooled':>6s} {'S':>6s} {'V':>6s} {'F':>6s} | folds mean+-sd: pooled S V")
+    for row, r in results["rows"].items():
+        o = r["oof"]
+        line = (
+            f"{row:32s} {fmt(o['all']):>6s} {fmt(o['S']):>6s} {fmt(o['V']):>6s} {fmt(o['F']):>6s}"
+        )
+        if "spread" in r:
+            sp = r["spread"]
+            line += " | " + "  ".join(
+                f"{sp[k]['mean']:.3f}+-{sp[k]['sd']:.3f}" if sp[k] else "-"
+                for k in ("all", "S", "V")
+            )
+            if "folds" in r and "w" in r["folds"][0]:
+                line += "  w/scale " + ",".join(f"{f['w_over_scale']:g}" for f in r["folds"])
+        print(line)
+    print(
+        "ms per 10 s window (numpy terms; model = ONNX Runtime main graph, same run):",
+        {k: round(v, 3) for k, v in ms.items()},
+    )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
