@@ -337,9 +337,8 @@ CANDIDATES = (
     *(("lin", (t,)) for t in TERMS),
     *(("asinh", (t,)) for t in ("bank", "rhythm-stream-raw", "early", "snippet-nn", "snippet-dtw")),
     ("lin", ("early", "bank")),
+    ("lin", ("early", "snippet-nn")),
     ("lin", ("early", "snippet-dtw")),
-    ("asinh", ("early", "bank")),
-    ("asinh", ("early", "snippet-dtw")),
 )
 
 
