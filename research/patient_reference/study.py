@@ -449,6 +449,21 @@ def load_or_compute(scorer: Scorer, names: list[str], cache: Path | None) -> tup
     return data, timings
 
 
+def gate_counts(scorer: Scorer, names: list[str]) -> dict:
+    """Per record: windows, windows at or over the default threshold (left out of the banks),
+    windows holding an S beat, and those of them over the threshold."""
+    out = {}
+    for name in names:
+        rs = scorer.score_record(read_record(DATA / name))
+        b = read_beats(DATA / name)
+        s_beats = b.samples[np.isin(b.symbols, list(CLASSES["S"]))]
+        over = rs.window_score >= scorer.spec.threshold
+        lo = np.searchsorted(s_beats, rs.window_start)
+        has_s = np.searchsorted(s_beats, rs.window_end) > lo
+        out[name] = [len(over), int(over.sum()), int(has_s.sum()), int((has_s & over).sum())]
+    return out
+
+
 def row_name(form: str, terms: tuple[str, ...]) -> str:
     f = "score" if form == "lin" else "asinh(score)"
     return f + "".join(f" + w*{t}" for t in terms)
@@ -488,6 +503,14 @@ def main() -> None:
         "check": check,
         "rows": {},
     }
+    gates = gate_counts(scorer, names)
+    results["gate"] = gates
+    total = np.sum(list(gates.values()), axis=0)
+    print(
+        f"quality gate: {total[1]} of {total[0]} windows over the threshold (left out of the"
+        f" banks); {total[3]} of the {total[2]} windows holding an S beat",
+        {n: g[1] for n, g in gates.items() if g[1]},
+    )
     per_fold = [class_aurocs(*reversed(beat_max(data, list(f)))) for f in FOLDS]
     per_record = {n: class_aurocs(*reversed(beat_max(data, [n]))) for n in names}
     results["rows"]["shipped score"] = {
