@@ -27,9 +27,9 @@ def truncated(path, leads=None):
 
 
 t = {
-    k: 0.0
-    for k in ("model_s", "windows", "bank", "rhythm-stream", "early", "snippet-nn", "snippet-dtw")
+    k: 0.0 for k in ("model_s", "windows", "bank", "period", "rhythm-stream", "early", "snippet-nn")
 }
+t["snippet-dtw"] = 0.0
 a = study.record_terms(sc, "118", t)
 study.read_record = truncated
 b = study.record_terms(sc, "118", t)
