@@ -45,7 +45,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     )
     client.execute()
     text, images = _outputs(nb)
-    assert "model: consensus-mitdb-mlii.onnx" in text and "records: 116, 208" in text
+    assert "model: consensus-mitdb-mlii.onnx" in text and "records: 119, 201" in text
     # the headline model works on the bundled records (a collapsed model would sit near 0.5)
     beat = float(text.split("beat AUROC ")[1].split()[0])
     loc = float(text.split("localisation AUROC ")[1].split()[0])

@@ -81,7 +81,7 @@ def test_ctrl_c_stops_the_worker_within_5_s(broker, tmp_path, energy_model):
 
 def test_ctrl_c_stops_training_within_5_s(tmp_path):
     pytest.importorskip("torch")
-    proc = _start(["train", "--leads", "MLII", "--val-records", "208", "--epochs", "100",
+    proc = _start(["train", "--leads", "MLII", "--val-records", "201", "--epochs", "100",
                    "--no-progress", "--checkpoint-dir", str(tmp_path / "ckpt"), str(BUNDLED)],
                   tmp_path)  # fmt: skip
     # interrupted once it is training (its first checkpoint is written after an epoch), or
