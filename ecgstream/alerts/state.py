@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,8 @@ __all__ = [
     "AlertConfig",
     "AnomalyMachine",
     "alert_id",
+    "alert_policy",
+    "check_fields",
     "severity_of",
     "localise",
     "iso_time",
@@ -71,7 +74,9 @@ class AlertConfig:
     threshold a score becomes ``critical`` (else ``warning``). An open alert escalates to
     ``critical`` once it has stayed above the threshold for ``sustain_s`` seconds (0: never),
     and reports newly localised spans at most every ``update_s`` seconds. ``rhythm`` turns on
-    the rhythm alerts (:mod:`ecgstream.alerts.rhythm`).
+    the rhythm alerts (:mod:`ecgstream.alerts.rhythm`) with their thresholds ``rhythm_config``
+    (a :class:`~ecgstream.alerts.rhythm.RhythmConfig`; None: its defaults). A value out of range
+    is a ``ValueError`` naming the field.
     """
 
     threshold: float | None = None
@@ -86,6 +91,63 @@ class AlertConfig:
     adaptive_window: int = 300
     drift: bool = False
     rhythm: bool = True
+    rhythm_config: Any = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number or unset, got {self.threshold!r}")
+        check_fields(
+            self,
+            min_windows=(1, None),
+            hysteresis=(0.0, None),
+            cooldown_s=(0.0, None),
+            critical_margin=(0.0, None),
+            sustain_s=(0.0, None),
+            update_s=(0.0, None),
+            adaptive_quantile=(0.0, 1.0),
+            adaptive_window=(1, None),
+        )
+        if self.critical_margin == 0:
+            raise ValueError("critical_margin must be above 0, got 0")
+
+
+def check_fields(obj: Any, **bounds: tuple[float | None, float | None]) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` that is not a finite number within
+    its inclusive ``(low, high)`` bounds (None: unbounded)."""
+    for name, (low, high) in bounds.items():
+        value = getattr(obj, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            rng = (
+                f"between {low:g} and {high:g}"
+                if low is not None and high is not None
+                else f"at least {low:g}"
+                if low is not None
+                else f"at most {high:g}"
+            )
+            raise ValueError(f"{name} must be {rng}, got {value!r}")
+
+
+def alert_policy(settings: Any) -> AlertConfig:
+    """The alert policy (:class:`AlertConfig` with its
+    :class:`~ecgstream.alerts.rhythm.RhythmConfig`) from any object carrying fields of the same
+    names, e.g. a :class:`~ecgstream.config.RunConfig`; fields it lacks keep their defaults.
+    Out-of-range values raise ``ValueError`` naming the field."""
+    from ecgstream.alerts.rhythm import RhythmConfig
+
+    def pick(cls: type) -> dict[str, Any]:
+        return {
+            f.name: getattr(settings, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name != "rhythm_config" and hasattr(settings, f.name)
+        }
+
+    return AlertConfig(**pick(AlertConfig), rhythm_config=RhythmConfig(**pick(RhythmConfig)))
 
 
 @dataclass
@@ -256,6 +318,8 @@ class AnomalyMachine:
         if cfg.rhythm:
             from ecgstream.alerts.rhythm import RhythmMachine
 
+            if rhythm_cfg is None:
+                rhythm_cfg = cfg.rhythm_config
             self.rhythm = RhythmMachine(stream, model, version, leads, rhythm_cfg)
         if cfg.adaptive:
             from river import stats

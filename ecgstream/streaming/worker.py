@@ -81,15 +81,8 @@ def find_model(path: str | Path | None = None) -> Path:
 
 
 def alert_config(cfg: RunConfig) -> AlertConfig:
-    return AlertConfig(
-        threshold=cfg.threshold,
-        min_windows=cfg.min_windows,
-        hysteresis=cfg.hysteresis,
-        cooldown_s=cfg.cooldown_s,
-        critical_margin=cfg.critical_margin,
-        adaptive=cfg.adaptive,
-        drift=cfg.drift,
-    )
+    """The alert policy of ``[run]`` (anomaly and rhythm alerts)."""
+    return cfg.alert_policy()
 
 
 def technical_config(cfg: RunConfig) -> TechnicalConfig:
