@@ -215,6 +215,7 @@ class RunConfig(KafkaSecurityConfig):
     critical_margin: float = AlertConfig.critical_margin
     sustain_s: float = AlertConfig.sustain_s
     update_s: float = AlertConfig.update_s
+    rise: float = AlertConfig.rise
     adaptive: bool = False
     drift: bool = False
     # rhythm alerts (ecgstream/alerts/rhythm.py RhythmConfig): on/off and their thresholds

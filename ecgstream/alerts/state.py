@@ -8,10 +8,12 @@ condition, and every change of state is its own message (see docs/wire-format.md
 - ``escalated``: while open, the severity rose: a window at or above the ``critical`` threshold,
   or the episode stayed above the threshold for ``sustain_s`` seconds (``sustained``).
 - ``updated``: while open, a window above the threshold localised new spans outside the ones
-  already reported (at most one such message every ``update_s`` seconds).
+  already reported, or (with ``rise`` set) scored at least ``rise`` times the alert's peak so
+  far (at most one such message every ``update_s`` seconds).
 - ``resolved``: a window fell below ``threshold - hysteresis``; ``end`` is the end of the last
   window above it. No new alert of the same or a lower severity opens for ``cooldown_s``
-  seconds; a more severe one does (cooldown never hides a worse event).
+  seconds; a more severe one does (cooldown never hides a worse event), and so does one whose
+  window scores reach ``rise`` times the resolved alert's peak (with ``rise`` set).
 
 The alert id (``alert_id``) is a hash of (stream, first window index, model name and version,
 kind) and stays the same through the lifecycle; each message's ``id`` is ``<alert id>.<n>``
@@ -76,7 +78,9 @@ class AlertConfig:
     and reports newly localised spans at most every ``update_s`` seconds. ``rhythm`` turns on
     the rhythm alerts (:mod:`ecgstream.alerts.rhythm`) with their thresholds ``rhythm_config``
     (a :class:`~ecgstream.alerts.rhythm.RhythmConfig`; None: its defaults). A value out of range
-    is a ``ValueError`` naming the field.
+    is a ``ValueError`` naming the field. ``rise`` (0: off) is how many times the peak score
+    of an alert a window must reach to be news: inside the open alert an ``updated`` message
+    (at most every ``update_s``), inside the cooldown after it a new alert of the same severity.
     """
 
     threshold: float | None = None
@@ -92,6 +96,7 @@ class AlertConfig:
     drift: bool = False
     rhythm: bool = True
     rhythm_config: Any = None
+    rise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not math.isfinite(self.threshold):
@@ -106,7 +111,10 @@ class AlertConfig:
             update_s=(0.0, None),
             adaptive_quantile=(0.0, 1.0),
             adaptive_window=(1, None),
+            rise=(0.0, None),
         )
+        if 0 < self.rise <= 1:
+            raise ValueError(f"rise must be 0 (off) or above 1, got {self.rise!r}")
         if self.critical_margin == 0:
             raise ValueError("critical_margin must be above 0, got 0")
 
@@ -308,6 +316,7 @@ class AnomalyMachine:
         self.last_k = -(2**62)
         self.cooldown_until = -math.inf
         self.cooldown_rank = -1
+        self.cooldown_peak = math.inf  # the peak score of the alert that started the cooldown
         self.last_message_s = -math.inf
         #: (start s, windows) of the latest runs above threshold that were too short to alert
         self.near_misses: list[tuple[float, int]] = []
@@ -380,6 +389,7 @@ class AnomalyMachine:
         elif score >= thr and (
             t_start >= self.cooldown_until
             or SEVERITY_RANK[self.severity(score, thr)] > self.cooldown_rank
+            or (self.cfg.rise > 0 and score >= self.cfg.rise * self.cooldown_peak)
         ):
             self.pending.append((k, score, t_start, t_end, point))
             if len(self.pending) >= self.cfg.min_windows:
@@ -445,7 +455,18 @@ class AnomalyMachine:
                 else f"above threshold for {t_end - cur.start_s:.0f} s (sustained)"
             )
             return [self._change("escalated", score, t_end, new_spans, why, severity)]
-        if new_spans and t_end - self.last_message_s >= self.cfg.update_s:
+        due = t_end - self.last_message_s >= self.cfg.update_s
+        if due and self.cfg.rise > 0 and score >= self.cfg.rise * cur.score:
+            return [
+                self._change(
+                    "updated",
+                    score,
+                    t_end,
+                    new_spans,
+                    f"score {score:.2f}, {score / cur.score:.1f}x the alert's peak so far",
+                )
+            ]
+        if new_spans and due:
             return [
                 self._change(
                     "updated", score, t_end, new_spans, f"new span(s) at score {score:.2f}"
@@ -489,6 +510,7 @@ class AnomalyMachine:
         self.open = None
         self.cooldown_until = cur.end_s + self.cfg.cooldown_s
         self.cooldown_rank = SEVERITY_RANK[cur.severity]
+        self.cooldown_peak = cur.score
         self.pending.clear()
         return _copy(cur)
 
