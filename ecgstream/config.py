@@ -216,6 +216,7 @@ class RunConfig(KafkaSecurityConfig):
     sustain_s: float = AlertConfig.sustain_s
     update_s: float = AlertConfig.update_s
     rise: float = AlertConfig.rise
+    cooldown_rise: float = AlertConfig.cooldown_rise
     adaptive: bool = False
     drift: bool = False
     # rhythm alerts (ecgstream/alerts/rhythm.py RhythmConfig): on/off and their thresholds

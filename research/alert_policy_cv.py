@@ -1,8 +1,8 @@
 """Alert policy against ventricular runs missed in a cooldown or inside an open alert.
 
-Candidates: the cooldown after an alert (``cooldown_s``) and ``rise`` (0: off), the multiple of
-an alert's peak score that is news (an ``updated`` message inside the open alert, a new alert
-inside its cooldown). Each candidate is scored by 5-fold leave-records-out over the DS1 DEV
+Candidates: the cooldown after an alert (``cooldown_s``), ``rise`` (0: off), the multiple of an
+open alert's peak score that is news (an ``updated`` message), and ``cooldown_rise`` (0: off),
+the multiple of a resolved alert's peak that opens a new alert inside its cooldown. Each candidate is scored by 5-fold leave-records-out over the DS1 DEV
 records as research/alert_operating_points.py does it: the warning and critical thresholds are
 chosen on 12 records for 1 false alert per monitor-hour with that policy, the other 3 are scored
 with them; held-out figures are pooled over the folds. DS1 TEST is not read here. The records
@@ -39,11 +39,13 @@ CANDIDATES = [{"cooldown_s": c, "rise": r} for c in (10.0, 5.0, 0.0) for r in (0
 def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
     """Held-out figures of policy ``cfg`` over 5 folds of the replayed ``runs``."""
     folds = [runs[i::5] for i in range(5)]
-    held, per_fold = [], []
+    held, per_fold, messages = [], [], 0
     for i, test in enumerate(folds):
         train = [r for j, f in enumerate(folds) if j != i for r in f]
         op = operating_point(train, target, cfg)
-        rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in test]
+        again = [(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in test]
+        rows = [score_record(r, ev) for r, ev in again]
+        messages += sum(1 for r, _ in again for m in r.messages if m["kind"] == "anomaly")
         p = pool(rows)
         p.update(summarise(p))
         per_fold.append(
@@ -55,7 +57,9 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
     p.update(summarise(p))
     keys = ("v_runs", "v_runs_alerted", "v_run_se", "false_per_hour", "af_se", "sv_run_se",
             "v_latency_median_s", "v_latency_p95_s", "alerts")  # fmt: skip
-    return {"held_out": {k: p.get(k) for k in keys}, "folds": per_fold}
+    held_out = {k: p.get(k) for k in keys}
+    held_out["anomaly_messages_per_hour"] = messages / p["hours"]
+    return {"held_out": held_out, "folds": per_fold}
 
 
 def main() -> None:
@@ -75,9 +79,11 @@ def main() -> None:
         out.append({"policy": cand, **res})
         h = res["held_out"]
         print(
-            f"cooldown {cand['cooldown_s']:>4} s  rise {cand['rise']:>3}: V runs "
+            f"cooldown {cand['cooldown_s']:>4} s  rise {cand['rise']:>4}  cooldown_rise "
+            f"{cand['cooldown_rise']:>3}: V runs "
             f"{h['v_runs_alerted']}/{h['v_runs']} ({h['v_run_se']:.2f})  false/h "
-            f"{h['false_per_hour']:.2f}  AF {h['af_se']:.2f}  folds "
+            f"{h['false_per_hour']:.2f}  AF {h['af_se']:.2f}  anomaly msgs/h "
+            f"{h['anomaly_messages_per_hour']:.1f}  folds "
             + " ".join(f"{f['v_runs']}@{f['false_per_hour']}" for f in res["folds"]),
             flush=True,
         )

@@ -13,7 +13,7 @@ condition, and every change of state is its own message (see docs/wire-format.md
 - ``resolved``: a window fell below ``threshold - hysteresis``; ``end`` is the end of the last
   window above it. No new alert of the same or a lower severity opens for ``cooldown_s``
   seconds; a more severe one does (cooldown never hides a worse event), and so does one whose
-  window scores reach ``rise`` times the resolved alert's peak (with ``rise`` set).
+  window scores reach ``cooldown_rise`` times the resolved alert's peak (with it set).
 
 The alert id (``alert_id``) is a hash of (stream, first window index, model name and version,
 kind) and stays the same through the lifecycle; each message's ``id`` is ``<alert id>.<n>``
@@ -79,8 +79,9 @@ class AlertConfig:
     the rhythm alerts (:mod:`ecgstream.alerts.rhythm`) with their thresholds ``rhythm_config``
     (a :class:`~ecgstream.alerts.rhythm.RhythmConfig`; None: its defaults). A value out of range
     is a ``ValueError`` naming the field. ``rise`` (0: off) is how many times the peak score
-    of an alert a window must reach to be news: inside the open alert an ``updated`` message
-    (at most every ``update_s``), inside the cooldown after it a new alert of the same severity.
+    of an open alert a window must reach to be news (an ``updated`` message, at most every
+    ``update_s``); ``cooldown_rise`` (0: off) how many times a resolved alert's peak opens a
+    new alert of the same severity inside its cooldown.
     """
 
     threshold: float | None = None
@@ -97,6 +98,7 @@ class AlertConfig:
     rhythm: bool = True
     rhythm_config: Any = None
     rise: float = 0.0
+    cooldown_rise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not math.isfinite(self.threshold):
@@ -112,9 +114,11 @@ class AlertConfig:
             adaptive_quantile=(0.0, 1.0),
             adaptive_window=(1, None),
             rise=(0.0, None),
+            cooldown_rise=(0.0, None),
         )
-        if 0 < self.rise <= 1:
-            raise ValueError(f"rise must be 0 (off) or above 1, got {self.rise!r}")
+        for name in ("rise", "cooldown_rise"):
+            if 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be 0 (off) or above 1, got {getattr(self, name)!r}")
         if self.critical_margin == 0:
             raise ValueError("critical_margin must be above 0, got 0")
 
@@ -389,7 +393,7 @@ class AnomalyMachine:
         elif score >= thr and (
             t_start >= self.cooldown_until
             or SEVERITY_RANK[self.severity(score, thr)] > self.cooldown_rank
-            or (self.cfg.rise > 0 and score >= self.cfg.rise * self.cooldown_peak)
+            or (self.cfg.cooldown_rise > 0 and score >= self.cfg.cooldown_rise * self.cooldown_peak)
         ):
             self.pending.append((k, score, t_start, t_end, point))
             if len(self.pending) >= self.cfg.min_windows:

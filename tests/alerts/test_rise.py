@@ -1,4 +1,5 @@
-"""``rise``: a window well above an alert's peak is news, inside the alert or its cooldown."""
+"""``rise`` / ``cooldown_rise``: a window well above an alert's peak is news, inside the alert
+or its cooldown."""
 
 from __future__ import annotations
 
@@ -40,15 +41,20 @@ def test_a_rise_inside_the_cooldown_opens_a_new_alert_of_the_same_severity() -> 
     scores = [4, 6, 0, 0, 20, 20, 0]  # alert peak 6; 20 >= 3 x 6 inside the 20 s cooldown
     off = _feed(CFG, scores)
     assert [m.status for m in off] == ["firing", "resolved"]  # the cooldown hides it
-    on = _feed(dataclasses.replace(CFG, rise=3.0), scores)
+    assert [m.status for m in _feed(dataclasses.replace(CFG, rise=3.0), scores)] == [
+        "firing",
+        "resolved",
+    ]  # rise is about open alerts only
+    on = _feed(dataclasses.replace(CFG, cooldown_rise=3.0), scores)
     assert [m.status for m in on] == ["firing", "resolved", "firing", "resolved"]
     assert on[2].id != on[0].id and on[2].severity == "warning" and on[2].start_s == 1004.0
     # below rise x peak the cooldown holds
-    quiet = _feed(dataclasses.replace(CFG, rise=4.0), scores)
+    quiet = _feed(dataclasses.replace(CFG, cooldown_rise=4.0), scores)
     assert [m.status for m in quiet] == ["firing", "resolved"]
 
 
 @pytest.mark.parametrize("value", ["0.5", "1", "-2"])
-def test_rise_must_be_off_or_above_one(value) -> None:
-    with pytest.raises(ConfigError, match="run.rise must be"):
-        RunConfig(rise=float(value))
+@pytest.mark.parametrize("key", ["rise", "cooldown_rise"])
+def test_rise_must_be_off_or_above_one(key, value) -> None:
+    with pytest.raises(ConfigError, match=f"run.{key} must be"):
+        RunConfig(**{key: float(value)})
