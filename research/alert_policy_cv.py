@@ -33,7 +33,13 @@ from ecgstream.evaluation.splits import MITDB_DEV, mitdb_paths
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.worker import find_model
 
-CANDIDATES = [{"cooldown_s": c, "rise": r} for c in (10.0, 5.0, 0.0) for r in (0.0, 1.5, 2.0, 3.0)]
+CANDIDATES = [
+    {"cooldown_s": c, "rise": r, "cooldown_rise": cr}
+    for c in (10.0, 5.0, 0.0)
+    for r in (0.0, 1.25, 1.5, 2.0, 3.0)
+    for cr in (0.0, 1.5, 3.0)
+    if not (c == 0.0 and cr)  # no cooldown: nothing to break
+]
 
 
 def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
