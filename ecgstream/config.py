@@ -18,6 +18,9 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ecgstream.alerts.rhythm import RhythmConfig
+from ecgstream.alerts.state import AlertConfig
+
 __all__ = ["ConfigError", "load", "coerce", "KafkaSecurityConfig", "RunConfig", "ReplayConfig"]
 
 T = TypeVar("T")
@@ -152,7 +155,9 @@ class RunConfig(KafkaSecurityConfig):
     optional ``alerts_topic`` ("" = off). ``model`` "" means the shipped model. Alerts go to the
     durable ``outbox`` (SQLite) for ``webhook_urls`` signed with ``webhook_secret`` (``whsec_...``),
     to ``alerts_out`` as JSON lines ("-" = stdout, "" = off), and per-window scores to
-    ``scores_out`` ("" = off). Alert policy in calibrated score units and seconds.
+    ``scores_out`` ("" = off). Alert policy in calibrated score units and seconds; the rhythm
+    alert thresholds in beats per minute, seconds and periodicity (0-1), see
+    :class:`~ecgstream.alerts.rhythm.RhythmConfig`.
     """
 
     bootstrap: str = "localhost:9092"
@@ -201,17 +206,47 @@ class RunConfig(KafkaSecurityConfig):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     stream_idle_s: float = 60.0
+    # alert policy (ecgstream/alerts/state.py AlertConfig; docs/operations.md "Alert policy"):
+    # the defaults are AlertConfig's and RhythmConfig's own
     threshold: float | None = None
-    min_windows: int = 2
-    hysteresis: float = 0.5
-    cooldown_s: float = 10.0
-    critical_margin: float = 2.0
+    min_windows: int = AlertConfig.min_windows
+    hysteresis: float = AlertConfig.hysteresis
+    cooldown_s: float = AlertConfig.cooldown_s
+    critical_margin: float = AlertConfig.critical_margin
+    sustain_s: float = AlertConfig.sustain_s
+    update_s: float = AlertConfig.update_s
+    rise: float = AlertConfig.rise
+    cooldown_rise: float = AlertConfig.cooldown_rise
     adaptive: bool = False
     drift: bool = False
+    # rhythm alerts (ecgstream/alerts/rhythm.py RhythmConfig): on/off and their thresholds
+    rhythm: bool = AlertConfig.rhythm
+    irregular_below: float = RhythmConfig.irregular_below
+    irregular_hysteresis: float = RhythmConfig.irregular_hysteresis
+    irregular_windows: int = RhythmConfig.irregular_windows
+    tachy_bpm: float = RhythmConfig.tachy_bpm
+    tachy_critical_bpm: float = RhythmConfig.tachy_critical_bpm
+    brady_bpm: float = RhythmConfig.brady_bpm
+    brady_critical_bpm: float = RhythmConfig.brady_critical_bpm
+    rate_windows: int = RhythmConfig.rate_windows
+    rate_min_regularity: float = RhythmConfig.rate_min_regularity
+    pause_s: float = RhythmConfig.pause_s
     technical: bool = True
     flat_ptp: float = 0.01
     saturation_level: float = 10.0
     webhook_secret_file: str = ""
+
+    def __post_init__(self) -> None:
+        self.alert_policy()  # a value out of range is an error now, naming its field
+
+    def alert_policy(self) -> AlertConfig:
+        """The alert policy of these settings (anomaly and rhythm alerts)."""
+        from ecgstream.alerts.state import alert_policy
+
+        try:
+            return alert_policy(self)
+        except ValueError as exc:
+            raise ConfigError(f"run.{exc}") from None
 
 
 @dataclasses.dataclass(repr=False)  # keeps the secret-hiding repr

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgstream.alerts.state import SEVERITY_RANK, Alert, _copy, alert_id
+from ecgstream.alerts.state import SEVERITY_RANK, Alert, _copy, alert_id, check_fields
 
 __all__ = [
     "RhythmConfig",
@@ -68,6 +68,44 @@ class RhythmConfig:
     smooth_s: float = 0.08
     peak_share: float = 0.8
     quiet: float = 0.15
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            irregular_below=(0.0, 1.0),
+            irregular_hysteresis=(0.0, 1.0),
+            irregular_windows=(1, None),
+            tachy_bpm=(0.0, None),
+            tachy_critical_bpm=(0.0, None),
+            brady_bpm=(0.0, None),
+            brady_critical_bpm=(0.0, None),
+            rate_windows=(1, None),
+            rate_min_regularity=(0.0, 1.0),
+            brady_quiet=(0.0, 1.0),
+            pause_s=(0.0, None),
+            min_lag_s=(0.0, None),
+            max_lag_s=(0.0, None),
+            smooth_s=(0.0, None),
+            peak_share=(0.0, 1.0),
+            quiet=(0.0, 1.0),
+        )
+        order = [
+            ("brady_critical_bpm", "brady_bpm"),
+            ("brady_bpm", "tachy_bpm"),
+            ("tachy_bpm", "tachy_critical_bpm"),
+            ("min_lag_s", "max_lag_s"),
+        ]
+        for lo, hi in order:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(
+                    f"{lo} ({getattr(self, lo):g}) must not be above {hi} ({getattr(self, hi):g})"
+                )
+        if self.brady_bpm >= self.tachy_bpm:
+            raise ValueError(
+                f"brady_bpm ({self.brady_bpm:g}) must be below tachy_bpm ({self.tachy_bpm:g})"
+            )
+        if self.pause_s <= 0:
+            raise ValueError(f"pause_s must be above 0, got {self.pause_s!r}")
 
 
 @dataclass

@@ -8,10 +8,12 @@ condition, and every change of state is its own message (see docs/wire-format.md
 - ``escalated``: while open, the severity rose: a window at or above the ``critical`` threshold,
   or the episode stayed above the threshold for ``sustain_s`` seconds (``sustained``).
 - ``updated``: while open, a window above the threshold localised new spans outside the ones
-  already reported (at most one such message every ``update_s`` seconds).
+  already reported, or (with ``rise`` set) scored at least ``rise`` times the alert's peak so
+  far (at most one such message every ``update_s`` seconds).
 - ``resolved``: a window fell below ``threshold - hysteresis``; ``end`` is the end of the last
   window above it. No new alert of the same or a lower severity opens for ``cooldown_s``
-  seconds; a more severe one does (cooldown never hides a worse event).
+  seconds; a more severe one does (cooldown never hides a worse event), and so does one whose
+  window scores reach ``cooldown_rise`` times the resolved alert's peak (with it set).
 
 The alert id (``alert_id``) is a hash of (stream, first window index, model name and version,
 kind) and stays the same through the lifecycle; each message's ``id`` is ``<alert id>.<n>``
@@ -26,6 +28,7 @@ import datetime as dt
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +37,8 @@ __all__ = [
     "AlertConfig",
     "AnomalyMachine",
     "alert_id",
+    "alert_policy",
+    "check_fields",
     "severity_of",
     "localise",
     "iso_time",
@@ -71,7 +76,12 @@ class AlertConfig:
     threshold a score becomes ``critical`` (else ``warning``). An open alert escalates to
     ``critical`` once it has stayed above the threshold for ``sustain_s`` seconds (0: never),
     and reports newly localised spans at most every ``update_s`` seconds. ``rhythm`` turns on
-    the rhythm alerts (:mod:`ecgstream.alerts.rhythm`).
+    the rhythm alerts (:mod:`ecgstream.alerts.rhythm`) with their thresholds ``rhythm_config``
+    (a :class:`~ecgstream.alerts.rhythm.RhythmConfig`; None: its defaults). A value out of range
+    is a ``ValueError`` naming the field. ``rise`` (0: off) is how many times the peak score
+    of an open alert a window must reach to be news (an ``updated`` message, at most every
+    ``update_s``); ``cooldown_rise`` (0: off) how many times a resolved alert's peak opens a
+    new alert of the same severity inside its cooldown.
     """
 
     threshold: float | None = None
@@ -86,6 +96,70 @@ class AlertConfig:
     adaptive_window: int = 300
     drift: bool = False
     rhythm: bool = True
+    rhythm_config: Any = None
+    rise: float = 0.0
+    cooldown_rise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number or unset, got {self.threshold!r}")
+        check_fields(
+            self,
+            min_windows=(1, None),
+            hysteresis=(0.0, None),
+            cooldown_s=(0.0, None),
+            critical_margin=(0.0, None),
+            sustain_s=(0.0, None),
+            update_s=(0.0, None),
+            adaptive_quantile=(0.0, 1.0),
+            adaptive_window=(1, None),
+            rise=(0.0, None),
+            cooldown_rise=(0.0, None),
+        )
+        for name in ("rise", "cooldown_rise"):
+            if 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be 0 (off) or above 1, got {getattr(self, name)!r}")
+        if self.critical_margin == 0:
+            raise ValueError("critical_margin must be above 0, got 0")
+
+
+def check_fields(obj: Any, **bounds: tuple[float | None, float | None]) -> None:
+    """Raise ``ValueError`` naming the first field of ``obj`` that is not a finite number within
+    its inclusive ``(low, high)`` bounds (None: unbounded)."""
+    for name, (low, high) in bounds.items():
+        value = getattr(obj, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            rng = (
+                f"between {low:g} and {high:g}"
+                if low is not None and high is not None
+                else f"at least {low:g}"
+                if low is not None
+                else f"at most {high:g}"
+            )
+            raise ValueError(f"{name} must be {rng}, got {value!r}")
+
+
+def alert_policy(settings: Any) -> AlertConfig:
+    """The alert policy (:class:`AlertConfig` with its
+    :class:`~ecgstream.alerts.rhythm.RhythmConfig`) from any object carrying fields of the same
+    names, e.g. a :class:`~ecgstream.config.RunConfig`; fields it lacks keep their defaults.
+    Out-of-range values raise ``ValueError`` naming the field."""
+    from ecgstream.alerts.rhythm import RhythmConfig
+
+    def pick(cls: type) -> dict[str, Any]:
+        return {
+            f.name: getattr(settings, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name != "rhythm_config" and hasattr(settings, f.name)
+        }
+
+    return AlertConfig(**pick(AlertConfig), rhythm_config=RhythmConfig(**pick(RhythmConfig)))
 
 
 @dataclass
@@ -246,6 +320,7 @@ class AnomalyMachine:
         self.last_k = -(2**62)
         self.cooldown_until = -math.inf
         self.cooldown_rank = -1
+        self.cooldown_peak = math.inf  # the peak score of the alert that started the cooldown
         self.last_message_s = -math.inf
         #: (start s, windows) of the latest runs above threshold that were too short to alert
         self.near_misses: list[tuple[float, int]] = []
@@ -256,6 +331,8 @@ class AnomalyMachine:
         if cfg.rhythm:
             from ecgstream.alerts.rhythm import RhythmMachine
 
+            if rhythm_cfg is None:
+                rhythm_cfg = cfg.rhythm_config
             self.rhythm = RhythmMachine(stream, model, version, leads, rhythm_cfg)
         if cfg.adaptive:
             from river import stats
@@ -316,6 +393,7 @@ class AnomalyMachine:
         elif score >= thr and (
             t_start >= self.cooldown_until
             or SEVERITY_RANK[self.severity(score, thr)] > self.cooldown_rank
+            or (self.cfg.cooldown_rise > 0 and score >= self.cfg.cooldown_rise * self.cooldown_peak)
         ):
             self.pending.append((k, score, t_start, t_end, point))
             if len(self.pending) >= self.cfg.min_windows:
@@ -381,7 +459,18 @@ class AnomalyMachine:
                 else f"above threshold for {t_end - cur.start_s:.0f} s (sustained)"
             )
             return [self._change("escalated", score, t_end, new_spans, why, severity)]
-        if new_spans and t_end - self.last_message_s >= self.cfg.update_s:
+        due = t_end - self.last_message_s >= self.cfg.update_s
+        if due and self.cfg.rise > 0 and score >= self.cfg.rise * cur.score:
+            return [
+                self._change(
+                    "updated",
+                    score,
+                    t_end,
+                    new_spans,
+                    f"score {score:.2f}, {score / cur.score:.1f}x the alert's peak so far",
+                )
+            ]
+        if new_spans and due:
             return [
                 self._change(
                     "updated", score, t_end, new_spans, f"new span(s) at score {score:.2f}"
@@ -425,6 +514,7 @@ class AnomalyMachine:
         self.open = None
         self.cooldown_until = cur.end_s + self.cfg.cooldown_s
         self.cooldown_rank = SEVERITY_RANK[cur.severity]
+        self.cooldown_peak = cur.score
         self.pending.clear()
         return _copy(cur)
 

@@ -82,6 +82,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cooldown-s", type=float, help="quiet seconds after an alert closes (default 10)"
     )
     p.add_argument(
+        "--sustain-s",
+        type=float,
+        help="seconds above threshold before an open alert escalates to critical (default 30; 0 never)",
+    )
+    p.add_argument(
+        "--update-s",
+        type=float,
+        help="at most one 'updated' message (new spans) per alert every this many seconds (default 10)",
+    )
+    p.add_argument(
+        "--no-rhythm",
+        dest="rhythm",
+        action="store_false",
+        default=None,
+        help="no rhythm alerts (irregular rhythm, tachycardia, bradycardia, pause)",
+    )
+    p.add_argument(
         "--adaptive",
         action="store_true",
         default=None,

@@ -150,6 +150,8 @@ class Pipeline:
         )
         self.keep_scores = keep_scores
         self.streams: dict[str, StreamState] = {}
+        #: resolved messages of streams forgotten (evicted, revoked), see :meth:`take_ended`
+        self.ended: list[Alert] = []
         single_threaded_blas()
 
     def _state(self, chunk: Chunk, partition: int | None) -> StreamState:
@@ -381,18 +383,39 @@ class Pipeline:
     # ---------------------------------------------------------------- state housekeeping
 
     def drop_partitions(self, partitions: set[int]) -> int:
-        """Forget the streams of revoked ``partitions``; returns how many were dropped."""
+        """Forget the streams of revoked ``partitions``; returns how many were dropped.
+
+        Their open alerts are resolved; the messages wait in :meth:`take_ended`."""
         gone = [s for s, st in self.streams.items() if st.partition in partitions]
-        for s in gone:
-            del self.streams[s]
+        self._forget(gone, "its partition was revoked")
         return len(gone)
 
     def evict_idle(self, now: float, idle_s: float) -> int:
-        """Forget streams with no chunk for ``idle_s`` seconds (ended streams release offsets)."""
+        """Forget streams with no chunk for ``idle_s`` seconds (ended streams release offsets).
+
+        Their open alerts are resolved; the messages wait in :meth:`take_ended`."""
         gone = [s for s, st in self.streams.items() if now - st.buffer.last_seen > idle_s]
-        for s in gone:
-            del self.streams[s]
+        self._forget(gone, f"no data for {idle_s:g} s")
         return len(gone)
+
+    def take_ended(self) -> list[Alert]:
+        """The ``resolved`` messages of alerts that were open on streams forgotten since the
+        last call (evicted or revoked), oldest first; the list is emptied."""
+        out, self.ended = self.ended, []
+        return out
+
+    def _forget(self, names: list[str], why: str) -> None:
+        """Drop the state of streams ``names``, resolving their open anomaly and rhythm alerts
+        at the stream time of the last sample received (``end`` stays the episode's end)."""
+        for name in names:
+            st = self.streams.pop(name)
+            t = st.buffer.t_next
+            msgs = st.anomaly.close(t)
+            if st.anomaly.rhythm is not None:
+                msgs += st.anomaly.rhythm.close(t)
+            for a in msgs:
+                a.detail = f"resolved: the stream ended ({why})"
+            self.ended.extend(msgs)
 
     def needed_offsets(self) -> dict[int, int]:
         """Per partition, the lowest offset a future window still needs (see StreamBuffer)."""

@@ -81,15 +81,8 @@ def find_model(path: str | Path | None = None) -> Path:
 
 
 def alert_config(cfg: RunConfig) -> AlertConfig:
-    return AlertConfig(
-        threshold=cfg.threshold,
-        min_windows=cfg.min_windows,
-        hysteresis=cfg.hysteresis,
-        cooldown_s=cfg.cooldown_s,
-        critical_margin=cfg.critical_margin,
-        adaptive=cfg.adaptive,
-        drift=cfg.drift,
-    )
+    """The alert policy of ``[run]`` (anomaly and rhythm alerts)."""
+    return cfg.alert_policy()
 
 
 def technical_config(cfg: RunConfig) -> TechnicalConfig:
@@ -342,6 +335,7 @@ class Worker:
             else:
                 self._committed_to(offsets)
         dropped = self.pipeline.drop_partitions(partitions)
+        self._write_ended()  # the open alerts of the dropped streams resolve
         for p in partitions:
             self._last.pop(p, None)
             self._committed.pop(p, None)
@@ -401,6 +395,7 @@ class Worker:
                     self._finish_inflight()
                     # streams that ended no longer hold their partition's committed offset back
                     if self.pipeline.evict_idle(time.time(), self.cfg.stream_idle_s):
+                        self._write_ended()  # before the commit: their open alerts resolve
                         self._commit()
                     last_lag = time.time()
         finally:
@@ -524,6 +519,16 @@ class Worker:
             len(self._inflight) > depth or self._inflight[0].inference.done()
         ):
             self._finish(self._inflight.popleft())
+
+    def _write_ended(self) -> None:
+        """Make the ``resolved`` messages of alerts on forgotten streams durable."""
+        ended = self.pipeline.take_ended()
+        if not ended:
+            return
+        self.router.write([a.to_dict() for a in ended])
+        for a in ended:
+            self.summary.alerts[a.kind] += 1
+            self.metrics.alerts.labels(a.kind, a.severity).inc()
 
     def _finish(self, staged: _Staged) -> None:
         """Alerts of a staged batch, made durable in every sink; then its offsets are committed."""

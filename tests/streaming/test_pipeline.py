@@ -195,3 +195,93 @@ def test_windows_take_over_the_sorts_of_their_previous_window():
     # one primer per stream start and one after the gap; every window takes over its sorts
     assert primed == 3 + 1
     assert carried == len(got)
+
+
+def _open_anomaly(energy_model, partition=None):
+    """A pipeline with one stream whose burst at 12-16 s is still alerting at its last chunk."""
+    pipe = Pipeline(Scorer(energy_model), AlertConfig(min_windows=1, rhythm=False))
+    sig = burst(synthetic_ecg(16, 360, seed=3, n_leads=2), 360, 12.0, 4.0)
+    alerts = []
+    for c in _chunks("bed", sig):
+        alerts += pipe.process([Incoming(c, partition=partition)]).alerts
+    fired = [a for a in alerts if a.kind == "anomaly"]
+    assert fired and fired[0].status == "firing" and fired[-1].status != "resolved"
+    assert pipe.streams["bed"].anomaly.active
+    return pipe, fired
+
+
+def test_an_idle_stream_that_is_evicted_resolves_its_open_alert(energy_model):
+    pipe, fired = _open_anomaly(energy_model)
+    now = pipe.streams["bed"].buffer.last_seen
+    assert pipe.evict_idle(now + 1.0, idle_s=60.0) == 0 and pipe.take_ended() == []
+    assert pipe.evict_idle(now + 61.0, idle_s=60.0) == 1
+    (resolved,) = pipe.take_ended()
+    assert resolved.status == "resolved" and resolved.id == fired[0].id
+    assert resolved.sequence == fired[-1].sequence + 1
+    assert resolved.end_s == pytest.approx(fired[-1].end_s)  # the episode's end, not "now"
+    assert resolved.at_s == pytest.approx(T0 + 16.0)  # the stream time of the last sample
+    assert "no data for 60 s" in resolved.detail
+    assert pipe.take_ended() == []  # taken once
+
+
+def test_a_revoked_partition_resolves_the_open_alerts_of_its_streams(energy_model):
+    pipe, fired = _open_anomaly(energy_model, partition=2)
+    assert pipe.drop_partitions({1}) == 0 and pipe.take_ended() == []
+    assert pipe.drop_partitions({2}) == 1
+    (resolved,) = pipe.take_ended()
+    assert resolved.status == "resolved" and resolved.id == fired[0].id
+    assert "partition was revoked" in resolved.detail
+    assert resolved.to_dict()["id"] == f"{fired[0].id}.{resolved.sequence}"
+
+
+@pytest.mark.integration
+def test_the_worker_resolves_the_open_alert_of_a_stream_that_went_idle(
+    broker, tmp_path, energy_model
+):
+    """Through a real broker: a record that ends inside its burst leaves an alert open; once the
+    stream is idle for ``stream_idle_s`` the worker writes the alert's ``resolved`` message."""
+    import json
+    import threading
+    import uuid
+
+    from conftest import write_record
+
+    from ecgstream.config import RunConfig
+    from ecgstream.streaming.kafka import ensure_topics, make_producer
+    from ecgstream.streaming.replay import plan_streams, publish
+    from ecgstream.streaming.worker import Worker
+
+    from .helpers import wait_until
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    write_record(folder, "ends", burst(synthetic_ecg(16, 360, seed=5, n_leads=2), 360, 12.0, 4.0),
+                 360, ["MLII", "V1"])  # fmt: skip
+    (folder / "RECORDS").write_text("ends\n")
+    topic = f"ecg-{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "alerts.jsonl"
+    cfg = RunConfig(bootstrap=broker, topic=topic, group=f"g-{topic}", dlq_topic=f"{topic}.dlq",
+                    partitions=1, outbox=str(tmp_path / "outbox.sqlite"), alerts_out=str(out),
+                    poll_timeout_ms=100, min_windows=1, stream_idle_s=1.0)  # fmt: skip
+    ensure_topics(broker, [topic], 1)
+    publish(make_producer(broker), topic, plan_streams([folder]), speed=0, t_start=T0,
+            progress=False)  # fmt: skip
+    worker = Worker(cfg, Scorer(energy_model))
+    thread = threading.Thread(target=worker.run, kwargs={"max_s": 60}, daemon=True)
+    thread.start()
+
+    def messages():
+        if not out.exists():
+            return []
+        return [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+
+    try:
+        assert wait_until(lambda: any(m["status"] == "resolved" for m in messages()), 40)
+    finally:
+        worker.stop()
+        thread.join(30)
+    anomaly = [m for m in messages() if m["kind"] == "anomaly"]
+    assert anomaly[0]["status"] == "firing" and anomaly[-1]["status"] == "resolved"
+    assert {m["alert_id"] for m in anomaly} == {anomaly[0]["alert_id"]}
+    assert "no data for 1 s" in anomaly[-1]["detail"]
+    assert T0 + 12.0 < anomaly[-1]["end_s"] <= T0 + 16.0 + 1e-6
