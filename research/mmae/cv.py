@@ -34,8 +34,10 @@ from ecgstream.training.config import TrainConfig  # noqa: E402
 from research.mmae.data import DATA, DEV, TEST  # noqa: E402
 
 
-def energy_model(spec_model: Path, out: Path) -> Path:
-    """The segment-energy score: ``spec_model``'s network with zeroed output heads, exported."""
+def energy_model(spec_model: Path, out: Path, copy: bool = False) -> Path:
+    """The segment-energy score: ``spec_model``'s network with zeroed output heads and no rhythm
+    prompt, exported. ``copy``: keep the prompt, so the prediction is the aligned copy of the
+    visible beats one and two periods away (the prompted model before training)."""
     import torch
 
     from ecgstream.models.mmae import MMAE, MMAEConfig
@@ -43,12 +45,14 @@ def energy_model(spec_model: Path, out: Path) -> Path:
 
     spec = read_spec(spec_model)
     cfg = MMAEConfig.from_dict(spec.params)
+    if not copy:
+        cfg.prompt_periods = 0
     model = MMAE(cfg)
     with torch.no_grad():
         for head in (model.head_global, model.head_local):
             head.weight.zero_()
             head.bias.zero_()
-    spec.name = "segment-energy"
+    spec.name = "beat-copy" if copy else "segment-energy"
     return export_onnx(model, spec, out)
 
 
@@ -76,16 +80,20 @@ def main() -> None:
         pca = fit_pca_on_records([DATA / r for r in train if r not in val], read_spec(model),
                                  args.work / f"pca-cv{k}.onnx")  # fmt: skip
         fold = {"test": test, "train": train, "val": val, "train_seconds": round(seconds, 1)}
-        for name, path in (("mmae", model), ("energy", energy), ("pca", pca)):
+        scored = [("mmae", model), ("energy", energy), ("pca", pca)]
+        if cfg.model_config().prompt_periods:
+            scored.append(("copy", energy_model(model, args.work / f"copy-cv{k}.onnx", copy=True)))
+        for name, path in scored:
             fold[name] = {c: {"beats": n, "auroc": round(a, 4)}
                           for c, (n, a) in class_aurocs(path, DATA, test).items()}  # fmt: skip
         results["folds"][str(k)] = fold
         print(json.dumps(fold), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     summary = {}
-    for name in ("mmae", "energy", "pca"):
+    for name in ("mmae", "energy", "pca", "copy"):
         for c in ("S", "V", "F", "all"):
-            vals = [f[name][c]["auroc"] for f in results["folds"].values() if c in f[name]]
+            vals = [f[name][c]["auroc"] for f in results["folds"].values()
+                    if c in f.get(name, {})]  # fmt: skip
             if vals:
                 summary[f"{name}_{c}"] = {"mean": round(float(np.mean(vals)), 4),
                                           "min": min(vals), "max": max(vals), "folds": len(vals)}  # fmt: skip
