@@ -26,11 +26,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from beat_classes import class_aurocs  # noqa: E402
 
-from ecgstream.config import load  # noqa: E402
 from ecgstream.evaluation.baselines import fit_pca_on_records  # noqa: E402
 from ecgstream.runtime.model_file import read_spec  # noqa: E402
 from ecgstream.training import fit_records  # noqa: E402
-from ecgstream.training.config import TrainConfig  # noqa: E402
+from ecgstream.training.config import load_train_config  # noqa: E402
 from research.mmae.data import DATA, DEV, TEST  # noqa: E402
 
 
@@ -71,8 +70,9 @@ def main() -> None:
         train = [r for r in dev if r not in test]
         assert not set(test + train) & set(TEST)
         val = train[k::4][:3]
-        cfg = load(TrainConfig, "train", REPO / "models/mmae-mitdb-mlii.toml",
-                   {"records": train, "val_records": val, "name": f"mmae-cv{k}"}, environ={})  # fmt: skip
+        cfg = load_train_config(REPO / "models/mmae-mitdb-mlii.toml",  # [train] and [model]
+                                {"records": train, "val_records": val, "name": f"mmae-cv{k}"},
+                                environ={})  # fmt: skip
         t0 = time.perf_counter()
         model = fit_records([DATA], cfg, args.work / f"mmae-cv{k}.onnx")
         seconds = time.perf_counter() - t0
