@@ -576,4 +576,10 @@ def estimate_macs(model: MMAE) -> int:
     enc = cfg.depth * block(nv)
     dec = block(nv + nh)
     heads = nh * d * cfg.n_leads * cfg.segment
-    return int(embed + k * (enc + dec + heads))
+    prompt = 0
+    if cfg.prompt_periods:  # per pass and scale: lag matching, then the prompt embedding
+        ch, n_off = 2 * cfg.prompt_periods, model.prompt_offsets.shape[0]
+        prompt = 2 * (
+            ch * n_off * cfg.window * 3 * cfg.n_leads + cfg.window * (cfg.n_leads + 1) * ch * d
+        )
+    return int(embed + k * (enc + dec + heads + prompt))
