@@ -21,14 +21,14 @@ from _workload import model_records_parser  # benchmarks/ is on sys.path when ru
 CLASSES = {"S": "AaJS", "V": "VE", "F": "F"}
 
 
-def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
+def class_aurocs(model: Path, folder: Path, records: list[str], batch_size: int = 256) -> dict:
     """``{class: (beats, AUROC)}`` and ``all`` (every abnormal beat) for one model."""
     from ecgstream.evaluation.metrics import auroc, beat_scores
     from ecgstream.runtime.scorer import Scorer
     from ecgstream.signals.labels import AAMI_ABNORMAL, AAMI_NORMAL, read_beats
     from ecgstream.signals.records import read_record
 
-    scorer = Scorer(model, batch_size=256)
+    scorer = Scorer(model, batch_size=batch_size)
     scores, symbols = [], []
     for name in records:
         rec = read_record(folder / name)

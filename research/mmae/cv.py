@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/mmae_cv"))
     ap.add_argument("--out", type=Path, default=REPO / "research/mmae/results/cv.json")
+    ap.add_argument("--batch", type=int, default=16, help="scoring batch (windows); the prompt's "
+                    "memory grows with it")  # fmt: skip
+    ap.add_argument("--score-only", action="store_true", help="reuse the fold files in --work")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,18 +77,22 @@ def main() -> None:
                                 {"records": train, "val_records": val, "name": f"mmae-cv{k}"},
                                 environ={})  # fmt: skip
         t0 = time.perf_counter()
-        model = fit_records([DATA], cfg, args.work / f"mmae-cv{k}.onnx")
+        model = args.work / f"mmae-cv{k}.onnx"
+        if not args.score_only:
+            model = fit_records([DATA], cfg, model)
         seconds = time.perf_counter() - t0
         energy = energy_model(model, args.work / f"energy-cv{k}.onnx")
-        pca = fit_pca_on_records([DATA / r for r in train if r not in val], read_spec(model),
-                                 args.work / f"pca-cv{k}.onnx")  # fmt: skip
+        pca = args.work / f"pca-cv{k}.onnx"
+        if not args.score_only:
+            pca = fit_pca_on_records([DATA / r for r in train if r not in val], read_spec(model),
+                                     pca)  # fmt: skip
         fold = {"test": test, "train": train, "val": val, "train_seconds": round(seconds, 1)}
         scored = [("mmae", model), ("energy", energy), ("pca", pca)]
         if cfg.model_config().prompt_periods:
             scored.append(("copy", energy_model(model, args.work / f"copy-cv{k}.onnx", copy=True)))
         for name, path in scored:
             fold[name] = {c: {"beats": n, "auroc": round(a, 4)}
-                          for c, (n, a) in class_aurocs(path, DATA, test).items()}  # fmt: skip
+                          for c, (n, a) in class_aurocs(path, DATA, test, args.batch).items()}  # fmt: skip
         results["folds"][str(k)] = fold
         print(json.dumps(fold), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
