@@ -19,7 +19,7 @@ import numpy as np
 from _workload import model_records_parser  # benchmarks/ is on sys.path when run as a script
 
 
-def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
+def class_aurocs(model: Path, folder: Path, records: list[str], batch_size: int = 256) -> dict:
     """``{class: (beats, AUROC)}`` and ``all`` (every abnormal beat) for one model."""
     from ecgstream.evaluation.crossval import class_aurocs as per_class
     from ecgstream.evaluation.metrics import auroc, beat_scores
@@ -27,7 +27,7 @@ def class_aurocs(model: Path, folder: Path, records: list[str]) -> dict:
     from ecgstream.signals.labels import AAMI_ABNORMAL, read_beats
     from ecgstream.signals.records import read_record
 
-    scorer = Scorer(model, batch_size=256)
+    scorer = Scorer(model, batch_size=batch_size)
     scores, symbols = [], []
     for name in records:
         rec = read_record(folder / name)

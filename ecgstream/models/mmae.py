@@ -47,7 +47,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from ecgstream.models.consensus.rhythm import first_period
 from ecgstream.models.token_core import TokenCore, gather_tokens, random_split
 
 __all__ = [
@@ -58,6 +60,10 @@ __all__ = [
     "inference_passes",
     "masked_r2",
 ]
+
+
+#: the rhythm prompt's envelope is the rectified signal averaged over this many samples
+_DECIMATE = 5
 
 
 @dataclass
@@ -82,6 +88,17 @@ class MMAEConfig:
     topk_frac: float = 0.1
     #: "mean": subtract each lead's window mean (keeps mV amplitude); "std": also divide by its std
     input_norm: str = "mean"
+    #: rhythm prompt: 0 = off; k = every token also carries the visible signal 1..k beat periods
+    #: before and after it, aligned per token, and the heads correct the mean of those copies
+    prompt_periods: int = 0
+    #: beat periods searched (samples): from the visible envelope's self-dissimilarity
+    prompt_min_lag: int = 30
+    prompt_max_lag: int = 150
+    #: per-token alignment: lags within j * period +- prompt_refine samples, step prompt_refine_step,
+    #: matched on the token's span and prompt_margin samples either side
+    prompt_refine: int = 10
+    prompt_refine_step: int = 2
+    prompt_margin: int = 20
 
     @property
     def n_global(self) -> int:
@@ -114,6 +131,17 @@ class MMAEConfig:
             raise ValueError(f"input_norm must be 'mean' or 'std', not {self.input_norm!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.prompt_periods < 0:
+            raise ValueError(f"prompt_periods must be 0 (off) or more, got {self.prompt_periods}")
+        if self.prompt_periods and not (
+            _DECIMATE <= self.prompt_min_lag < self.prompt_max_lag < self.window
+        ):
+            raise ValueError(
+                f"prompt lags must satisfy {_DECIMATE} <= prompt_min_lag < prompt_max_lag < window, "
+                f"got {self.prompt_min_lag}, {self.prompt_max_lag}, {self.window}"
+            )
+        if self.prompt_periods and not (self.prompt_refine_step > 0 and self.prompt_refine >= 0):
+            raise ValueError("prompt_refine must be >= 0 and prompt_refine_step > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +150,26 @@ class MMAEConfig:
     def from_dict(cls, d: dict) -> MMAEConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def shift_visible(
+    x: torch.Tensor, vis: torch.Tensor, lag: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The visible signal ``lag`` samples earlier, ``x(t - lag)``, and its visibility.
+
+    ``x`` ``(B, L, T)``, ``vis`` ``(B, T)`` (1 visible, 0 hidden), ``lag`` ``(B, C)`` samples
+    (negative: later). Returns ``(B, L, C, T)`` values (zero where hidden or outside the window)
+    and ``(B, C, T)`` visibility.
+    """
+    b, leads, t = x.shape
+    idx = torch.arange(t, device=x.device)[None, None] - lag.round().long()[..., None]
+    inside = ((idx >= 0) & (idx < t)).to(x.dtype)
+    idx = idx.clamp(0, t - 1)
+    v = torch.gather(vis[:, None].expand(-1, lag.shape[1], -1), 2, idx) * inside
+    xs = torch.gather(
+        x[:, :, None].expand(-1, -1, lag.shape[1], -1), 3, idx[:, None].expand(-1, leads, -1, -1)
+    )
+    return xs * v[:, None], v
 
 
 def _pad(indices: list[int], n: int) -> list[int]:
@@ -225,6 +273,27 @@ class MMAE(nn.Module):
         self.register_buffer("mask_local", mask_l, persistent=False)
         self.register_buffer("weight", count_g + cfg.local_weight * count_l, persistent=False)
         self.n_passes = int(passes["keep"].shape[0])
+        hidden = ((mask_g + mask_l) > 0).to(torch.float32)
+        self.register_buffer("visible", 1.0 - hidden, persistent=False)  # (K, T) per pass
+        if cfg.prompt_periods:
+            ch = 2 * cfg.prompt_periods  # directions -P, +P, -2P, +2P, ...
+            self.embed_prompt_global = nn.Linear(ch * (leads + 1) * cfg.segment, d)
+            self.embed_prompt_local = nn.Linear(ch * (leads + 1) * cfg.local_segment, d)
+            lags = torch.arange(
+                -(-cfg.prompt_min_lag // _DECIMATE), cfg.prompt_max_lag // _DECIMATE + 1
+            )
+            self.env_lag_list = lags.tolist()
+            self.register_buffer("env_lags", lags.float() * _DECIMATE, persistent=False)
+            offsets = torch.arange(
+                -cfg.prompt_refine, cfg.prompt_refine + 1, cfg.prompt_refine_step
+            )
+            self.register_buffer("prompt_offsets", offsets.float(), persistent=False)
+            mult = [(1 if i % 2 == 0 else -1) * (i // 2 + 1) for i in range(ch)]
+            self.register_buffer("prompt_mult", torch.tensor(mult).float(), persistent=False)
+            with torch.no_grad():  # start from the aligned copy; training learns its correction
+                for head in (self.head_global, self.head_local):
+                    head.weight.zero_()
+                    head.bias.zero_()
 
     # -- pieces shared by training and inference -------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,9 +339,116 @@ class MMAE(nn.Module):
         hide_l, keep_l = random_split(batch, nl, n_hl, generator, exclude=~in_region_l)
         return torch.cat([keep_g, keep_l + ng], 1), hide_g, hide_l
 
+    # -- the rhythm prompt (prompt_periods > 0) ---------------------------------------------------
+    def beat_period(self, x: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+        """The beat period ``(B, 1)`` in samples of ``x`` ``(B, L, T)`` from its visible samples
+        (``vis`` ``(B, T)``): the lag at which the visible envelope (``|x|`` averaged over 5
+        samples) best matches itself, each lag's dissimilarity normalised by its visible overlap;
+        the first minimum within 1.3 times the lowest (not a multiple of the period)."""
+        e = F.avg_pool1d(x.abs() * vis[:, None], _DECIMATE)
+        w = F.avg_pool1d(vis[:, None], _DECIMATE)  # visible share of each envelope sample
+        e = e / w.clamp_min(1e-3)
+        num, den = [], []
+        for lag in self.env_lag_list:
+            ww = w[..., lag:] * w[..., :-lag]
+            a, b = e[..., lag:], e[..., :-lag]
+            num.append((ww * (a - b) ** 2).sum((1, 2)))
+            den.append((ww * (a * a + b * b)).sum((1, 2)))
+        profile = torch.stack(num, 1) / (torch.stack(den, 1) + 1e-6)
+        return first_period(profile, self.env_lags)
+
+    def prompt(
+        self, x: torch.Tensor, vis: torch.Tensor, seg: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` of tokens of ``seg``
+        samples, ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P, ...). ``x`` must be zero
+        where hidden. Per token and direction, the lag within ``j * P +- prompt_refine`` whose
+        shifted visible signal best matches the visible samples in and around the token."""
+        cfg = self.cfg
+        b, leads, t = x.shape
+        period = self.beat_period(x, vis)
+        n_off, ch = self.prompt_offsets.shape[0], self.prompt_mult.shape[0]
+        sign = torch.sign(self.prompt_mult)[None, :, None]
+        lag = self.prompt_mult[None, :, None] * period[:, :, None] + sign * self.prompt_offsets
+        xs, vs = shift_visible(x, vis, lag.reshape(b, ch * n_off))
+        both = vs * vis[:, None]  # (B, C*O, T)
+        diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
+        energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
+        m = cfg.prompt_margin
+        n_tok = t // seg
+
+        def pool(v: torch.Tensor) -> torch.Tensor:  # each token's span +- margin: (B, C, O, n_tok)
+            v = F.avg_pool1d(v.reshape(-1, 1, t), seg + 2 * m, seg, m)
+            return v.reshape(b, ch, n_off, n_tok)
+
+        cost = pool(diff) / (pool(energy) + 1e-4) + (pool(both) < 0.1).to(x.dtype) * 10.0
+        best = cost.argmin(2).repeat_interleave(seg, 2)  # (B, C, T)
+        xs = xs.reshape(b, leads, ch, n_off, t)
+        vs = vs.reshape(b, ch, n_off, t)
+        pv = torch.gather(xs, 3, best[:, None, :, None].expand(-1, leads, -1, -1, -1)).squeeze(3)
+        pm = torch.gather(vs, 2, best[:, :, None]).squeeze(2)
+        return pv, pm
+
+    def prompt_tokens(
+        self, x: torch.Tensor, vis: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt embeddings of the tokens of both scales ``(B, N, D)`` and, per scale, the mean of
+        the available aligned copies ``(B, L, T)`` (zero where none is visible)."""
+        out, copies = [], []
+        for seg, embed in ((self.cfg.segment, self.embed_prompt_global),
+                           (self.cfg.local_segment, self.embed_prompt_local)):  # fmt: skip
+            pv, pm = self.prompt(x, vis, seg)
+            b, leads, ch, t = pv.shape
+            feats = torch.cat([pv.reshape(b, leads * ch, t), pm], 1)
+            out.append(embed(self.segments(feats, seg)))
+            copies.append(pv.sum(2) / pm.sum(1, keepdim=True).clamp_min(1.0))
+        return torch.cat(out, 1), copies[0], copies[1]
+
+    def _hidden_samples(self, hide_g: torch.Tensor, hide_l: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` 1 where a sample is hidden at either scale (training masks)."""
+        cfg = self.cfg
+        b = hide_g.shape[0]
+        g = torch.zeros(b, cfg.n_global).scatter_(1, hide_g, 1.0)
+        loc = torch.zeros(b, cfg.n_local).scatter_(1, hide_l, 1.0)
+        return torch.maximum(
+            g.repeat_interleave(cfg.segment, 1), loc.repeat_interleave(cfg.local_segment, 1)
+        )
+
+    def _prompted(
+        self, xn: torch.Tensor, vis: torch.Tensor, keep: torch.Tensor, hide_g: torch.Tensor,
+        hide_l: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Predictions of the hidden tokens of both scales, ``(B, Hg, L * seg)`` and
+        ``(B, Hl, L * seg / 2)``, with the prompt; every index ``(B, .)``, ``vis`` ``(B, T)``."""
+        cfg = self.cfg
+        b = xn.shape[0]
+        xv = xn * vis[:, None]  # hidden samples never reach the prompt
+        tokens, pos, _, _ = self.tokens(xv)
+        ptok, copy_g, copy_l = self.prompt_tokens(xv, vis)
+        pos = pos.expand(b, -1, -1)
+        memory = self.core.encode(gather_tokens(tokens + ptok + pos, keep))
+        hide_tok = torch.cat([hide_g, hide_l + cfg.n_global], 1)
+        recon = self.core.decode(memory, gather_tokens(pos + ptok, hide_tok))
+        n_hg = hide_g.shape[1]
+        pred_g = self.head_global(recon[:, :n_hg])
+        pred_g = pred_g + gather_tokens(self.segments(copy_g, cfg.segment), hide_g)
+        pred_l = self.head_local(recon[:, n_hg:])
+        pred_l = pred_l + gather_tokens(self.segments(copy_l, cfg.local_segment), hide_l)
+        return pred_g, pred_l
+
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked reconstruction loss of windows ``(B, L, T)``: MSE of the hidden segments in input
         units (mV^2 with ``input_norm="mean"``), the two scales weighted by ``local_weight``."""
+        if self.cfg.prompt_periods:
+            xn = self.normalise(x)
+            keep, hide_g, hide_l = self.training_masks(x.shape[0], generator)
+            vis = 1.0 - self._hidden_samples(hide_g, hide_l)
+            pred_g, pred_l = self._prompted(xn, vis, keep, hide_g, hide_l)
+            seg_g = self.segments(xn, self.cfg.segment)
+            seg_l = self.segments(xn, self.cfg.local_segment)
+            loss_g = ((pred_g - gather_tokens(seg_g, hide_g)) ** 2).mean()
+            loss_l = ((pred_l - gather_tokens(seg_l, hide_l)) ** 2).mean()
+            return (loss_g + self.cfg.local_weight * loss_l) / (1.0 + self.cfg.local_weight)
         xn = self.normalise(x)
         tokens, pos, seg_g, seg_l = self.tokens(xn)
         keep, hide_g, hide_l = self.training_masks(x.shape[0], generator)
@@ -306,6 +482,21 @@ class MMAE(nn.Module):
         b = windows.shape[0]
         k = self.n_passes
         xn = self.normalise(windows)
+        if cfg.prompt_periods:  # every pass is a row: its prompt sees only its visible samples
+            leads, t = xn.shape[1], xn.shape[2]
+            rows = lambda v: v[None].expand(b, -1, -1).reshape(b * k, -1)  # noqa: E731
+            xk = xn[:, None].expand(-1, k, -1, -1).reshape(b * k, leads, t)
+            pred_g, pred_l = self._prompted(
+                xk, rows(self.visible), rows(self.keep), rows(self.hide_global),
+                rows(self.hide_local),
+            )  # fmt: skip
+            pred_g = pred_g.reshape(b, k, self.hide_global.shape[1], -1)
+            pred_l = pred_l.reshape(b, k, self.hide_local.shape[1], -1)
+            return (
+                xn,
+                self._to_samples(pred_g, self.map_global, cfg.segment),
+                self._to_samples(pred_l, self.map_local, cfg.local_segment),
+            )
         tokens, pos, _, _ = self.tokens(xn)
         d = tokens.shape[-1]
         visible = torch.index_select(tokens + pos, 1, self.keep.reshape(-1)).reshape(b * k, -1, d)
@@ -385,4 +576,10 @@ def estimate_macs(model: MMAE) -> int:
     enc = cfg.depth * block(nv)
     dec = block(nv + nh)
     heads = nh * d * cfg.n_leads * cfg.segment
-    return int(embed + k * (enc + dec + heads))
+    prompt = 0
+    if cfg.prompt_periods:  # per pass and scale: lag matching, then the prompt embedding
+        ch, n_off = 2 * cfg.prompt_periods, model.prompt_offsets.shape[0]
+        prompt = 2 * (
+            ch * n_off * cfg.window * 3 * cfg.n_leads + cfg.window * (cfg.n_leads + 1) * ch * d
+        )
+    return int(embed + k * (enc + dec + heads + prompt))

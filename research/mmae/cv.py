@@ -26,16 +26,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from beat_classes import class_aurocs  # noqa: E402
 
-from ecgstream.config import load  # noqa: E402
 from ecgstream.evaluation.baselines import fit_pca_on_records  # noqa: E402
 from ecgstream.runtime.model_file import read_spec  # noqa: E402
 from ecgstream.training import fit_records  # noqa: E402
-from ecgstream.training.config import TrainConfig  # noqa: E402
+from ecgstream.training.config import load_train_config  # noqa: E402
 from research.mmae.data import DATA, DEV, TEST  # noqa: E402
 
 
-def energy_model(spec_model: Path, out: Path) -> Path:
-    """The segment-energy score: ``spec_model``'s network with zeroed output heads, exported."""
+def energy_model(spec_model: Path, out: Path, copy: bool = False) -> Path:
+    """The segment-energy score: ``spec_model``'s network with zeroed output heads and no rhythm
+    prompt, exported. ``copy``: keep the prompt, so the prediction is the aligned copy of the
+    visible beats one and two periods away (the prompted model before training)."""
     import torch
 
     from ecgstream.models.mmae import MMAE, MMAEConfig
@@ -43,12 +44,14 @@ def energy_model(spec_model: Path, out: Path) -> Path:
 
     spec = read_spec(spec_model)
     cfg = MMAEConfig.from_dict(spec.params)
+    if not copy:
+        cfg.prompt_periods = 0
     model = MMAE(cfg)
     with torch.no_grad():
         for head in (model.head_global, model.head_local):
             head.weight.zero_()
             head.bias.zero_()
-    spec.name = "segment-energy"
+    spec.name = "beat-copy" if copy else "segment-energy"
     return export_onnx(model, spec, out)
 
 
@@ -57,6 +60,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--work", type=Path, default=Path("/tmp/mmae_cv"))
     ap.add_argument("--out", type=Path, default=REPO / "research/mmae/results/cv.json")
+    ap.add_argument("--batch", type=int, default=16, help="scoring batch (windows); the prompt's "
+                    "memory grows with it")  # fmt: skip
+    ap.add_argument("--score-only", action="store_true", help="reuse the fold files in --work")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,25 +73,34 @@ def main() -> None:
         train = [r for r in dev if r not in test]
         assert not set(test + train) & set(TEST)
         val = train[k::4][:3]
-        cfg = load(TrainConfig, "train", REPO / "models/mmae-mitdb-mlii.toml",
-                   {"records": train, "val_records": val, "name": f"mmae-cv{k}"}, environ={})  # fmt: skip
+        cfg = load_train_config(REPO / "models/mmae-mitdb-mlii.toml",  # [train] and [model]
+                                {"records": train, "val_records": val, "name": f"mmae-cv{k}"},
+                                environ={})  # fmt: skip
         t0 = time.perf_counter()
-        model = fit_records([DATA], cfg, args.work / f"mmae-cv{k}.onnx")
+        model = args.work / f"mmae-cv{k}.onnx"
+        if not args.score_only:
+            model = fit_records([DATA], cfg, model)
         seconds = time.perf_counter() - t0
         energy = energy_model(model, args.work / f"energy-cv{k}.onnx")
-        pca = fit_pca_on_records([DATA / r for r in train if r not in val], read_spec(model),
-                                 args.work / f"pca-cv{k}.onnx")  # fmt: skip
+        pca = args.work / f"pca-cv{k}.onnx"
+        if not args.score_only:
+            pca = fit_pca_on_records([DATA / r for r in train if r not in val], read_spec(model),
+                                     pca)  # fmt: skip
         fold = {"test": test, "train": train, "val": val, "train_seconds": round(seconds, 1)}
-        for name, path in (("mmae", model), ("energy", energy), ("pca", pca)):
+        scored = [("mmae", model), ("energy", energy), ("pca", pca)]
+        if cfg.model_config().prompt_periods:
+            scored.append(("copy", energy_model(model, args.work / f"copy-cv{k}.onnx", copy=True)))
+        for name, path in scored:
             fold[name] = {c: {"beats": n, "auroc": round(a, 4)}
-                          for c, (n, a) in class_aurocs(path, DATA, test).items()}  # fmt: skip
+                          for c, (n, a) in class_aurocs(path, DATA, test, args.batch).items()}  # fmt: skip
         results["folds"][str(k)] = fold
         print(json.dumps(fold), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     summary = {}
-    for name in ("mmae", "energy", "pca"):
+    for name in ("mmae", "energy", "pca", "copy"):
         for c in ("S", "V", "F", "all"):
-            vals = [f[name][c]["auroc"] for f in results["folds"].values() if c in f[name]]
+            vals = [f[name][c]["auroc"] for f in results["folds"].values()
+                    if c in f.get(name, {})]  # fmt: skip
             if vals:
                 summary[f"{name}_{c}"] = {"mean": round(float(np.mean(vals)), 4),
                                           "min": min(vals), "max": max(vals), "folds": len(vals)}  # fmt: skip

@@ -1,6 +1,7 @@
 """Masked R² per scale of a trained MMAE-ECG checkpoint on normal windows of the DEV validation
 records (114 118 124 205 220), against predicting zero and the visible mean; the same figure for
-the network with zero output heads (the segment-energy score) in the same run.
+the network with zero output heads in the same run (the segment-energy score; with the rhythm
+prompt, the aligned beat copy alone).
 
     PYTHONPATH=. python research/mmae/masked_r2.py CHECKPOINT_DIR/model.pt
 """
@@ -32,12 +33,14 @@ def main() -> None:
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     x = torch.from_numpy(windows(load_dev(), VAL, args.windows, 1))
-    out = {"model": {k: round(v, 4) for k, v in masked_r2(model, x).items()}}
+    out = {"model": {k: round(v, 4) for k, v in masked_r2(model, x, batch=16).items()}}
     with torch.no_grad():
         for head in (model.head_global, model.head_local):
             head.weight.zero_()
             head.bias.zero_()
-    out["zero_output"] = {k: round(v, 4) for k, v in masked_r2(model, x).items()}
+    # zero heads: the segment energy, or with the rhythm prompt the aligned beat copy alone
+    name = "copy_only" if model.cfg.prompt_periods else "zero_output"
+    out[name] = {k: round(v, 4) for k, v in masked_r2(model, x, batch=16).items()}
     print(json.dumps(out, indent=1))
 
 

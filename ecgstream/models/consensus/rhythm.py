@@ -15,7 +15,20 @@ from torch.nn import functional as F
 from ecgstream.models.consensus.config import ConsensusConfig
 from ecgstream.models.consensus.descriptor import grid
 
-__all__ = ["RhythmTerm"]
+__all__ = ["RhythmTerm", "first_period"]
+
+
+def first_period(profile: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+    """The beat period ``(B, 1)`` from a dissimilarity ``profile`` ``(B, n_lags)`` over ``lags``
+    ``(n_lags,)`` (ascending, in the caller's samples): the first local minimum at or after the
+    first lag whose dissimilarity is within 1.3 times the lowest, so not a multiple of the period.
+    Argmax and gathers only (exports to ONNX)."""
+    first_low = profile <= 1.3 * profile.amin(1, keepdim=True)
+    start = first_low.float().argmax(1, keepdim=True)
+    last = torch.ones_like(profile[:, :1], dtype=torch.bool)
+    rising = torch.cat([profile[:, 1:] >= profile[:, :-1], last], dim=1)
+    after_start = torch.arange(profile.shape[1], device=profile.device)[None] >= start
+    return lags[(rising & after_start).float().argmax(1)][:, None]
 
 
 class RhythmTerm(nn.Module):
@@ -96,15 +109,9 @@ class RhythmTerm(nn.Module):
         floor = 1e-3 * span  # flat lines are not divided by ~0
         total = own + at(e_before, [top + first - lag for lag in lags])
         back = (total - 2 * cross(past)).clamp_min(0) / (total + floor)
-        n_lags = back.shape[1]
         ok = self.back_ok
         profile = (back * ok).sum(2) / ok.sum(1) + self.not_period
-        first_low = profile <= 1.3 * profile.amin(1, keepdim=True)
-        start = first_low.float().argmax(1, keepdim=True)
-        last = torch.ones_like(profile[:, :1], dtype=torch.bool)
-        rising = torch.cat([profile[:, 1:] >= profile[:, :-1], last], dim=1)
-        after_start = torch.arange(n_lags, device=windows.device)[None] >= start
-        period = self.lags[(rising & after_start).float().argmax(1)][:, None]
+        period = first_period(profile, self.lags)
         future = torch.stack([after[..., lag : lag + t] for lag in lags], 2)
         total = own + at(energy(after), [first + lag for lag in lags])
         fwd = (total - 2 * cross(future)).clamp_min(0) / (total + floor)
