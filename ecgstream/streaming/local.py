@@ -49,8 +49,8 @@ def run_local(
     """
     from tqdm import tqdm
 
-    summary = Summary(threshold=pipeline.threshold)
     t_start = start_time() if t_start is None else t_start
+    summary = Summary(threshold=pipeline.threshold, t_origin=t_start)
     n_steps = int(max((s.record.duration_s for s in streams), default=0.0) // chunk_s)
     wall0 = time.time()
     with tqdm(total=n_steps, desc="replaying", unit="s", disable=not progress, leave=False) as bar:

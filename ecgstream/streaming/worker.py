@@ -106,6 +106,9 @@ class Summary:
     seconds: float = 0.0
     peaks: dict = field(default_factory=dict)  # stream -> (highest window score, its start s)
     threshold: float | None = None
+    #: epoch seconds of every stream's first sample (a replay of records): peaks are then shown
+    #: as positions in the record instead of clock times
+    t_origin: float | None = None
 
     def add_peaks(self, scores: list[dict]) -> None:
         """Remember each stream's highest window score (for the end-of-run summary)."""
@@ -147,11 +150,16 @@ class Summary:
             thr = f" (alert threshold {self.threshold:.2f})" if self.threshold is not None else ""
             lines.append(f"highest window score per stream{thr}:")
             lines.extend(
-                f"  {name:<12} {score:8.2f}  window at {time.strftime('%H:%M:%S', time.gmtime(t))} UTC"
-                for name, (score, t) in shown
+                f"  {name:<12} {score:8.2f}  {self._when(t)}" for name, (score, t) in shown
             )
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)
+
+    def _when(self, t: float) -> str:
+        """A window's start: seconds into the record in a replay, else the UTC clock time."""
+        if self.t_origin is not None:
+            return f"window at {t - self.t_origin:.1f} s of the record"
+        return f"window at {time.strftime('%H:%M:%S', time.gmtime(t))} UTC"
 
 
 @dataclass

@@ -35,3 +35,9 @@ def test_the_demo_alerts_on_bigeminy_and_af_at_record_positions() -> None:
     assert lines and "UTC" not in lines[0]
     start = float(re.search(r"(-?\d+\.\d)-\s*(-?\d+\.\d) s", lines[0]).group(1))
     assert -1.0 <= start <= 30.0
+    # and so does the summary's highest window per stream (a 180 s excerpt)
+    peaks = re.findall(
+        r"^\s+(\d+)\s+[\d.]+\s+window at (\d+\.\d) s of the record$", out.stderr, re.M
+    )
+    assert {name for name, _ in peaks} == {"119", "201"}, out.stderr[-800:]
+    assert all(0.0 <= float(t) <= 180.0 for _, t in peaks)
