@@ -123,12 +123,9 @@ def windows(recs, names, n, seed):
     return sample_windows(rs, starts, n, 1000, np.random.default_rng(seed))
 
 
-def run(name, steps, train, val, batch=64):
-    cls, over, lr = VARIANTS[name]
-    if name.endswith("overfit64"):
-        train = val = train[:64]
-    torch.manual_seed(0)
-    model = cls(MMAEConfig(**over))
+def fit_steps(model, train: np.ndarray, steps: int, lr: float, batch: int = 64) -> float:
+    """Train ``model`` for ``steps`` AdamW steps (one-cycle schedule, seeded batches from
+    ``train``); returns the wall time in seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
@@ -142,7 +139,17 @@ def run(name, steps, train, val, batch=64):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    row = {"variant": name, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+    return time.perf_counter() - t0
+
+
+def run(name, steps, train, val, batch=64):
+    cls, over, lr = VARIANTS[name]
+    if name.endswith("overfit64"):
+        train = val = train[:64]
+    torch.manual_seed(0)
+    model = cls(MMAEConfig(**over))
+    seconds = fit_steps(model, train, steps, lr, batch)
+    row = {"variant": name, "steps": steps, "seconds": round(seconds, 1)}
     v = torch.from_numpy(val)
     if cls is SegNormMMAE:
         model.eval()

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 
 from ecgstream.models.mmae import MMAE, MMAEConfig, masked_r2
 from research.mmae.data import VAL, load_dev
-from research.mmae.plateau import windows
+from research.mmae.plateau import fit_steps, windows
 
 SPARSE = {
     "segment": 20,
@@ -79,20 +78,8 @@ def run(name: str, steps: int, train: np.ndarray, val: np.ndarray, batch: int = 
         rows.append({"variant": name + " copy-only", **{k: round(x, 4) for k, x in r2.items()}})
         torch.manual_seed(0)
         model = MMAE(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x = torch.from_numpy(train[rng.integers(len(train), size=batch)])
-        loss = model.loss(x, gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    row = {"variant": name, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+    seconds = fit_steps(model, train, steps, lr, batch)
+    row = {"variant": name, "steps": steps, "seconds": round(seconds, 1)}
     row.update({k: round(x, 4) for k, x in masked_r2(model, v, batch=8).items()})
     rows.append(row)
     return rows
