@@ -210,21 +210,15 @@ class _Condition:
         if self.open is not None:
             cur = self.open
             if not still:
-                cur.sequence += 1
-                cur.status, cur.at_s, cur.previous_severity = "resolved", t1, None
-                cur.detail = f"resolved: {detail}"
                 self.open = None
                 self.pending.clear()
-                return [_copy(cur)]
+                return [cur.advance("resolved", t1, f"resolved: {detail}")]
             if on:
                 cur.end_s = t1
                 if SEVERITY_RANK[severity] > SEVERITY_RANK[cur.severity]:
-                    cur.sequence += 1
-                    cur.previous_severity, cur.severity = cur.severity, severity
-                    cur.status, cur.at_s, cur.detail = "escalated", t1, detail
                     cur.score = value
                     cur.spans = cur.spans + [[t0, t1]]
-                    return [_copy(cur)]
+                    return [cur.advance("escalated", t1, detail, severity)]
             return []
         if not on:
             self.pending.clear()
@@ -377,12 +371,8 @@ class RhythmMachine:
         out = []
         for c in self.conditions.values():
             if c.open is not None:
-                cur = c.open
-                cur.sequence += 1
-                cur.status, cur.at_s, cur.previous_severity = "resolved", t_end, None
-                cur.detail = "resolved: the stream ended"
+                out.append(c.open.advance("resolved", t_end, "resolved: the stream ended"))
                 c.open = None
-                out.append(_copy(cur))
         return out
 
 

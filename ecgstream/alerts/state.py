@@ -196,6 +196,17 @@ class Alert:
         """The message's id: ``<alert id>.<sequence>`` (one per change of the alert)."""
         return f"{self.id}.{self.sequence}"
 
+    def advance(self, status: str, at_s: float, detail: str, severity: str | None = None) -> Alert:
+        """Record the alert's next change (``escalated``, ``updated``, ``resolved``) under a new
+        sequence number and return a snapshot of it. ``severity``, when given, becomes the
+        alert's severity and the message names the one before it."""
+        self.sequence += 1
+        self.previous_severity = self.severity if severity is not None else None
+        if severity is not None:
+            self.severity = severity
+        self.status, self.at_s, self.detail = status, at_s, detail
+        return _copy(self)
+
     @property
     def category(self) -> str:
         if self.kind == KIND_ANOMALY:
@@ -490,33 +501,20 @@ class AnomalyMachine:
     ) -> Alert:
         cur = self.open
         assert cur is not None
-        previous = cur.severity
-        cur.sequence += 1
-        cur.status = status
         cur.score = max(cur.score, score)
         cur.spans = sorted(cur.spans + new_spans)
-        if severity is not None:
-            cur.severity = severity
-        cur.detail = detail
-        cur.at_s = t_end
-        cur.previous_severity = previous if severity is not None else None
         self.last_message_s = t_end
-        return _copy(cur)
+        return cur.advance(status, t_end, detail, severity)
 
     def _resolve(self, t_at: float, detail: str) -> Alert:
         cur = self.open
         assert cur is not None
-        cur.sequence += 1
-        cur.status = "resolved"
-        cur.at_s = t_at
-        cur.previous_severity = None
-        cur.detail = f"resolved: {detail}"
         self.open = None
         self.cooldown_until = cur.end_s + self.cfg.cooldown_s
         self.cooldown_rank = SEVERITY_RANK[cur.severity]
         self.cooldown_peak = cur.score
         self.pending.clear()
-        return _copy(cur)
+        return cur.advance("resolved", t_at, f"resolved: {detail}")
 
     def _learn(self, k: int, score: float, t_start: float, t_end: float) -> None:
         if not math.isfinite(score):
