@@ -29,18 +29,32 @@ from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.worker import find_model
 
 
-def main() -> None:
+def dev_replays(folder: str | Path) -> list:
+    """Each DS1 DEV record of ``folder`` replayed once through the shipped model, with its
+    annotated events: ``[(replay, events), ...]`` in ``MITDB_DEV`` order."""
+    scorer = Scorer(find_model(None))
+    return [(replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(folder, MITDB_DEV)]
+
+
+def study_folds(runs: list) -> list[list]:
+    """The 5 folds of 3 records the alert studies use: every 5th record of ``runs``."""
+    return [runs[i::5] for i in range(5)]
+
+
+def arguments():
+    """``folder``, ``--target`` (false alerts per monitor-hour) and ``--out`` of the alert studies."""
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")
     ap.add_argument("--target", type=float, default=1.0)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    scorer = Scorer(find_model(None))
-    runs = [
-        (replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(args.folder, MITDB_DEV)
-    ]
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    runs = dev_replays(args.folder)
     cfg = AlertConfig()
-    folds = [runs[i::5] for i in range(5)]
+    folds = study_folds(runs)
     held = []
     out = {"target_per_hour": args.target, "folds": []}
     for i, test in enumerate(folds):

@@ -14,24 +14,19 @@ are replayed once (shipped model) and the anomaly alerts re-decided from the win
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-from pathlib import Path
+
+from alert_operating_points import arguments, dev_replays, study_folds  # a sibling script
 
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.evaluation.alerts import (
     operating_point,
     pool,
-    reference_events,
-    replay_record,
     rescore,
     score_record,
     summarise,
 )
-from ecgstream.evaluation.splits import MITDB_DEV, mitdb_paths
-from ecgstream.runtime.scorer import Scorer
-from ecgstream.streaming.worker import find_model
 
 CANDIDATES = [
     {"cooldown_s": c, "rise": r, "cooldown_rise": cr}
@@ -44,7 +39,7 @@ CANDIDATES = [
 
 def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
     """Held-out figures of policy ``cfg`` over 5 folds of the replayed ``runs``."""
-    folds = [runs[i::5] for i in range(5)]
+    folds = study_folds(runs)
     held, per_fold, messages = [], [], 0
     for i, test in enumerate(folds):
         train = [r for j, f in enumerate(folds) if j != i for r in f]
@@ -69,15 +64,8 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("folder")
-    ap.add_argument("--target", type=float, default=1.0)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    scorer = Scorer(find_model(None))
-    runs = [
-        (replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(args.folder, MITDB_DEV)
-    ]
+    args = arguments()
+    runs = dev_replays(args.folder)
     out = []
     for cand in CANDIDATES:
         cfg = dataclasses.replace(AlertConfig(), **cand)
