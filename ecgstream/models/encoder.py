@@ -143,8 +143,6 @@ class ImageDetector(nn.Module):
         # window edges (less context, padding) count less where windows overlap
         taper = 0.55 - 0.45 * torch.cos(2 * torch.pi * (torch.arange(window) + 0.5) / window)
         self.register_buffer("taper", taper)
-        #: point score relative to the window's median column (set from ``point_relative``)
-        self.point_relative = False
         self.register_buffer("feat_mean", torch.zeros(encoder.dim))
         self.register_buffer("feat_std", torch.ones(encoder.dim))
         for p in list(self.frontend.parameters()) + list(self.encoder.parameters()):
@@ -175,9 +173,6 @@ class ImageDetector(nn.Module):
     def maps_to_scores(self, smap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score map ``(B, rows', cols')`` -> point score ``(B, window)`` and window score ``(B,)``."""
         per_col = smap.max(1).values  # (B, cols')
-        if self.point_relative:  # each column against the window's own typical column
-            mid = per_col.shape[1] // 2  # sort, not median: ONNX opset 17 has no median
-            per_col = per_col - per_col.sort(1).values[:, mid : mid + 1]
         point = F.interpolate(
             per_col.unsqueeze(1), size=self.window, mode="linear", align_corners=False
         )[:, 0]

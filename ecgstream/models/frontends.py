@@ -10,10 +10,7 @@ of the exported ONNX graph, with its parameters as fixed weights and buffers, so
   difference an ectopic beat or a gain change makes), reflect padding, STFT as a strided
   ``Conv1d`` with fixed Hann-windowed cosine/sine kernels, log-magnitude, then per-frequency
   normalisation (mean and scale of the log-energy fitted on normal training windows, stored as
-  a fixed ``1x1`` convolution: a fixed log-energy scale calibrated on training normals). With
-  ``relative=True`` a second plane per lead holds the log-magnitude minus its per-frequency median
-  over the window's frames (each frame against the window's own typical frame). Image: leads (and
-  planes) as channels, frequency bins as rows, STFT frames as columns; frame ``t`` is centred on
+  a fixed ``1x1`` convolution: a fixed log-energy scale calibrated on training normals). Image: leads as channels, frequency bins as rows, STFT frames as columns; frame ``t`` is centred on
   sample ``t * hop``.
 - :class:`ChannelTimeFrontend`: the ``n_leads`` series as rows and time as columns (multichannel
   sensors, plain series), in two planes: standardised per window (shape) and with the training
@@ -57,9 +54,8 @@ class SpectrogramFrontend(nn.Module):
     ``scale``: ``"fixed"`` removes each window's mean only, so the log-energy keeps its level and
     the fitted per-frequency normalisation is a fixed scale calibrated on training normals;
     ``"window"`` standardises each window first (energy differences between windows vanish).
-    ``relative`` adds, per lead, the log-magnitude minus its per-frequency median over the window.
     ``rows`` keeps only the lowest frequency bins (bin ``k`` is ``k * fs / n_fft`` Hz; 0: all).
-    Output ``(B, n_leads * (1 + relative), rows or n_fft // 2 + 1, window // hop + 1)``. Call
+    Output ``(B, n_leads, rows or n_fft // 2 + 1, window // hop + 1)``. Call
     :meth:`fit_norm` on normal windows before training so each frequency row has zero mean and
     unit scale.
     """
@@ -73,7 +69,6 @@ class SpectrogramFrontend(nn.Module):
         n_fft: int = 32,
         hop: int = 4,
         scale: str = "fixed",
-        relative: bool = False,
         rows: int = 0,
     ):
         super().__init__()
@@ -84,7 +79,7 @@ class SpectrogramFrontend(nn.Module):
                 f"unknown spectrogram scale {scale!r}; choose from {', '.join(SPECTROGRAM_SCALES)}"
             )
         self.n_leads, self.window, self.n_fft, self.hop = n_leads, window, n_fft, hop
-        self.scale, self.relative = scale, bool(relative)
+        self.scale = scale
         # the lowest ``rows`` frequency bins (0: all n_fft // 2 + 1)
         self.n_freq = min(rows, n_fft // 2 + 1) if rows > 0 else n_fft // 2 + 1
         self.n_frames = window // hop + 1
@@ -96,17 +91,13 @@ class SpectrogramFrontend(nn.Module):
         basis = torch.cat([cos, sin], 0).float()[:, None, :]  # (2F, 1, n_fft)
         self.stft = nn.Conv1d(1, 2 * self.n_freq, n_fft, stride=hop, bias=False)
         self.stft.weight.data.copy_(basis)
-        # per-(plane, lead, frequency) normalisation as a fixed 1x1 conv (depthwise scale + bias)
-        rows = self.planes * n_leads * self.n_freq
+        # per-(lead, frequency) normalisation as a fixed 1x1 conv (depthwise scale + bias)
+        rows = n_leads * self.n_freq
         self.norm = nn.Conv2d(rows, rows, 1, groups=rows)
         self.norm.weight.data.fill_(1.0)
         self.norm.bias.data.zero_()
         for p in self.parameters():
             p.requires_grad_(False)
-
-    @property
-    def planes(self) -> int:
-        return 1 + int(self.relative)
 
     def log_magnitude(self, windows: torch.Tensor) -> torch.Tensor:
         """``(B, L, W)`` -> unnormalised log-magnitude ``(B, L, F, T)``."""
@@ -119,26 +110,17 @@ class SpectrogramFrontend(nn.Module):
         mag = torch.log(re * re + im * im + _EPS) * 0.5
         return mag.reshape(b, leads, self.n_freq, -1)[..., : self.n_frames]
 
-    def planes_of(self, windows: torch.Tensor) -> torch.Tensor:
-        """Unnormalised planes ``(B, planes * L, F, T)``: log-magnitude, then (``relative``) its
-        deviation from the per-frequency median over the window's frames."""
-        logmag = self.log_magnitude(windows)
-        if not self.relative:
-            return logmag
-        median = logmag.sort(dim=-1).values[..., self.n_frames // 2 : self.n_frames // 2 + 1]
-        return torch.cat([logmag, logmag - median], 1)
-
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        planes = self.planes_of(windows)
-        b, c, f, t = planes.shape
-        return self.norm(planes.reshape(b, c * f, 1, t)).reshape(b, c, f, t)
+        logmag = self.log_magnitude(windows)
+        b, c, f, t = logmag.shape
+        return self.norm(logmag.reshape(b, c * f, 1, t)).reshape(b, c, f, t)
 
     @torch.no_grad()
     def fit_norm(self, windows: torch.Tensor | np.ndarray, batch: int = 512) -> None:
-        """Fit per-(plane, lead, frequency) mean and scale on normal windows ``(n, L, W)``."""
+        """Fit per-(lead, frequency) mean and scale on normal windows ``(n, L, W)``."""
         windows = torch.as_tensor(np.asarray(windows, dtype=np.float32))
-        parts = [self.planes_of(windows[i : i + batch]) for i in range(0, len(windows), batch)]
-        rows = self.planes * self.n_leads * self.n_freq
+        parts = [self.log_magnitude(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        rows = self.n_leads * self.n_freq
         mags = torch.cat(parts).permute(1, 2, 0, 3).reshape(rows, -1)
         mean = mags.mean(1)
         std = mags.std(1).clamp_min(1e-3)
@@ -152,7 +134,6 @@ class SpectrogramFrontend(nn.Module):
             "n_fft": self.n_fft,
             "hop": self.hop,
             "scale": self.scale,
-            "relative": self.relative,
             "rows": self.n_freq,
             "freq_scale": self.norm.weight.data.flatten().tolist(),
             "freq_bias": self.norm.bias.data.tolist(),
@@ -160,7 +141,7 @@ class SpectrogramFrontend(nn.Module):
 
     def image_shape(self) -> tuple[int, int, int]:
         """``(channels, rows, cols)`` of the output image."""
-        return self.planes * self.n_leads, self.n_freq, self.n_frames
+        return self.n_leads, self.n_freq, self.n_frames
 
     def time_per_col(self) -> float:
         """Samples per image column."""
@@ -224,13 +205,17 @@ def build_frontend(params: dict, n_leads: int, window: int) -> nn.Module:
     if kind == "spectrogram":
         # files written before ``scale`` existed standardised each window (``standardise``)
         scale = params.get("scale") or ("window" if params.get("standardise", True) else "fixed")
+        if params.get("relative"):
+            raise ValueError(
+                "this model's spectrogram has a relative plane, an option since removed "
+                "(docs/research/image-studies.md); retrain it"
+            )
         fe = SpectrogramFrontend(
             n_leads,
             window,
             params.get("n_fft", 32),
             params.get("hop", 4),
             scale,
-            params.get("relative", False),
             params.get("rows", 0),
         )
         if "freq_scale" in params:

@@ -67,8 +67,6 @@ class ImageConfig:
     spec_scale: str = (
         "fixed"  # spectrogram: fixed (calibrated log-energy) | window (per-window z-score)
     )
-    point_relative: bool = False  # point score minus the window's median column score
-    spec_relative: bool = False  # spectrogram: add the plane relative to the window's median frame
     spec_rows: int = 0  # spectrogram: keep the lowest rows frequency bins (0: all)
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
@@ -99,7 +97,6 @@ def _frontend_params(cfg: ImageConfig) -> dict:
             "n_fft": cfg.n_fft,
             "hop": cfg.stft_hop,
             "scale": cfg.spec_scale,
-            "relative": cfg.spec_relative,
             "rows": cfg.spec_rows,
         }
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
@@ -267,7 +264,6 @@ def fit_image_detector(
     encoder.eval()
     head = _build_head(cfg, encoder.grid)
     model = ImageDetector(frontend, encoder, head, w)
-    model.point_relative = cfg.point_relative
     model.fit_token_norm(x)
     model.train()
     model.encoder.eval()
@@ -333,9 +329,12 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     with torch.no_grad():
         c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
     encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
-    model = ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
-    model.point_relative = cfg.point_relative
-    return model
+    if p.get("point_relative"):
+        raise ValueError(
+            "this model scores points relative to the window's median column, an option since "
+            "removed (docs/research/image-studies.md); retrain it"
+        )
+    return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
 
 
 def load_detector(state: dict) -> ImageDetector:

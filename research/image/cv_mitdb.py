@@ -112,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps-per-epoch", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--both-points", action="store_true",
-                    help="also score each model with the other point_relative setting")  # fmt: skip
     ap.add_argument("--max-windows", type=int, default=6000, help="training windows per fold")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -150,16 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 spec, base = res.spec, res.model  # the next heads reuse this fold's encoder
                 print(f"fold {f} {kind}: trained {time.perf_counter() - t:.0f} s", flush=True)
+                # (the relative point score and spectrogram plane this study compared were
+                # removed from the product after it: docs/research/image-studies.md)
                 variants = [(kind, res.model_path)]
-                if args.both_points:  # the same model, point score relative to the window
-                    flipped = not res.model.point_relative
-                    other = Path(tmp) / f"{kind}-{f}-rel{int(flipped)}.onnx"
-                    ospec = ModelSpec.from_json(res.spec.to_json())
-                    ospec.params = {**ospec.params, "point_relative": flipped}
-                    res.model.point_relative = flipped
-                    export_detector(res.model, ospec, other)
-                    res.model.point_relative = not flipped
-                    variants.append((f"{kind}-pointrel{int(flipped)}", other))
                 for name, path in variants:
                     s, sym = beat_table(path, held, args.data)
                     c = collected.setdefault(name, {"scores": [], "symbols": [], "folds": []})
