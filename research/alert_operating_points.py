@@ -1,6 +1,6 @@
 """Warning and critical thresholds of the shipped model for a target false-alert rate.
 
-Leave-records-out over the DS1 DEV records (5 folds of 3 records): the thresholds are chosen on
+Leave-records-out over the DS1 DEV records (the protocol's 5 folds of 3 records, ``MITDB_CV_FOLDS``): the thresholds are chosen on
 12 records and the other 3 are scored with them; then the final choice is made on all 15 DEV
 records. DS1 TEST is not read here.
 
@@ -24,21 +24,22 @@ from ecgstream.evaluation.alerts import (
     score_record,
     summarise,
 )
-from ecgstream.evaluation.splits import MITDB_DEV, mitdb_paths
+from ecgstream.evaluation.splits import MITDB_CV_FOLDS, MITDB_DEV, mitdb_paths
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.worker import find_model
 
 
-def dev_replays(folder: str | Path) -> list:
-    """Each DS1 DEV record of ``folder`` replayed once through the shipped model, with its
-    annotated events: ``[(replay, events), ...]`` in ``MITDB_DEV`` order."""
-    scorer = Scorer(find_model(None))
+def dev_replays(folder: str | Path, model: str | Path | None = None) -> list:
+    """Each DS1 DEV record of ``folder`` replayed once through ``model`` (default the shipped
+    one), with its annotated events: ``[(replay, events), ...]`` in ``MITDB_DEV`` order."""
+    scorer = Scorer(find_model(model))
     return [(replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(folder, MITDB_DEV)]
 
 
 def study_folds(runs: list) -> list[list]:
-    """The 5 folds of 3 records the alert studies use: every 5th record of ``runs``."""
-    return [runs[i::5] for i in range(5)]
+    """The protocol's 5 folds of 3 DEV records (``MITDB_CV_FOLDS``), as lists of ``runs``."""
+    by_name = {replay.name: (replay, events) for replay, events in runs}
+    return [[by_name[name] for name in fold] for fold in MITDB_CV_FOLDS]
 
 
 def arguments():
@@ -47,12 +48,15 @@ def arguments():
     ap.add_argument("folder")
     ap.add_argument("--target", type=float, default=1.0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--model", type=Path, default=None, help="model file (default: the shipped one)"
+    )
     return ap.parse_args()
 
 
 def main() -> None:
     args = arguments()
-    runs = dev_replays(args.folder)
+    runs = dev_replays(args.folder, args.model)
     cfg = AlertConfig()
     folds = study_folds(runs)
     held = []

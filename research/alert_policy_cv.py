@@ -65,7 +65,7 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
 
 def main() -> None:
     args = arguments()
-    runs = dev_replays(args.folder)
+    runs = dev_replays(args.folder, args.model)
     out = []
     for cand in CANDIDATES:
         cfg = dataclasses.replace(AlertConfig(), **cand)
