@@ -52,6 +52,28 @@ def test_each_shipped_toml_gives_the_settings_of_its_shipped_model(name):
     }
 
 
+@pytest.mark.parametrize(
+    "table,message",
+    [
+        ("bank_s = 60.0\n", r"\[history\] weight: Field required"),
+        ("weight = 1.0\nspan = 3\n", r"\[history\] span: Extra inputs"),
+        ("weight = -2.0\n", r"\[history\] weight: Input should be greater"),
+    ],
+)
+def test_a_bad_history_table_is_an_error_naming_the_key(tmp_path, table, message):
+    path = _toml(tmp_path, f'[train]\nmodel = "consensus"\n[history]\n{table}')
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(path, environ={})
+
+
+def test_the_history_table_gives_the_spec_section_with_the_default_threshold_as_gate(tmp_path):
+    path = _toml(tmp_path, '[train]\nmodel = "consensus"\n[history]\nweight = 3\nbank_s = 60\n')
+    cfg = load_train_config(path, environ={})
+    section = cfg.history_spec({"default": 24.6, "critical": 400.0})
+    assert section["weight"] == 3.0 and section["bank_s"] == 60.0 and section["gate"] == 24.6
+    assert load_train_config(None, environ={}).history_spec({"default": 1.0}) is None
+
+
 def test_an_unknown_model_key_is_an_error_naming_it(tmp_path, capsys):
     path = _toml(tmp_path, '[train]\nmodel = "consensus"\n[model]\nnoise_wieght = 100.0\n')
     with pytest.raises(ConfigError, match=r"\[model\] noise_wieght: unknown key .*'consensus'"):
