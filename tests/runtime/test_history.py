@@ -51,10 +51,17 @@ def _model_windows(scorer: Scorer, rec) -> tuple[np.ndarray, np.ndarray]:
     return frame(x, starts, spec.window), starts
 
 
-def test_a_model_without_history_scores_exactly_as_its_main_graph():
+def test_the_shipped_model_carries_the_history_chosen_on_dev():
+    spec = read_spec(SHIPPED_MODEL)
+    assert spec.history == HistoryConfig(weight=9.591050934101528, gate=24.6).model_dump()
+    stepper = Scorer(SHIPPED_MODEL).stepper
+    assert isinstance(stepper, HistoryStepper) and isinstance(stepper.inner, ConsensusStepper)
+
+
+def test_a_model_without_history_scores_exactly_as_its_main_graph(plain_model):
     """No history section: no history, the consensus stepper as it was, and record scores equal
     to the bit to the main graph's windows averaged over overlaps."""
-    scorer = Scorer(SHIPPED_MODEL)
+    scorer = Scorer(plain_model)
     assert scorer.history is None and scorer.spec.history is None
     assert type(scorer.stepper) is ConsensusStepper
     x = synthetic_ecg(60, 360, seed=3)
@@ -75,13 +82,13 @@ def _to_record(point_model, spec, x):
     return to_record_rate(point_model, spec.fs, 360.0, x.shape[0], delay)
 
 
-def test_weight_zero_scores_like_no_history(history_model, tmp_path):
+def test_weight_zero_scores_like_no_history(history_model, plain_model, tmp_path):
     path = tmp_path / "zero.onnx"
     shutil.copy(history_model, path)
     spec = update_spec(path, history={**read_spec(history_model).history, "weight": 0.0})
     assert spec.history["weight"] == 0.0
     x = synthetic_ecg(60, 360, seed=4)
-    a, b = Scorer(SHIPPED_MODEL).score_signal(x, 360.0), Scorer(path).score_signal(x, 360.0)
+    a, b = Scorer(plain_model).score_signal(x, 360.0), Scorer(path).score_signal(x, 360.0)
     np.testing.assert_array_equal(a.window_score, b.window_score)
     np.testing.assert_array_equal(a.point_score, b.point_score)
 
@@ -125,14 +132,14 @@ def _stream(scorer: Scorer, rec, groups: list[int], name: str):
     return polls
 
 
-def test_offline_and_streamed_scores_agree_on_real_records(history_model):
+def test_offline_and_streamed_scores_agree_on_real_records(history_model, plain_model):
     """Two MIT-BIH records streamed side by side in 1 s chunks, polls of 1 to 40 chunks (so a
     batch holds several consecutive windows of a stream, or none): every window's score equals
     the offline score of ``Scorer.score_record`` with the history term, and the term moved
     the scores."""
     scorer = Scorer(history_model)
     assert isinstance(scorer.stepper, HistoryStepper)
-    plain = Scorer(SHIPPED_MODEL)
+    plain = Scorer(plain_model)
     recs = {"a": _record("118", 240), "b": _record("208", 240)}
     polls = {
         "a": _stream(scorer, recs["a"], [40, 1, 1, 7, 25, 3], "a"),
@@ -228,9 +235,9 @@ def test_a_windows_own_samples_never_enter_its_bank():
     assert gated[k + 3, at] > 0.5 * terms[k, at]
 
 
-def test_a_state_of_the_stepper_without_history_is_refused(history_model):
+def test_a_state_of_the_stepper_without_history_is_refused(history_model, plain_model):
     stepper = Scorer(history_model).stepper
-    old = Scorer(SHIPPED_MODEL).stepper.new_state()
+    old = Scorer(plain_model).stepper.new_state()
     with pytest.raises(
         StepStateError, match=r"consensus format 4, this model's is consensus format 4 with hist"
     ):

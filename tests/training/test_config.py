@@ -42,6 +42,9 @@ def test_each_shipped_toml_gives_the_settings_of_its_shipped_model(name):
         assert {k: stored.pop(k) for k in REMOVED_SWITCHES if k in stored}
         # the refiner's floor is fitted by its training; the table leaves the default
         stored["refiner_floor"] = ConsensusConfig().refiner_floor
+    # the [history] table gives the stored history section (none: none)
+    spec = read_spec(onnx_path)
+    assert cfg.history_spec(spec.thresholds) == spec.history
     model = cfg.model_config()
     built = json.loads(json.dumps(model.to_dict()))
     assert {k: built[k] for k in stored} == stored
