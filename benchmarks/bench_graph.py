@@ -59,6 +59,7 @@ def stream_step_run(model: Path, n: int, batch: int):
     from ecgstream.runtime.stepping.consensus import ConsensusStepper
 
     stepper = Scorer(model, threads=1, batch_size=batch).stepper
+    stepper = getattr(stepper, "inner", stepper)  # the stream step without the history term
     if not isinstance(stepper, ConsensusStepper):
         raise SystemExit(f"{model}: the model has no stream step")
     windows = windows_for(model, n)

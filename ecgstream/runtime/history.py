@@ -101,16 +101,24 @@ def nearest_term(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np
 
     ``snips`` ``(b, n, L)``, ``bank`` ``(b, m, L)`` (one bank per row of the batch) and its
     rows' mean squares ``bank_sq`` ``(b, m)`` (``inf`` marks an empty row) -> ``(b, n)``:
-    ``min_j mean((a - b_j)^2) / (mean(a^2) + mean(b_j^2) + 1e-4)``, as one matrix product.
+    ``min_j mean((a - b_j)^2) / (mean(a^2) + mean(b_j^2) + 1e-4)``, as one matrix product
+    (float32, in place: the ``(b, n, m)`` array is the cost).
     """
-    length = snips.shape[-1]
-    a_sq = (snips * snips).mean(-1)  # (b, n)
-    cross = np.matmul(snips, bank.transpose(0, 2, 1).astype(np.float64)) / length  # (b, n, m)
+    a = np.asarray(snips, np.float32)
+    length = a.shape[-1]
+    a_sq = (a * a).mean(-1)  # (b, n)
     full = np.isfinite(bank_sq)
-    b_sq = np.where(full, bank_sq, 0.0)[:, None, :]
-    dist = np.maximum(a_sq[..., None] + b_sq - 2 * cross, 0.0)
-    rel = dist / (a_sq[..., None] + b_sq + 1e-4)
-    return np.where(full[:, None, :], rel, np.inf).min(-1)
+    b_sq = np.where(full, bank_sq, 0.0).astype(np.float32)
+    rel = np.matmul(a, bank.transpose(0, 2, 1))  # (b, n, m): the cross products
+    rel *= np.float32(-2.0 / length)
+    den = a_sq[..., None] + b_sq[:, None, :]
+    rel += den
+    np.maximum(rel, 0.0, out=rel)
+    den += np.float32(1e-4)
+    rel /= den
+    if not full.all():
+        rel[np.broadcast_to(~full[:, None, :], rel.shape)] = np.inf
+    return rel.min(-1).astype(np.float64)
 
 
 def top_mean(values: np.ndarray, frac: float) -> np.ndarray:
