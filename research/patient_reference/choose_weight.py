@@ -175,23 +175,21 @@ def main() -> None:
         a, b, k = parts[name]["seconds"]
         model_s, term_s, n_windows = model_s + a, term_s + b, n_windows + k
         print(f"{name}: {len(parts[name]['beats'])} beats", flush=True)
-    # check: the runtime's own weighted scores (weight 1) equal score + 1 * term
-    check = max(
-        float(
-            np.nanmax(np.abs(parts[n]["scores"].point_score - weighted(parts[n], 1.0).point_score))
-        )
-        for n in names
-    )
-    check_w = max(
-        float(
-            np.max(np.abs(parts[n]["scores"].window_score - weighted(parts[n], 1.0).window_score))
-        )
-        for n in names
-    )
-    print(f"check: Scorer with weight 1 vs score + term: point {check:.2e}, window {check_w:.2e}")
+
+    # check: the runtime's own weighted scores (weight 1) equal score + 1 * term (relative to
+    # the score, at least 1 calibrated unit: raw scores are float32)
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.nanmax(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
+
+    check = max(rel(parts[n]["scores"].point_score, weighted(parts[n], 1.0).point_score)
+                for n in names)  # fmt: skip
+    check_w = max(rel(parts[n]["scores"].window_score, weighted(parts[n], 1.0).window_score)
+                  for n in names)  # fmt: skip
+    print(f"check: Scorer with weight 1 vs score + term, relative: point {check:.2e}, "
+          f"window {check_w:.2e}")  # fmt: skip
 
     results: dict = {"records": names, "folds": [list(f) for f in folds], "gate": gate,
-                     "check_max_abs": {"point": check, "window": check_w}}  # fmt: skip
+                     "check_max_relative": {"point": check, "window": check_w}}  # fmt: skip
     rows: dict[str, list[Collected]] = {"shipped": [], "history": [], "term": [], "energy": []}
     fold_rows = []
     for k, held in enumerate(folds):
