@@ -268,3 +268,43 @@ def test_a_history_that_does_not_fit_the_window_is_refused(history_model, tmp_pa
     update_spec(path, history={"weight": 1.0, "gate": 2.0, "envelope_s": 0.03})
     with pytest.raises(ModelFileError, match=r"field 'history': envelope_s 0.03 s must"):
         Scorer(path)
+
+
+def test_batches_stepped_out_of_order_wait_for_the_earlier_ones_history(history_model):
+    """Two batches of one stream planned in order but stepped in the other order (inference
+    calls in flight side by side, ``ecgstream run``): the later one waits for the earlier one's
+    history and gives the scores of stepping them in order."""
+    import threading
+
+    scorer = Scorer(history_model)
+    rec = _record("118", 120)
+    windows, starts = _model_windows(scorer, rec)
+    regular = starts == np.arange(len(starts)) * scorer.spec.hop
+    windows, starts = windows[regular], starts[regular]
+    cut = 10
+
+    def run(order):
+        stepper = Scorer(history_model).stepper
+        state = stepper.new_state()
+        parts = [slice(0, cut), slice(cut, len(starts))]
+        plans = [stepper.plan([state], [Cut(1, starts[p])], []) for p in parts]
+        out: dict = {}
+
+        def step(i):
+            out[i] = stepper.step(windows[parts[i]], plans[i])
+
+        threads = {i: threading.Thread(target=step, args=(i,)) for i in order}
+        first, second = order
+        threads[first].start()
+        threads[first].join(0.5)
+        if first == 1:
+            assert threads[1].is_alive()  # waits for batch 0's history
+        threads[second].start()
+        for t in threads.values():
+            t.join(30)
+        for i in (0, 1):
+            stepper.commit(plans[i], out[i])
+        return np.concatenate([out[0].window_raw, out[1].window_raw])
+
+    in_order, out_of_order = run((0, 1)), run((1, 0))
+    np.testing.assert_array_equal(out_of_order, in_order)
