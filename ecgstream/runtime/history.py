@@ -196,6 +196,11 @@ class History:
             raise ValueError(f"before_s {cfg.before_s:g} s reaches back past the previous window")
         self.inside = self.c_env - self.before >= 0  # snippets within the window itself
         new = np.flatnonzero(self.centres >= window - hop)[:: cfg.bank_every]
+        if not self.inside[new].all():
+            raise ValueError(
+                f"before_s {cfg.before_s:g} s reaches before the window from a segment of its "
+                f"last hop (the snippets that enter the bank must lie in their window)"
+            )
         self.new = new
         self.slots = max(1, int(round(cfg.bank_s / (hop / fs))))
         self.per_window = len(new)
