@@ -91,6 +91,19 @@ SHIPPED_MODEL = REPO / "models" / "consensus-mitdb-mlii.onnx"  # the default of 
 MMAE_MODEL = REPO / "models" / "mmae-mitdb-mlii.onnx"
 
 
+@pytest.fixture(scope="session")
+def plain_model(tmp_path_factory) -> Path:
+    """The shipped default model without its history section (the in-window detector alone)."""
+    import shutil
+
+    from ecgstream.runtime.model_file import update_spec
+
+    path = tmp_path_factory.mktemp("plain") / "consensus-plain.onnx"
+    shutil.copy(SHIPPED_MODEL, path)
+    update_spec(path, history=None)
+    return path
+
+
 def synthetic_ecg(
     duration_s: float, fs: int, heart_rate: int = 70, seed: int = 0, n_leads: int = 1
 ) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ecgstream.runtime.history import HistoryConfig
 from ecgstream.signals.preprocess import PreprocessConfig
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "read_spec",
     "check_spec",
     "write_spec",
+    "update_spec",
     "sha256_of",
 ]
 
@@ -110,6 +112,7 @@ class _SpecCheck(BaseModel):
     training: dict = Field(default_factory=dict)
     params: dict = Field(default_factory=dict)
     frontend: _Text = "raw"
+    history: HistoryConfig | None = None
 
     @model_validator(mode="after")
     def _window(self) -> _SpecCheck:
@@ -161,6 +164,9 @@ class ModelSpec:
     training: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
     frontend: str = "raw"
+    #: the per-stream history term (:class:`~ecgstream.runtime.history.HistoryConfig` as a
+    #: dict), None without one
+    history: dict | None = None
 
     @property
     def fs(self) -> float:
@@ -220,6 +226,27 @@ def write_spec(onnx_path: str | Path, spec: ModelSpec) -> None:
         entry.key, entry.value = key, value
     model.producer_name = "ecgstream"
     onnx.save(model, str(onnx_path))
+
+
+def update_spec(onnx_path: str | Path, **fields: Any) -> ModelSpec:
+    """Set spec ``fields`` (e.g. ``history``) in an exported model's metadata, leaving its graph
+    and other metadata as they are; the new spec is checked first (:func:`check_spec`).
+    Refresh ``SHA256SUMS`` afterwards for a shipped model."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    entry = next((e for e in model.metadata_props if e.key == SPEC_KEY), None)
+    if entry is None:
+        raise ModelFileError(f"{onnx_path}: no ecgstream metadata ({SPEC_KEY}) in this model")
+    unknown = set(fields) - set(ModelSpec.__dataclass_fields__)
+    if unknown:
+        raise ModelFileError(f"{onnx_path}: no model spec field {sorted(unknown)}")
+    data = {**json.loads(entry.value), **fields}
+    check_spec(data, str(onnx_path))
+    spec = ModelSpec(**{k: v for k, v in data.items() if k in ModelSpec.__dataclass_fields__})
+    entry.value = spec.to_json()
+    onnx.save(model, str(onnx_path))
+    return spec
 
 
 def read_spec(session_or_path: Any) -> ModelSpec:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgstream.runtime.history import History
 from ecgstream.runtime.model_file import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -22,7 +23,7 @@ from ecgstream.runtime.model_file import (
     ModelSpec,
     read_spec,
 )
-from ecgstream.runtime.stepping import StreamStepper, load_stepper
+from ecgstream.runtime.stepping import StreamStepper, load_history, load_stepper
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import Record, RecordError, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
@@ -107,6 +108,8 @@ class Scorer:
                 f"{model_path}: graph must take '{INPUT_NAME}' and give {OUTPUT_NAMES}; "
                 f"it takes {inputs} and gives {outputs}"
             )
+        #: the model's per-stream history term (:mod:`ecgstream.runtime.history`), None without
+        self.history: History | None = load_history(self)
         #: how the model scores a stream window after window, None without a stream step
         #: (see :mod:`ecgstream.runtime.stepping`); the pipeline then uses the main graph
         self.stepper: StreamStepper | None = load_stepper(self, threads)
@@ -135,6 +138,21 @@ class Scorer:
                 out.append(value)
         return tuple(np.concatenate(o) for o in outs)
 
+    def history_terms(
+        self, windows: np.ndarray, starts: np.ndarray, window_raw: np.ndarray
+    ) -> np.ndarray:
+        """The history terms ``(n, segments)`` of one stream's consecutive ``windows``
+        ``(n, leads, window)`` starting at ``starts`` (model samples), from a fresh history,
+        given their raw window scores before the term (the gate); zeros without a history."""
+        if self.history is None:
+            return np.zeros((len(windows), 0))
+        from threadpoolctl import threadpool_limits
+
+        state = self.history.new_state("offline")
+        cal = self.spec.normalise(np.asarray(window_raw, np.float64))
+        with threadpool_limits(limits=1, user_api="blas"):  # many small products
+            return self.history.advance([state], [0], [np.asarray(starts)], windows, cal)
+
     def score_signal(self, signal: np.ndarray, fs: float, name: str = "") -> RecordScores:
         """Score a whole signal ``(n_samples, n_leads)`` (leads already in model order)."""
         spec = self.spec
@@ -145,7 +163,13 @@ class Scorer:
                 f"{name or 'signal'}: {signal.shape[0] / fs:.2f} s is shorter than one "
                 f"{spec.window_s:.2f} s window (plus {delay_s:.2f} s filter delay)"
             )
-        point_raw, window_raw = self.score_windows(frame(x, starts, spec.window))
+        windows = frame(x, starts, spec.window)
+        point_raw, window_raw = self.score_windows(windows)
+        if self.history is not None:  # one stream, its windows in order
+            terms = self.history_terms(windows, starts, window_raw)
+            point_raw, window_raw = self.history.apply(
+                point_raw, window_raw, terms, float(spec.score_norm["scale"])
+            )
         point_model = overlap_average(spec.normalise(point_raw), starts, len(x))
         point = to_record_rate(point_model, spec.fs, fs, signal.shape[0], delay_s)
         # [w_start, w_end) are the record samples between a window's first and last model sample

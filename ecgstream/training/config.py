@@ -1,11 +1,14 @@
-"""``TrainConfig``: the settings of one ``ecgstream train`` run (TOML tables ``[train]`` and ``[model]``).
+"""``TrainConfig``: the settings of one ``ecgstream train`` run (TOML tables ``[train]``,
+``[model]`` and, optionally, ``[history]``).
 
 ``[train]`` holds the training settings: model kind and name, data and splits, preprocessing,
 windows (seconds; samples at the model rate ``fs`` in Hz), optimisation and calibration. The
 ``[model]`` table is parsed straight into the kind's own config (:data:`MODEL_CONFIGS`:
 :class:`~ecgstream.models.consensus.ConsensusConfig`, :class:`~ecgstream.models.mmae.MMAEConfig`),
 which declares and validates each setting once; ``n_leads`` and ``window`` come from ``[train]``.
-Load both with :func:`load_train_config` (defaults < TOML < environment < flags and ``--set``).
+An optional ``[history]`` table is the model's per-stream history term
+(:class:`~ecgstream.runtime.history.HistoryConfig`, written into the exported spec; its ``gate``
+defaults to the calibrated default threshold). Load them with :func:`load_train_config` (defaults < TOML < environment < flags and ``--set``).
 
 >>> cfg = TrainConfig(model="consensus", model_settings={"noise_weight": 100.0})
 >>> cfg.model_config().noise_weight, cfg.model_config().window
@@ -99,8 +102,11 @@ class TrainConfig:
     model_out: Path | None = None
     #: the ``[model]`` table: fields of the kind's own config (:meth:`model_config`)
     model_settings: dict[str, Any] = field(default_factory=dict)
+    #: the ``[history]`` table (:meth:`history_spec`); empty: no history term
+    history_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.history_spec({"default": 0.0})  # validates the [history] table
         if not 0 <= self.refiner_floor_quantile < 1:
             raise ConfigError(
                 "refiner_floor_quantile: must be in [0, 1) (0: the fixed [model] refiner_floor), "
@@ -167,6 +173,24 @@ class TrainConfig:
             raise ConfigError(f"[model] {exc}") from exc
         return cfg
 
+    def history_spec(self, thresholds: dict) -> dict | None:
+        """The spec's ``history`` section from the ``[history]`` table (None when it is empty);
+        ``gate`` defaults to the calibrated ``thresholds``' default. Raises
+        :class:`ConfigError` naming the key."""
+        if not self.history_settings:
+            return None
+        from pydantic import ValidationError
+
+        from ecgstream.runtime.history import HistoryConfig
+
+        values = {"gate": float(thresholds.get("default", 0.0)), **self.history_settings}
+        try:
+            return HistoryConfig.model_validate(values).model_dump()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"[history] {where}: {err['msg']}") from None
+
     def to_dict(self) -> dict:
         d = asdict(self)
         for key in ("checkpoint_dir", "model_out"):
@@ -201,15 +225,19 @@ def load_train_config(
 
     environ = os.environ if environ is None else environ
     table: dict[str, Any] = {}
+    history: dict[str, Any] = {}
     if toml_path is not None and Path(toml_path).exists():
         try:
             data = tomllib.loads(Path(toml_path).read_text())
         except tomllib.TOMLDecodeError:
             data = {}  # load() below reports it
-        extra = sorted(set(data) - {"train", "model"})
+        extra = sorted(set(data) - {"train", "model", "history"})
         if extra:
-            raise ConfigError(f"{toml_path}: unknown tables {extra}; known: ['model', 'train']")
+            raise ConfigError(
+                f"{toml_path}: unknown tables {extra}; known: ['history', 'model', 'train']"
+            )
         table = dict(data.get("model", {}))
+        history = dict(data.get("history", {}))
         _moved_keys(toml_path, data.get("train", {}), data.get("train", {}).get("model", "mmae"))
     prefix = "ECGSTREAM_MODEL__"
     table.update({k[len(prefix) :].lower(): v for k, v in environ.items() if k.startswith(prefix)})
@@ -229,6 +257,7 @@ def load_train_config(
             if not dot:
                 _check_set_key(key, train_fields, train_flags, toml_path, environ)
     train_flags["model_settings"] = table
+    train_flags["history_settings"] = history
     return load(TrainConfig, "train", toml_path, train_flags, environ)
 
 

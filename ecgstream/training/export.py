@@ -97,6 +97,7 @@ def write_model_card(onnx_path: str | Path, spec: ModelSpec) -> Path:
         "",
         "## Model",
         *_model_lines(spec),
+        *_history_lines(spec),
         "",
         "## Validation figures (held-out records)",
         *[f"- {k}: {_fmt(v)}" for k, v in val.items()],
@@ -227,6 +228,21 @@ def _calibration_records(training: dict) -> list:
     """The records whose normal windows calibrated the thresholds (the validation records for
     models exported before ``calibrate_on``)."""
     return training.get("calibration_records", training.get("val_records", []))
+
+
+def _history_lines(spec: ModelSpec) -> list[str]:
+    """The card's bullet on the per-stream history term (none without one)."""
+    h = spec.history
+    if not h:
+        return []
+    return [
+        f"- history (`history` in the spec): each segment's envelope snippet ({h['before_s']:g} s "
+        f"before its centre to {h['after_s']:g} s after) against a bank of the stream's own "
+        f"snippets of the last {h['bank_s']:g} s of windows scoring below {h['gate']:g}; the "
+        f"nearest one's relative distance, times {h['weight']:.4g}, is added to the point scores "
+        f"and (mean of the top {h['topk_frac']:g}) to the window score; 0 until the bank holds "
+        f"{h['min_entries']} snippets (docs/model-consensus.md)"
+    ]
 
 
 def _model_lines(spec: ModelSpec) -> list[str]:

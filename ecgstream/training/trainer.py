@@ -495,5 +495,6 @@ def record_spec(
             "config": cfg.to_dict(),
         },
         params=params,
+        history=cfg.history_spec(thresholds),
         **extra,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHIPPED_MODEL, synthetic_ecg
+from conftest import synthetic_ecg
 
 from ecgstream.runtime.model_file import ModelFileError, ModelSpec, read_spec, write_spec
 from ecgstream.runtime.scorer import RecordScores, Scorer
@@ -111,7 +111,7 @@ def test_record_scores_npz_types(tmp_path):
         assert d["point_score"].dtype == np.float64 and d["window_start"].dtype == np.int64
 
 
-def test_a_stream_step_of_another_format_is_left_out_with_a_warning(tmp_path, caplog):
+def test_a_stream_step_of_another_format_is_left_out_with_a_warning(tmp_path, caplog, plain_model):
     """A model file whose stream step has inputs of an older format (the graph sorted its
     segments itself) is scored with its main graph alone, and the log says to re-export it."""
     import json
@@ -122,7 +122,7 @@ def test_a_stream_step_of_another_format_is_left_out_with_a_warning(tmp_path, ca
     from ecgstream.runtime.stepping.consensus import STREAM_KEY
 
     path = tmp_path / "older.onnx"
-    shutil.copy(SHIPPED_MODEL, path)
+    shutil.copy(plain_model, path)  # without history (which would step it with the main graph)
     model = onnx.load(str(path))
     entry = next(p for p in model.metadata_props if p.key == STREAM_KEY)
     doc = json.loads(entry.value)

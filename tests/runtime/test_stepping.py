@@ -85,11 +85,11 @@ def _steps(n_streams: int, seconds: int, skip: tuple[int, int] | None = None):
     return [[c[i] for c in chunks.values() if i < len(c)] for i in range(seconds)]
 
 
-def test_a_second_stepper_kind_gets_each_streams_windows_and_state():
+def test_a_second_stepper_kind_gets_each_streams_windows_and_state(plain_model):
     """Through a stepper of another kind the pipeline gives the scores of the main graph and
     steps each stream's own state past exactly that stream's windows, in order, with a new
     generation after a gap."""
-    scorer = Scorer(SHIPPED_MODEL)
+    scorer = Scorer(plain_model)
     recording = Recording(scorer)
     steps = _steps(3, 40, skip=(1, 20))
     want, got = (
@@ -108,10 +108,10 @@ def test_a_second_stepper_kind_gets_each_streams_windows_and_state():
         assert len(set(state.generations)) == (2 if s == 1 else 1)  # the gap restarted bed-1
 
 
-def test_a_state_of_another_stepper_or_format_is_refused_with_a_clear_error():
+def test_a_state_of_another_stepper_or_format_is_refused_with_a_clear_error(plain_model):
     """A stream state made by another stream step (kind or format) is not stepped: the error
     names both, before any window is scored."""
-    stepper = Scorer(SHIPPED_MODEL).stepper
+    stepper = Scorer(plain_model).stepper
     assert isinstance(stepper, ConsensusStepper)
     cut = [Cut(1, np.array([0, 360]))]
     assert stepper.plan([stepper.new_state()], cut, []) is not None
@@ -125,10 +125,10 @@ def test_a_state_of_another_stepper_or_format_is_refused_with_a_clear_error():
         stepper.plan([Recording(stepper.scorer).new_state()], cut, [])
 
 
-def test_windows_of_a_stream_step_equal_the_main_graph_and_take_over_their_carry():
+def test_windows_of_a_stream_step_equal_the_main_graph_and_take_over_their_carry(plain_model):
     """The consensus stepper scores a stream's second window from the first one's carry as the
     main graph scores it, and the state then holds the second window's carry."""
-    scorer = Scorer(SHIPPED_MODEL)
+    scorer = Scorer(plain_model)
     stepper = scorer.stepper
     spec = scorer.spec
     x = synthetic_ecg(30, 100, seed=2, n_leads=1)[:, 0]

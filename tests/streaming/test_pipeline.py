@@ -8,6 +8,7 @@ from conftest import SHIPPED_MODEL, synthetic_ecg
 
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.runtime.scorer import Scorer
+from ecgstream.runtime.stepping import HistoryStepper, WholeWindows
 from ecgstream.streaming.pipeline import Incoming, Pipeline
 from ecgstream.streaming.wire import Chunk, decode, encode_binary
 
@@ -176,11 +177,12 @@ def test_windows_take_over_the_sorts_of_their_previous_window():
     """The shipped model's stream step scores a window from the sorted segments its previous
     window shares with it: the scores equal the whole graph's, also after a gap, and every
     window uses it (a stream's first window, and the first after the gap, take over the sorts
-    of a primer computed one hop earlier)."""
+    of a primer computed one hop earlier), with the same history term added."""
     full = Scorer(SHIPPED_MODEL)
     assert full.stepper is not None  # the shipped model carries a stream step
     stepped = Scorer(SHIPPED_MODEL)
-    full.stepper = None  # the whole graph
+    # the whole graph, with the model's history term as the stream step has it
+    full.stepper = HistoryStepper(full, WholeWindows(full), full.history)
     streams = {
         f"bed-{i}": _chunks(f"bed-{i}", synthetic_ecg(60, 360, seed=i, n_leads=2), t0=T0 + i)
         for i in range(3)

@@ -42,6 +42,9 @@ def test_each_shipped_toml_gives_the_settings_of_its_shipped_model(name):
         assert {k: stored.pop(k) for k in REMOVED_SWITCHES if k in stored}
         # the refiner's floor is fitted by its training; the table leaves the default
         stored["refiner_floor"] = ConsensusConfig().refiner_floor
+    # the [history] table gives the stored history section (none: none)
+    spec = read_spec(onnx_path)
+    assert cfg.history_spec(spec.thresholds) == spec.history
     model = cfg.model_config()
     built = json.loads(json.dumps(model.to_dict()))
     assert {k: built[k] for k in stored} == stored
@@ -50,6 +53,28 @@ def test_each_shipped_toml_gives_the_settings_of_its_shipped_model(name):
     assert {k: built[k] for k in set(built) - set(stored)} == {
         k: default[k] for k in set(built) - set(stored)
     }
+
+
+@pytest.mark.parametrize(
+    "table,message",
+    [
+        ("bank_s = 60.0\n", r"\[history\] weight: Field required"),
+        ("weight = 1.0\nspan = 3\n", r"\[history\] span: Extra inputs"),
+        ("weight = -2.0\n", r"\[history\] weight: Input should be greater"),
+    ],
+)
+def test_a_bad_history_table_is_an_error_naming_the_key(tmp_path, table, message):
+    path = _toml(tmp_path, f'[train]\nmodel = "consensus"\n[history]\n{table}')
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(path, environ={})
+
+
+def test_the_history_table_gives_the_spec_section_with_the_default_threshold_as_gate(tmp_path):
+    path = _toml(tmp_path, '[train]\nmodel = "consensus"\n[history]\nweight = 3\nbank_s = 60\n')
+    cfg = load_train_config(path, environ={})
+    section = cfg.history_spec({"default": 24.6, "critical": 400.0})
+    assert section["weight"] == 3.0 and section["bank_s"] == 60.0 and section["gate"] == 24.6
+    assert load_train_config(None, environ={}).history_spec({"default": 1.0}) is None
 
 
 def test_an_unknown_model_key_is_an_error_naming_it(tmp_path, capsys):

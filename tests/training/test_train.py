@@ -107,6 +107,7 @@ def test_cli_train_and_export_end_to_end(ecg_folder, tmp_path, capsys):
     cfg_file.write_text(
         "[train]\nwindow_s = 4.0\nhop_s = 2.0\nsteps_per_epoch = 3\nbatch_size = 8\nval_windows = 16\n"
         "threads = 1\n[model]\nsegment = 20\nlocal_region = 5\ndim = 16\nheads = 2\n"
+        "[history]\nweight = 2\n"
     )
     out = tmp_path / "cli.onnx"
     rc = main(["train", "--config", str(cfg_file), "--epochs", "1", "--leads", "MLII", "--val-records",
@@ -116,6 +117,12 @@ def test_cli_train_and_export_end_to_end(ecg_folder, tmp_path, capsys):
     assert read_spec(out).training["epochs"] == 1
     params = read_spec(out).params  # [model] and --set reach the model's own config
     assert (params["segment"], params["dim"], params["depth"], params["window"]) == (20, 16, 1, 400)
+    # [history] reaches the spec, its gate the calibrated default threshold; a model without a
+    # stream step of its own is stepped with its main graph plus the history
+    spec = read_spec(out)
+    assert spec.history["weight"] == 2.0 and spec.history["gate"] == spec.thresholds["default"]
+    stepper = Scorer(out).stepper
+    assert stepper is not None and stepper.key == "whole-windows format 1 with history format 1"
     exported = tmp_path / "again.onnx"
     rc = main(["export", str(out.with_suffix(".ckpt")), "--out", str(exported), "--version", "9"])
     assert rc == 0 and read_spec(exported).version == "9"

@@ -14,6 +14,10 @@ the next batch and completes earlier ones (``ecgstream run``, ``inference_depth`
 2. :meth:`StreamStepper.step` (the inference thread): scores; reads the plan only;
 3. :meth:`StreamStepper.commit` (the poll loop, batches in order): the states after the batch.
 
+A model with a history term (:mod:`ecgstream.runtime.stepping.history`) wraps its kind's
+stepper: its step also updates the streams' histories, which only its steps touch, one batch at
+a time in plan order.
+
 Windows are placed by their stream's buffer generation (it counts filter restarts: windows of
 two generations share no sample) and their absolute start sample at the model rate.
 """
