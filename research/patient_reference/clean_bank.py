@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/: sibli
 from alert_operating_points import study_folds  # noqa: E402
 from choose_weight import (  # noqa: E402
     G_GRID,
+    HALF_S,
     beat_arrays,
     brief,
     collected,
@@ -65,6 +66,7 @@ from choose_weight import (  # noqa: E402
 
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.evaluation.alerts import (
+    V_SYMBOLS,
     operating_point,
     pool,
     reference_events,
@@ -74,10 +76,11 @@ from ecgstream.evaluation.alerts import (
     summarise,
 )
 from ecgstream.evaluation.crossval import figures, merge, spread
+from ecgstream.evaluation.metrics import beat_scores
 from ecgstream.evaluation.splits import MITDB_CV_FOLDS, MITDB_DEV, MITDB_TEST
 from ecgstream.runtime.history import History, HistoryState, top_mean
 from ecgstream.runtime.scorer import Scorer
-from ecgstream.signals.labels import read_beats
+from ecgstream.signals.labels import AAMI_NORMAL, read_beats
 from ecgstream.signals.preprocess import preprocess
 from ecgstream.signals.records import read_record, select_leads
 from ecgstream.signals.windows import frame, overlap_average, to_record_rate, window_starts
@@ -94,6 +97,7 @@ VARIANTS = {
     "fixed5-nogate": (False, "fixed"),
 }
 ROWS = ("none", *VARIANTS)
+RUN_RECORDS = ("124", "203", "205", "207")  # the DEV records with ventricular runs
 
 
 class _Admitting(list):
@@ -186,7 +190,17 @@ def record_parts(scorer: Scorer, hist: CleanHistory, folder: Path, name: str) ->
         return to_record_rate(overlap_average(a, starts, len(x)), spec.fs, rec.fs, n, delay)
 
     base = scorer.score_signal(sig, rec.fs, name)
-    out = {"record": rec, "beats": read_beats(folder / name), "starts": starts,
+    beats = read_beats(folder / name)
+    # which new snippets hold a V beat (its annotation inside the snippet's span, seconds)
+    v_t = np.sort(beats.samples[np.isin(beats.symbols, sorted(V_SYMBOLS))] / rec.fs)
+    centre_t = (starts[:, None] + hist.centres[hist.new][None]) / spec.fs - delay
+    lo, hi = centre_t - hist.cfg.before_s, centre_t + hist.cfg.after_s
+    has_v = np.searchsorted(v_t, hi) > np.searchsorted(v_t, lo)  # (n, per_window)
+    v_beats, n_beats = (
+        beats.samples[np.isin(beats.symbols, sorted(V_SYMBOLS))],
+        beats.samples[np.isin(beats.symbols, sorted(AAMI_NORMAL))],
+    )
+    out = {"record": rec, "beats": beats, "starts": starts, "mechanism": {},
            "point0": at_record(spec.normalise(point_raw)), "window0": cal,
            "scores": base, "terms": {}, "admitted": {}}  # fmt: skip
     for v, (gate_on, rule) in VARIANTS.items():
@@ -196,10 +210,27 @@ def record_parts(scorer: Scorer, hist: CleanHistory, folder: Path, name: str) ->
         gated = cal < hist.cfg.gate if gate_on else np.ones(len(cal), bool)
         share = admit[gated].mean() if admit is not None else 1.0
         out["admitted"][v] = (int(gated.sum()) * hist.per_window, float(share))
+        adm = (
+            admit[gated]
+            if admit is not None
+            else np.ones((int(gated.sum()), hist.per_window), bool)
+        )
+        hv = has_v[gated]
+        term = out["terms"][v][0]
+        out["mechanism"][v] = {
+            "admitted": int(adm.sum()),
+            "admitted_with_v": int((adm & hv).sum()),
+            "candidates_with_v": int(hv.sum()),
+            "term_at_v": beat_scores(term, v_beats, rec.fs, HALF_S).tolist(),
+            "term_at_n": beat_scores(term, n_beats, rec.fs, HALF_S).tolist(),
+        }
     # check: the subclass without a mask is the product's term
     ref = scorer.history_terms(windows, starts, window_raw)
     same = hist.clean_terms(windows, starts, cal, np.ones((len(cal), hist.per_window), bool))
     out["check"] = float(np.max(np.abs(ref - same))) if len(ref) else 0.0
+    # and with every snippet refused the bank stays empty: no term at all
+    refused = hist.clean_terms(windows, starts, cal, np.zeros((len(cal), hist.per_window), bool))
+    assert not refused.any(), f"{name}: refused snippets reached the bank"
     return out
 
 
@@ -266,7 +297,35 @@ def main() -> None:
                      "admitted": {v: {n: parts[n]["admitted"][v] for n in names}
                                   for v in VARIANTS},
                      "rows": {}}  # fmt: skip
+    mech = {}
+    for v in VARIANTS:
+        row = {}
+        for scope, recs in (("all", names), *((n, [n]) for n in RUN_RECORDS)):
+            m = [parts[n]["mechanism"][v] for n in recs]
+            tv = np.concatenate([x["term_at_v"] for x in m])
+            tn = np.concatenate([x["term_at_n"] for x in m])
+            adm, adm_v = sum(x["admitted"] for x in m), sum(x["admitted_with_v"] for x in m)
+            row[scope] = {
+                "bank_share_with_v": adm_v / max(adm, 1),
+                "v_snippets_admitted": adm_v / max(sum(x["candidates_with_v"] for x in m), 1),
+                "term_median_v": float(np.nanmedian(tv)) if len(tv) else None,
+                "term_median_n": float(np.nanmedian(tn)) if len(tn) else None,
+            }
+        mech[v] = row
+    results["mechanism"] = mech
     cfg = AlertConfig()
+    # reference: the shipped thresholds, the full pipeline's alerts against the re-decided ones
+    ref = {}
+    for how in ("pipeline", "rescored"):
+        rows = [
+            score_record(r if how == "pipeline" else rescore(r, r.threshold, r.critical, cfg), ev)
+            for r, ev in runs.values()
+        ]
+        p = pool(rows)
+        p.update(summarise(p))
+        ref[how] = {k: p[k] for k in ("v_runs", "v_runs_alerted", "false_per_hour")}
+    results["shipped_thresholds_in_sample"] = ref
+    ship = next(iter(runs.values()))[0]
     for v in ROWS:
         vp = variant_parts(parts, v)
         beat_rows, held_rows, fold_rows = [], [], []
@@ -321,6 +380,26 @@ def main() -> None:
     print("admitted share of the gated windows' new snippets:",
           {v: round(float(np.mean([s for _, s in d.values()])), 3)
            for v, d in results["admitted"].items()})  # fmt: skip
+    print(
+        "mechanism (bank share holding a V beat / V snippets admitted / median term at V "
+        "beats / at N beats):"
+    )
+    for v, row in mech.items():
+        print(
+            f"  {v:14s} "
+            + "  ".join(
+                f"{sc}: {r['bank_share_with_v']:.3f}/{r['v_snippets_admitted']:.2f}/"
+                f"{fmt(r['term_median_v'])}/{fmt(r['term_median_n'])}"
+                for sc, r in row.items()
+            )
+        )
+    print(
+        f"shipped thresholds {ship.threshold} / {ship.critical} on all 15 DEV records (in sample): "
+        + ", ".join(
+            f"{k} {x['v_runs_alerted']}/{x['v_runs']} runs, {x['false_per_hour']:.2f} false/h"
+            for k, x in ref.items()
+        )
+    )
     print(f"check (subclass, all admitted, vs the product's term): {results['check_max_abs']:.1e}")
     results["seconds"] = time.time() - t_start
     if args.out:
