@@ -364,6 +364,21 @@ def main() -> None:
                                         for r in held_rows if r["record"] in missed},
         }  # fmt: skip
         print(f"{v}: done ({time.time() - t_start:.0f} s)", flush=True)
+    # each V run's peak window score (windows overlapping it) against its fold's warning level
+    peaks = {}
+    for name in RUN_RECORDS:
+        k = next(i for i, f in enumerate(folds) if name in f)
+        t0 = parts[name]["starts"] / spec.fs
+        for a, b in runs[name][1].v_runs:
+            inside = (t0 < b) & (t0 + spec.window / spec.fs > a)
+            row = {}
+            for v in ROWS:
+                f = results["rows"][v]["folds"][k]
+                wt = parts[name]["terms"]["shipped" if v == "none" else v][1]
+                peak = float(np.max(parts[name]["window0"][inside] + f["w"] * wt[inside]))
+                row[v] = (peak, f["warning"])
+            peaks[f"{name} {a:.0f}-{b:.0f} s"] = row
+    results["v_run_peaks"] = peaks
     fmt = lambda x: " -   " if x is None else f"{x:.3f}"  # noqa: E731
     print(f"\n{'row':14s} pooled S     V     F     10s  | folds mean+-sd pooled S V        "
           f"| V runs   false/h  V beat Se | weights")  # fmt: skip
@@ -380,6 +395,13 @@ def main() -> None:
     print("admitted share of the gated windows' new snippets:",
           {v: round(float(np.mean([s for _, s in d.values()])), 3)
            for v, d in results["admitted"].items()})  # fmt: skip
+    print("V runs near or below their fold's warning threshold: peak window score / threshold")
+    for run, row in peaks.items():
+        if min(pk - thr for pk, thr in row.values()) < 10:
+            print(
+                f"  {run:16s} "
+                + "  ".join(f"{v} {pk:.1f}/{thr:.1f}" for v, (pk, thr) in row.items())
+            )
     print(
         "mechanism (bank share holding a V beat / V snippets admitted / median term at V "
         "beats / at N beats):"
