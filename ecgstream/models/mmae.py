@@ -288,6 +288,7 @@ class MMAE(nn.Module):
                 -cfg.prompt_refine, cfg.prompt_refine + 1, cfg.prompt_refine_step
             )
             self.register_buffer("prompt_offsets", offsets.float(), persistent=False)
+            self.prompt_offset_list = [float(o) for o in offsets.tolist()]
             mult = [(1 if i % 2 == 0 else -1) * (i // 2 + 1) for i in range(ch)]
             self.register_buffer("prompt_mult", torch.tensor(mult).float(), persistent=False)
             with torch.no_grad():  # start from the aligned copy; training learns its correction
@@ -357,37 +358,48 @@ class MMAE(nn.Module):
         profile = torch.stack(num, 1) / (torch.stack(den, 1) + 1e-6)
         return first_period(profile, self.env_lags)
 
-    def prompt(
-        self, x: torch.Tensor, vis: torch.Tensor, seg: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` of tokens of ``seg``
-        samples, ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P, ...). ``x`` must be zero
-        where hidden. Per token and direction, the lag within ``j * P +- prompt_refine`` whose
-        shifted visible signal best matches the visible samples in and around the token."""
+    def prompt(self, x: torch.Tensor, vis: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` for the tokens of
+        each scale (global, then local), ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P,
+        ...). ``x`` must be zero where hidden. Per token and direction, the lag within
+        ``j * P +- prompt_refine`` whose shifted visible signal best matches the visible samples
+        in and around the token (the first such lag on ties).
+
+        The lag candidates are tried one after the other and each token keeps a running best
+        (cost and copy): memory is that of one candidate per direction, whatever the number of
+        candidates, and the beat period and shifted copies are shared by both scales."""
         cfg = self.cfg
         b, leads, t = x.shape
-        period = self.beat_period(x, vis)
-        n_off, ch = self.prompt_offsets.shape[0], self.prompt_mult.shape[0]
-        sign = torch.sign(self.prompt_mult)[None, :, None]
-        lag = self.prompt_mult[None, :, None] * period[:, :, None] + sign * self.prompt_offsets
-        xs, vs = shift_visible(x, vis, lag.reshape(b, ch * n_off))
-        both = vs * vis[:, None]  # (B, C*O, T)
-        diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
-        energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
+        ch = self.prompt_mult.shape[0]
         m = cfg.prompt_margin
-        n_tok = t // seg
+        base = self.prompt_mult[None] * self.beat_period(x, vis)  # (B, C) samples
+        sign = torch.sign(self.prompt_mult)[None]
 
-        def pool(v: torch.Tensor) -> torch.Tensor:  # each token's span +- margin: (B, C, O, n_tok)
+        def pool(v: torch.Tensor, seg: int) -> torch.Tensor:  # token span +- margin: (B, C, n)
             v = F.avg_pool1d(v.reshape(-1, 1, t), seg + 2 * m, seg, m)
-            return v.reshape(b, ch, n_off, n_tok)
+            return v.reshape(b, ch, t // seg)
 
-        cost = pool(diff) / (pool(energy) + 1e-4) + (pool(both) < 0.1).to(x.dtype) * 10.0
-        best = cost.argmin(2).repeat_interleave(seg, 2)  # (B, C, T)
-        xs = xs.reshape(b, leads, ch, n_off, t)
-        vs = vs.reshape(b, ch, n_off, t)
-        pv = torch.gather(xs, 3, best[:, None, :, None].expand(-1, leads, -1, -1, -1)).squeeze(3)
-        pm = torch.gather(vs, 2, best[:, :, None]).squeeze(2)
-        return pv, pm
+        segs = (cfg.segment, cfg.local_segment)
+        best: list[list[torch.Tensor]] = []  # per scale: [cost (B, C, n), values, visibility]
+        for offset in self.prompt_offset_list:
+            xs, vs = shift_visible(x, vis, base + sign * offset)
+            both = vs * vis[:, None]  # (B, C, T)
+            diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
+            energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
+            for i, seg in enumerate(segs):
+                cost = pool(diff, seg) / (pool(energy, seg) + 1e-4)
+                cost = cost + (pool(both, seg) < 0.1).to(x.dtype) * 10.0
+                if len(best) <= i:
+                    best.append([cost, xs, vs])
+                    continue
+                better = cost < best[i][0]  # strict: the first candidate wins ties, as argmin
+                samples = better.repeat_interleave(seg, 2)  # (B, C, T)
+                best[i] = [
+                    torch.where(better, cost, best[i][0]),
+                    torch.where(samples[:, None], xs, best[i][1]),
+                    torch.where(samples, vs, best[i][2]),
+                ]
+        return [(pv, pm) for _, pv, pm in best]
 
     def prompt_tokens(
         self, x: torch.Tensor, vis: torch.Tensor
@@ -395,9 +407,9 @@ class MMAE(nn.Module):
         """Prompt embeddings of the tokens of both scales ``(B, N, D)`` and, per scale, the mean of
         the available aligned copies ``(B, L, T)`` (zero where none is visible)."""
         out, copies = [], []
-        for seg, embed in ((self.cfg.segment, self.embed_prompt_global),
-                           (self.cfg.local_segment, self.embed_prompt_local)):  # fmt: skip
-            pv, pm = self.prompt(x, vis, seg)
+        scales = (self.cfg.segment, self.cfg.local_segment)
+        embeds = (self.embed_prompt_global, self.embed_prompt_local)
+        for seg, embed, (pv, pm) in zip(scales, embeds, self.prompt(x, vis), strict=True):
             b, leads, ch, t = pv.shape
             feats = torch.cat([pv.reshape(b, leads * ch, t), pm], 1)
             out.append(embed(self.segments(feats, seg)))
