@@ -157,12 +157,13 @@ def shift_visible(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The visible signal ``lag`` samples earlier, ``x(t - lag)``, and its visibility.
 
-    ``x`` ``(B, L, T)``, ``vis`` ``(B, T)`` (1 visible, 0 hidden), ``lag`` ``(B, C)`` samples
-    (negative: later). Returns ``(B, L, C, T)`` values (zero where hidden or outside the window)
-    and ``(B, C, T)`` visibility.
+    ``x`` ``(B, L, T)``, ``vis`` ``(B, T)`` (1 visible, 0 hidden), ``lag`` ``(B, C)`` samples,
+    or ``(B, C, T)`` (one lag per output sample); negative: later. Returns ``(B, L, C, T)``
+    values (zero where hidden or outside the window) and ``(B, C, T)`` visibility.
     """
     b, leads, t = x.shape
-    idx = torch.arange(t, device=x.device)[None, None] - lag.round().long()[..., None]
+    lag = lag if lag.dim() == 3 else lag[..., None]
+    idx = torch.arange(t, device=x.device)[None, None] - lag.round().long()
     inside = ((idx >= 0) & (idx < t)).to(x.dtype)
     idx = idx.clamp(0, t - 1)
     v = torch.gather(vis[:, None].expand(-1, lag.shape[1], -1), 2, idx) * inside
@@ -366,8 +367,9 @@ class MMAE(nn.Module):
         in and around the token (the first such lag on ties).
 
         The lag candidates are tried one after the other and each token keeps a running best
-        (cost and copy): memory is that of one candidate per direction, whatever the number of
-        candidates, and the beat period and shifted copies are shared by both scales."""
+        (cost and lag); the chosen lags are gathered once at full rate. Memory is that of one
+        candidate per direction, whatever the number of candidates; the beat period and the
+        candidates' costs are shared by both scales."""
         cfg = self.cfg
         b, leads, t = x.shape
         ch = self.prompt_mult.shape[0]
@@ -380,26 +382,29 @@ class MMAE(nn.Module):
             return v.reshape(b, ch, t // seg)
 
         segs = (cfg.segment, cfg.local_segment)
-        best: list[list[torch.Tensor]] = []  # per scale: [cost (B, C, n), values, visibility]
+        best: list[tuple[torch.Tensor, torch.Tensor]] = []  # per scale: cost, offset (B, C, n)
         for offset in self.prompt_offset_list:
             xs, vs = shift_visible(x, vis, base + sign * offset)
             both = vs * vis[:, None]  # (B, C, T)
             diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
             energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
-            for i, seg in enumerate(segs):
-                cost = pool(diff, seg) / (pool(energy, seg) + 1e-4)
-                cost = cost + (pool(both, seg) < 0.1).to(x.dtype) * 10.0
+            sums = torch.stack([diff, energy, both], 1).reshape(-1, 1, t)
+            for i, seg in enumerate(segs):  # means over each token's span +- margin
+                p = F.avg_pool1d(sums, seg + 2 * m, seg, m).reshape(b, 3, ch, t // seg)
+                cost = p[:, 0] / (p[:, 1] + 1e-4) + (p[:, 2] < 0.1).to(x.dtype) * 10.0
                 if len(best) <= i:
-                    best.append([cost, xs, vs])
+                    best.append((cost, torch.zeros_like(cost) + offset))
                     continue
                 better = cost < best[i][0]  # strict: the first candidate wins ties, as argmin
-                samples = better.repeat_interleave(seg, 2)  # (B, C, T)
-                best[i] = [
+                best[i] = (
                     torch.where(better, cost, best[i][0]),
-                    torch.where(samples[:, None], xs, best[i][1]),
-                    torch.where(samples, vs, best[i][2]),
-                ]
-        return [(pv, pm) for _, pv, pm in best]
+                    torch.where(better, torch.zeros_like(cost) + offset, best[i][1]),
+                )
+        # one full-rate gather per scale, at each token's chosen lag
+        return [
+            shift_visible(x, vis, base[..., None] + sign[..., None] * off.repeat_interleave(seg, 2))
+            for (_, off), seg in zip(best, segs, strict=True)
+        ]
 
     def prompt_tokens(
         self, x: torch.Tensor, vis: torch.Tensor
