@@ -7,7 +7,10 @@ with the same 3 held out for validation and calibration, through the runtime Sco
 units). A beat's score is the max point score within +-150 ms, the combination's point score is
 ``consensus + w * mmae``. ``w`` is chosen per fold from ``--weights`` by the pooled beat AUROC
 (all abnormal vs N) of the *other* folds' records, then applied to the fold: every figure is out
-of fold. Research only: nothing is shipped from it. Never reads the TEST records.
+of fold. As a control, the same with the 0.4 s segment-energy score (``benchmarks/eval_cv.py``'s
+reference, calibrated on the fold's training records) in place of MMAE-ECG: does MMAE-ECG add
+more than the energy does? Research only: nothing is shipped from it. Never reads the TEST
+records.
 
     PYTHONPATH=. nice -n 10 python research/mmae/cv.py --work /tmp/mmae_cv_v4 --batch 64 \
         --out research/mmae/results/cv_v4.json
@@ -23,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgstream.evaluation.baselines import fit_energy_on_records
 from ecgstream.evaluation.crossval import class_aurocs
 from ecgstream.evaluation.metrics import auroc, beat_scores
+from ecgstream.runtime.model_file import read_spec
 from ecgstream.signals.labels import AAMI_ABNORMAL, AAMI_NORMAL, read_beats
 from ecgstream.signals.records import read_record
 from ecgstream.training import fit_records
@@ -81,37 +86,46 @@ def main() -> None:
                                      "name": f"consensus-cv{k}"}, environ={})  # fmt: skip
             fit_records([DATA], cfg, consensus)
         mmae = args.mmae_work / f"mmae-cv{k}.onnx"
+        energy = args.work / f"energy-cv{k}.onnx"  # as benchmarks/eval_cv.py's reference
+        if not energy.exists():
+            fit_energy_on_records([DATA / r for r in train if r not in val], read_spec(mmae),
+                                  energy)  # fmt: skip
         sym, c = beat_table(consensus, test)
-        sym_m, m = beat_table(mmae, test)
-        assert (sym == sym_m).all()
-        ok = np.isfinite(c) & np.isfinite(m)
-        folds.append({"test": test, "train": train, "val": val,
-                      "symbols": sym[ok], "consensus": c[ok], "mmae": m[ok]})  # fmt: skip
+        fold = {"test": test, "train": train, "val": val, "consensus": c}
+        for name, path in (("mmae", mmae), ("energy", energy)):
+            sym_x, fold[name] = beat_table(path, test)
+            assert (sym == sym_x).all()
+        ok = np.isfinite(c) & np.isfinite(fold["mmae"]) & np.isfinite(fold["energy"])
+        fold["symbols"] = sym[ok]
+        for name in ("consensus", "mmae", "energy"):
+            fold[name] = fold[name][ok]
+        folds.append(fold)
         print(f"fold {k} scored: {test}", flush=True)
     results: dict = {"weights": args.weights, "folds": {}}
-    pooled: dict[str, list] = {"symbols": [], "consensus": [], "mmae": [], "combined": []}
+    names = ("consensus", "mmae", "energy", "consensus+mmae", "consensus+energy")
+    pooled: dict[str, list] = {name: [] for name in ("symbols", *names)}
     for k, f in enumerate(folds):
         others = [g for j, g in enumerate(folds) if j != k]
         sym_o = np.concatenate([g["symbols"] for g in others])
         c_o = np.concatenate([g["consensus"] for g in others])
-        m_o = np.concatenate([g["mmae"] for g in others])
-        choice = {w: figures(sym_o, c_o + w * m_o)["all"] for w in args.weights}
-        w = max(args.weights, key=lambda v: (choice[v], -v))  # ties: the smaller weight
-        combined = f["consensus"] + w * f["mmae"]
-        results["folds"][str(k)] = {
-            "test": f["test"], "train": f["train"], "val": f["val"], "w": w,
-            "w_choice_other_folds": choice, "beats": int(len(f["symbols"])),
-            "consensus": figures(f["symbols"], f["consensus"]),
-            "mmae": figures(f["symbols"], f["mmae"]),
-            "combined": figures(f["symbols"], combined),
-        }  # fmt: skip
-        for key, v in (("symbols", f["symbols"]), ("consensus", f["consensus"]),
-                       ("mmae", f["mmae"]), ("combined", combined)):  # fmt: skip
-            pooled[key].append(v)
-        print(json.dumps(results["folds"][str(k)]), flush=True)
+        entry = {"test": f["test"], "train": f["train"], "val": f["val"],
+                 "beats": int(len(f["symbols"]))}  # fmt: skip
+        for add in ("mmae", "energy"):
+            a_o = np.concatenate([g[add] for g in others])
+            choice = {w: figures(sym_o, c_o + w * a_o)["all"] for w in args.weights}
+            w = max(args.weights, key=lambda v: (choice[v], -v))  # ties: the smaller weight
+            f[f"consensus+{add}"] = f["consensus"] + w * f[add]
+            entry[f"w_{add}"] = w
+            entry[f"w_{add}_choice_other_folds"] = choice
+        for name in names:
+            entry[name] = figures(f["symbols"], f[name])
+        results["folds"][str(k)] = entry
+        for key in ("symbols", *names):
+            pooled[key].append(f[key])
+        print(json.dumps(entry), flush=True)
     sym = np.concatenate(pooled["symbols"])
     summary = {}
-    for name in ("consensus", "mmae", "combined"):
+    for name in names:
         per_fold = [results["folds"][str(k)][name] for k in range(3)]
         summary[name] = {
             c: {"mean": round(float(np.mean([p[c] for p in per_fold if p[c] is not None])), 4),
