@@ -157,12 +157,13 @@ def shift_visible(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The visible signal ``lag`` samples earlier, ``x(t - lag)``, and its visibility.
 
-    ``x`` ``(B, L, T)``, ``vis`` ``(B, T)`` (1 visible, 0 hidden), ``lag`` ``(B, C)`` samples
-    (negative: later). Returns ``(B, L, C, T)`` values (zero where hidden or outside the window)
-    and ``(B, C, T)`` visibility.
+    ``x`` ``(B, L, T)``, ``vis`` ``(B, T)`` (1 visible, 0 hidden), ``lag`` ``(B, C)`` samples,
+    or ``(B, C, T)`` (one lag per output sample); negative: later. Returns ``(B, L, C, T)``
+    values (zero where hidden or outside the window) and ``(B, C, T)`` visibility.
     """
     b, leads, t = x.shape
-    idx = torch.arange(t, device=x.device)[None, None] - lag.round().long()[..., None]
+    lag = lag if lag.dim() == 3 else lag[..., None]
+    idx = torch.arange(t, device=x.device)[None, None] - lag.round().long()
     inside = ((idx >= 0) & (idx < t)).to(x.dtype)
     idx = idx.clamp(0, t - 1)
     v = torch.gather(vis[:, None].expand(-1, lag.shape[1], -1), 2, idx) * inside
@@ -288,6 +289,7 @@ class MMAE(nn.Module):
                 -cfg.prompt_refine, cfg.prompt_refine + 1, cfg.prompt_refine_step
             )
             self.register_buffer("prompt_offsets", offsets.float(), persistent=False)
+            self.prompt_offset_list = [float(o) for o in offsets.tolist()]
             mult = [(1 if i % 2 == 0 else -1) * (i // 2 + 1) for i in range(ch)]
             self.register_buffer("prompt_mult", torch.tensor(mult).float(), persistent=False)
             with torch.no_grad():  # start from the aligned copy; training learns its correction
@@ -357,37 +359,52 @@ class MMAE(nn.Module):
         profile = torch.stack(num, 1) / (torch.stack(den, 1) + 1e-6)
         return first_period(profile, self.env_lags)
 
-    def prompt(
-        self, x: torch.Tensor, vis: torch.Tensor, seg: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` of tokens of ``seg``
-        samples, ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P, ...). ``x`` must be zero
-        where hidden. Per token and direction, the lag within ``j * P +- prompt_refine`` whose
-        shifted visible signal best matches the visible samples in and around the token."""
+    def prompt(self, x: torch.Tensor, vis: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` for the tokens of
+        each scale (global, then local), ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P,
+        ...). ``x`` must be zero where hidden. Per token and direction, the lag within
+        ``j * P +- prompt_refine`` whose shifted visible signal best matches the visible samples
+        in and around the token (the first such lag on ties).
+
+        The lag candidates are tried one after the other and each token keeps a running best
+        (cost and lag); the chosen lags are gathered once at full rate. Memory is that of one
+        candidate per direction, whatever the number of candidates; the beat period and the
+        candidates' costs are shared by both scales."""
         cfg = self.cfg
         b, leads, t = x.shape
-        period = self.beat_period(x, vis)
-        n_off, ch = self.prompt_offsets.shape[0], self.prompt_mult.shape[0]
-        sign = torch.sign(self.prompt_mult)[None, :, None]
-        lag = self.prompt_mult[None, :, None] * period[:, :, None] + sign * self.prompt_offsets
-        xs, vs = shift_visible(x, vis, lag.reshape(b, ch * n_off))
-        both = vs * vis[:, None]  # (B, C*O, T)
-        diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
-        energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
+        ch = self.prompt_mult.shape[0]
         m = cfg.prompt_margin
-        n_tok = t // seg
+        base = self.prompt_mult[None] * self.beat_period(x, vis)  # (B, C) samples
+        sign = torch.sign(self.prompt_mult)[None]
 
-        def pool(v: torch.Tensor) -> torch.Tensor:  # each token's span +- margin: (B, C, O, n_tok)
+        def pool(v: torch.Tensor, seg: int) -> torch.Tensor:  # token span +- margin: (B, C, n)
             v = F.avg_pool1d(v.reshape(-1, 1, t), seg + 2 * m, seg, m)
-            return v.reshape(b, ch, n_off, n_tok)
+            return v.reshape(b, ch, t // seg)
 
-        cost = pool(diff) / (pool(energy) + 1e-4) + (pool(both) < 0.1).to(x.dtype) * 10.0
-        best = cost.argmin(2).repeat_interleave(seg, 2)  # (B, C, T)
-        xs = xs.reshape(b, leads, ch, n_off, t)
-        vs = vs.reshape(b, ch, n_off, t)
-        pv = torch.gather(xs, 3, best[:, None, :, None].expand(-1, leads, -1, -1, -1)).squeeze(3)
-        pm = torch.gather(vs, 2, best[:, :, None]).squeeze(2)
-        return pv, pm
+        segs = (cfg.segment, cfg.local_segment)
+        best: list[tuple[torch.Tensor, torch.Tensor]] = []  # per scale: cost, offset (B, C, n)
+        for offset in self.prompt_offset_list:
+            xs, vs = shift_visible(x, vis, base + sign * offset)
+            both = vs * vis[:, None]  # (B, C, T)
+            diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
+            energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
+            sums = torch.stack([diff, energy, both], 1).reshape(-1, 1, t)
+            for i, seg in enumerate(segs):  # means over each token's span +- margin
+                p = F.avg_pool1d(sums, seg + 2 * m, seg, m).reshape(b, 3, ch, t // seg)
+                cost = p[:, 0] / (p[:, 1] + 1e-4) + (p[:, 2] < 0.1).to(x.dtype) * 10.0
+                if len(best) <= i:
+                    best.append((cost, torch.zeros_like(cost) + offset))
+                    continue
+                better = cost < best[i][0]  # strict: the first candidate wins ties, as argmin
+                best[i] = (
+                    torch.where(better, cost, best[i][0]),
+                    torch.where(better, torch.zeros_like(cost) + offset, best[i][1]),
+                )
+        # one full-rate gather per scale, at each token's chosen lag
+        return [
+            shift_visible(x, vis, base[..., None] + sign[..., None] * off.repeat_interleave(seg, 2))
+            for (_, off), seg in zip(best, segs, strict=True)
+        ]
 
     def prompt_tokens(
         self, x: torch.Tensor, vis: torch.Tensor
@@ -395,9 +412,9 @@ class MMAE(nn.Module):
         """Prompt embeddings of the tokens of both scales ``(B, N, D)`` and, per scale, the mean of
         the available aligned copies ``(B, L, T)`` (zero where none is visible)."""
         out, copies = [], []
-        for seg, embed in ((self.cfg.segment, self.embed_prompt_global),
-                           (self.cfg.local_segment, self.embed_prompt_local)):  # fmt: skip
-            pv, pm = self.prompt(x, vis, seg)
+        scales = (self.cfg.segment, self.cfg.local_segment)
+        embeds = (self.embed_prompt_global, self.embed_prompt_local)
+        for seg, embed, (pv, pm) in zip(scales, embeds, self.prompt(x, vis), strict=True):
             b, leads, ch, t = pv.shape
             feats = torch.cat([pv.reshape(b, leads * ch, t), pm], 1)
             out.append(embed(self.segments(feats, seg)))

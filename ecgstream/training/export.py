@@ -312,7 +312,14 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         f"{p.get('segment', 0) // max(1, p.get('local_factor', 1))} samples over a region of "
         f"{p.get('local_region')} segments, dim {p.get('dim')}, encoder depth {p.get('depth')}, "
         f"{p.get('heads')} heads, one decoder block, training mask ratios {p.get('mask_global')} "
-        f"(global) / {p.get('mask_local')} (local)",
+        f"(global) / {p.get('mask_local')} (local)"
+        + (
+            f"; rhythm prompt: every token also sees the visible signal 1 to "
+            f"{p.get('prompt_periods')} beat periods before and after it, aligned per token, and "
+            "the heads correct the mean of those copies"
+            if p.get("prompt_periods")
+            else ""
+        ),
         "",
         "## Training data and splits",
         f"- training records ({len(tr.get('records', []))}): {records}",
