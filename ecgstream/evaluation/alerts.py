@@ -130,15 +130,25 @@ class RecordRun:
     rhythm_trace: list[tuple] = field(default_factory=list)
 
 
-def replay_record(scorer, path: str | Path, cfg: AlertConfig | None = None) -> RecordRun:
+def replay_record(
+    scorer,
+    path: str | Path,
+    cfg: AlertConfig | None = None,
+    thresholds: tuple[float, float | None] | None = None,
+) -> RecordRun:
     """Replay record ``path`` through the streaming pipeline (as ``ecgstream run --replay
-    PATH --t0 0``) with ``scorer`` and alert policy ``cfg``; collect messages and scores."""
+    PATH --t0 0``) with ``scorer`` and alert policy ``cfg``; collect messages and scores.
+
+    ``thresholds`` (warning, critical; calibrated units) replace the model file's, e.g. to
+    replay held-out records at thresholds chosen on other records."""
     from ecgstream.streaming.local import pipeline_close
     from ecgstream.streaming.pipeline import Incoming, Pipeline
     from ecgstream.streaming.replay import plan_streams, record_chunks
 
     (stream,) = plan_streams([path])
     pipe = Pipeline(scorer, cfg or AlertConfig(), keep_scores=True)
+    if thresholds is not None:
+        pipe.threshold, pipe.critical = thresholds
     messages: list[dict] = []
     scores: list[dict] = []
     for chunk in record_chunks(stream.stream, stream.record, 0.0):

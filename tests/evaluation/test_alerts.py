@@ -130,3 +130,26 @@ def test_scoring_rules_on_hand_made_alerts() -> None:
     assert row["v_runs_alerted"] == 1 and row["v_latency_s"] == [5.0]
     assert row["alerts"] == 2 and row["false_alerts"] == 1
     assert summarise(row)["false_per_hour"] == 1.0
+
+
+def test_replay_at_other_thresholds_changes_only_the_anomaly_alerts() -> None:
+    """Held-out records are replayed at thresholds chosen on other records (bundled record 119:
+    ventricular bigeminy, anomaly alerts at the model's own thresholds)."""
+    from importlib.resources import files
+
+    from ecgstream.evaluation.alerts import replay_record
+
+    scorer = Scorer(find_model(None))
+    path = str(files("ecgstream") / "data" / "mitdb" / "119")
+    own = replay_record(scorer, path)
+    same = replay_record(scorer, path, thresholds=(scorer.spec.threshold, own.critical))
+    silent = replay_record(scorer, path, thresholds=(1e6, None))
+
+    def kinds(run) -> list[str]:
+        return [m["kind"] for m in run.messages]
+
+    assert "anomaly" in kinds(own)
+    assert same.messages == own.messages and same.threshold == own.threshold
+    assert "anomaly" not in kinds(silent) and silent.threshold == 1e6
+    rhythm = [m for m in own.messages if m["kind"] != "anomaly"]
+    assert [m for m in silent.messages if m["kind"] != "anomaly"] == rhythm
