@@ -25,25 +25,16 @@ from ecgstream.evaluation.alerts import (
     replay_record,
     rescore,
     score_record,
-    summarise,
 )
 from ecgstream.evaluation.splits import MITDB_CV_FOLDS, MITDB_DEV, mitdb_paths
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.worker import find_model
 
 
-def dev_replays(folder: str | Path, model: str | Path | None = None) -> list:
-    """Each DS1 DEV record of ``folder`` replayed once through ``model`` (default the shipped
-    one), with its annotated events: ``[(replay, events), ...]`` in ``MITDB_DEV`` order."""
-    scorer = Scorer(find_model(model))
+def dev_replays(folder: str | Path, scorer: Scorer) -> list:
+    """Each DS1 DEV record of ``folder`` replayed once through ``scorer``'s model, with its
+    annotated events: ``[(replay, events), ...]`` in ``MITDB_DEV`` order."""
     return [(replay_record(scorer, p), reference_events(p)) for p in mitdb_paths(folder, MITDB_DEV)]
-
-
-def pooled(rows: list[dict]) -> dict:
-    """``rows`` of :func:`score_record` pooled, with the summary figures."""
-    p = pool(rows)
-    p.update(summarise(p))
-    return p
 
 
 def study_folds(runs: list) -> list[list]:
@@ -66,8 +57,8 @@ def arguments():
 
 def main() -> None:
     args = arguments()
-    runs = dev_replays(args.folder, args.model)
     scorer = Scorer(find_model(args.model))
+    runs = dev_replays(args.folder, scorer)
     paths = {Path(p).name: p for p in mitdb_paths(args.folder, MITDB_DEV)}
     cfg = AlertConfig()
     folds = study_folds(runs)
@@ -82,7 +73,7 @@ def main() -> None:
             score_record(replay_record(scorer, paths[r.name], cfg, thresholds), ev)
             for r, ev in test
         ]
-        p, q = pooled(rows), pooled(again)
+        p, q = pool(rows), pool(again)
         held += rows
         replayed += again
         out["folds"].append(
@@ -92,9 +83,9 @@ def main() -> None:
                           "false_per_hour": q["false_per_hour"]}}
         )  # fmt: skip
         print(out["folds"][-1], flush=True)
-    p = pooled(held)
+    p = pool(held)
     out["held_out_pooled"] = p
-    out["held_out_replayed_pooled"] = pooled(replayed)
+    out["held_out_replayed_pooled"] = pool(replayed)
     final = operating_point(runs, args.target, cfg)
     out["final"] = {k: final[k] for k in ("warning", "critical")}
     out["final_dev_pooled"] = final["pooled"]

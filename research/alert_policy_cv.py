@@ -25,8 +25,9 @@ from ecgstream.evaluation.alerts import (
     pool,
     rescore,
     score_record,
-    summarise,
 )
+from ecgstream.runtime.scorer import Scorer
+from ecgstream.streaming.worker import find_model
 
 CANDIDATES = [
     {"cooldown_s": c, "rise": r, "cooldown_rise": cr}
@@ -48,14 +49,12 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
         rows = [score_record(r, ev) for r, ev in again]
         messages += sum(1 for r, _ in again for m in r.messages if m["kind"] == "anomaly")
         p = pool(rows)
-        p.update(summarise(p))
         per_fold.append(
             {"warning": op["warning"], "v_runs": f"{p['v_runs_alerted']}/{p['v_runs']}",
              "false_per_hour": round(p["false_per_hour"], 2)}
         )  # fmt: skip
         held += rows
     p = pool(held)
-    p.update(summarise(p))
     keys = ("v_runs", "v_runs_alerted", "v_run_se", "false_per_hour", "af_se", "sv_run_se",
             "v_latency_median_s", "v_latency_p95_s", "alerts")  # fmt: skip
     held_out = {k: p.get(k) for k in keys}
@@ -65,7 +64,7 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
 
 def main() -> None:
     args = arguments()
-    runs = dev_replays(args.folder, args.model)
+    runs = dev_replays(args.folder, Scorer(find_model(args.model)))
     out = []
     for cand in CANDIDATES:
         cfg = dataclasses.replace(AlertConfig(), **cand)

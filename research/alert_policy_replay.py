@@ -15,7 +15,6 @@ from ecgstream.evaluation.alerts import (
     reference_events,
     replay_record,
     score_record,
-    summarise,
 )
 from ecgstream.evaluation.splits import MITDB_DEV, mitdb_paths
 from ecgstream.runtime.scorer import Scorer
@@ -34,7 +33,6 @@ def main(folder: str) -> None:
             rows.append(score_record(run, ev))
             messages += sum(1 for m in run.messages if m["kind"] == "anomaly")
         s = pool(rows)
-        s.update(summarise(s))
         print(
             f"{policy}: V runs {s['v_runs_alerted']}/{s['v_runs']} ({s['v_run_se']:.2f}), "
             f"false/h {s['false_per_hour']:.2f}, AF {s['af_se']:.2f}, anomaly messages/h "

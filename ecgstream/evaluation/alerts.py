@@ -292,7 +292,8 @@ def summarise(row: dict) -> dict:
 
 
 def pool(rows: list[dict]) -> dict:
-    """Sum the counts of record rows (gross statistics, as EC57 pools them)."""
+    """Sum the counts of record rows (gross statistics, as EC57 pools them), with the figures
+    :func:`summarise` derives from them."""
     out: dict = {"record": "pooled", "alerts_by_kind": {}}
     for key in (
         "hours", "v_runs", "v_runs_alerted", "sv_runs", "sv_runs_alerted", "af_episodes",
@@ -310,6 +311,7 @@ def pool(rows: list[dict]) -> dict:
         }
         for name in ("v", "s")
     }
+    out.update(summarise(out))
     return out
 
 
@@ -403,7 +405,6 @@ def evaluate_alerts(
             row["plot"] = str(p) if p else None
         rows.append(row)
     pooled = pool(rows)
-    pooled.update(summarise(pooled))
     return {
         "threshold": run.threshold if paths else None,
         "critical": run.critical if paths else None,
@@ -482,10 +483,7 @@ def operating_point(
     )
 
     def pooled(thr: float, crit: float | None) -> dict:
-        rows = [score_record(rescore(r, thr, crit, cfg), ev) for r, ev in runs]
-        p = pool(rows)
-        p.update(summarise(p))
-        return p
+        return pool([score_record(rescore(r, thr, crit, cfg), ev) for r, ev in runs])
 
     warning = next(
         (t for t in grid if pooled(t, None)["false_per_hour"] <= target_per_hour), grid[-1]

@@ -206,6 +206,10 @@ class History:
         self.per_window = len(new)
         self.length = self.before + self.after
         self.top = cfg.topk_frac
+        #: ``(segments, window)``: the weights of linear interpolation between the centres
+        self.interp = np.stack(
+            [np.interp(np.arange(window), self.centres, e) for e in np.eye(n_seg)]
+        )
 
     # ---------------------------------------------------------------- state
 
@@ -330,13 +334,4 @@ class History:
     def point_terms(self, terms: np.ndarray) -> np.ndarray:
         """Segment terms ``(n, segments)`` interpolated linearly between the segment centres
         to every window sample ``(n, window)`` (held flat before the first and after the last)."""
-        return terms @ self._interp
-
-    @property
-    def _interp(self) -> np.ndarray:
-        """``(segments, window)``: the weights of linear interpolation between the centres."""
-        if not hasattr(self, "_interp_matrix"):
-            eye = np.eye(len(self.centres))
-            grid = np.arange(self.window)
-            self._interp_matrix = np.stack([np.interp(grid, self.centres, e) for e in eye])
-        return self._interp_matrix
+        return terms @ self.interp

@@ -77,6 +77,16 @@ class ZeroHeadMMAE(MMAE):
                 head.bias.zero_()
 
 
+#: one segment in four hidden, in training and at inference (where beat copies stay visible)
+SPARSE = {
+    "segment": 20,
+    "local_region": 10,
+    "mask_global": 0.25,
+    "mask_local": 0.25,
+    "infer_global_masks": 4,
+    "infer_local_masks": 4,
+}
+
 VARIANTS = {
     # name: (model class, config overrides, lr)
     "segnorm-seg40": (SegNormMMAE, {"segment": 40}, 2e-3),
@@ -85,33 +95,10 @@ VARIANTS = {
     "raw-seg40-sincos": (SinCosMMAE, {"segment": 40}, 2e-3),
     # trained and evaluated on the same 64 windows: can it even fit them?
     "raw-seg40-overfit64": (MMAE, {"segment": 40}, 1e-3),
-    # one segment in four hidden, in training and at inference (where beat copies stay visible)
-    "raw-seg20-mask0.25": (
-        MMAE,
-        {
-            "segment": 20,
-            "local_region": 10,
-            "mask_global": 0.25,
-            "mask_local": 0.25,
-            "infer_global_masks": 4,
-            "infer_local_masks": 4,
-        },
-        2e-3,
-    ),
+    "raw-seg20-mask0.25": (MMAE, SPARSE, 2e-3),
     "zerohead-overfit64": (ZeroHeadMMAE, {"segment": 40}, 1e-3),
     "zerohead-seg40": (ZeroHeadMMAE, {"segment": 40}, 2e-3),
-    "zerohead-seg20-mask0.25": (
-        ZeroHeadMMAE,
-        {
-            "segment": 20,
-            "local_region": 10,
-            "mask_global": 0.25,
-            "mask_local": 0.25,
-            "infer_global_masks": 4,
-            "infer_local_masks": 4,
-        },
-        2e-3,
-    ),
+    "zerohead-seg20-mask0.25": (ZeroHeadMMAE, SPARSE, 2e-3),
     "raw-seg20": (MMAE, {"segment": 20, "local_region": 10}, 2e-3),
     "raw-seg10": (MMAE, {"segment": 10, "local_region": 20}, 2e-3),
 }

@@ -40,16 +40,8 @@ import torch
 
 from ecgstream.models.mmae import MMAE, MMAEConfig, masked_r2
 from research.mmae.data import VAL, load_dev
-from research.mmae.plateau import fit_steps, windows
+from research.mmae.plateau import SPARSE, fit_steps, windows
 
-SPARSE = {
-    "segment": 20,
-    "local_region": 10,
-    "mask_global": 0.25,
-    "mask_local": 0.25,
-    "infer_global_masks": 4,
-    "infer_local_masks": 4,
-}
 VARIANTS = {
     # name: (prompt periods (0 = current model), config overrides, lr)
     "current-seg40": (0, {"segment": 40}, 2e-3),

@@ -134,6 +134,20 @@ def spread_of(v: np.ndarray) -> float:
     return float(np.percentile(v, 95) - np.percentile(v, 50))
 
 
+def fold_weight(parts: dict, train: list[str]) -> tuple[float, float, float, float]:
+    """The weight rule on the ``train`` records: the grid value ``g`` (times the spread ratio of
+    score to term) with the highest :func:`objective`; (objective, g, weight, ratio)."""
+    s0, lab, sym = beat_arrays(parts, train, 0.0)
+    st, _, _ = beat_arrays(parts, train, 0.0, alone=True)
+    ratio = spread_of(s0) / spread_of(st)
+    best = (-1.0, 0.0, 0.0)
+    for g in G_GRID:
+        val = objective(beat_arrays(parts, train, g * ratio)[0], lab, sym)
+        if val > best[0] + 1e-9:
+            best = (val, g, g * ratio)
+    return best[0], best[1], best[2], ratio
+
+
 def collected(parts: dict, names, w: float, source: str = "score") -> Collected:
     out = Collected()
     for n in names:
@@ -194,15 +208,7 @@ def main() -> None:
     fold_rows = []
     for k, held in enumerate(folds):
         train = [n for n in names if n not in held]
-        s0, lab, sym = beat_arrays(parts, train, 0.0)
-        st, _, _ = beat_arrays(parts, train, 0.0, alone=True)
-        ratio = spread_of(s0) / spread_of(st)
-        best = (-1.0, 0.0, 0.0)
-        for g in G_GRID:
-            val = objective(beat_arrays(parts, train, g * ratio)[0], lab, sym)
-            if val > best[0] + 1e-9:
-                best = (val, g, g * ratio)
-        _, g, w = best
+        best, g, w, ratio = fold_weight(parts, train)
         energy_model = fit_energy_on_records(
             [DATA / n for n in train], read_spec(MODEL), tmp / f"energy-{k}.onnx"
         )
@@ -216,7 +222,7 @@ def main() -> None:
         rows["term"].append(collected(parts, held, 0.0, "term"))
         rows["energy"].append(e)
         fold_rows.append({"held": list(held), "g": g, "ratio": ratio, "w": w,
-                          "train_objective": best[0]})  # fmt: skip
+                          "train_objective": best})  # fmt: skip
         print(f"fold {held}: g = {g:g}, ratio {ratio:.3f}, w = {w:.4g}", flush=True)
     results["fold_weights"] = fold_rows
     w_ship = float(np.median([f["w"] for f in fold_rows]))

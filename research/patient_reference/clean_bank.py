@@ -55,13 +55,10 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/: sibling studies
 from alert_operating_points import study_folds  # noqa: E402
 from choose_weight import (  # noqa: E402
-    G_GRID,
     HALF_S,
-    beat_arrays,
     brief,
     collected,
-    objective,
-    spread_of,
+    fold_weight,
 )
 
 from ecgstream.alerts.state import AlertConfig
@@ -73,7 +70,6 @@ from ecgstream.evaluation.alerts import (
     replay_record,
     rescore,
     score_record,
-    summarise,
 )
 from ecgstream.evaluation.crossval import figures, merge, spread
 from ecgstream.evaluation.metrics import beat_scores
@@ -243,19 +239,6 @@ def variant_parts(parts: dict, v: str) -> dict:
     return out
 
 
-def choose_w(vp: dict, train: list[str]) -> tuple[float, float]:
-    """``choose_weight.py``'s rule on the ``train`` records: (g, weight)."""
-    s0, lab, sym = beat_arrays(vp, train, 0.0)
-    st, _, _ = beat_arrays(vp, train, 0.0, alone=True)
-    ratio = spread_of(s0) / spread_of(st)
-    best = (-1.0, 0.0, 0.0)
-    for g in G_GRID:
-        val = objective(beat_arrays(vp, train, g * ratio)[0], lab, sym)
-        if val > best[0] + 1e-9:
-            best = (val, g, g * ratio)
-    return best[1], best[2]
-
-
 def with_scores(run, p: dict, w: float):
     """The replayed ``run`` with its window scores replaced by score + ``w`` x window term of
     the same windows (matched by start, model samples)."""
@@ -322,7 +305,6 @@ def main() -> None:
             for r, ev in runs.values()
         ]
         p = pool(rows)
-        p.update(summarise(p))
         ref[how] = {k: p[k] for k in ("v_runs", "v_runs_alerted", "false_per_hour")}
     results["shipped_thresholds_in_sample"] = ref
     ship = next(iter(runs.values()))[0]
@@ -331,7 +313,7 @@ def main() -> None:
         beat_rows, held_rows, fold_rows = [], [], []
         for k, held in enumerate(folds):
             train = [n for n in names if n not in held]
-            g, w = (0.0, 0.0) if v == "none" else choose_w(vp, train)
+            g, w = (0.0, 0.0) if v == "none" else fold_weight(vp, train)[1:3]
             beat_rows.append(collected(vp, held, w))
             by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
             test = by_fold[k]
@@ -340,7 +322,6 @@ def main() -> None:
             rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev)
                     for r, ev in test]  # fmt: skip
             p = pool(rows)
-            p.update(summarise(p))
             held_rows += rows
             fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],
                               "critical": op["critical"],
@@ -350,7 +331,6 @@ def main() -> None:
         per_fold = [brief(figures(c)) for c in beat_rows]
         pooled = brief(figures(merge(beat_rows)))
         p = pool(held_rows)
-        p.update(summarise(p))
         missed = [r["record"] for r in held_rows if r["v_runs_alerted"] < r["v_runs"]]
         results["rows"][v] = {
             "oof": pooled,
