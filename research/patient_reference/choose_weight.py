@@ -178,7 +178,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="history-weight-"))
     model = tmp / "history.onnx"
     shutil.copy(MODEL, model)
-    gate = read_spec(MODEL).threshold
+    spec = read_spec(MODEL)
+    # the shipped section's gate (chosen as the default threshold before the alert thresholds
+    # were chosen again), else the model's default threshold
+    gate = (spec.history or {}).get("gate", spec.threshold)
     update_spec(model, history={"kind": "snippets", "weight": 1.0, "gate": gate})
     scorer = Scorer(model, batch_size=64)
     parts = {}
