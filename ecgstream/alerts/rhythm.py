@@ -4,7 +4,8 @@ For every preprocessed window (model rate, the model's first lead) :func:`rhythm
 computes a QRS-energy envelope (absolute first difference, smoothed over 80 ms) and its
 normalised, unbiased autocorrelation. From it:
 
-- ``regularity``: the highest autocorrelation at lags 0.3-2.0 s (30-200 bpm). A regular rhythm
+- ``regularity``: the highest autocorrelation at lags 0.2-2.0 s (30-300 bpm, so ventricular
+  flutter and fast ventricular tachycardia read at their own rate). A regular rhythm
   repeats itself (about 0.5-0.8 on sinus rhythm); atrial fibrillation does not (about 0.2).
 - ``rate_bpm``: 60 / the shortest lag whose local autocorrelation peak reaches
   ``peak_share`` of the highest one (the beat period, not a multiple of it).
@@ -63,7 +64,7 @@ class RhythmConfig:
     rate_min_regularity: float = 0.40
     brady_quiet: float = 0.6
     pause_s: float = 3.0
-    min_lag_s: float = 0.3
+    min_lag_s: float = 0.2
     max_lag_s: float = 2.0
     smooth_s: float = 0.08
     peak_share: float = 0.8

@@ -71,3 +71,24 @@ def test_a_pause_alerts_with_its_position() -> None:
     msgs = [a for a in _run(x) if a.kind == "pause"]
     assert msgs and msgs[0].status == "firing" and msgs[0].severity == "critical"
     assert msgs[0].start_s <= 30.0 and msgs[0].end_s >= 34.0
+
+
+def test_ventricular_flutter_keeps_its_tachycardia_alert_open() -> None:
+    """Bundled excerpt of MIT-BIH record 207 (a DEV record): ventricular flutter at about
+    220 bpm from 40.9 s to 139.3 s, then idioventricular rhythm. Read at lags of 0.3 s and
+    more, the flutter's rate halves to about 110 bpm and its tachycardia alert resolved in the
+    middle of it; it must stay open over the whole episode and resolve after it."""
+    from importlib.resources import files
+
+    from ecgstream.evaluation.alerts import reference_events, replay_record
+    from ecgstream.runtime.scorer import Scorer
+    from ecgstream.streaming.worker import find_model
+
+    path = str(files("ecgstream") / "data" / "mitdb" / "207")
+    (flutter,) = [(a, b) for a, b, name in reference_events(path).abnormal_rhythm if name == "(VFL"]
+    run = replay_record(Scorer(find_model(None)), path)
+    tachy = [m for m in run.messages if m["kind"] == "tachycardia"]
+    assert [m["status"] for m in tachy] == ["firing", "resolved"]
+    fired, resolved = tachy
+    assert fired["severity"] == "critical" and fired["at_s"] <= flutter[0] + 15.0
+    assert resolved["at_s"] >= flutter[1] and resolved["end_s"] >= flutter[1]
