@@ -62,7 +62,8 @@ LIMB, CHEST = slice(0, 6), slice(6, 12)
 
 
 def load(data: Path, toml: Path) -> tuple[ConsensusConfig, np.ndarray, np.ndarray, np.ndarray]:
-    """Preprocessed windows ``(N, 12, 1000)`` float32, labels and folds of labelled ECGs 1-8."""
+    """Preprocessed windows ``(N, 12, 1000)`` float32, labels and folds of labelled ECGs 1-8
+    (in ``collect_records`` order, the order of :func:`superclasses`)."""
     cfg = load_train_config(toml, environ={})
     pre = preprocess_config(cfg)
     items = [(p, m) for p, m in collect_records([data], cfg.ptbxl_resolution)
@@ -77,6 +78,19 @@ def load(data: Path, toml: Path) -> tuple[ConsensusConfig, np.ndarray, np.ndarra
     return consensus_config(cfg), x, np.array(label), np.array(fold)
 
 
+def superclasses(data: Path) -> list[set[str]]:
+    """Diagnostic superclasses of the labelled ECGs of folds 1-8, in :func:`load`'s order."""
+    from ecgstream.signals.labels import ptbxl_table
+
+    table = ptbxl_table(data, "lr")
+    by_name = {
+        Path(p).name: set(c) for p, c in zip(table["path"], table["superclasses"], strict=True)
+    }
+    items = [p for p, m in collect_records([data], "lr")
+             if m and m["fold"] in FOLDS and m["label"] >= 0]  # fmt: skip
+    return [by_name[Path(p).name] for p in items]
+
+
 def lead_correlations(x: np.ndarray) -> np.ndarray:
     """Fisher-z Pearson correlations between the leads of windows ``(N, L, T)``: ``(N, L(L-1)/2)``."""
     z = x - x.mean(axis=2, keepdims=True)
@@ -88,7 +102,11 @@ def lead_correlations(x: np.ndarray) -> np.ndarray:
 
 def features(base: ConsensusConfig, x: np.ndarray) -> dict[str, np.ndarray]:
     """Per-ECG features every variant is fitted on (computed once, as the model computes them)."""
-    model = SegmentConsensus(ConsensusConfig(**{**base.to_dict(), "population_components": 0}))
+    model = SegmentConsensus(
+        ConsensusConfig(
+            **{**base.to_dict(), "population_components": 0, "population_spectrum_frame": 0}
+        )
+    )
     model.eval()
     spectrum = BandSpectrum(base)
     t = torch.from_numpy(x)
@@ -157,6 +175,36 @@ def summary(per_fold: list[float], pooled: float) -> dict:
 
 def next_fold(k: int) -> int:
     return FOLDS[(FOLDS.index(k) + 1) % len(FOLDS)]
+
+
+def diagnostics(f: dict, label, fold, outer_scores: dict, classes: list[set[str]]) -> dict:
+    """Not used for any choice: each term alone (same CV) and each variant's out-of-fold AUROC
+    per diagnostic superclass (ECGs holding it against NORM-only ECGs)."""
+    normal = label == 0
+    out: dict = {"term_alone": {}, "per_class": {}}
+    terms = {"descriptor": ("desc", True), "spectrum": ("spec", True),
+             "correlation": ("corr", False), "slope correlation": ("corr_d", False)}  # fmt: skip
+    for name, (key, scaled) in terms.items():
+        per = []
+        for k in FOLDS:
+            fit = normal & (fold != k) & (fold != next_fold(k))
+            a = f[key].reshape(len(label), -1)
+            n_leads = f[key].shape[1] if f[key].ndim == 3 else 1
+            s = gaussian_distance(a[fit], a, n_leads, scaled)
+            per.append(auroc(label[fold == k], s[fold == k]))
+        out["term_alone"][name] = summary(per, float("nan"))
+        print(f"term alone {name}: {np.mean(per):.3f} ± {np.std(per):.3f}", flush=True)
+    for v, by_fold in outer_scores.items():
+        row = {}
+        for cls in ("MI", "STTC", "CD", "HYP"):
+            has = np.array([cls in c for c in classes])
+            per = [auroc(has[(fold == k) & (has | normal)], by_fold[k][(fold == k) & (has | normal)])
+                   for k in FOLDS]  # fmt: skip
+            row[cls] = {"mean": float(np.mean(per)), "n": int(has.sum())}
+        out["per_class"][v] = row
+        print(f"per class {v}: " + ", ".join(f"{c} {r['mean']:.3f} (n {r['n']})"
+                                              for c, r in row.items()), flush=True)  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -231,11 +279,12 @@ def main() -> None:
         refs[name] = summary(per_r, auroc(label, pooled_r))
         print(f"{name}: {refs[name]['mean']:.3f} ± {refs[name]['std']:.3f}, pooled "
               f"{refs[name]['pooled']:.3f}", flush=True)  # fmt: skip
+    diag = diagnostics(f, label, fold, outer_scores, superclasses(args.data))
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         out = {"plain": plain, "nested": nested, "references": refs,
-               "n": int(len(label)), "n_abnormal": int((~normal).sum())}  # fmt: skip
+               "diagnostics": diag, "n": int(len(label)), "n_abnormal": int((~normal).sum())}  # fmt: skip
         args.out.write_text(json.dumps(out, indent=1, default=str) + "\n")
 
 
