@@ -177,6 +177,23 @@ def next_fold(k: int) -> int:
     return FOLDS[(FOLDS.index(k) + 1) % len(FOLDS)]
 
 
+def bootstrap_differences(label: np.ndarray, pooled: dict[str, np.ndarray], n: int = 2000) -> dict:
+    """Pooled AUROC of each variant minus S's, with a 95 % interval from a bootstrap of the ECGs
+    stratified by label (seed 0)."""
+    rng = np.random.default_rng(0)
+    pos, neg = np.flatnonzero(label != 0), np.flatnonzero(label == 0)
+    draws = [np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+             for _ in range(n)]  # fmt: skip
+    out = {}
+    for v in VARIANTS[1:]:
+        d = [auroc(label[i], pooled[v][i]) - auroc(label[i], pooled["S"][i]) for i in draws]
+        diff = auroc(label, pooled[v]) - auroc(label, pooled["S"])
+        lo, hi = np.quantile(d, [0.025, 0.975])
+        out[v] = {"difference": float(diff), "ci95": [float(lo), float(hi)]}
+        print(f"pooled {v} - S: {diff:+.3f} (95 % {lo:+.3f} to {hi:+.3f})", flush=True)
+    return out
+
+
 def diagnostics(f: dict, label, fold, outer_scores: dict, classes: list[set[str]]) -> dict:
     """Not used for any choice: each term alone (same CV) and each variant's out-of-fold AUROC
     per diagnostic superclass (ECGs holding it against NORM-only ECGs)."""
@@ -225,6 +242,7 @@ def main() -> None:
     # each variant's plain CV: fold k scored, fit on the NORM-only ECGs outside {k, k+1}
     plain: dict[str, dict] = {}
     outer_scores: dict[str, dict[int, np.ndarray]] = {v: {} for v in VARIANTS}
+    pooled_scores: dict[str, np.ndarray] = {}
     for v in VARIANTS:
         per, pooled = [], np.zeros(len(label))
         for k in FOLDS:
@@ -235,6 +253,7 @@ def main() -> None:
             per.append(auroc(label[held], s[held]))
             pooled[held] = calibrated(s[held], s[(fold == val) & normal])
         plain[v] = summary(per, auroc(label, pooled))
+        pooled_scores[v] = pooled
         print(f"plain CV {v}: {plain[v]['mean']:.3f} ± {plain[v]['std']:.3f}, pooled "
               f"{plain[v]['pooled']:.3f}  {plain[v]['per_fold']}", flush=True)  # fmt: skip
 
@@ -280,6 +299,7 @@ def main() -> None:
         print(f"{name}: {refs[name]['mean']:.3f} ± {refs[name]['std']:.3f}, pooled "
               f"{refs[name]['pooled']:.3f}", flush=True)  # fmt: skip
     diag = diagnostics(f, label, fold, outer_scores, superclasses(args.data))
+    diag["pooled_difference"] = bootstrap_differences(label, pooled_scores)
     print(f"{time.perf_counter() - t0:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
