@@ -95,6 +95,7 @@ def record_parts(scorer: Scorer, name: str) -> dict:
         "window0": spec.normalise(window_raw.astype(np.float64)),
         "window_term": top_mean(terms, hist.top),
         "scores": base,
+        "starts": starts,
         "seconds": (t1 - t0, t2 - t1, len(starts)),
     }
 
