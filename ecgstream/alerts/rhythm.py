@@ -4,9 +4,10 @@ For every preprocessed window (model rate, the model's first lead) :func:`rhythm
 computes a QRS-energy envelope (absolute first difference, smoothed over 80 ms) and its
 normalised, unbiased autocorrelation. From it:
 
-- ``regularity``: the highest autocorrelation at lags 0.2-2.0 s (30-300 bpm, so ventricular
-  flutter and fast ventricular tachycardia read at their own rate). A regular rhythm
-  repeats itself (about 0.5-0.8 on sinus rhythm); atrial fibrillation does not (about 0.2).
+- ``regularity``: the highest autocorrelation at lags 0.2-2.5 s. A regular rhythm repeats
+  itself (about 0.5-0.8 on sinus rhythm); atrial fibrillation does not (about 0.2). From 0.2 s,
+  ventricular flutter and fast ventricular tachycardia (up to 300 bpm) read at their own rate;
+  up to 2.5 s, bigeminy and trigeminy (which repeat every two or three beats) read as regular.
 - ``rate_bpm``: 60 / the shortest lag whose local autocorrelation peak reaches
   ``peak_share`` of the highest one (the beat period, not a multiple of it).
 - ``pause_s``: the longest stretch in which the envelope stays below ``quiet`` x its 95th
@@ -65,7 +66,7 @@ class RhythmConfig:
     brady_quiet: float = 0.6
     pause_s: float = 3.0
     min_lag_s: float = 0.2
-    max_lag_s: float = 2.0
+    max_lag_s: float = 2.5
     smooth_s: float = 0.08
     peak_share: float = 0.8
     quiet: float = 0.15

@@ -35,6 +35,22 @@ def _irregular(seconds: float = 90.0, seed: int = 3) -> np.ndarray:
     return x + rng.normal(0, 0.01, len(x))
 
 
+def _trigeminy(seconds: float = 90.0, seed: int = 4) -> np.ndarray:
+    """Ventricular trigeminy at about 70 bpm: two normal complexes, then a premature, wider,
+    inverted one with a compensatory pause; the pattern repeats every 2.55 s."""
+    rng = np.random.default_rng(seed)
+    beat = _ecg(60, 2.0, seed)[50:150]
+    wide = -1.3 * np.interp(np.arange(100) * 0.6 + 20, np.arange(100), beat)
+    x = np.zeros(int(seconds * FS))
+    t, k = 0.0, 0
+    while t < seconds - 1.2:
+        a = int(t * FS)
+        x[a : a + 100] += (beat if k % 3 < 2 else wide)[: len(x[a : a + 100])]
+        t += (0.85, 0.55, 1.15)[k % 3] * rng.uniform(0.97, 1.03)
+        k += 1
+    return x + rng.normal(0, 0.01, len(x))
+
+
 @pytest.mark.parametrize("bpm", [40, 75, 150])
 def test_rate_is_read_from_the_windows(bpm: float) -> None:
     f = rhythm_features(_windows(_ecg(bpm)), FS)
@@ -92,3 +108,11 @@ def test_ventricular_flutter_keeps_its_tachycardia_alert_open() -> None:
     fired, resolved = tachy
     assert fired["severity"] == "critical" and fired["at_s"] <= flutter[0] + 15.0
     assert resolved["at_s"] >= flutter[1] and resolved["end_s"] >= flutter[1]
+
+
+def test_trigeminy_is_a_regular_rhythm() -> None:
+    """Trigeminy repeats every three beats (2.55 s here): it is neither atrial fibrillation nor
+    bradycardia, and raises no rhythm alert (with lags only up to 2.0 s it read as irregular)."""
+    f = rhythm_features(_windows(_trigeminy()), FS)
+    assert np.median(f.regularity) > 0.5
+    assert _run(_trigeminy()) == []
