@@ -54,8 +54,11 @@ def test_an_irregular_rhythm_is_alerted_and_timed(tmp_path) -> None:
     row = report["records"][0]
     assert row["af_episodes"] == 1 and row["af_alerted"] == 1
     assert row["irregular_alerts"] >= 1 and row["irregular_alerts_true"] == row["irregular_alerts"]
-    # the first irregular message comes after the episode starts, within a minute (measured 50 s)
-    assert 0 < row["af_latency_s"][0] <= 60
+    # the first irregular message comes after the episode starts and well before its end
+    # (measured 95 s of 120 s; 50 s when lags stopped at 2.0 s: the lags up to 2.5 s that let
+    # trigeminy read as regular also find chance alignments of this rhythm's identical beats;
+    # on the DEV records' real AF the median latency moved from 54 to 56 s, docs/alerts.md)
+    assert 0 < row["af_latency_s"][0] <= 100
     assert (tmp_path / "timeline-900.png").stat().st_size > 10_000
     assert report["pooled"]["hours"] == pytest.approx(240 / 3600)
     assert any(line.startswith("| 900 |") for line in table_lines(report)), path
