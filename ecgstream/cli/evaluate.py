@@ -27,7 +27,10 @@ Metrics (pooled over records, at each record's own sampling rate):
               with a 95 % bootstrap interval over the excerpts
   alerts      models only: the share of the model's own windows (window_score; normal: only
               normal beats, abnormal: any abnormal beat) at or over its default alert threshold,
-              the false alarms and detections `ecgstream run` would give on these records
+              the false alarms and detections `ecgstream run` would give on these records;
+              when the model ranks the windows well (AUROC >= 0.75) but fewer than half of
+              the abnormal ones reach the threshold, also the threshold that would alert half
+              of them and how to choose thresholds for a population (--alerts --operating-point)
 
 Writes OUT/report.json, OUT/roc.png, OUT/example.png (a record with its score trace and the
 annotated abnormal beats marked) and, with --localisation, OUT/localisation.png (one excerpt of
@@ -152,6 +155,25 @@ def localisation_per_kind(report: dict) -> dict[str, dict[str, float | None]]:
     }
 
 
+def threshold_hint(name: str, a: dict) -> str:
+    """What to do when a model ranks its abnormal windows well but its alert threshold is above
+    most of them ("" otherwise)."""
+    if a.get("auroc") is None or a["abnormal_over"] is None or a["abnormal_over"] >= 0.5:
+        return ""
+    if a["auroc"] < 0.75:
+        return ""
+    return (
+        f"  {name} ranks these abnormal windows above the normal ones (window AUROC "
+        f"{a['auroc']:.2f}), but its alert threshold {a['threshold']:.2f} is above "
+        f"{_share(1 - a['abnormal_over'])} of them: the threshold is set for few false alerts "
+        f"on the records it was chosen on. At {a['half_threshold']:.2f} half of them would be "
+        f"over it, with {_share(a['normal_over_at_half'])} of the normal windows. To choose "
+        f"thresholds for your own population, run `ecgstream evaluate --alerts "
+        f"--operating-point FALSE_ALERTS_PER_HOUR --model MODEL --out DIR RECORDS` on annotated "
+        f"records of it (then test on others)."
+    )
+
+
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
@@ -176,6 +198,9 @@ def summary_lines(report: dict) -> list[str]:
                 f"{a['normal_windows']} normal windows (false alarms), {_share(a['abnormal_over'])} "
                 f"of {a['abnormal_windows']} abnormal ones"
             )
+            hint = threshold_hint(name, a)
+            if hint:
+                lines.append(hint)
     for name, entry in report["sources"].items():
         masks = entry.get("synth_masks")
         if masks:

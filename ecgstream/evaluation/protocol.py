@@ -368,6 +368,13 @@ def summarise(collected: Collected) -> dict:
             "normal_over": float(over[labels == 0].mean()) if (labels == 0).any() else None,
             "abnormal_over": float(over[labels == 1].mean()) if (labels == 1).any() else None,
         }
+        if (labels == 0).any() and (labels == 1).any():
+            # how well the model ranks its own windows, and the threshold that would put half
+            # of the abnormal ones over it (with the share of normal ones it would put over too)
+            half = float(np.median(scores[labels == 1]))
+            report["alerts"]["auroc"] = auroc(labels, scores)
+            report["alerts"]["half_threshold"] = half
+            report["alerts"]["normal_over_at_half"] = float((scores[labels == 0] >= half).mean())
     labels, scores = collected.arrays("point")
     if labels.size:
         block = {**_metric_block(labels, scores), "n_excerpts": len(collected.point_labels)}

@@ -285,6 +285,13 @@ def test_evaluate_cli_writes_report_and_plots(data, tmp_path, capsys):
     over = score >= scorer.spec.threshold
     assert alerts["normal_over"] == pytest.approx(over[label == 0].mean())
     assert alerts["abnormal_over"] == pytest.approx(over[label == 1].mean())
+    from ecgstream.evaluation.metrics import auroc
+
+    assert alerts["auroc"] == pytest.approx(auroc(label, score))
+    half = np.median(score[label == 1])
+    assert alerts["half_threshold"] == pytest.approx(half)
+    assert (score[label == 1] >= alerts["half_threshold"]).mean() >= 0.5
+    assert alerts["normal_over_at_half"] == pytest.approx((score[label == 0] >= half).mean())
     line = next(x for x in lines if x.startswith("pca-baseline#1") and "threshold" in x)
     assert f"{100 * alerts['normal_over']:.1f} % of {alerts['normal_windows']} normal" in line
     assert report["plots"] == ["roc.png", "example.png", "localisation.png"]
@@ -434,3 +441,16 @@ def test_evaluate_reads_plain_series_and_says_when_there_is_nothing_to_measure(t
                  "--no-progress", "--no-plots", str(series)])  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0 and "nothing to measure" in text
+
+
+def test_threshold_hint_says_what_to_do_only_when_the_threshold_hides_a_good_ranking():
+    from ecgstream.cli.evaluate import threshold_hint
+
+    block = {"threshold": 26.45, "auroc": 0.95, "abnormal_over": 0.033,
+             "half_threshold": 10.07, "normal_over_at_half": 0.02}  # fmt: skip
+    hint = threshold_hint("m", block)
+    assert "26.45" in hint and "96.7 %" in hint and "10.07" in hint and "2.0 %" in hint
+    assert "--operating-point" in hint
+    assert threshold_hint("m", {**block, "abnormal_over": 0.6}) == ""  # most are alerted
+    assert threshold_hint("m", {**block, "auroc": 0.6}) == ""  # the ranking itself is poor
+    assert threshold_hint("m", {**block, "auroc": None}) == ""
