@@ -326,7 +326,7 @@ def plot_timeline(run: RecordRun, ev: Events, path: str | Path) -> Path | None:
     except ImportError:  # pragma: no cover - matplotlib is part of the eval extra
         return None
     fig, (ax, ax2) = plt.subplots(
-        2, 1, figsize=(14, 4.6), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]}
+        2, 1, figsize=(14, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     lanes = [
         ("V beats", None, "tab:red"),
@@ -334,7 +334,8 @@ def plot_timeline(run: RecordRun, ev: Events, path: str | Path) -> Path | None:
         ("SV runs", ev.sv_runs, "tab:orange"),
         ("AF / flutter", ev.af, "tab:purple"),
     ]
-    kinds = [("anomaly alerts", ("anomaly",)), ("rhythm alerts", ECG_KINDS[1:])]
+    # one lane per alert kind, so that short alerts of different kinds never share a label
+    kinds = [(k.replace("_", " ") + " alerts", (k,)) for k in ECG_KINDS]
     y = len(lanes) + len(kinds)
     labels = []
     for name, spans, colour in lanes:
@@ -356,10 +357,6 @@ def plot_timeline(run: RecordRun, ev: Events, path: str | Path) -> Path | None:
             for status, t in a["changes"]:
                 if status in RAISING:
                     ax.plot(t / 60, y + 0.38, "v", color="black", ms=4)
-            if ks != ("anomaly",):
-                ax.text(
-                    a["start"] / 60, y - 0.45, a["kind"].replace("_", " "), fontsize=6, va="top"
-                )
     ax.set_yticks([p for p, _ in labels], [n for _, n in labels], fontsize=8)
     ax.set_ylim(-0.8, len(lanes) + len(kinds) - 0.4)
     ax.set_title(
