@@ -53,6 +53,31 @@ class EnergyDetector(nn.Module):
         return point, point.max(1).values
 
 
+class HeadOnly(nn.Module):
+    """A trained detector's head term alone (its self-reference left out)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        smap, _ = self.model.terms(windows)
+        return self.model.maps_to_scores(smap)
+
+
+class SelfRefOnly(nn.Module):
+    """A trained detector's self-reference term alone (learning-free: the front end and its
+    fitted normalisation only), upsampled and tapered like the detector's point score."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = self.model.self_ref(self.model.frontend(windows))
+        return self.model._upsample(cols) * self.model.taper, cols.max(1).values
+
+
 def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -151,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                 # (the relative point score and spectrogram plane this study compared were
                 # removed from the product after it: docs/research/image-studies.md)
                 variants = [(kind, res.model_path)]
+                if res.model.self_ref is not None:
+                    parts = [(f"{kind} head term", HeadOnly(res.model))]
+                    if kind == kinds[0]:  # the same front end for every head of the fold
+                        parts.append(("self-reference term", SelfRefOnly(res.model)))
+                    for name, module in parts:
+                        path = Path(tmp) / f"{name.replace(' ', '-')}-{f}.onnx"
+                        variants.append((name, export_detector(module.eval(), res.spec, path)))
                 for name, path in variants:
                     s, sym = beat_table(path, held, args.data)
                     c = collected.setdefault(name, {"scores": [], "symbols": [], "folds": []})
