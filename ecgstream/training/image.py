@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ecgstream.models.encoder import ImageDetector, MaskedReconstructor, PatchEncoder, SelfReference
+from ecgstream.models.encoder import (
+    ImageDetector,
+    MaskedReconstructor,
+    PatchEncoder,
+    SelfReference,
+    UnfoldEncoder,
+)
 from ecgstream.models.frontends import build_frontend
 from ecgstream.models.onenip import OneNIPHead
 from ecgstream.models.pbas import PBASHead
@@ -76,6 +82,10 @@ class ImageConfig:
     self_ref_patch: int = 0
     self_ref_exclude: int = 0
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
+    # cnn: a small CNN pre-trained as a masked reconstructor, then frozen; unfold: tokens are
+    # the image's own patches of unfold_cols columns (nothing learned; feat_dim follows)
+    encoder: str = "cnn"
+    unfold_cols: int = 4
     width: int = 32
     encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
     feat_dim: int = 64
@@ -109,13 +119,25 @@ def _frontend_params(cfg: ImageConfig) -> dict:
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
 
-def _build_head(cfg: ImageConfig, grid: tuple[int, int]) -> torch.nn.Module:
+ENCODERS = ("cnn", "unfold")
+
+
+def _build_encoder(cfg: ImageConfig, shape: tuple[int, int, int]) -> PatchEncoder | UnfoldEncoder:
+    """The (untrained) encoder of ``cfg`` for front-end images of ``(channels, rows, cols)``."""
+    if cfg.encoder == "cnn":
+        return PatchEncoder(*shape, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+    if cfg.encoder == "unfold":
+        return UnfoldEncoder(*shape, cfg.unfold_cols)
+    raise ValueError(f"unknown image encoder {cfg.encoder!r}; choose from {', '.join(ENCODERS)}")
+
+
+def _build_head(cfg: ImageConfig, grid: tuple[int, int], feat_dim: int) -> torch.nn.Module:
     if cfg.kind == "uniad":
-        return UniADHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+        return UniADHead(feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
     if cfg.kind == "pbas":
-        return PBASHead(cfg.feat_dim, n_centres=cfg.n_centres)
+        return PBASHead(feat_dim, n_centres=cfg.n_centres)
     if cfg.kind == "onenip":
-        return OneNIPHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+        return OneNIPHead(feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
     raise ValueError(f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}")
 
 
@@ -272,11 +294,12 @@ def fit_image_detector(
         frontend.fit_norm(x)
         with torch.no_grad():
             images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
-        c, rows, cols = images.shape[1:]
-        encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
-        _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
+        encoder = _build_encoder(cfg, tuple(images.shape[1:]))
+        if isinstance(encoder, PatchEncoder):
+            deadline = None if budget is None else t0 + 0.4 * budget
+            _pretrain_encoder(encoder, images, cfg, deadline, gen)
     encoder.eval()
-    head = _build_head(cfg, encoder.grid)
+    head = _build_head(cfg, encoder.grid, encoder.dim)
     model = ImageDetector(frontend, encoder, head, w, _build_self_ref(cfg, frontend))
     model.fit_token_norm(x)
     model.train()
@@ -343,8 +366,8 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     cfg = ImageConfig(**{"encoder_norm": "group", **fields})
     frontend = build_frontend(p, len(spec.leads), spec.window)
     with torch.no_grad():
-        c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
-    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+        shape = tuple(frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:])
+    encoder = _build_encoder(cfg, shape)
     if p.get("point_relative"):
         raise ValueError(
             "this model scores points relative to the window's median column, an option since "
@@ -353,7 +376,7 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     return ImageDetector(
         frontend,
         encoder,
-        _build_head(cfg, encoder.grid),
+        _build_head(cfg, encoder.grid, encoder.dim),
         spec.window,
         _build_self_ref(cfg, frontend),
     )

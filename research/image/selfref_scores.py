@@ -53,6 +53,15 @@ class ColumnScore(nn.Module):
         self.register_buffer("scales", torch.ones(2))
 
     @torch.no_grad()
+    def fit_memory(self, windows: torch.Tensor, size: int = 4096) -> ColumnScore:
+        z = self.frontend(windows)[:, 0]
+        v = F.conv1d(F.pad(z, (self.patch // 2, (self.patch - 1) // 2), mode="replicate"), self.eye)
+        v = v.transpose(1, 2).reshape(-1, v.shape[1])
+        pick = torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:size]
+        self.register_buffer("memory", v[pick].clone())
+        return self
+
+    @torch.no_grad()
     def fit_scales(self, windows: torch.Tensor) -> ColumnScore:
         z = self.frontend(windows)[:, 0]
         zmax = z.max(1).values.clamp_min(0).mean()
@@ -65,6 +74,12 @@ class ColumnScore(nn.Module):
         z = self.frontend(windows)[:, 0]  # (B, F, T)
         if self.how == "zmax":
             col = z.max(1).values
+        elif self.how == "pop":  # nearest training patch (a population memory), RMS distance
+            v = F.conv1d(
+                F.pad(z, (self.patch // 2, (self.patch - 1) // 2), mode="replicate"), self.eye
+            ).transpose(1, 2)
+            d2 = (v * v).sum(-1, keepdim=True) - 2 * v @ self.memory.T + (self.memory**2).sum(1)
+            col = (d2.min(-1).values.clamp_min(0) / v.shape[-1]).sqrt()
         elif self.how == "nn":
             col = column_nn(z, self.eye, self.patch, self.exclude)
         else:  # both, each in units of its mean on the training normals
@@ -109,6 +124,14 @@ def main() -> int:
             exclude = round(args.exclude_s * cfg.fs / hop)
             variants[f"zmax {pair}"] = ColumnScore(fe, cfg.window, "zmax")
             variants[f"nn {pair}"] = ColumnScore(fe, cfg.window, "nn", patch, exclude)
+            variants[f"pop {pair}"] = ColumnScore(fe, cfg.window, "pop", patch, exclude).fit_memory(
+                torch.from_numpy(wins)
+            )
+            coarse = SpectrogramFrontend(1, cfg.window, n_fft, hop * 4, "fixed", rows)
+            coarse.fit_norm(wins)
+            variants[f"pop coarse {pair}"] = ColumnScore(
+                coarse, cfg.window, "pop", 1, max(1, exclude // 4)
+            ).fit_memory(torch.from_numpy(wins))
             variants[f"both {pair}"] = ColumnScore(
                 fe, cfg.window, "both", patch, exclude
             ).fit_scales(torch.from_numpy(wins[:500]))

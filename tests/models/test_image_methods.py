@@ -104,10 +104,11 @@ def test_channel_time_frontend_planes():
     )
 
 
+@pytest.mark.parametrize("encoder", ["cnn", "unfold"])
 @pytest.mark.parametrize("frontend", ["channel_time", "spectrogram"])
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
-def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend):
-    """ONNX Runtime parity for every head and front end."""
+def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, frontend, encoder):
+    """ONNX Runtime parity for every head, front end and encoder."""
     wins = _periodic_windows(48, 128, leads=2)
     cfg = ImageConfig(
         kind=kind,
@@ -124,6 +125,7 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
         # the records' default: the window's self-reference beside the head
         self_ref_patch=3 if frontend == "spectrogram" else 0,
         self_ref_exclude=6,
+        encoder=encoder,
     )
     model = fit_image_detector(wins, cfg)
     assert (model.self_ref is not None) == (frontend == "spectrogram")
