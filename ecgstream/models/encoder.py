@@ -20,7 +20,6 @@ from torch.nn import functional as F
 
 __all__ = [
     "PatchEncoder",
-    "UnfoldEncoder",
     "MaskedReconstructor",
     "SelfReference",
     "ImageDetector",
@@ -95,32 +94,6 @@ class PatchEncoder(nn.Module):
         with torch.no_grad():
             self.grid = tuple(self.net(torch.zeros(1, in_channels, rows, cols)).shape[-2:])
         self.net.train()
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)
-
-
-class UnfoldEncoder(nn.Module):
-    """Fixed patch embedding: image ``(B, C, rows, cols)`` -> ``(B, C * rows * patch, 1, cols')``.
-
-    Each token is ``patch`` consecutive image columns (all channels and rows) as they are, taken
-    every ``patch`` columns: a strided ``Conv2d`` with fixed identity kernels, nothing learned.
-    The heads then compare the front end's own values (a spectrogram's calibrated log-energies)
-    instead of features of a briefly trained CNN.
-    """
-
-    def __init__(self, in_channels: int, rows: int, cols: int, patch: int = 4):
-        super().__init__()
-        if not 1 <= patch <= cols:
-            raise ValueError(f"unfold patch of {patch} columns does not fit {cols} columns")
-        self.in_channels, self.rows, self.cols, self.patch = in_channels, rows, cols, patch
-        self.dim = in_channels * rows * patch
-        self.stride_rows, self.stride_cols = rows, patch
-        self.net = nn.Conv2d(in_channels, self.dim, (rows, patch), stride=(rows, patch), bias=False)
-        eye = torch.eye(self.dim).reshape(self.dim, in_channels, rows, patch)
-        self.net.weight.data.copy_(eye)
-        self.net.weight.requires_grad_(False)
-        self.grid = (1, (cols - patch) // patch + 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -210,7 +183,7 @@ class ImageDetector(nn.Module):
     def __init__(
         self,
         frontend: nn.Module,
-        encoder: PatchEncoder | UnfoldEncoder,
+        encoder: PatchEncoder,
         head: nn.Module,
         window: int,
         self_ref: SelfReference | None = None,

@@ -31,7 +31,6 @@ from ecgstream.models.encoder import (
     MaskedReconstructor,
     PatchEncoder,
     SelfReference,
-    UnfoldEncoder,
 )
 from ecgstream.models.frontends import build_frontend
 from ecgstream.models.onenip import OneNIPHead
@@ -82,10 +81,6 @@ class ImageConfig:
     self_ref_patch: int = 0
     self_ref_exclude: int = 0
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
-    # cnn: a small CNN pre-trained as a masked reconstructor, then frozen; unfold: tokens are
-    # the image's own patches of unfold_cols columns (nothing learned; feat_dim follows)
-    encoder: str = "cnn"
-    unfold_cols: int = 4
     width: int = 32
     encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
     feat_dim: int = 64
@@ -119,16 +114,9 @@ def _frontend_params(cfg: ImageConfig) -> dict:
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
 
-ENCODERS = ("cnn", "unfold")
-
-
-def _build_encoder(cfg: ImageConfig, shape: tuple[int, int, int]) -> PatchEncoder | UnfoldEncoder:
+def _build_encoder(cfg: ImageConfig, shape: tuple[int, int, int]) -> PatchEncoder:
     """The (untrained) encoder of ``cfg`` for front-end images of ``(channels, rows, cols)``."""
-    if cfg.encoder == "cnn":
-        return PatchEncoder(*shape, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
-    if cfg.encoder == "unfold":
-        return UnfoldEncoder(*shape, cfg.unfold_cols)
-    raise ValueError(f"unknown image encoder {cfg.encoder!r}; choose from {', '.join(ENCODERS)}")
+    return PatchEncoder(*shape, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
 
 
 def _build_head(cfg: ImageConfig, grid: tuple[int, int], feat_dim: int) -> torch.nn.Module:
@@ -295,9 +283,7 @@ def fit_image_detector(
         with torch.no_grad():
             images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
         encoder = _build_encoder(cfg, tuple(images.shape[1:]))
-        if isinstance(encoder, PatchEncoder):
-            deadline = None if budget is None else t0 + 0.4 * budget
-            _pretrain_encoder(encoder, images, cfg, deadline, gen)
+        _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
     encoder.eval()
     head = _build_head(cfg, encoder.grid, encoder.dim)
     model = ImageDetector(frontend, encoder, head, w, _build_self_ref(cfg, frontend))
