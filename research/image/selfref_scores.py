@@ -94,12 +94,13 @@ class ColumnScore(nn.Module):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--protocol", action="store_true", help="MITDB_CV_FOLDS (--folds 0-4)")
     ap.add_argument("--stft", nargs="+", default=["32/4"])
     ap.add_argument("--patch-s", type=float, default=0.12)
     ap.add_argument("--exclude-s", type=float, default=0.3)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    from ecgstream.evaluation.splits import MITDB_DEV
+    from ecgstream.evaluation.splits import MITDB_DEV, mitdb_cv_folds
     from ecgstream.models.frontends import SpectrogramFrontend
     from ecgstream.training.config import TrainConfig
     from ecgstream.training.image import ECG_SPECTROGRAM_MAX_HZ, _record_windows, export_detector
@@ -108,9 +109,14 @@ def main() -> int:
     torch.set_num_threads(1)
     collected: dict = {}
     for f in args.folds:
-        held = list(FOLDS[f])
-        train = [r for r in MITDB_DEV if r not in held]
-        cfg = TrainConfig(model="pbas", leads=["MLII"], records=train, val_records=train[:2],
+        if args.protocol:
+            fold = mitdb_cv_folds()[f]
+            held, train, val = list(fold.held_out), list(fold.train + fold.val), list(fold.val)
+        else:
+            held = list(FOLDS[f])
+            train = [r for r in MITDB_DEV if r not in held]
+            val = train[:2]
+        cfg = TrainConfig(model="pbas", leads=["MLII"], records=train, val_records=val,
                           fs=100.0, window_s=4.0, hop_s=2.0, threads=1)  # fmt: skip
         tr, va = prepare_data(cfg, [MITDB])
         wins = _record_windows(tr, cfg.window, 2000, np.random.default_rng(0))
