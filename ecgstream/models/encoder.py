@@ -18,7 +18,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["PatchEncoder", "MaskedReconstructor", "ImageDetector", "patch_mask"]
+__all__ = [
+    "PatchEncoder",
+    "MaskedReconstructor",
+    "SelfReference",
+    "ImageDetector",
+    "patch_mask",
+]
 
 
 ENCODER_NORMS = ("batch", "group")
@@ -129,16 +135,65 @@ class MaskedReconstructor(nn.Module):
         return hidden + 0.1 * err.mean()
 
 
+class SelfReference(nn.Module):
+    """Each image column compared with the rest of its own window: a per-window self-reference.
+
+    Image ``(B, C, rows, cols)`` -> ``(B, cols)``: the RMS distance between the patch of
+    ``patch`` columns centred on each column (all channels and rows) and its nearest patch of
+    the same image more than ``exclude`` columns away. A beat whose like occurs elsewhere in the
+    window scores low whatever the patient's morphology; an odd beat scores high. The patches are
+    unfolded by a strided ``Conv1d`` with fixed identity kernels; distances are one matrix
+    product, so the graph stays static for ONNX.
+    """
+
+    def __init__(self, channels: int, rows: int, cols: int, patch: int, exclude: int):
+        super().__init__()
+        if patch < 1 or exclude < 0 or exclude + 1 >= cols:
+            raise ValueError(
+                f"self-reference patch {patch} / exclusion {exclude} columns do not fit an image "
+                f"of {cols} columns"
+            )
+        self.patch, self.exclude, self.size = patch, exclude, channels * rows * patch
+        eye = torch.eye(self.size).reshape(self.size, channels * rows, patch)
+        self.register_buffer("unfold", eye)
+        idx = torch.arange(cols)
+        near = (idx[:, None] - idx[None, :]).abs() <= exclude
+        self.register_buffer("near", near.float() * 1e9)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        b, c, r, t = image.shape
+        x = F.pad(image.reshape(b, c * r, t), (self.patch // 2, (self.patch - 1) // 2), "replicate")
+        v = F.conv1d(x, self.unfold).transpose(1, 2)  # (B, cols, C * rows * patch)
+        sq = (v * v).sum(-1)
+        d2 = sq[:, :, None] + sq[:, None, :] - 2 * v @ v.transpose(1, 2) + self.near
+        return (d2.min(-1).values.clamp_min(0) / self.size).sqrt()
+
+
 class ImageDetector(nn.Module):
     """Front end + frozen encoder + head, with the ecgstream graph interface.
 
     ``head`` must provide ``score_map(tokens (B, N, D), grid) -> (B, N)`` on standardised tokens.
     ``feat_mean`` / ``feat_std`` (``(D,)``) standardise encoder features, fitted on normal windows.
+    ``self_ref``: an optional :class:`SelfReference` on the front end's image; its column score
+    is added to the head's, each in units of its mean on normal windows (``term_scale``, fitted by
+    :meth:`fit_term_scale`), so the head's population view and the window's comparison with
+    itself count alike.
     """
 
-    def __init__(self, frontend: nn.Module, encoder: PatchEncoder, head: nn.Module, window: int):
+    def __init__(
+        self,
+        frontend: nn.Module,
+        encoder: PatchEncoder,
+        head: nn.Module,
+        window: int,
+        self_ref: SelfReference | None = None,
+    ):
         super().__init__()
         self.frontend, self.encoder, self.head, self.window = frontend, encoder, head, window
+        self.self_ref = self_ref
+        if self_ref is not None:
+            # mean column score of the head and of the self-reference on normal windows
+            self.register_buffer("term_scale", torch.ones(2))
         # point-score weight along the window: 1 in the middle, 0.1 at the ends (Hann-shaped), so
         # window edges (less context, padding) count less where windows overlap
         taper = 0.55 - 0.45 * torch.cos(2 * torch.pi * (torch.arange(window) + 0.5) / window)
@@ -170,19 +225,49 @@ class ImageDetector(nn.Module):
         self.feat_mean.copy_(flat.mean(0))
         self.feat_std.copy_(flat.std(0).clamp_min(1e-4))
 
-    def maps_to_scores(self, smap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score map ``(B, rows', cols')`` -> point score ``(B, window)`` and window score ``(B,)``."""
-        per_col = smap.max(1).values  # (B, cols')
-        point = F.interpolate(
+    def _upsample(self, per_col: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(
             per_col.unsqueeze(1), size=self.window, mode="linear", align_corners=False
         )[:, 0]
-        point = point * self.taper
+
+    def maps_to_scores(
+        self, smap: torch.Tensor, self_cols: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score map ``(B, rows', cols')`` (and the self-reference's column score ``(B, cols)``)
+        -> point score ``(B, window)`` and window score ``(B,)``."""
+        per_col = smap.max(1).values  # (B, cols')
         pooled = F.avg_pool2d(smap.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False)
-        return point, pooled.flatten(1).max(1).values
+        point, window = self._upsample(per_col), pooled.flatten(1).max(1).values
+        if self_cols is not None:
+            point = point / self.term_scale[0] + self._upsample(self_cols) / self.term_scale[1]
+            smooth = F.avg_pool1d(self_cols.unsqueeze(1), 3, 1, 1, count_include_pad=False)[:, 0]
+            window = window / self.term_scale[0] + smooth.max(1).values / self.term_scale[1]
+        return point * self.taper, window
 
     def score_map_of_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         rows, cols = self.grid
         return self.head.score_map(tokens).reshape(tokens.shape[0], rows, cols)
 
+    def terms(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head score map ``(B, rows', cols')`` and self-reference column score ``(B, cols)`` (or None)."""
+        image = self.frontend(windows)
+        feat = self.encoder(image)
+        tok = (feat.flatten(2).transpose(1, 2) - self.feat_mean) / self.feat_std
+        own = self.self_ref(image) if self.self_ref is not None else None
+        return self.score_map_of_tokens(tok), own
+
+    @torch.no_grad()
+    def fit_term_scale(self, windows: torch.Tensor, batch: int = 256) -> None:
+        """Put the head's and the self-reference's column scores in units of their mean on normal windows."""
+        if self.self_ref is None:
+            return
+        head, own = [], []
+        for i in range(0, len(windows), batch):
+            smap, cols = self.terms(windows[i : i + batch])
+            head.append(smap.max(1).values.mean())
+            own.append(cols.mean())
+        scale = torch.stack([torch.stack(head).mean(), torch.stack(own).mean()])
+        self.term_scale.copy_(scale.clamp_min(1e-6))
+
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.maps_to_scores(self.score_map_of_tokens(self.tokens(windows)))
+        return self.maps_to_scores(*self.terms(windows))

@@ -26,7 +26,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ecgstream.models.encoder import ImageDetector, MaskedReconstructor, PatchEncoder
+from ecgstream.models.encoder import (
+    ImageDetector,
+    MaskedReconstructor,
+    PatchEncoder,
+    SelfReference,
+)
 from ecgstream.models.frontends import build_frontend
 from ecgstream.models.onenip import OneNIPHead
 from ecgstream.models.pbas import PBASHead
@@ -54,6 +59,9 @@ IMAGE_KINDS = ("uniad", "pbas", "onenip")
 #: ECG spectrograms keep the bins up to this frequency (Hz): the P-QRS-T energy; above it the
 #: rows hold noise that dominated the score maps (docs/research/image-studies.md)
 ECG_SPECTROGRAM_MAX_HZ = 20.0
+#: ECG spectrograms: the self-reference compares patches of this length (s) with the window's
+#: patches more than this far away (s): about a QRS complex, and beyond the beat itself
+ECG_SELF_REF_PATCH_S, ECG_SELF_REF_EXCLUDE_S = 0.12, 0.3
 
 
 @dataclass
@@ -68,6 +76,10 @@ class ImageConfig:
         "fixed"  # spectrogram: fixed (calibrated log-energy) | window (per-window z-score)
     )
     spec_rows: int = 0  # spectrogram: keep the lowest rows frequency bins (0: all)
+    # per-window self-reference (image columns; 0: none): each patch of self_ref_patch columns
+    # against its nearest patch of the window more than self_ref_exclude columns away
+    self_ref_patch: int = 0
+    self_ref_exclude: int = 0
     global_plane: bool = True  # channel_time: add the globally standardised plane (level changes)
     width: int = 32
     encoder_norm: str = "batch"  # batch (fixed once frozen: keeps image level) | group (per image)
@@ -102,14 +114,26 @@ def _frontend_params(cfg: ImageConfig) -> dict:
     return {"frontend": cfg.frontend, "global_plane": cfg.global_plane}
 
 
-def _build_head(cfg: ImageConfig, grid: tuple[int, int]) -> torch.nn.Module:
+def _build_encoder(cfg: ImageConfig, shape: tuple[int, int, int]) -> PatchEncoder:
+    """The (untrained) encoder of ``cfg`` for front-end images of ``(channels, rows, cols)``."""
+    return PatchEncoder(*shape, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+
+
+def _build_head(cfg: ImageConfig, grid: tuple[int, int], feat_dim: int) -> torch.nn.Module:
     if cfg.kind == "uniad":
-        return UniADHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+        return UniADHead(feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
     if cfg.kind == "pbas":
-        return PBASHead(cfg.feat_dim, n_centres=cfg.n_centres)
+        return PBASHead(feat_dim, n_centres=cfg.n_centres)
     if cfg.kind == "onenip":
-        return OneNIPHead(cfg.feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
+        return OneNIPHead(feat_dim, grid, cfg.dim, radius=cfg.radius, jitter=cfg.jitter)
     raise ValueError(f"unknown image model kind {cfg.kind!r}; choose from {', '.join(IMAGE_KINDS)}")
+
+
+def _build_self_ref(cfg: ImageConfig, frontend: torch.nn.Module) -> SelfReference | None:
+    if cfg.self_ref_patch <= 0:
+        return None
+    c, rows, cols = frontend.image_shape()
+    return SelfReference(c, rows, cols, cfg.self_ref_patch, cfg.self_ref_exclude)
 
 
 def perlin_windows(
@@ -258,17 +282,18 @@ def fit_image_detector(
         frontend.fit_norm(x)
         with torch.no_grad():
             images = torch.cat([frontend(x[i : i + 512]) for i in range(0, len(x), 512)])
-        c, rows, cols = images.shape[1:]
-        encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+        encoder = _build_encoder(cfg, tuple(images.shape[1:]))
         _pretrain_encoder(encoder, images, cfg, None if budget is None else t0 + 0.4 * budget, gen)
     encoder.eval()
-    head = _build_head(cfg, encoder.grid)
-    model = ImageDetector(frontend, encoder, head, w)
+    head = _build_head(cfg, encoder.grid, encoder.dim)
+    model = ImageDetector(frontend, encoder, head, w, _build_self_ref(cfg, frontend))
     model.fit_token_norm(x)
     model.train()
     model.encoder.eval()
     _train_head(model, x, cfg, None if budget is None else t0 + 0.92 * budget, gen, rng)
-    return model.eval()
+    model.eval()
+    model.fit_term_scale(x[torch.randperm(len(x), generator=gen)[:1024]])
+    return model
 
 
 def export_detector(
@@ -327,14 +352,20 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     cfg = ImageConfig(**{"encoder_norm": "group", **fields})
     frontend = build_frontend(p, len(spec.leads), spec.window)
     with torch.no_grad():
-        c, rows, cols = frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:]
-    encoder = PatchEncoder(c, rows, cols, cfg.width, cfg.feat_dim, norm=cfg.encoder_norm)
+        shape = tuple(frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:])
+    encoder = _build_encoder(cfg, shape)
     if p.get("point_relative"):
         raise ValueError(
             "this model scores points relative to the window's median column, an option since "
             "removed (docs/research/image-studies.md); retrain it"
         )
-    return ImageDetector(frontend, encoder, _build_head(cfg, encoder.grid), spec.window)
+    return ImageDetector(
+        frontend,
+        encoder,
+        _build_head(cfg, encoder.grid, encoder.dim),
+        spec.window,
+        _build_self_ref(cfg, frontend),
+    )
 
 
 def load_detector(state: dict) -> ImageDetector:
@@ -413,6 +444,10 @@ def _fit_records(
     if unknown:
         raise ValueError(f"unknown image settings {unknown}")
     icfg = dataclasses.replace(icfg, **overrides)
+    if "self_ref_patch" not in overrides:
+        cols_per_s = cfg.fs / icfg.stft_hop
+        icfg.self_ref_patch = max(1, round(ECG_SELF_REF_PATCH_S * cols_per_s))
+        icfg.self_ref_exclude = round(ECG_SELF_REF_EXCLUDE_S * cols_per_s)
     model = fit_image_detector(windows, icfg, base)
     val = _record_windows(val_recs, cfg.window, 1500, rng)
     with torch.no_grad():

@@ -53,6 +53,31 @@ class EnergyDetector(nn.Module):
         return point, point.max(1).values
 
 
+class HeadOnly(nn.Module):
+    """A trained detector's head term alone (its self-reference left out)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        smap, _ = self.model.terms(windows)
+        return self.model.maps_to_scores(smap)
+
+
+class SelfRefOnly(nn.Module):
+    """A trained detector's self-reference term alone (learning-free: the front end and its
+    fitted normalisation only), upsampled and tapered like the detector's point score."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = self.model.self_ref(self.model.frontend(windows))
+        return self.model._upsample(cols) * self.model.taper, cols.max(1).values
+
+
 def parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -106,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=MITDB)
     ap.add_argument("--kinds", default="pbas,uniad,onenip")
     ap.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument(
+        "--protocol",
+        action="store_true",
+        help="the protocol's 5 folds (MITDB_CV_FOLDS: fold k scored, fold k+1 calibrates, "
+        "9 records train) instead of this study's 3 folds (--folds 0-4)",
+    )
     ap.add_argument("--set", nargs="*", default=[], help="ImageConfig overrides, key=value")
     ap.add_argument("--window-s", type=float, default=4.0)
     ap.add_argument("--hop-s", type=float, default=2.0)
@@ -116,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from ecgstream.evaluation.splits import MITDB_DEV, MITDB_TEST
+    from ecgstream.evaluation.splits import MITDB_DEV, MITDB_TEST, mitdb_cv_folds
     from ecgstream.runtime.model_file import ModelSpec
     from ecgstream.training.config import TrainConfig
     from ecgstream.training.image import export_detector, fit_records
@@ -127,16 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k in args.kinds.split(",") if k]
     collected: dict = {}
     t0 = time.perf_counter()
+    if args.protocol:
+        splits = [(list(c.held_out), list(c.train + c.val), list(c.val)) for c in mitdb_cv_folds()]
+    else:
+        splits = [
+            (
+                list(h),
+                [r for r in MITDB_DEV if r not in h],
+                [r for r in MITDB_DEV if r not in h][:2],
+            )
+            for h in FOLDS
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         for f in args.folds:
-            held = list(FOLDS[f])
-            train = [r for r in MITDB_DEV if r not in held]
-            assert not (set(train) | set(held)) & set(MITDB_TEST)
+            held, train, val = splits[f]
+            assert not (set(train) | set(held)) & set(MITDB_TEST) and not set(train) & set(held)
             spec, base, data = None, None, None
             for kind in kinds:
                 cfg = TrainConfig(
                     model=kind, name=f"{kind}-cv{f}", leads=["MLII"], records=train,
-                    val_records=train[:2], fs=100.0, window_s=args.window_s, hop_s=args.hop_s,
+                    val_records=val, fs=100.0, window_s=args.window_s, hop_s=args.hop_s,
                     epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                     seed=0, threads=1, model_out=Path(tmp) / f"{kind}-{f}.onnx",
                 )  # fmt: skip
@@ -151,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                 # (the relative point score and spectrogram plane this study compared were
                 # removed from the product after it: docs/research/image-studies.md)
                 variants = [(kind, res.model_path)]
+                if res.model.self_ref is not None:
+                    parts = [(f"{kind} head term", HeadOnly(res.model))]
+                    if kind == kinds[0]:  # the same front end for every head of the fold
+                        parts.append(("self-reference term", SelfRefOnly(res.model)))
+                    for name, module in parts:
+                        path = Path(tmp) / f"{name.replace(' ', '-')}-{f}.onnx"
+                        variants.append((name, export_detector(module.eval(), res.spec, path)))
                 for name, path in variants:
                     s, sym = beat_table(path, held, args.data)
                     c = collected.setdefault(name, {"scores": [], "symbols": [], "folds": []})
@@ -169,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             collected["energy"]["folds"].append(figures(s, sym))
             print(f"  energy fold {f}: {collected['energy']['folds'][-1]}", flush=True)
     report = {
-        "folds": [FOLDS[f] for f in args.folds],
+        "folds": [splits[f][0] for f in args.folds],
+        "protocol": "MITDB_CV_FOLDS" if args.protocol else "3 folds of 5 (refiner_cv)",
         "overrides": overrides,
         "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch,

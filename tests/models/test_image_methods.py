@@ -13,6 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ecgstream.models.encoder import SelfReference  # noqa: E402
 from ecgstream.models.frontends import ChannelTimeFrontend, SpectrogramFrontend, build_frontend  # noqa: E402
 from ecgstream.runtime.model_file import ModelSpec, read_spec  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
@@ -120,8 +121,12 @@ def test_every_kind_trains_exports_and_scores_identically(tmp_path, kind, fronte
         n_centres=4,
         n_fft=16,
         stft_hop=4,
+        # the records' default: the window's self-reference beside the head
+        self_ref_patch=3 if frontend == "spectrogram" else 0,
+        self_ref_exclude=6,
     )
     model = fit_image_detector(wins, cfg)
+    assert (model.self_ref is not None) == (frontend == "spectrogram")
     spec = ModelSpec(
         name=f"t-{kind}",
         version="1",
@@ -188,6 +193,87 @@ def test_uniad_localises_a_flat_line_after_training():
     inside = point[:4, 50:80].mean(1)
     outside = torch.cat([point[:4, 5:40], point[:4, 90:123]], 1).mean(1)
     assert (inside > outside).all()
+
+
+def _self_reference_numpy(image: np.ndarray, patch: int, exclude: int) -> np.ndarray:
+    """Brute-force reference of :class:`SelfReference` on one image ``(C, rows, cols)``."""
+    c, r, t = image.shape
+    padded = np.pad(image, ((0, 0), (0, 0), (patch // 2, (patch - 1) // 2)), mode="edge")
+    vecs = np.stack([padded[:, :, j : j + patch].ravel() for j in range(t)])
+    out = np.empty(t)
+    for j in range(t):
+        far = [k for k in range(t) if abs(k - j) > exclude]
+        out[j] = min(((vecs[j] - vecs[k]) ** 2).sum() for k in far)
+    return np.sqrt(out / (c * r * patch))
+
+
+def test_self_reference_matches_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 2, 5, 40)).astype(np.float32)
+    for patch, exclude in [(3, 4), (4, 8), (1, 0)]:
+        got = SelfReference(2, 5, 40, patch, exclude)(torch.from_numpy(image)).numpy()
+        want = np.stack([_self_reference_numpy(im, patch, exclude) for im in image])
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="do not fit an image of 40 columns"):
+        SelfReference(2, 5, 40, 3, 39)
+
+
+def _beats(n_beats: int, width: float, amp: float, odd: int | None = None, seed: int = 0):
+    """ECG-like series at 100 Hz: a beat every 0.8 s (Gaussian QRS of ``width`` samples, a T
+    wave), noise; beat ``odd`` wide (x3), large (x2) and without its T wave."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_beats * 80, dtype=float)
+    x = 0.02 * rng.normal(size=len(t))
+    for i in range(n_beats):
+        c = 40 + 80 * i
+        w, a, tw = (3 * width, 2 * amp, 0.0) if i == odd else (width, amp, 0.3 * amp)
+        x += a * np.exp(-0.5 * ((t - c) / w) ** 2) + tw * np.exp(-0.5 * ((t - c - 25) / 6) ** 2)
+    return x.astype(np.float32)
+
+
+def test_self_reference_finds_the_odd_beat_on_the_spectrogram():
+    """On the ECG spectrogram, the self-reference scores a window's beats alike whatever their
+    morphology, and its one odd beat far higher; a collapsed (constant) image scores nothing."""
+    fe = SpectrogramFrontend(1, 400, 32, 4, "fixed", rows=7)
+    fe.fit_norm(np.stack([_beats(5, 2, 1.0, seed=s)[None] for s in range(8)]))
+    sr = SelfReference(1, 7, 101, patch=3, exclude=8)
+    for width, amp in [(2, 1.0), (4, 0.5)]:  # the training morphology, then another patient's
+        x = torch.from_numpy(_beats(5, width, amp, odd=2, seed=9)[None, None])
+        cols = sr(fe(x))[0]
+        peak = int(cols.argmax()) * 4  # sample of the top column
+        assert abs(peak - (40 + 80 * 2)) <= 20, (width, peak)
+        # the other beats, away from the window's ends (less context; the detector tapers them)
+        others = torch.cat([cols[10 : (120 - 20) // 4], cols[(200 + 20) // 4 : -10]])
+        assert cols.max() > 2.5 * others.median(), (width, cols.max(), others.median())
+        plain = sr(fe(torch.from_numpy(_beats(5, width, amp, seed=9)[None, None])))[0]
+        assert cols.max() > 1.5 * plain[10:-10].max()  # the same window without its odd beat
+    flat = sr(torch.zeros(1, 1, 7, 101))
+    assert flat.abs().max() == 0
+
+
+def _beat_windows(n: int, width: float, amp: float, odd: int | None = None, seed: int = 0):
+    """``n`` 4 s windows (400 samples at 100 Hz) of :func:`_beats`, ``(n, 1, 400)``."""
+    return np.stack([_beats(5, width, amp, odd, seed + i)[None] for i in range(n)])
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_the_self_reference_finds_an_odd_beat_of_an_unseen_morphology(kind):
+    """Trained on one morphology, every head with the records' self-reference puts the top of
+    another patient's window (wider, smaller beats) on its one odd beat, and scores that
+    patient's plain windows below the window with the odd beat."""
+    cfg = ImageConfig(kind=kind, frontend="spectrogram", encoder_steps=30, head_steps=30,
+                      batch_size=16, width=8, feat_dim=16, dim=16, n_centres=64, spec_rows=7,
+                      self_ref_patch=3, self_ref_exclude=8)  # fmt: skip
+    model = fit_image_detector(_beat_windows(48, 2, 1.0), cfg)
+    assert (model.term_scale > 0).all() and not torch.equal(model.term_scale, torch.ones(2))
+    odd = torch.from_numpy(_beat_windows(6, 4, 0.5, odd=2, seed=100))
+    plain = torch.from_numpy(_beat_windows(6, 4, 0.5, seed=100))
+    with torch.no_grad():
+        point, window = model(odd)
+        _, plain_window = model(plain)
+    peaks = point.argmax(1)
+    assert ((peaks - 200).abs() <= 30).all(), peaks
+    assert window.min() > plain_window.max(), (window, plain_window)
 
 
 def _gain_task(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
