@@ -186,7 +186,8 @@ def test_scores_use_only_what_the_model_sees(cfg):
         with torch.no_grad():
             prompts = [model.prompt_tokens(model.normalise(v) * vis[:, None], vis)
                        for v in (x, x + noise)]  # fmt: skip
-        for a, b in zip(*prompts, strict=True):
+        flat = [[tok] + [t for scale in per_scale for t in scale] for tok, per_scale in prompts]
+        for a, b in zip(*flat, strict=True):  # embeddings, copies, masks, costs, gains
             assert torch.allclose(a, b, atol=1e-5)
 
 
