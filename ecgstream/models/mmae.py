@@ -109,6 +109,9 @@ class MMAEConfig:
     #: costs at the chosen lag and the candidates either side, the copy linearly interpolated
     prompt_subsample: bool = False
     prompt_tau: float = 0.1
+    #: add the output heads' free correction to the combined copy (False: the prediction is the
+    #: combined copy alone, and with ``prompt_gate = "learned"`` the network learns only the gate)
+    prompt_heads: bool = True
 
     @property
     def n_global(self) -> int:
@@ -546,8 +549,10 @@ class MMAE(nn.Module):
         rg, rl = recon[:, :n_hg], recon[:, n_hg:]
         gg = getattr(self, "gate_global", None)
         gl = getattr(self, "gate_local", None)
-        pred_g = self.head_global(rg) + self.copy(prompt_g, hide_g, cfg.segment, rg, gg)
-        pred_l = self.head_local(rl) + self.copy(prompt_l, hide_l, cfg.local_segment, rl, gl)
+        pred_g = self.copy(prompt_g, hide_g, cfg.segment, rg, gg)
+        pred_l = self.copy(prompt_l, hide_l, cfg.local_segment, rl, gl)
+        if cfg.prompt_heads:
+            pred_g, pred_l = pred_g + self.head_global(rg), pred_l + self.head_local(rl)
         return pred_g, pred_l
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -134,36 +134,77 @@ def closed(val: torch.Tensor, train: torch.Tensor) -> None:
                                     f"{step}", r2)), flush=True)  # fmt: skip
 
 
-def train(val: torch.Tensor, train_x, steps: int, variants: list[str], tau: float) -> None:
+def subsample(val: torch.Tensor, train: torch.Tensor, tau: float) -> None:
+    """Lag step 1 with and without the sub-sample refinement (training records first)."""
+    for name, x in (("TRAINING records: ", train), ("", val)):
+        for sub in (False, True):
+            for gate in ("mean", "cost"):
+                over = {"prompt_refine_step": 1, "prompt_subsample": sub, "prompt_gate": gate,
+                        "prompt_tau": tau}  # fmt: skip
+                r2 = masked_r2(zero_heads(MMAE(MMAEConfig(**BASE, **over))), x, batch=8)
+                label = f"{name}copy {gate}{f' tau {tau}' if gate == 'cost' else ''}, lag step 1"
+                print(json.dumps(r2_row(label + (", sub-sample" if sub else ""), r2)), flush=True)
+
+
+def visible_gain(val: torch.Tensor, train: torch.Tensor, tau: float) -> None:
+    """The chosen copy (cost-weighted, lag step 1, sub-sample) with each copy scaled by
+    ``1 + alpha * (gain - 1)``, ``gain`` its least-squares gain on the visible samples around the
+    token (clamped 0-3): the learned gate with fixed weights, no training."""
+    over = {"prompt_refine_step": 1, "prompt_subsample": True, "prompt_gate": "learned",
+            "prompt_tau": tau}  # fmt: skip
+    for name, x in (("TRAINING records: ", train), ("", val)):
+        for alpha in (0.0, 0.25, 0.5, 1.0):
+            model = zero_heads(MMAE(MMAEConfig(**BASE, **over)))
+            ch, d = 2 * model.cfg.prompt_periods, model.cfg.dim
+            with torch.no_grad():
+                for gate in (model.gate_global, model.gate_local):
+                    for c in range(ch):
+                        gate.weight[ch + c, d + ch + c] = alpha
+                        gate.bias[ch + c] = -alpha
+            r2 = masked_r2(model, x, batch=8)
+            print(json.dumps(r2_row(f"{name}copy cost tau {tau}, lag step 1, sub-sample, "
+                                    f"visible gain alpha {alpha}", r2)), flush=True)  # fmt: skip
+
+
+def train(val: torch.Tensor, train_x, steps: int, variants: list[str], tau: float,
+          over: dict) -> None:  # fmt: skip
     for gate in variants:
         torch.manual_seed(0)
-        model = MMAE(MMAEConfig(**BASE, prompt_gate=gate, prompt_tau=tau))
+        model = MMAE(MMAEConfig(**BASE, **over, prompt_gate=gate, prompt_tau=tau))
         before = masked_r2(model, val, batch=8)
         print(json.dumps(r2_row(f"{gate}: copy alone (step 0)", before)), flush=True)
         t0 = time.perf_counter()
         fit_steps(model, train_x, steps, 2e-3, 64)
         seconds = round(time.perf_counter() - t0, 1)
         r2 = masked_r2(model, val, batch=8)
-        print(json.dumps(r2_row(f"{gate}: trained", r2, steps=steps, seconds=seconds)), flush=True)
+        print(json.dumps(r2_row(f"{gate}: trained", r2, steps=steps, seconds=seconds, **over)),
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["closed", "train"])
+    ap.add_argument("what", choices=["closed", "subsample", "gain", "train"])
+    ap.add_argument("--refine-step", type=int, default=1)
+    ap.add_argument("--subsample", action="store_true")
+    ap.add_argument("--no-heads", action="store_true", help="prompt_heads = False")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--val-windows", type=int, default=256)
-    ap.add_argument("--tau", type=float, default=0.1)
+    ap.add_argument("--tau", type=float, default=0.3)
     ap.add_argument("--only", nargs="*", default=["mean", "cost", "learned"])
     args = ap.parse_args()
     torch.set_num_threads(1)  # faster than 2 on a shared 2-core machine
     recs = load_dev()
     train_names = [k for k in recs if k not in VAL]
     val = torch.from_numpy(windows(recs, VAL, args.val_windows, 1))
-    if args.what == "closed":
+    if args.what in ("closed", "subsample", "gain"):
         tr = torch.from_numpy(windows(recs, train_names, args.val_windows, 2))
-        closed(val, tr)
+        {"closed": closed, "subsample": subsample, "gain": visible_gain}[args.what](
+            val, tr, *(() if args.what == "closed" else (args.tau,))
+        )
     else:
-        train(val, windows(recs, train_names, 4096, 0), args.steps, args.only, args.tau)
+        over = {"prompt_refine_step": args.refine_step, "prompt_subsample": args.subsample,
+                "prompt_heads": not args.no_heads}  # fmt: skip
+        train(val, windows(recs, train_names, 4096, 0), args.steps, args.only, args.tau, over)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,18 @@ TINY = MMAEConfig(n_leads=2, window=400, segment=20, local_region=5, dim=32, dep
 PROMPTED = MMAEConfig(n_leads=2, window=400, segment=20, local_region=5, dim=32, depth=1, heads=2,
                       mask_global=0.25, mask_local=0.25, infer_global_masks=4,
                       infer_local_masks=4, prompt_periods=2)  # fmt: skip
+#: PROMPTED with the learned gate over the copies and the lag refined to a fraction of a sample
+GATED = MMAEConfig(**{**PROMPTED.to_dict(), "prompt_refine_step": 1, "prompt_subsample": True,
+                      "prompt_gate": "learned", "prompt_tau": 0.3})  # fmt: skip
+
+
+def _randomise_gates(model):
+    """Non-zero gates (they start at zero) so that tests exercise the learned combination."""
+    with torch.no_grad():
+        for gate in (model.gate_global, model.gate_local):
+            gate.weight.normal_(0.0, 0.1)
+            gate.bias.normal_(0.0, 0.1)
+    return model
 
 
 @pytest.mark.parametrize("leads", [1, 12])
@@ -164,12 +176,14 @@ def test_training_explains_the_hidden_signal(one_thread):
         assert value > copy_only[key] - 0.02, (key, value, copy_only[key])
 
 
-@pytest.mark.parametrize("cfg", [TINY, PROMPTED], ids=["plain", "prompted"])
+@pytest.mark.parametrize("cfg", [TINY, PROMPTED, GATED], ids=["plain", "prompted", "gated"])
 def test_scores_use_only_what_the_model_sees(cfg):
     """Changing the samples hidden in a pass (keeping the window mean) leaves that pass's
     reconstruction, and with the rhythm prompt its prompt, unchanged: the model never reads a
     segment it is asked to reconstruct."""
     model = MMAE(cfg).eval()
+    if cfg.prompt_gate == "learned":
+        _randomise_gates(model)
     x = _synthetic_windows(2, 0, 15000, seed=2)
     p = 1
     hidden = (model.mask_global[p] + model.mask_local[p]) > 0
@@ -246,10 +260,12 @@ def test_every_sample_is_reconstructed_at_both_scales():
     assert not ((model.mask_global > 0) & (model.mask_local > 0)).any()
 
 
-@pytest.mark.parametrize("cfg", [TINY, PROMPTED], ids=["plain", "prompted"])
+@pytest.mark.parametrize("cfg", [TINY, PROMPTED, GATED], ids=["plain", "prompted", "gated"])
 def test_onnx_matches_torch(tmp_path, cfg):
     ort = pytest.importorskip("onnxruntime")
     model = MMAE(cfg).eval()
+    if cfg.prompt_gate == "learned":
+        _randomise_gates(model)
     path = tmp_path / "mmae.onnx"
     x = _synthetic_windows(3, 0, 15000, seed=4)
     torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
