@@ -503,7 +503,7 @@ class MMAE(nn.Module):
         w = gather_tokens(pm.reshape(b, ch, n, seg).permute(0, 2, 1, 3).reshape(b, n, -1), hide)
         w = w.reshape(b, -1, ch, 1, seg)
         if self.cfg.prompt_gate == "mean":
-            return ((v.sum(2) / w.sum(2).clamp_min(1.0))).reshape(b, -1, leads * seg)
+            return (v.sum(2) / w.sum(2).clamp_min(1.0)).reshape(b, -1, leads * seg)
         c = gather_tokens(cost.transpose(1, 2), hide)  # (B, H, C)
         logit = -c / self.cfg.prompt_tau
         if gate is not None and state is not None:
@@ -512,7 +512,11 @@ class MMAE(nn.Module):
             logit = logit + adj[..., :ch]
             # a gain and a shift (times the copy's slope, samples) per copy
             slope = torch.cat(
-                [v[..., 1:2] - v[..., :1], (v[..., 2:] - v[..., :-2]) / 2, v[..., -1:] - v[..., -2:-1]],
+                [
+                    v[..., 1:2] - v[..., :1],
+                    (v[..., 2:] - v[..., :-2]) / 2,
+                    v[..., -1:] - v[..., -2:-1],
+                ],
                 -1,
             )
             v = v * (1 + adj[..., ch : 2 * ch, None, None]) + slope * adj[..., 2 * ch :, None, None]

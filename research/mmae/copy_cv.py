@@ -31,8 +31,12 @@ from research.mmae.data import DATA, DEV, TEST  # noqa: E402
 
 COPIES = {
     "copy_v4": {},
-    "copy_cost_subsample": {"prompt_refine_step": 1, "prompt_subsample": True,
-                            "prompt_gate": "cost", "prompt_tau": 0.3},  # fmt: skip
+    "copy_cost_subsample": {
+        "prompt_refine_step": 1,
+        "prompt_subsample": True,
+        "prompt_gate": "cost",
+        "prompt_tau": 0.3,
+    },  # fmt: skip
 }
 
 
@@ -67,7 +71,9 @@ def main() -> None:
         assert not set(test) & set(TEST)
         fold = {"test": test}
         for name, over in COPIES.items():
-            path = copy_model(args.work / f"mmae-cv{k}.onnx", over, args.work / f"{name}-cv{k}.onnx")
+            path = copy_model(
+                args.work / f"mmae-cv{k}.onnx", over, args.work / f"{name}-cv{k}.onnx"
+            )
             fold[name] = {c: {"beats": n, "auroc": round(a, 4)}
                           for c, (n, a) in class_aurocs(path, DATA, test, args.batch).items()}  # fmt: skip
         results["folds"][str(k)] = fold

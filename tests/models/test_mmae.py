@@ -163,17 +163,23 @@ def test_training_explains_the_hidden_signal_without_prompt(one_thread):
     assert _learned(masked_r2(_train(TINY, 300), val))
 
 
-def test_training_explains_the_hidden_signal(one_thread):
+#: what training must add to the aligned copy's masked R² on held-out windows, at both scales
+ADDS_TO_COPY = 0.02
+
+
+@pytest.mark.parametrize("cfg", [PROMPTED, GATED], ids=["prompted", "gated"])
+def test_training_adds_to_the_copy(one_thread, cfg):
     """With the rhythm prompt the trained model explains most of the hidden signal of held-out
-    windows at both scales, and training keeps what its aligned copy explains before training
-    (the network starts from the copy: zero output heads)."""
+    windows at both scales, and more of it than its aligned copy before training (the network
+    starts from the copy: zero output heads and gates); a network whose training adds nothing
+    to the copy fails. On this regular rhythm 150 steps add about 0.03-0.05."""
     val = _synthetic_windows(64, 10000, 15000, seed=1)
     torch.manual_seed(0)
-    copy_only = masked_r2(MMAE(PROMPTED), val)
-    r2 = masked_r2(_train(PROMPTED, 40), val)
+    copy_only = masked_r2(MMAE(cfg), val)
+    r2 = masked_r2(_train(cfg, 150), val)
     assert _learned(r2), r2
     for key, value in r2.items():
-        assert value > copy_only[key] - 0.02, (key, value, copy_only[key])
+        assert value > copy_only[key] + ADDS_TO_COPY, (key, value, copy_only[key])
 
 
 @pytest.mark.parametrize("cfg", [TINY, PROMPTED, GATED], ids=["plain", "prompted", "gated"])
