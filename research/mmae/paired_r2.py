@@ -70,8 +70,8 @@ def main() -> None:
         gain = (sc.sum() - sp.sum()) / sz.sum()
         boot = (sc[draws].sum(1) - sp[draws].sum(1)) / sz[draws].sum(1)
         out[scale] = {
-            "r2_trained": round(1 - sp.sum() / sz.sum(), 4),
-            "r2_copy": round(1 - sc.sum() / sz.sum(), 4),
+            "r2_trained": round(float(1 - sp.sum() / sz.sum()), 4),
+            "r2_copy": round(float(1 - sc.sum() / sz.sum()), 4),
             "gain": round(float(gain), 4),
             "gain_95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
             "windows_better": round(float((sp < sc).mean()), 3),
