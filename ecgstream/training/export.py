@@ -317,9 +317,12 @@ def _model_lines(spec: ModelSpec) -> list[str]:
             f"; rhythm prompt: every token also sees the visible signal 1 to "
             f"{p.get('prompt_periods')} beat periods before and after it, aligned per token"
             + (
-                f" (lag steps of {p.get('prompt_refine_step')} sample"
+                f" (lag steps of {p['prompt_refine_step']} sample"
+                + ("s" if p["prompt_refine_step"] != 1 else "")
                 + (", refined below one sample" if p.get("prompt_subsample") else "")
                 + ")"
+                if "prompt_refine_step" in p
+                else ""
             )
             + {
                 "cost": f", and the heads correct those copies weighted by their match cost "
