@@ -99,6 +99,19 @@ class MMAEConfig:
     prompt_refine: int = 10
     prompt_refine_step: int = 2
     prompt_margin: int = 20
+    #: how the aligned copies are combined into the copy the heads correct: "mean" (plain mean of
+    #: the available copies), "cost" (weights ``exp(-cost / prompt_tau)`` from each copy's match
+    #: cost on the visible samples around the token), "learned" (those weights, plus a gain and a
+    #: shift per copy, corrected by the network from the hidden token's decoder state and every
+    #: copy's cost and least-squares gain on the visible context; starts at "cost")
+    prompt_gate: str = "mean"
+    #: refine each token's chosen lag below one sample: the vertex of the parabola through the
+    #: costs at the chosen lag and the candidates either side, the copy linearly interpolated
+    prompt_subsample: bool = False
+    prompt_tau: float = 0.1
+    #: add the output heads' free correction to the combined copy (False: the prediction is the
+    #: combined copy alone, and with ``prompt_gate = "learned"`` the network learns only the gate)
+    prompt_heads: bool = True
 
     @property
     def n_global(self) -> int:
@@ -142,6 +155,12 @@ class MMAEConfig:
             )
         if self.prompt_periods and not (self.prompt_refine_step > 0 and self.prompt_refine >= 0):
             raise ValueError("prompt_refine must be >= 0 and prompt_refine_step > 0")
+        if self.prompt_gate not in ("mean", "cost", "learned"):
+            raise ValueError(
+                f"prompt_gate must be 'mean', 'cost' or 'learned', not {self.prompt_gate!r}"
+            )
+        if self.prompt_periods and self.prompt_gate != "mean" and not self.prompt_tau > 0:
+            raise ValueError(f"prompt_tau must be > 0, got {self.prompt_tau}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -292,6 +311,13 @@ class MMAE(nn.Module):
             self.prompt_offset_list = [float(o) for o in offsets.tolist()]
             mult = [(1 if i % 2 == 0 else -1) * (i // 2 + 1) for i in range(ch)]
             self.register_buffer("prompt_mult", torch.tensor(mult).float(), persistent=False)
+            if cfg.prompt_gate == "learned":  # per hidden token: copy weights and gains
+                self.gate_global = nn.Linear(d + 2 * ch, 3 * ch)
+                self.gate_local = nn.Linear(d + 2 * ch, 3 * ch)
+                with torch.no_grad():  # start from the cost-weighted copy
+                    for gate in (self.gate_global, self.gate_local):
+                        gate.weight.zero_()
+                        gate.bias.zero_()
             with torch.no_grad():  # start from the aligned copy; training learns its correction
                 for head in (self.head_global, self.head_local):
                     head.weight.zero_()
@@ -359,12 +385,15 @@ class MMAE(nn.Module):
         profile = torch.stack(num, 1) / (torch.stack(den, 1) + 1e-6)
         return first_period(profile, self.env_lags)
 
-    def prompt(self, x: torch.Tensor, vis: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Aligned prompt values ``(B, L, C, T)`` and visibility ``(B, C, T)`` for the tokens of
-        each scale (global, then local), ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P,
-        ...). ``x`` must be zero where hidden. Per token and direction, the lag within
-        ``j * P +- prompt_refine`` whose shifted visible signal best matches the visible samples
-        in and around the token (the first such lag on ties).
+    def prompt(self, x: torch.Tensor, vis: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per scale (global, then local): aligned prompt values ``(B, L, C, T)``, their
+        visibility ``(B, C, T)``, and per token and direction the match cost ``(B, C, n)`` and the
+        least-squares gain ``(B, C, n)`` of the copy on the visible samples around the token;
+        ``C = 2 * prompt_periods`` directions (-P, +P, -2P, +2P, ...). ``x`` must be zero where
+        hidden. Per token and direction, the lag within ``j * P +- prompt_refine`` whose shifted
+        visible signal best matches the visible samples in and around the token (the first such
+        lag on ties); its cost is the squared difference over the energy of both, plus 10 where
+        fewer than 10 % of the samples around the token are visible in both.
 
         The lag candidates are tried one after the other and each token keeps a running best
         (cost and lag); the chosen lags are gathered once at full rate. Memory is that of one
@@ -377,12 +406,10 @@ class MMAE(nn.Module):
         base = self.prompt_mult[None] * self.beat_period(x, vis)  # (B, C) samples
         sign = torch.sign(self.prompt_mult)[None]
 
-        def pool(v: torch.Tensor, seg: int) -> torch.Tensor:  # token span +- margin: (B, C, n)
-            v = F.avg_pool1d(v.reshape(-1, 1, t), seg + 2 * m, seg, m)
-            return v.reshape(b, ch, t // seg)
-
         segs = (cfg.segment, cfg.local_segment)
         best: list[tuple[torch.Tensor, torch.Tensor]] = []  # per scale: cost, offset (B, C, n)
+        # sub-sample refinement: per scale the costs of the candidates before and after the best
+        side: list[list[torch.Tensor]] = []  # previous cost, cost before best, after, best is new
         for offset in self.prompt_offset_list:
             xs, vs = shift_visible(x, vis, base + sign * offset)
             both = vs * vis[:, None]  # (B, C, T)
@@ -394,32 +421,108 @@ class MMAE(nn.Module):
                 cost = p[:, 0] / (p[:, 1] + 1e-4) + (p[:, 2] < 0.1).to(x.dtype) * 10.0
                 if len(best) <= i:
                     best.append((cost, torch.zeros_like(cost) + offset))
+                    if cfg.prompt_subsample:
+                        far = torch.full_like(cost, 100.0)
+                        side.append([cost, far, far, torch.ones_like(cost, dtype=torch.bool)])
                     continue
                 better = cost < best[i][0]  # strict: the first candidate wins ties, as argmin
                 best[i] = (
                     torch.where(better, cost, best[i][0]),
                     torch.where(better, torch.zeros_like(cost) + offset, best[i][1]),
                 )
-        # one full-rate gather per scale, at each token's chosen lag
-        return [
-            shift_visible(x, vis, base[..., None] + sign[..., None] * off.repeat_interleave(seg, 2))
-            for (_, off), seg in zip(best, segs, strict=True)
-        ]
+                if cfg.prompt_subsample:
+                    prev, before, after, fresh = side[i]
+                    after = torch.where(fresh, cost, after)
+                    before = torch.where(better, prev, before)
+                    after = torch.where(better, torch.full_like(cost, 100.0), after)
+                    side[i] = [cost, before, after, better]
+        out = []
+        for i, ((cost, off), seg) in enumerate(zip(best, segs, strict=True)):
+            if cfg.prompt_subsample:  # vertex of the parabola, within half a step
+                _, before, after, _ = side[i]
+                curv = before - 2 * cost + after
+                ok = (before < 5.0) & (after < 5.0) & (curv > 1e-6)
+                step = cfg.prompt_refine_step
+                delta = (step * (before - after) / (2 * curv.clamp_min(1e-6))).clamp(
+                    -step / 2, step / 2
+                )
+                off = off + torch.where(ok, delta, torch.zeros_like(delta))
+            # one full-rate gather per scale, at each token's chosen lag
+            lag = base[..., None] + sign[..., None] * off.repeat_interleave(seg, 2)
+            if cfg.prompt_subsample:  # x(t - lag) linearly interpolated between two samples
+                lo = torch.floor(lag)
+                frac = lag - lo
+                pv0, pm0 = shift_visible(x, vis, lo)
+                pv1, pm1 = shift_visible(x, vis, lo + 1.0)
+                both = (pm0 * pm1)[:, None]
+                near = frac < 0.5
+                pv = both * ((1 - frac[:, None]) * pv0 + frac[:, None] * pv1) + (1 - both) * (
+                    torch.where(near[:, None], pv0, pv1)
+                )
+                pm = torch.where(near, pm0, pm1)
+            else:
+                pv, pm = shift_visible(x, vis, lag)
+            if cfg.prompt_gate == "learned":  # gain of the copy on the visible context
+                both = pm * vis[:, None]
+                xy = (x[:, :, None] * pv).sum(1) * both
+                yy = (pv**2).sum(1) * both
+                p = F.avg_pool1d(torch.stack([xy, yy], 1).reshape(-1, 1, t), seg + 2 * m, seg, m)
+                p = p.reshape(b, 2, ch, t // seg)
+                gain = (p[:, 0] / (p[:, 1] + 1e-4)).clamp(0.0, 3.0)
+            else:
+                gain = torch.ones_like(cost)
+            out.append((pv, pm, cost, gain))
+        return out
 
-    def prompt_tokens(
-        self, x: torch.Tensor, vis: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt embeddings of the tokens of both scales ``(B, N, D)`` and, per scale, the mean of
-        the available aligned copies ``(B, L, T)`` (zero where none is visible)."""
-        out, copies = [], []
+    def prompt_tokens(self, x: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Prompt embeddings of the tokens of both scales ``(B, N, D)`` and, per scale, the
+        prompt (:meth:`prompt`) from which the heads' copy is made."""
+        out = []
         scales = (self.cfg.segment, self.cfg.local_segment)
         embeds = (self.embed_prompt_global, self.embed_prompt_local)
-        for seg, embed, (pv, pm) in zip(scales, embeds, self.prompt(x, vis), strict=True):
+        prompts = self.prompt(x, vis)
+        for seg, embed, (pv, pm, _, _) in zip(scales, embeds, prompts, strict=True):
             b, leads, ch, t = pv.shape
             feats = torch.cat([pv.reshape(b, leads * ch, t), pm], 1)
             out.append(embed(self.segments(feats, seg)))
-            copies.append(pv.sum(2) / pm.sum(1, keepdim=True).clamp_min(1.0))
-        return torch.cat(out, 1), copies[0], copies[1]
+        return torch.cat(out, 1), prompts
+
+    def copy(
+        self, prompt: tuple[torch.Tensor, ...], hide: torch.Tensor, seg: int,
+        state: torch.Tensor | None = None, gate: nn.Module | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """The copy the heads correct at the hidden tokens ``hide`` ``(B, H)`` of one scale,
+        ``(B, H, L * seg)``: the available aligned copies combined by ``prompt_gate`` (the
+        decoder's ``state`` ``(B, H, D)`` and ``gate`` are used by ``"learned"``)."""
+        pv, pm, cost, gain = prompt
+        b, leads, ch, t = pv.shape
+        n = t // seg
+        v = gather_tokens(pv.permute(0, 2, 1, 3).reshape(b, ch * leads, n, seg)
+                          .permute(0, 2, 1, 3).reshape(b, n, -1), hide)  # fmt: skip
+        v = v.reshape(b, -1, ch, leads, seg)  # (B, H, C, L, seg)
+        w = gather_tokens(pm.reshape(b, ch, n, seg).permute(0, 2, 1, 3).reshape(b, n, -1), hide)
+        w = w.reshape(b, -1, ch, 1, seg)
+        if self.cfg.prompt_gate == "mean":
+            return (v.sum(2) / w.sum(2).clamp_min(1.0)).reshape(b, -1, leads * seg)
+        c = gather_tokens(cost.transpose(1, 2), hide)  # (B, H, C)
+        logit = -c / self.cfg.prompt_tau
+        if gate is not None and state is not None:
+            g = gather_tokens(gain.transpose(1, 2), hide)
+            adj = gate(torch.cat([state, c.clamp_max(2.0), g], -1))  # (B, H, 3C): starts at 0
+            logit = logit + adj[..., :ch]
+            # a gain and a shift (times the copy's slope, samples) per copy
+            slope = torch.cat(
+                [
+                    v[..., 1:2] - v[..., :1],
+                    (v[..., 2:] - v[..., :-2]) / 2,
+                    v[..., -1:] - v[..., -2:-1],
+                ],
+                -1,
+            )
+            v = v * (1 + adj[..., ch : 2 * ch, None, None]) + slope * adj[..., 2 * ch :, None, None]
+        logit = logit - logit.amax(-1, keepdim=True)
+        wt = torch.exp(logit)[..., None, None] * w  # (B, H, C, 1, seg)
+        return ((wt * v).sum(2) / wt.sum(2).clamp_min(1e-6)).reshape(b, -1, leads * seg)
 
     def _hidden_samples(self, hide_g: torch.Tensor, hide_l: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` 1 where a sample is hidden at either scale (training masks)."""
@@ -441,16 +544,19 @@ class MMAE(nn.Module):
         b = xn.shape[0]
         xv = xn * vis[:, None]  # hidden samples never reach the prompt
         tokens, pos, _, _ = self.tokens(xv)
-        ptok, copy_g, copy_l = self.prompt_tokens(xv, vis)
+        ptok, (prompt_g, prompt_l) = self.prompt_tokens(xv, vis)
         pos = pos.expand(b, -1, -1)
         memory = self.core.encode(gather_tokens(tokens + ptok + pos, keep))
         hide_tok = torch.cat([hide_g, hide_l + cfg.n_global], 1)
         recon = self.core.decode(memory, gather_tokens(pos + ptok, hide_tok))
         n_hg = hide_g.shape[1]
-        pred_g = self.head_global(recon[:, :n_hg])
-        pred_g = pred_g + gather_tokens(self.segments(copy_g, cfg.segment), hide_g)
-        pred_l = self.head_local(recon[:, n_hg:])
-        pred_l = pred_l + gather_tokens(self.segments(copy_l, cfg.local_segment), hide_l)
+        rg, rl = recon[:, :n_hg], recon[:, n_hg:]
+        gg = getattr(self, "gate_global", None)
+        gl = getattr(self, "gate_local", None)
+        pred_g = self.copy(prompt_g, hide_g, cfg.segment, rg, gg)
+        pred_l = self.copy(prompt_l, hide_l, cfg.local_segment, rl, gl)
+        if cfg.prompt_heads:
+            pred_g, pred_l = pred_g + self.head_global(rg), pred_l + self.head_local(rl)
         return pred_g, pred_l
 
     def loss(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

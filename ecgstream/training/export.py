@@ -315,8 +315,22 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         f"(global) / {p.get('mask_local')} (local)"
         + (
             f"; rhythm prompt: every token also sees the visible signal 1 to "
-            f"{p.get('prompt_periods')} beat periods before and after it, aligned per token, and "
-            "the heads correct the mean of those copies"
+            f"{p.get('prompt_periods')} beat periods before and after it, aligned per token"
+            + (
+                f" (lag steps of {p['prompt_refine_step']} sample"
+                + ("s" if p["prompt_refine_step"] != 1 else "")
+                + (", refined below one sample" if p.get("prompt_subsample") else "")
+                + ")"
+                if "prompt_refine_step" in p
+                else ""
+            )
+            + {
+                "cost": f", and the heads correct those copies weighted by their match cost "
+                f"(tau {p.get('prompt_tau')})",
+                "learned": f", combined by a learned gate (weight, gain and shift per copy, "
+                f"starting at weights from their match cost, tau {p.get('prompt_tau')})"
+                + (", which the heads correct" if p.get("prompt_heads", True) else ""),
+            }.get(p.get("prompt_gate", "mean"), ", and the heads correct the mean of those copies")
             if p.get("prompt_periods")
             else ""
         ),
