@@ -509,25 +509,14 @@ def write_thresholds(model_path: str | Path, warning: float, critical: float) ->
     """Set the ``default``/``warning`` and ``critical`` alert thresholds (calibrated units) in
     the metadata of an exported model, leaving its graph and other metadata as they are;
     returns the new thresholds. Refresh ``SHA256SUMS`` afterwards for a shipped model."""
-    import onnx
-
-    from ecgstream.runtime.model_file import SPEC_KEY, ModelSpec
+    from ecgstream.runtime.model_file import read_spec, update_spec
 
     if not 0 < warning < critical:
         raise ValueError(f"need 0 < warning < critical, got {warning} and {critical}")
-    model = onnx.load(str(model_path))
-    for entry in model.metadata_props:
-        if entry.key == SPEC_KEY:
-            spec = ModelSpec.from_json(entry.value)
-            spec.thresholds = {
-                **spec.thresholds,
-                "default": float(warning),
-                "warning": float(warning),
-                "critical": float(critical),
-            }
-            entry.value = spec.to_json()
-            break
-    else:
-        raise ValueError(f"{model_path}: no ecgstream metadata ({SPEC_KEY}) in this model")
-    onnx.save(model, str(model_path))
-    return spec.thresholds
+    thresholds = {
+        **read_spec(model_path).thresholds,
+        "default": float(warning),
+        "warning": float(warning),
+        "critical": float(critical),
+    }
+    return update_spec(model_path, thresholds=thresholds).thresholds

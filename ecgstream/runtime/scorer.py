@@ -109,6 +109,7 @@ class Scorer:
                 f"it takes {inputs} and gives {outputs}"
             )
         #: the model's per-stream history term (:mod:`ecgstream.runtime.history`), None without
+        #: one; read before the stepper, which wraps it
         self.history: History | None = load_history(self)
         #: how the model scores a stream window after window, None without a stream step
         #: (see :mod:`ecgstream.runtime.stepping`); the pipeline then uses the main graph

@@ -55,9 +55,8 @@ def load_stepper(scorer: Scorer, threads: int = 1) -> StreamStepper | None:
         if key in meta:
             stepper = load(scorer, meta[key], threads)
             break
-    history = load_history(scorer)
-    if history is not None:
-        return HistoryStepper(scorer, stepper or WholeWindows(scorer), history)
+    if scorer.history is not None:  # built by the Scorer with :func:`load_history`
+        return HistoryStepper(scorer, stepper or WholeWindows(scorer), scorer.history)
     return stepper
 
 
