@@ -45,6 +45,7 @@ __all__ = [
     "HISTORY_FORMAT",
     "envelope",
     "snippets",
+    "relative_distances",
     "nearest_term",
     "top_mean",
 ]
@@ -96,13 +97,13 @@ def snippets(env: np.ndarray, centres: np.ndarray, before: int, after: int) -> n
     return env[..., idx]
 
 
-def nearest_term(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
-    """Each snippet's squared distance to its nearest bank row, over the two snippets' energy.
+def relative_distances(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
+    """Each snippet's squared distance to every bank row, over the two snippets' energy.
 
     ``snips`` ``(b, n, L)``, ``bank`` ``(b, m, L)`` (one bank per row of the batch) and its
-    rows' mean squares ``bank_sq`` ``(b, m)`` (``inf`` marks an empty row) -> ``(b, n)``:
-    ``min_j mean((a - b_j)^2) / (mean(a^2) + mean(b_j^2) + 1e-4)``, as one matrix product
-    (float32, in place: the ``(b, n, m)`` array is the cost).
+    rows' mean squares ``bank_sq`` ``(b, m)`` (``inf`` marks an empty row) -> ``(b, n, m)``
+    float32: ``mean((a - b_j)^2) / (mean(a^2) + mean(b_j^2) + 1e-4)``, ``inf`` at empty rows,
+    as one matrix product (in place: the ``(b, n, m)`` array is the cost).
     """
     a = np.asarray(snips, np.float32)
     length = a.shape[-1]
@@ -118,7 +119,12 @@ def nearest_term(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np
     rel /= den
     if not full.all():
         rel[np.broadcast_to(~full[:, None, :], rel.shape)] = np.inf
-    return rel.min(-1).astype(np.float64)
+    return rel
+
+
+def nearest_term(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
+    """Each snippet's :func:`relative_distances` to its nearest bank row ``(b, n)``."""
+    return relative_distances(snips, bank, bank_sq).min(-1).astype(np.float64)
 
 
 def top_mean(values: np.ndarray, frac: float) -> np.ndarray:

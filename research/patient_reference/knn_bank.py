@@ -64,15 +64,7 @@ def kth_term(k: int):
     def term(snips: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
         if k == 1:
             return SHIPPED_NEAREST(snips, bank, bank_sq)
-        a = np.asarray(snips, np.float32)
-        length = a.shape[-1]
-        a_sq = (a * a).mean(-1)
-        full = np.isfinite(bank_sq)
-        b_sq = np.where(full, bank_sq, 0.0).astype(np.float32)
-        rel = np.matmul(a, bank.transpose(0, 2, 1)) * np.float32(-2.0 / length)
-        den = a_sq[..., None] + b_sq[:, None, :]
-        rel = np.maximum(rel + den, 0.0) / (den + np.float32(1e-4))
-        rel[np.broadcast_to(~full[:, None, :], rel.shape)] = np.inf
+        rel = history.relative_distances(snips, bank, bank_sq)
         kk = min(k, rel.shape[-1]) - 1
         return np.partition(rel, kk, axis=-1)[..., kk].astype(np.float64)
 
