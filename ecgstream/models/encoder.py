@@ -209,8 +209,10 @@ class ImageDetector(nn.Module):
 
     def tokens(self, windows: torch.Tensor) -> torch.Tensor:
         """Standardised frozen tokens ``(B, rows' * cols', D)`` of windows ``(B, L, W)``."""
-        feat = self.encoder(self.frontend(windows))
-        tok = feat.flatten(2).transpose(1, 2)
+        return self._image_tokens(self.frontend(windows))
+
+    def _image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        tok = self.encoder(image).flatten(2).transpose(1, 2)
         return (tok - self.feat_mean) / self.feat_std
 
     @torch.no_grad()
@@ -251,10 +253,8 @@ class ImageDetector(nn.Module):
     def terms(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Head score map ``(B, rows', cols')`` and self-reference column score ``(B, cols)`` (or None)."""
         image = self.frontend(windows)
-        feat = self.encoder(image)
-        tok = (feat.flatten(2).transpose(1, 2) - self.feat_mean) / self.feat_std
         own = self.self_ref(image) if self.self_ref is not None else None
-        return self.score_map_of_tokens(tok), own
+        return self.score_map_of_tokens(self._image_tokens(image)), own
 
     @torch.no_grad()
     def fit_term_scale(self, windows: torch.Tensor, batch: int = 256) -> None:

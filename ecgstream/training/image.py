@@ -351,9 +351,7 @@ def build_detector(spec: ModelSpec) -> ImageDetector:
     fields = {k: v for k, v in p.items() if k in ImageConfig.__dataclass_fields__}
     cfg = ImageConfig(**{"encoder_norm": "group", **fields})
     frontend = build_frontend(p, len(spec.leads), spec.window)
-    with torch.no_grad():
-        shape = tuple(frontend(torch.zeros(1, len(spec.leads), spec.window)).shape[1:])
-    encoder = _build_encoder(cfg, shape)
+    encoder = _build_encoder(cfg, frontend.image_shape())
     if p.get("point_relative"):
         raise ValueError(
             "this model scores points relative to the window's median column, an option since "
