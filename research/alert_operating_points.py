@@ -43,6 +43,16 @@ def study_folds(runs: list) -> list[list]:
     return [[by_name[name] for name in fold] for fold in MITDB_CV_FOLDS]
 
 
+def fold_held_out(folds: list[list], i: int, target: float, cfg: AlertConfig):
+    """Fold ``i`` of ``folds`` (lists of ``(replay, events)``) at the operating point chosen on
+    the other folds for ``target`` false alerts per monitor-hour: the other folds' runs, the
+    operating point (:func:`operating_point`) and fold ``i``'s runs with their anomaly alerts
+    re-decided at it (``rescore``)."""
+    train = [r for j, f in enumerate(folds) if j != i for r in f]
+    op = operating_point(train, target, cfg)
+    return train, op, [(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in folds[i]]
+
+
 def arguments():
     """``folder``, ``--target`` (false alerts per monitor-hour) and ``--out`` of the alert studies."""
     ap = argparse.ArgumentParser()
@@ -65,9 +75,8 @@ def main() -> None:
     held, replayed = [], []
     out = {"target_per_hour": args.target, "folds": []}
     for i, test in enumerate(folds):
-        train = [r for j, f in enumerate(folds) if j != i for r in f]
-        op = operating_point(train, args.target, cfg)
-        rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in test]
+        _, op, rescored = fold_held_out(folds, i, args.target, cfg)
+        rows = [score_record(r, ev) for r, ev in rescored]
         thresholds = (op["warning"], op["critical"])
         again = [
             score_record(replay_record(scorer, paths[r.name], cfg, thresholds), ev)

@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from alert_operating_points import arguments, dev_replays, study_folds  # a sibling script
+from alert_operating_points import arguments, dev_replays, fold_held_out, study_folds  # a sibling
 
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.evaluation.alerts import (
-    operating_point,
     pool,
-    rescore,
     score_record,
 )
 from ecgstream.runtime.scorer import Scorer
@@ -42,10 +40,8 @@ def cross_validate(runs: list, cfg: AlertConfig, target: float) -> dict:
     """Held-out figures of policy ``cfg`` over 5 folds of the replayed ``runs``."""
     folds = study_folds(runs)
     held, per_fold, messages = [], [], 0
-    for i, test in enumerate(folds):
-        train = [r for j, f in enumerate(folds) if j != i for r in f]
-        op = operating_point(train, target, cfg)
-        again = [(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in test]
+    for i in range(len(folds)):
+        _, op, again = fold_held_out(folds, i, target, cfg)
         rows = [score_record(r, ev) for r, ev in again]
         messages += sum(1 for r, _ in again for m in r.messages if m["kind"] == "anomaly")
         p = pool(rows)

@@ -9,7 +9,7 @@ import pickle
 from pathlib import Path
 
 from ecgstream.training.config import TrainConfig
-from ecgstream.training.trainer import prepare_data
+from ecgstream.training.trainer import build_model, load_checkpoint, prepare_data
 
 DEV = [
     "108",
@@ -49,3 +49,15 @@ def load_dev() -> dict:
 if __name__ == "__main__":
     recs = load_dev()
     print({k: v.x.shape for k, v in recs.items()})
+
+
+def trained_model(checkpoint: str | Path):
+    """The MMAE-ECG network of a training checkpoint (``last.pt``, ``model.pt``, ...), with the
+    training configuration it was saved with."""
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig(
+        **{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+    )
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model

@@ -16,9 +16,7 @@ import json
 import torch
 
 from ecgstream.models.mmae import MMAE, MMAEConfig, masked_r2
-from ecgstream.training.config import TrainConfig
-from ecgstream.training.trainer import build_model, load_checkpoint
-from research.mmae.data import VAL, load_dev
+from research.mmae.data import VAL, load_dev, trained_model
 from research.mmae.plateau import windows
 
 
@@ -28,12 +26,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    state = load_checkpoint(args.checkpoint)
-    cfg = TrainConfig(
-        **{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
-    )
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    model = trained_model(args.checkpoint)
     x = torch.from_numpy(windows(load_dev(), VAL, args.windows, 1))
     out = {"model": {k: round(v, 4) for k, v in masked_r2(model, x, batch=16).items()}}
     for scale in ("global", "local"):  # SSE_mean / SSE_zero = (1 - r2_zero) / (1 - r2_mean)

@@ -17,9 +17,7 @@ import json
 import numpy as np
 import torch
 
-from ecgstream.training.config import TrainConfig
-from ecgstream.training.trainer import build_model, load_checkpoint
-from research.mmae.data import VAL, load_dev
+from research.mmae.data import VAL, load_dev, trained_model
 from research.mmae.plateau import windows
 
 
@@ -48,12 +46,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    state = load_checkpoint(args.checkpoint)
-    cfg = TrainConfig(
-        **{k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
-    )
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    model = trained_model(args.checkpoint)
     x = torch.from_numpy(windows(load_dev(), VAL, args.windows, 1))
     trained = per_window_sse(model, x)
     with torch.no_grad():

@@ -53,7 +53,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/: sibling studies
-from alert_operating_points import study_folds  # noqa: E402
+from alert_operating_points import fold_held_out, study_folds  # noqa: E402
 from choose_weight import (  # noqa: E402
     HALF_S,
     brief,
@@ -64,7 +64,6 @@ from choose_weight import (  # noqa: E402
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.evaluation.alerts import (
     V_SYMBOLS,
-    operating_point,
     pool,
     reference_events,
     replay_record,
@@ -316,11 +315,8 @@ def main() -> None:
             g, w = (0.0, 0.0) if v == "none" else fold_weight(vp, train)[1:3]
             beat_rows.append(collected(vp, held, w))
             by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
-            test = by_fold[k]
-            tr = [r for j, f in enumerate(by_fold) if j != k for r in f]
-            op = operating_point(tr, args.target, cfg)
-            rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev)
-                    for r, ev in test]  # fmt: skip
+            _, op, rescored = fold_held_out(by_fold, k, args.target, cfg)
+            rows = [score_record(r, ev) for r, ev in rescored]
             p = pool(rows)
             held_rows += rows
             fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],

@@ -36,18 +36,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/: sibling studies
-from alert_operating_points import study_folds
+from alert_operating_points import fold_held_out, study_folds
 from choose_weight import MODEL, brief, collected, fold_weight, record_parts
 from clean_bank import with_scores
 
 import ecgstream.runtime.history as history
 from ecgstream.alerts.state import AlertConfig
 from ecgstream.evaluation.alerts import (
-    operating_point,
     pool,
     reference_events,
     replay_record,
-    rescore,
     score_record,
 )
 from ecgstream.evaluation.crossval import figures, merge, spread
@@ -103,10 +101,8 @@ def main() -> None:
             g, w = (0.0, 0.0) if v == "none" else fold_weight(vp, train)[1:3]
             beat_rows.append(collected(vp, held, w))
             by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
-            tr = [r for i, f in enumerate(by_fold) if i != j for r in f]
-            op = operating_point(tr, args.target, cfg)
-            rows = [score_record(rescore(r, op["warning"], op["critical"], cfg), ev)
-                    for r, ev in by_fold[j]]  # fmt: skip
+            _, op, rescored = fold_held_out(by_fold, j, args.target, cfg)
+            rows = [score_record(r, ev) for r, ev in rescored]
             p = pool(rows)
             held_rows += rows
             fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],

@@ -2,10 +2,11 @@
 
 Replays each record through :class:`ecgstream.streaming.pipeline.Pipeline` (stream start 0, so
 times are seconds from the record start) with the shipped model and saves ``OUT/<record>.npz``:
-``start_s``, ``end_s`` (window times, s), ``score`` (calibrated window score), ``point``
-(calibrated point scores, ``(windows, window samples)`` at the model rate, float32) and
-``windows`` (the preprocessed windows), plus the reference beats (``beat_t`` s, ``beat_sym``)
-and ventricular runs (``v_runs``, ``(n, 2)`` s).
+``index`` (window start samples at the model rate), ``start_s``, ``end_s`` (window times, s),
+``score`` (calibrated window score), ``point`` (calibrated point scores, ``(windows, window
+samples)`` at the model rate, float32) and ``windows`` (the preprocessed windows), plus the
+reference beats (``beat_t`` s, ``beat_sym``) and ventricular runs (``v_runs``, ``(n, 2)`` s).
+Used to study alert settings without running the model again.
 
     python research/ventricular_runs/cache.py ../shared/data/mitdb-ds1 --out /tmp/vruns
 """
@@ -30,7 +31,7 @@ def cache_record(scorer: Scorer, path: Path, out: Path) -> None:
     (s,) = plan_streams([str(path)])
     pipe = Pipeline(scorer, keep_scores=True)
     norm = scorer.spec.score_norm
-    a, b, sc, pts, wins = [], [], [], [], []
+    idx, a, b, sc, pts, wins = [], [], [], [], [], []
     for chunk in record_chunks(s.stream, s.record, 0.0):
         prep = pipe.prepare([Incoming(chunk)], now=0.0)
         for _, w in prep.parts:
@@ -42,12 +43,14 @@ def cache_record(scorer: Scorer, path: Path, out: Path) -> None:
             )
         res = pipe.complete(prep, inf)
         for r in res.scores:
+            idx.append(r["window"])
             a.append(r["start_s"])
             b.append(r["end_s"])
             sc.append(r["score"])
     ev = reference_events(path)
     np.savez_compressed(
         out / f"{s.stream}.npz",
+        index=np.array(idx),
         start_s=np.array(a),
         end_s=np.array(b),
         score=np.array(sc),

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "patient_reference"
 from clean_bank import MODEL, CleanHistory  # noqa: E402
 
 from ecgstream.alerts.state import AlertConfig, AnomalyMachine  # noqa: E402
-from ecgstream.evaluation.alerts import operating_point, pool, rescore, score_record  # noqa: E402
+from ecgstream.evaluation.alerts import pool, rescore, score_record  # noqa: E402
 from ecgstream.runtime.scorer import Scorer  # noqa: E402
 from ecgstream.signals.preprocess import preprocess  # noqa: E402
 from ecgstream.signals.records import read_record, select_leads  # noqa: E402
 from ecgstream.signals.windows import frame, window_starts  # noqa: E402
-from research.alert_operating_points import dev_replays, study_folds  # noqa: E402
+from research.alert_operating_points import dev_replays, fold_held_out, study_folds  # noqa: E402
 
 VARIANTS = (("shipped", 0.1), ("shipped", 0.2), ("fixed5", 0.2), ("fixed5-nogate", 0.2))
 
@@ -87,9 +87,8 @@ def main() -> None:
             return with_departure(r, ev, share[r.name], parts[r.name]["t0"], th, cfg)
 
         held, thetas = [], []
-        for k, fold in enumerate(folds):
-            train = [x for j, f in enumerate(folds) if j != k for x in f]
-            op = operating_point(train, 1.0, cfg)
+        for k in range(len(folds)):
+            train, op, rescored = fold_held_out(folds, k, 1.0, cfg)
             base = [(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in train]
             theta = next(
                 (th for th in np.round(np.arange(0.30, 1.0001, 0.05), 2)
@@ -98,10 +97,7 @@ def main() -> None:
                 1.01,
             )  # fmt: skip
             thetas.append(float(theta))
-            held += [
-                score_record(plus(rescore(r, op["warning"], op["critical"], cfg), ev, theta), ev)
-                for r, ev in fold
-            ]
+            held += [score_record(plus(r, ev, theta), ev) for r, ev in rescored]
         p = pool(held)
         missed = {r["record"]: r["v_runs"] - r["v_runs_alerted"] for r in held
                   if r["v_runs_alerted"] < r["v_runs"]}  # fmt: skip

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ecgstream.alerts.state import AlertConfig
-from ecgstream.evaluation.alerts import operating_point, pool, rescore, score_record
+from ecgstream.evaluation.alerts import pool, score_record
 from ecgstream.runtime.scorer import Scorer
 from ecgstream.streaming.worker import find_model
-from research.alert_operating_points import dev_replays, study_folds
+from research.alert_operating_points import dev_replays, fold_held_out, study_folds
 
 
 def low_share(windows: np.ndarray, fs: float, below_hz: float = 1.0) -> np.ndarray:
@@ -59,12 +59,9 @@ def main() -> None:
     for level in map(float, args.levels.split(",")):
         folds = study_folds([(gated(r, share[r.name], level), ev) for r, ev in runs])
         held = []
-        for k, fold in enumerate(folds):
-            train = [x for j, f in enumerate(folds) if j != k for x in f]
-            op = operating_point(train, 1.0, cfg)
-            held += [
-                score_record(rescore(r, op["warning"], op["critical"], cfg), ev) for r, ev in fold
-            ]
+        for k in range(len(folds)):
+            _, _, rescored = fold_held_out(folds, k, 1.0, cfg)
+            held += [score_record(r, ev) for r, ev in rescored]
         p = pool(held)
         print(
             f"level {level:.2f}: ventricular runs {p['v_runs_alerted']}/{p['v_runs']}, "
