@@ -330,7 +330,8 @@ class Worker:
     async def _on_revoked(self, partitions: set[int]) -> None:
         # Offsets are committed once the batch in flight is durable; what follows the commit is
         # re-read by the partition's next owner, so the state of these streams is simply dropped.
-        self._finish_inflight()
+        # A batch's own commit would block this thread: the one commit below covers it.
+        self._finish_inflight(commit=False)
         # what is durable, before the next owner reads from the committed offset
         offsets = self._commit_offsets(self._commit_targets())
         if offsets:
@@ -354,7 +355,7 @@ class Worker:
         # offset (the oldest chunk an unscored window needs), even one this worker kept and
         # whose fetch position is further on. The seek happens after the poll returns
         # (the consumer cannot be used inside its own callback).
-        self._finish_inflight()
+        self._finish_inflight(commit=False)
         self._to_rewind.update(assigned)
         self._n_assigned = len(assigned)
         self.metrics.partitions.set(len(assigned))
@@ -508,10 +509,14 @@ class Worker:
         commit_to = self._commit_targets() if self._commit_due() else None
         return _Staged(polled, items, dead, stamps, n, prep, future, commit_to, t0)
 
-    def _finish_inflight(self) -> None:
-        """Complete every batch in flight, in poll order."""
+    def _finish_inflight(self, commit: bool = True) -> None:
+        """Complete every batch in flight, in poll order.
+
+        ``commit=False`` skips the batches' own offset commits: inside the consumer's rebalance
+        callbacks, which run on its network thread, a blocking commit raises instead of waiting.
+        """
         while self._inflight:
-            self._finish(self._inflight.popleft())
+            self._finish(self._inflight.popleft(), commit=commit)
 
     def _finish_ready(self) -> None:
         """Complete the oldest batches while more than the depth are in flight or their
@@ -538,7 +543,7 @@ class Worker:
             self.summary.alerts[a.kind] += 1
             self.metrics.alerts.labels(a.kind, a.severity).inc()
 
-    def _finish(self, staged: _Staged) -> None:
+    def _finish(self, staged: _Staged, commit: bool = True) -> None:
         """Alerts of a staged batch, made durable in every sink; then its offsets are committed."""
         m = self.metrics
         res = self.pipeline.complete(staged.prep, staged.inference.result())
@@ -551,7 +556,7 @@ class Worker:
         if self.scores_sink is not None:
             self.scores_sink.write(res.scores)
         t_durable = time.time()
-        if staged.commit_to is not None:
+        if commit and staged.commit_to is not None:
             self._commit(staged.commit_to)
         # metrics and summary
         n = staged.n

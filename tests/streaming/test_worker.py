@@ -384,6 +384,60 @@ def test_revoked_partitions_are_committed_up_to_what_is_durable(
     assert {p: after[p] for p in targets} == targets
 
 
+def test_a_rebalance_with_a_batch_in_flight_commits_it_and_the_worker_goes_on(
+    broker, tmp_path, records, energy_model
+):
+    """A member joins while a batch waits for its inference and carries a commit: the
+    revocation completes the batch and commits it without the batch's own blocking commit, which
+    raises on the consumer's network thread and used to stop the worker."""
+    cfg = _cfg(broker, tmp_path, commit_interval_ms=0, max_poll_records=8)
+    ensure_topics(broker, [cfg.topic], 4)
+    publish(make_producer(broker), cfg.topic, plan_streams([records]), speed=0, t_start=T0,
+            progress=False)  # fmt: skip
+    worker = Worker(cfg, Scorer(energy_model))
+    worker._open()
+    other, joined = None, threading.Event()
+
+    def poll_batch() -> dict:
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            polled = worker._poll(200)
+            if worker._to_rewind:
+                polled = worker._rewind(polled)
+            if polled:
+                return polled
+        raise AssertionError("nothing polled")
+
+    try:
+        worker._inflight.append(worker._stage(poll_batch()))
+        worker._finish_inflight()  # the first batch: nothing durable before it to commit
+        worker._inflight.append(worker._stage(poll_batch()))
+        staged = worker._inflight[0]
+        assert worker._commit_offsets(staged.commit_to)  # a commit waits on this batch
+        other = KafkaConsumer(
+            cfg.topic, bootstrap_servers=broker, group_id=cfg.group, enable_auto_commit=False
+        )
+
+        def join():
+            if wait_until(lambda: other.poll(100) is not None and other.assignment(), 40):
+                joined.set()
+
+        joiner = threading.Thread(target=join, daemon=True)
+        joiner.start()
+        while not joined.is_set() and joiner.is_alive():
+            worker._poll(100)  # the rebalance callbacks run inside this poll
+        joiner.join(5)
+        assert joined.is_set()
+        assert not worker._inflight  # completed by the revocation
+        committed = _committed(broker, cfg)
+        assert all((committed[p] or 0) >= t for p, t in staged.commit_to.items())
+        assert worker.metrics.commits.labels("failed")._value.get() == 0
+    finally:
+        if other is not None:
+            other.close(autocommit=False)
+        worker.close()
+
+
 def test_inference_depth_below_one_is_refused(broker, tmp_path, energy_model):
     with pytest.raises(ConfigError, match="inference_depth"):
         Worker(_cfg(broker, tmp_path, inference_depth=0), Scorer(energy_model))
