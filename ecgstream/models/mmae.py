@@ -406,6 +406,12 @@ class MMAE(nn.Module):
         base = self.prompt_mult[None] * self.beat_period(x, vis)  # (B, C) samples
         sign = torch.sign(self.prompt_mult)[None]
 
+        def span_means(sums: torch.Tensor, seg: int) -> torch.Tensor:
+            """Means of ``(B, k, C, T)`` over each token's span +- margin: ``(B, k, C, n)``."""
+            k = sums.shape[1]
+            p = F.avg_pool1d(sums.reshape(-1, 1, t), seg + 2 * m, seg, m)
+            return p.reshape(b, k, ch, t // seg)
+
         segs = (cfg.segment, cfg.local_segment)
         best: list[tuple[torch.Tensor, torch.Tensor]] = []  # per scale: cost, offset (B, C, n)
         # sub-sample refinement: per scale the costs of the candidates before and after the best
@@ -415,9 +421,9 @@ class MMAE(nn.Module):
             both = vs * vis[:, None]  # (B, C, T)
             diff = ((x[:, :, None] - xs) ** 2).sum(1) * both
             energy = (x[:, :, None] ** 2 + xs**2).sum(1) * both
-            sums = torch.stack([diff, energy, both], 1).reshape(-1, 1, t)
-            for i, seg in enumerate(segs):  # means over each token's span +- margin
-                p = F.avg_pool1d(sums, seg + 2 * m, seg, m).reshape(b, 3, ch, t // seg)
+            sums = torch.stack([diff, energy, both], 1)
+            for i, seg in enumerate(segs):
+                p = span_means(sums, seg)
                 cost = p[:, 0] / (p[:, 1] + 1e-4) + (p[:, 2] < 0.1).to(x.dtype) * 10.0
                 if len(best) <= i:
                     best.append((cost, torch.zeros_like(cost) + offset))
@@ -466,8 +472,7 @@ class MMAE(nn.Module):
                 both = pm * vis[:, None]
                 xy = (x[:, :, None] * pv).sum(1) * both
                 yy = (pv**2).sum(1) * both
-                p = F.avg_pool1d(torch.stack([xy, yy], 1).reshape(-1, 1, t), seg + 2 * m, seg, m)
-                p = p.reshape(b, 2, ch, t // seg)
+                p = span_means(torch.stack([xy, yy], 1), seg)
                 gain = (p[:, 0] / (p[:, 1] + 1e-4)).clamp(0.0, 3.0)
             else:
                 gain = torch.ones_like(cost)
