@@ -245,6 +245,32 @@ def _history_lines(spec: ModelSpec) -> list[str]:
     ]
 
 
+def _prompt_text(p: dict) -> str:
+    """The model card's words for an MMAE-ECG rhythm prompt (``""`` without one)."""
+    if not p.get("prompt_periods"):
+        return ""
+    text = (
+        f"; rhythm prompt: every token also sees the visible signal 1 to "
+        f"{p['prompt_periods']} beat periods before and after it, aligned per token"
+    )
+    if "prompt_refine_step" in p:
+        step = p["prompt_refine_step"]
+        text += f" (lag steps of {step} sample" + ("s" if step != 1 else "")
+        text += (", refined below one sample" if p.get("prompt_subsample") else "") + ")"
+    gate, tau = p.get("prompt_gate", "mean"), p.get("prompt_tau")
+    if gate == "cost":
+        return (
+            text + f", and the heads correct those copies weighted by their match cost (tau {tau})"
+        )
+    if gate == "learned":
+        text += (
+            ", combined by a learned gate (weight, gain and shift per copy, starting at weights "
+            f"from their match cost, tau {tau})"
+        )
+        return text + (", which the heads correct" if p.get("prompt_heads", True) else "")
+    return text + ", and the heads correct the mean of those copies"
+
+
 def _model_lines(spec: ModelSpec) -> list[str]:
     """The card's model and training-data bullets, which depend on the model kind."""
     tr, p = spec.training, spec.params
@@ -312,28 +338,7 @@ def _model_lines(spec: ModelSpec) -> list[str]:
         f"{p.get('segment', 0) // max(1, p.get('local_factor', 1))} samples over a region of "
         f"{p.get('local_region')} segments, dim {p.get('dim')}, encoder depth {p.get('depth')}, "
         f"{p.get('heads')} heads, one decoder block, training mask ratios {p.get('mask_global')} "
-        f"(global) / {p.get('mask_local')} (local)"
-        + (
-            f"; rhythm prompt: every token also sees the visible signal 1 to "
-            f"{p.get('prompt_periods')} beat periods before and after it, aligned per token"
-            + (
-                f" (lag steps of {p['prompt_refine_step']} sample"
-                + ("s" if p["prompt_refine_step"] != 1 else "")
-                + (", refined below one sample" if p.get("prompt_subsample") else "")
-                + ")"
-                if "prompt_refine_step" in p
-                else ""
-            )
-            + {
-                "cost": f", and the heads correct those copies weighted by their match cost "
-                f"(tau {p.get('prompt_tau')})",
-                "learned": f", combined by a learned gate (weight, gain and shift per copy, "
-                f"starting at weights from their match cost, tau {p.get('prompt_tau')})"
-                + (", which the heads correct" if p.get("prompt_heads", True) else ""),
-            }.get(p.get("prompt_gate", "mean"), ", and the heads correct the mean of those copies")
-            if p.get("prompt_periods")
-            else ""
-        ),
+        f"(global) / {p.get('mask_local')} (local){_prompt_text(p)}",
         "",
         "## Training data and splits",
         f"- training records ({len(tr.get('records', []))}): {records}",
