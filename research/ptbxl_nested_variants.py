@@ -44,16 +44,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import tune_ptbxl_population  # research/, beside this script (sys.path[0] when run as one)
 
 from ecgstream.evaluation.baselines import energy_scores, fit_pca
 from ecgstream.evaluation.metrics import auroc
 from ecgstream.models.consensus import ConsensusConfig, SegmentConsensus
 from ecgstream.models.consensus.population import GaussianReference
 from ecgstream.models.consensus.spectrum import BandSpectrum
-from ecgstream.training.config import load_train_config
 from ecgstream.training.consensus import consensus_config
-from ecgstream.training.data import collect_records, load_record
-from ecgstream.training.trainer import preprocess_config
+from ecgstream.training.data import collect_records
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDS = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -64,18 +63,8 @@ LIMB, CHEST = slice(0, 6), slice(6, 12)
 def load(data: Path, toml: Path) -> tuple[ConsensusConfig, np.ndarray, np.ndarray, np.ndarray]:
     """Preprocessed windows ``(N, 12, 1000)`` float32, labels and folds of labelled ECGs 1-8
     (in ``collect_records`` order, the order of :func:`superclasses`)."""
-    cfg = load_train_config(toml, environ={})
-    pre = preprocess_config(cfg)
-    items = [(p, m) for p, m in collect_records([data], cfg.ptbxl_resolution)
-             if m and m["fold"] in FOLDS and m["label"] >= 0]  # fmt: skip
-    x, label, fold = [], [], []
-    for p, m in items:
-        rec = load_record(p, cfg.leads, pre, cfg.window, cfg.normal_margin_s, m["label"])
-        x.append(rec.x[: cfg.window].T)
-        label.append(m["label"])
-        fold.append(m["fold"])
-    x = np.stack(x).astype(np.float32)
-    return consensus_config(cfg), x, np.array(label), np.array(fold)
+    cfg, x, label, fold = tune_ptbxl_population.load(data, toml, FOLDS)
+    return consensus_config(cfg), x.numpy().astype(np.float32), label, fold
 
 
 def superclasses(data: Path) -> list[set[str]]:

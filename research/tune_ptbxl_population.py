@@ -59,12 +59,15 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def load(data: Path, toml: Path) -> tuple[TrainConfig, torch.Tensor, np.ndarray, np.ndarray]:
-    """Preprocessed windows ``(N, 12, 1000)``, labels and folds of the labelled ECGs of folds 1-6."""
+def load(
+    data: Path, toml: Path, folds: tuple[int, ...] = FOLDS
+) -> tuple[TrainConfig, torch.Tensor, np.ndarray, np.ndarray]:
+    """Preprocessed windows ``(N, 12, 1000)``, labels and folds of the labelled ECGs of
+    ``folds`` (here 1-6), in ``collect_records`` order."""
     cfg = load_train_config(toml, environ={})
     pre = preprocess_config(cfg)
     items = [(p, m) for p, m in collect_records([data], cfg.ptbxl_resolution)
-             if m and m["fold"] in FOLDS and m["label"] >= 0]  # fmt: skip
+             if m and m["fold"] in folds and m["label"] >= 0]  # fmt: skip
     x, label, fold = [], [], []
     for p, m in items:
         rec = load_record(p, cfg.leads, pre, cfg.window, cfg.normal_margin_s, m["label"])
