@@ -19,15 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from beat_classes import class_aurocs  # noqa: E402
 
 from ecgstream.runtime.model_file import read_spec  # noqa: E402
-from research.mmae.data import DATA, DEV, TEST  # noqa: E402
+from research.mmae.data import DATA, DEV, TEST, fold_summary  # noqa: E402
 
 COPIES = {
     "copy_v4": {},
@@ -79,12 +77,7 @@ def main() -> None:
         results["folds"][str(k)] = fold
         print(json.dumps(fold), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    summary = {}
-    for name in COPIES:
-        for c in ("S", "V", "F", "all"):
-            vals = [f[name][c]["auroc"] for f in results["folds"].values()]
-            summary[f"{name}_{c}"] = {"mean": round(float(np.mean(vals)), 4),
-                                      "min": min(vals), "max": max(vals)}  # fmt: skip
+    summary = fold_summary(results["folds"], tuple(COPIES))
     results["summary"] = summary
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

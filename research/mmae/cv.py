@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -30,7 +28,7 @@ from ecgstream.evaluation.baselines import fit_pca_on_records  # noqa: E402
 from ecgstream.runtime.model_file import read_spec  # noqa: E402
 from ecgstream.training import fit_records  # noqa: E402
 from ecgstream.training.config import load_train_config  # noqa: E402
-from research.mmae.data import DATA, DEV, TEST  # noqa: E402
+from research.mmae.data import DATA, DEV, TEST, fold_summary  # noqa: E402
 
 
 def energy_model(spec_model: Path, out: Path, copy: bool = False) -> Path:
@@ -96,14 +94,7 @@ def main() -> None:
         results["folds"][str(k)] = fold
         print(json.dumps(fold), flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
-    summary = {}
-    for name in ("mmae", "energy", "pca", "copy"):
-        for c in ("S", "V", "F", "all"):
-            vals = [f[name][c]["auroc"] for f in results["folds"].values()
-                    if c in f.get(name, {})]  # fmt: skip
-            if vals:
-                summary[f"{name}_{c}"] = {"mean": round(float(np.mean(vals)), 4),
-                                          "min": min(vals), "max": max(vals), "folds": len(vals)}  # fmt: skip
+    summary = fold_summary(results["folds"], ("mmae", "energy", "pca", "copy"))
     results["summary"] = summary
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

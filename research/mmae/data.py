@@ -8,6 +8,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from ecgstream.training.config import TrainConfig
 from ecgstream.training.trainer import build_model, load_checkpoint, prepare_data
 
@@ -32,6 +34,19 @@ TEST = ["101", "106", "119", "201", "209", "215", "223"]
 VAL = ["114", "118", "124", "205", "220"]
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mitdb-ds1"
 CACHE = Path("/tmp/mmae_dev_records.pkl")
+
+
+def fold_summary(folds: dict, names: tuple[str, ...]) -> dict:
+    """Per score name and class (S, V, F, all): mean, min and max of the folds' beat AUROCs
+    (``folds[k][name][class]["auroc"]``) and how many folds have it."""
+    summary = {}
+    for name in names:
+        for c in ("S", "V", "F", "all"):
+            vals = [f[name][c]["auroc"] for f in folds.values() if c in f.get(name, {})]
+            if vals:
+                summary[f"{name}_{c}"] = {"mean": round(float(np.mean(vals)), 4),
+                                          "min": min(vals), "max": max(vals), "folds": len(vals)}  # fmt: skip
+    return summary
 
 
 def load_dev() -> dict:
