@@ -248,6 +248,42 @@ def with_scores(run, p: dict, w: float):
     return dataclasses.replace(run, scores=scores)
 
 
+def held_out_row(
+    vp: dict, runs: dict, names: list[str], folds: list[tuple], weighted: bool, target: float,
+    cfg: AlertConfig, alert_keys: tuple[str, ...],
+) -> dict:  # fmt: skip
+    """One variant's out-of-fold figures: per fold, the term's weight chosen on the other 12
+    records (0 when not ``weighted``), the held-out beat figures, and the anomaly alerts re-decided
+    from the variant's window scores with thresholds chosen on the other folds for ``target``
+    false alerts per monitor-hour; pooled, spread over folds, and the pooled ``alert_keys``."""
+    beat_rows, held_rows, fold_rows = [], [], []
+    for k, held in enumerate(folds):
+        train = [n for n in names if n not in held]
+        g, w = fold_weight(vp, train)[1:3] if weighted else (0.0, 0.0)
+        beat_rows.append(collected(vp, held, w))
+        by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
+        _, op, rescored = fold_held_out(by_fold, k, target, cfg)
+        rows = [score_record(r, ev) for r, ev in rescored]
+        p = pool(rows)
+        held_rows += rows
+        fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],
+                          "critical": op["critical"],
+                          "v_runs": f"{p['v_runs_alerted']}/{p['v_runs']}",
+                          "false_per_hour": p["false_per_hour"],
+                          **brief(figures(beat_rows[-1]))})  # fmt: skip
+    per_fold = [brief(figures(c)) for c in beat_rows]
+    pooled = brief(figures(merge(beat_rows)))
+    p = pool(held_rows)
+    return {
+        "oof": pooled,
+        "spread": {m: spread(f[m] for f in per_fold) for m in pooled},
+        "folds": fold_rows,
+        "alerts": {k: p.get(k) for k in alert_keys},
+        "v_runs_missed_by_record": {r["record"]: r["v_runs"] - r["v_runs_alerted"]
+                                    for r in held_rows if r["v_runs_alerted"] < r["v_runs"]},
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path)
@@ -308,37 +344,11 @@ def main() -> None:
     results["shipped_thresholds_in_sample"] = ref
     ship = next(iter(runs.values()))[0]
     for v in ROWS:
-        vp = variant_parts(parts, v)
-        beat_rows, held_rows, fold_rows = [], [], []
-        for k, held in enumerate(folds):
-            train = [n for n in names if n not in held]
-            g, w = (0.0, 0.0) if v == "none" else fold_weight(vp, train)[1:3]
-            beat_rows.append(collected(vp, held, w))
-            by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
-            _, op, rescored = fold_held_out(by_fold, k, args.target, cfg)
-            rows = [score_record(r, ev) for r, ev in rescored]
-            p = pool(rows)
-            held_rows += rows
-            fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],
-                              "critical": op["critical"],
-                              "v_runs": f"{p['v_runs_alerted']}/{p['v_runs']}",
-                              "false_per_hour": p["false_per_hour"],
-                              **brief(figures(beat_rows[-1]))})  # fmt: skip
-        per_fold = [brief(figures(c)) for c in beat_rows]
-        pooled = brief(figures(merge(beat_rows)))
-        p = pool(held_rows)
-        missed = [r["record"] for r in held_rows if r["v_runs_alerted"] < r["v_runs"]]
-        results["rows"][v] = {
-            "oof": pooled,
-            "spread": {m: spread(f[m] for f in per_fold) for m in pooled},
-            "folds": fold_rows,
-            "alerts": {k: p.get(k) for k in ("v_runs", "v_runs_alerted", "v_run_se",
-                                             "false_per_hour", "false_alerts", "hours",
-                                             "v_beat_se", "v_beat_ppv", "s_beat_se",
-                                             "v_latency_median_s", "v_latency_p95_s")},
-            "v_runs_missed_by_record": {r["record"]: r["v_runs"] - r["v_runs_alerted"]
-                                        for r in held_rows if r["record"] in missed},
-        }  # fmt: skip
+        results["rows"][v] = held_out_row(
+            variant_parts(parts, v), runs, names, folds, v != "none", args.target, cfg,
+            ("v_runs", "v_runs_alerted", "v_run_se", "false_per_hour", "false_alerts", "hours",
+             "v_beat_se", "v_beat_ppv", "s_beat_se", "v_latency_median_s", "v_latency_p95_s"),
+        )  # fmt: skip
         print(f"{v}: done ({time.time() - t_start:.0f} s)", flush=True)
     # each V run's peak window score (windows overlapping it) against its fold's warning level
     peaks = {}

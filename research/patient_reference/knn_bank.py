@@ -36,19 +36,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # research/: sibling studies
-from alert_operating_points import fold_held_out, study_folds
-from choose_weight import MODEL, brief, collected, fold_weight, record_parts
-from clean_bank import with_scores
+from choose_weight import MODEL, record_parts
+from clean_bank import held_out_row
 
 import ecgstream.runtime.history as history
 from ecgstream.alerts.state import AlertConfig
-from ecgstream.evaluation.alerts import (
-    pool,
-    reference_events,
-    replay_record,
-    score_record,
-)
-from ecgstream.evaluation.crossval import figures, merge, spread
+from ecgstream.evaluation.alerts import reference_events, replay_record
 from ecgstream.evaluation.splits import MITDB_CV_FOLDS, MITDB_DEV, MITDB_TEST
 from ecgstream.runtime.scorer import Scorer
 
@@ -94,33 +87,10 @@ def main() -> None:
     cfg = AlertConfig()
     results: dict = {"records": names, "folds": [list(f) for f in folds], "rows": {}}
     for v in ("none", *KS):
-        vp = parts_by[1 if v == "none" else v]
-        beat_rows, held_rows, fold_rows = [], [], []
-        for j, held in enumerate(folds):
-            train = [n for n in names if n not in held]
-            g, w = (0.0, 0.0) if v == "none" else fold_weight(vp, train)[1:3]
-            beat_rows.append(collected(vp, held, w))
-            by_fold = study_folds([(with_scores(runs[n][0], vp[n], w), runs[n][1]) for n in names])
-            _, op, rescored = fold_held_out(by_fold, j, args.target, cfg)
-            rows = [score_record(r, ev) for r, ev in rescored]
-            p = pool(rows)
-            held_rows += rows
-            fold_rows.append({"held": list(held), "g": g, "w": w, "warning": op["warning"],
-                              "v_runs": f"{p['v_runs_alerted']}/{p['v_runs']}",
-                              "false_per_hour": p["false_per_hour"],
-                              **brief(figures(beat_rows[-1]))})  # fmt: skip
-        per_fold = [brief(figures(c)) for c in beat_rows]
-        pooled = brief(figures(merge(beat_rows)))
-        p = pool(held_rows)
-        results["rows"][str(v)] = {
-            "oof": pooled,
-            "spread": {m: spread(f[m] for f in per_fold) for m in pooled},
-            "folds": fold_rows,
-            "alerts": {x: p.get(x) for x in ("v_runs", "v_runs_alerted", "false_per_hour",
-                                             "af_alerted", "af_episodes")},
-            "v_runs_missed_by_record": {r["record"]: r["v_runs"] - r["v_runs_alerted"]
-                                        for r in held_rows if r["v_runs_alerted"] < r["v_runs"]},
-        }  # fmt: skip
+        results["rows"][str(v)] = held_out_row(
+            parts_by[1 if v == "none" else v], runs, names, folds, v != "none", args.target, cfg,
+            ("v_runs", "v_runs_alerted", "false_per_hour", "af_alerted", "af_episodes"),
+        )  # fmt: skip
     print(
         f"\n{'k':6s} pooled S     V     F     10s  | fold means pooled S V | V runs  false/h | weights"
     )
